@@ -1,0 +1,3 @@
+"""recgpt: intent-centric recommendation with LLMs (RecGPT, SERAL), measured honestly."""
+
+__version__ = "0.1.0"

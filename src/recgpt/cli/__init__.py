@@ -1,0 +1,1 @@
+"""The `recgpt` command line (typer)."""

@@ -1,0 +1,33 @@
+"""`recgpt`: one command line, a sub-command group per pipeline room."""
+
+from __future__ import annotations
+
+import typer
+
+from recgpt.cli import data as data_cli
+from recgpt.cli import evaluate as evaluate_cli
+from recgpt.cli import llm as llm_cli
+
+app = typer.Typer(
+    name="recgpt",
+    help="Intent-centric recommendation with LLMs (RecGPT, SERAL), measured against classic recommenders.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(data_cli.app, name="data", help="Import and inspect datasets.")
+app.add_typer(llm_cli.app, name="llm", help="Check and serve LLM backends.")
+app.command("evaluate")(evaluate_cli.evaluate)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        import recgpt
+
+        typer.echo(recgpt.__version__)
+        raise typer.Exit()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

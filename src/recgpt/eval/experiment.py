@@ -1,0 +1,248 @@
+"""An experiment = dataset x split x recommenders x metrics, printed as one table.
+
+Hyper-parameters are chosen on the validation task only (by `select_metric`); the chosen model,
+fitted on the training interactions, is then scored once on the test task, whose histories include
+the validation item. Seeds, versions and every validation candidate are recorded with the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recgpt.baselines.base import Recommender
+from recgpt.data.dataset import Dataset
+from recgpt.data.split import EvalTask, Split, SplitConfig, make_split
+from recgpt.eval.metrics import evaluate_lists
+from recgpt.eval.ranking import mask_seen, topk
+
+
+@dataclass
+class ExperimentConfig:
+    """What to run. `model_params` overrides defaults per model name and disables its search."""
+
+    models: list[str]
+    split: SplitConfig = field(default_factory=SplitConfig)
+    mask_seen: bool = True
+    ks: tuple[int, ...] = (5, 10, 20, 50)
+    seed: int = 0
+    tune: bool = True
+    select_metric: str = "NDCG@10"
+    batch_size: int = 512
+    model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class ModelRun:
+    """One recommender's outcome: chosen params, validation search, test metrics, timings."""
+
+    name: str
+    params: dict[str, Any]
+    validation: list[dict[str, Any]]
+    test: dict[str, float]
+    fit_s: float
+    score_s: float
+    recs: np.ndarray = field(repr=False)
+
+
+@dataclass
+class ExperimentResult:
+    """Everything needed for the table, results.json and the HTML report."""
+
+    dataset: str
+    config: ExperimentConfig
+    runs: list[ModelRun]
+    n_users_test: int
+    n_items: int
+    item_exposure_base: np.ndarray = field(repr=False)
+    env: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = asdict(self.config)
+        return {
+            "dataset": self.dataset,
+            "config": cfg,
+            "n_users_test": self.n_users_test,
+            "n_items": self.n_items,
+            "env": self.env,
+            "models": [
+                {
+                    "name": r.name,
+                    "params": r.params,
+                    "validation": r.validation,
+                    "test": r.test,
+                    "fit_s": round(r.fit_s, 3),
+                    "score_s": round(r.score_s, 3),
+                }
+                for r in self.runs
+            ],
+        }
+
+
+def recommend(model: Recommender, task: EvalTask, k: int, *, mask: bool, batch_size: int = 512) -> np.ndarray:
+    """Top-k lists for every user of a task, from histories as of the split point."""
+    out = np.empty((len(task), k), dtype=np.int64)
+    for lo in range(0, len(task), batch_size):
+        hi = min(lo + batch_size, len(task))
+        hist = task.histories[lo:hi]
+        scores = np.array(model.score(task.user_idx[lo:hi], hist), dtype=np.float32, copy=True)
+        if mask:
+            mask_seen(scores, hist)
+        out[lo:hi] = topk(scores, k)
+    return out
+
+
+def sets_matrix(lists: list[np.ndarray], n_items: int) -> sp.csr_matrix:
+    """Per-user item lists (held-out items, histories) as a boolean user x item matrix."""
+    lens = [len(t) for t in lists]
+    rows = np.repeat(np.arange(len(lists)), lens)
+    cols = np.concatenate(lists).astype(np.int64) if lists and sum(lens) else np.empty(0, dtype=np.int64)
+    m = sp.csr_matrix((np.ones(len(cols), dtype=bool), (rows, cols)), shape=(len(lists), n_items))
+    m.sum_duplicates()
+    return m
+
+
+def category_matrix(dataset: Dataset) -> tuple[sp.csr_matrix, list[str]]:
+    """Item x category incidence from the items' category paths (every level counts)."""
+    cats = dataset.items["categories"].to_list()
+    vocab: dict[str, int] = {}
+    rows, cols = [], []
+    for i, path in enumerate(cats):
+        for c in path or []:
+            rows.append(i)
+            cols.append(vocab.setdefault(c, len(vocab)))
+    m = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(cats), max(len(vocab), 1))
+    )
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m, list(vocab)
+
+
+def list_metrics(split: Split, task: EvalTask, recs: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """All metrics of top-K lists for a task (accuracy and beyond)."""
+    cats, _ = category_matrix(split.dataset)
+    return evaluate_lists(
+        recs,
+        sets_matrix(task.targets, split.train.n_items),
+        item_popularity=split.train.item_popularity,
+        ks=ks,
+        item_features=cats,
+        item_categories=cats,
+        histories=sets_matrix(task.histories, split.train.n_items),
+    )
+
+
+def _validate(model: Recommender, split: Split, cfg: ExperimentConfig) -> dict[str, float]:
+    recs = recommend(model, split.valid, max(cfg.ks), mask=cfg.mask_seen, batch_size=cfg.batch_size)
+    truth = sets_matrix(split.valid.targets, split.train.n_items)
+    return evaluate_lists(recs, truth, item_popularity=split.train.item_popularity, ks=cfg.ks)
+
+
+def environment(seed: int) -> dict[str, Any]:
+    """Versions and settings that make a number reproducible."""
+    import recgpt
+
+    env: dict[str, Any] = {
+        "recgpt": recgpt.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "polars": pl.__version__,
+        "seed": seed,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def run_experiment(
+    dataset: Dataset,
+    cfg: ExperimentConfig,
+    *,
+    progress: Any | None = None,
+    split: Split | None = None,
+) -> ExperimentResult:
+    """Fit, tune on validation, and test every model of the config on one split of one dataset."""
+    from recgpt.baselines.registry import get_recommender, load_recommender_class
+
+    split = split or make_split(dataset, cfg.split)
+    if len(split.test) == 0:
+        raise ValueError("the split has no test users; check the split configuration")
+    runs = []
+    for name in cfg.models:
+        cls = load_recommender_class(name)
+        if name in cfg.model_params:
+            candidates = [{**cls.default_params(), **cfg.model_params[name]}]
+        else:
+            candidates = cls.search_space() if cfg.tune else [cls.default_params()]
+        task_id = progress.add_task(f"{name}: tuning", total=len(candidates) + 1) if progress else None
+        best: tuple[float, Recommender, dict[str, Any], float] | None = None
+        validation = []
+        for params in candidates:
+            t0 = time.perf_counter()
+            model = get_recommender(name, **params).fit(split.train, seed=cfg.seed)
+            fit_s = time.perf_counter() - t0
+            metrics = _validate(model, split, cfg)
+            score = metrics[cfg.select_metric]
+            validation.append({"params": model.params, cfg.select_metric: score, "fit_s": round(fit_s, 3)})
+            if best is None or score > best[0]:
+                best = (score, model, model.params, fit_s)
+            if progress:
+                progress.advance(task_id)
+        assert best is not None
+        _, model, params, fit_s = best
+        t0 = time.perf_counter()
+        recs = recommend(model, split.test, max(cfg.ks), mask=cfg.mask_seen, batch_size=cfg.batch_size)
+        score_s = time.perf_counter() - t0
+        test = list_metrics(split, split.test, recs, cfg.ks)
+        runs.append(ModelRun(name, params, validation, test, fit_s, score_s, recs))
+        if progress:
+            progress.update(task_id, description=f"{name}: done", completed=len(candidates) + 1)
+    env = environment(cfg.seed)
+    env["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return ExperimentResult(
+        dataset=dataset.manifest.name,
+        config=cfg,
+        runs=runs,
+        n_users_test=len(split.test),
+        n_items=split.train.n_items,
+        item_exposure_base=split.train.item_popularity,
+        env=env,
+    )
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON via a temp file + rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
