@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -12,12 +14,16 @@ from rich.table import Table
 
 from recgpt.data.errors import DataError
 
-console = Console()
+if TYPE_CHECKING:
+    from recgpt.data.dataset import Dataset
+
+# wide tables must not be squeezed to 80 columns when the output is a file or a CI log
+console = Console() if sys.stdout.isatty() else Console(width=200)
 
 DEFAULT_MODELS = "mostpop,markov,itemknn,als,sasrec"
 
 
-def load_dataset_arg(dataset: str | None):  # noqa: ANN201 - returns Dataset, imported lazily
+def load_dataset_arg(dataset: str | None) -> Dataset:
     """A dataset folder, or `bundled:<name>` / nothing for the dataset shipped in the package."""
     from recgpt.data.dataset import Dataset
     from recgpt.datasets import BUNDLED_DEFAULT, load_bundled

@@ -120,6 +120,7 @@ class Dataset:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a dataset folder is ordinary data
         try:
             for name in TABLES:
                 getattr(self, name).drop("_line", strict=False).write_parquet(tmp / f"{name}.parquet")

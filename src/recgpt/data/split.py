@@ -41,7 +41,9 @@ class SplitConfig:
     """How to split. `target_behaviors` = which item events can be held out (None: any)."""
 
     kind: Literal["loo", "cutoff"] = "loo"
+    # None: every item event except annotations (tags), which follow a consumption rather than being one
     target_behaviors: tuple[str, ...] | None = None
+    non_target_behaviors: tuple[str, ...] = ("tag",)
     valid_cutoff: int | None = None  # epoch seconds, cutoff only
     test_cutoff: int | None = None
     valid_quantile: float = 0.8
@@ -89,9 +91,12 @@ class AsOf:
             raise KeyError(f"user {user_id!r} has no split point in this view")
         return self._by_user.get(user_id, self._events.clear())
 
-    def item_sequences(self, item_pos: dict[str, int]) -> list[np.ndarray]:
-        """Chronological item-index sequences, one per user in `user_ids` order."""
-        ev = self._events.filter(pl.col("item_id").is_not_null())
+    def item_sequences(self, item_pos: dict[str, int], which: pl.Expr | None = None) -> list[np.ndarray]:
+        """Chronological item-index sequences, one per user in `user_ids` order.
+
+        `which` selects the events that count as interactions (default: every item event).
+        """
+        ev = self._events.filter(pl.col("item_id").is_not_null() if which is None else which)
         idx = np.fromiter((item_pos[i] for i in ev["item_id"]), dtype=np.int64, count=ev.height)
         users = ev["user_id"].to_list()
         seqs: dict[str, list[int]] = {}
@@ -181,6 +186,8 @@ def make_split(dataset: Dataset, config: SplitConfig | None = None) -> Split:
     is_target = pl.col("item_id").is_not_null()
     if config.target_behaviors:
         is_target = is_target & pl.col("behavior").is_in(list(config.target_behaviors))
+    else:
+        is_target = is_target & ~pl.col("behavior").is_in(list(config.non_target_behaviors))
     targets = events.filter(is_target)
 
     if config.kind == "loo":
@@ -240,7 +247,7 @@ def make_split(dataset: Dataset, config: SplitConfig | None = None) -> Split:
     user_pos = {u: i for i, u in enumerate(user_ids)}
     train_view = AsOf(events, train_points)
     train_events = train_view.events()
-    tr = train_events.filter(pl.col("item_id").is_not_null())
+    tr = train_events.filter(is_target)
     train = Interactions(
         n_users=len(user_ids),
         n_items=len(item_ids),
@@ -259,7 +266,7 @@ def make_split(dataset: Dataset, config: SplitConfig | None = None) -> Split:
             user_ids=view.user_ids,
             user_idx=np.asarray([user_pos[u] for u in view.user_ids], dtype=np.int64),
             asof=view,
-            histories=view.item_sequences(item_pos),
+            histories=view.item_sequences(item_pos, is_target),
             targets=[np.asarray([item_pos[i] for i in tgt[u]], dtype=np.int64) for u in view.user_ids],
         )
 

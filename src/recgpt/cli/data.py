@@ -1,0 +1,106 @@
+"""`recgpt data ...`: import a dataset into the recgpt contracts, inspect a saved one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from recgpt.data.dataset import Manifest
+from recgpt.data.errors import DataError
+from recgpt.data.importers import IMPORTERS, import_dataset
+
+app = typer.Typer(help="Import datasets into the recgpt format and inspect them.", no_args_is_help=True)
+console = Console()
+
+
+def summary_table(manifest: Manifest, title: str) -> Table:
+    """Users / items / events / behaviours / time range of a dataset, from its manifest."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    counts = manifest.counts
+    table.add_row("name", escape(manifest.name))
+    table.add_row("source", escape(manifest.source))
+    for key in ("users", "items", "events"):
+        table.add_row(key, f"{counts.get(key, 0):,}")
+    behaviors = ", ".join(f"{b} {n:,}" for b, n in manifest.behaviors.items())
+    table.add_row("behaviours", escape(behaviors) or "-")
+    tr = manifest.extra.get("time_range") or {}
+    span = f"{tr.get('first')} … {tr.get('last')}" if tr else "-"
+    if manifest.synthetic_timestamps:
+        span += " [yellow](synthetic: order only)[/yellow]"
+    table.add_row("time range", span)
+    return table
+
+
+def _print_notes(manifest: Manifest) -> None:
+    for note in manifest.notes:
+        console.print(f"  • {escape(note)}")
+
+
+def _fail(e: DataError) -> typer.Exit:
+    console.print(f"[bold red]error:[/bold red] {escape(str(e))}")
+    return typer.Exit(code=1)
+
+
+@app.command("import")
+def import_cmd(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=f"One of: {', '.join(IMPORTERS)}.")],
+    src: Annotated[Path, typer.Argument(help="Source folder (or events file for 'generic').")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (replaced atomically).")],
+    name: Annotated[str | None, typer.Option(help="Dataset name in the manifest.")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="generic: column mapping (.json or .toml).")] = None,
+    prefix: Annotated[str | None, typer.Option(help="unisrec: file prefix (default: the one *.text).")] = None,
+    encoding: Annotated[str | None, typer.Option(help="movielens: text encoding of the source files.")] = None,
+    create_missing_items: Annotated[bool, typer.Option(help="generic: add items the events mention.")] = False,
+    create_missing_users: Annotated[bool, typer.Option(help="generic: add users missing from users file.")] = False,
+) -> None:
+    """Import FORMAT from SRC into --out and print what was imported."""
+    opts: dict[str, Any] = {"name": name}
+    for key, value in (("mapping", mapping), ("prefix", prefix), ("encoding", encoding)):
+        if value is not None:
+            opts[key] = value
+    for key, flag in (("create_missing_items", create_missing_items), ("create_missing_users", create_missing_users)):
+        if flag:
+            opts[key] = True
+    try:
+        with console.status(f"importing {escape(str(src))} as {escape(fmt)}…"):
+            ds = import_dataset(fmt, src, **opts)
+        with console.status(f"writing {escape(str(out))}…"):
+            ds.save(out)
+    except DataError as e:
+        raise _fail(e) from None
+    console.print(summary_table(ds.manifest, f"imported {fmt} → {out}"))
+    _print_notes(ds.manifest)
+
+
+@app.command("info")
+def info_cmd(path: Annotated[Path, typer.Argument(help="A dataset folder written by `recgpt data import`.")]) -> None:
+    """Print a saved dataset's manifest: counts, behaviours, time range, notes."""
+    mf = path / "manifest.json"
+    try:
+        if not mf.is_file():
+            raise DataError("not a recgpt dataset folder (no manifest.json)", file=path)
+        try:
+            manifest = Manifest.model_validate(json.loads(mf.read_text()))
+        except ValueError as e:
+            raise DataError(f"invalid manifest: {e}", file=mf) from e
+    except DataError as e:
+        raise _fail(e) from None
+    table = summary_table(manifest, str(path))
+    table.add_row("schema version", str(manifest.schema_version))
+    table.add_row("created", manifest.created_at)
+    for key, value in manifest.extra.items():
+        if key != "time_range":
+            table.add_row(escape(key), escape(json.dumps(value, ensure_ascii=False)))
+    console.print(table)
+    _print_notes(manifest)
+
+
+__all__ = ["app"]

@@ -1,0 +1,1 @@
+"""Evaluation: central top-K ranking and vectorized accuracy / beyond-accuracy metrics."""
