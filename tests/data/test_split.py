@@ -129,3 +129,14 @@ def test_no_held_out_item_reaches_a_recommender(kind: str) -> None:
 
 def test_experiment_config_defaults_mask_seen() -> None:
     assert ExperimentConfig(models=["mostpop"]).mask_seen is True
+
+
+def test_guard_text_ignores_numeric_ids_but_catches_word_ids_and_aliases() -> None:
+    ds = _dataset()
+    sp = make_split(ds)
+    sp.guard_text("a", "rated 5 films in 1995", sp.test)  # no false positive on numbers
+    with pytest.raises(LeakageError):
+        sp.guard_text("a", "next: i5!", sp.test)  # a non-numeric id as a whole word
+    sp.guard_text("a", "xi5y", sp.test)  # ...but not inside another word
+    with pytest.raises(LeakageError):
+        sp.guard_text("a", "the fifth movie [drama]", sp.test, aliases={"i5": ["the fifth movie"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from recgpt.cli import compress as compress_cli
 from recgpt.cli import data as data_cli
 from recgpt.cli import evaluate as evaluate_cli
 from recgpt.cli import llm as llm_cli
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data", help="Import and inspect datasets.")
 app.add_typer(llm_cli.app, name="llm", help="Check and serve LLM backends.")
 app.command("evaluate")(evaluate_cli.evaluate)
+app.command("compress")(compress_cli.compress)
 
 
 @app.callback()

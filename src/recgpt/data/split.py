@@ -19,7 +19,8 @@ Protocols:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -155,10 +156,19 @@ class Split:
         )
         return set(ev["item_id"].to_list())
 
-    def guard_text(self, user_id: str, text: str, task: EvalTask) -> None:
+    def guard_text(
+        self,
+        user_id: str,
+        text: str,
+        task: EvalTask,
+        aliases: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
         """Raise `LeakageError` if `text` names an item the user only meets at or after the task's point.
 
-        Items the user had already engaged with before the point may legitimately appear.
+        An item is "named" by its title (8+ characters, case-insensitive), by any of its `aliases`
+        (e.g. the compressed item text a stage actually wrote), or by its id as a whole word when the
+        id is not purely numeric (numeric ids such as "95" would match years and counts). Items the
+        user had already engaged with before the point may legitimately appear.
         """
         hist = task.asof.history(user_id)
         seen = set(hist["item_id"].drop_nulls().to_list())
@@ -173,7 +183,10 @@ class Split:
         titles = self.dataset.items.filter(pl.col("item_id").is_in(list(leaked)))
         low = text.lower()
         for iid, title in titles.select("item_id", "title").iter_rows():
-            if iid in text or (title and len(title) >= 8 and title.lower() in low):
+            names = [title, *((aliases or {}).get(iid, ()))]
+            by_name = any(n and len(n) >= 8 and n.lower() in low for n in names)
+            by_id = not iid.isdigit() and re.search(rf"(?<!\w){re.escape(iid)}(?!\w)", text) is not None
+            if by_name or by_id:
                 raise LeakageError(f"user {user_id!r}: held-out item {iid!r} ({title!r}) reached built text")
 
 
