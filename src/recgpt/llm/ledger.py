@@ -1,0 +1,139 @@
+"""Accounting of LLM work per stage and per run: what was asked, what it cost, what failed.
+
+The engine records into a `Ledger` as each chunk finishes, so even an interrupted run leaves an
+honest account. A run saves `ledger.to_json()` next to its results and prints `ledger.print()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from recgpt.llm.types import FailureReason
+
+
+@dataclass
+class StageStats:
+    """Counters of one stage (a ledger bucket such as "interests" or "judge")."""
+
+    requests: int = 0  # results returned (cached or not)
+    cache_hits: int = 0
+    calls: int = 0  # backend generations, retries included
+    valid_calls: int = 0  # generations whose text validated
+    ok: int = 0  # results holding a valid object
+    prompt_tokens: int = 0  # fresh generations only: a cache hit costs no tokens
+    completion_tokens: int = 0
+    backend_s: float = 0.0  # summed per-request generation latency
+    wall_s: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def schema_valid_rate(self) -> float:
+        """Share of returned results that hold a schema-valid object (1.0 when nothing was asked)."""
+        return self.ok / self.requests if self.requests else 1.0
+
+    @property
+    def call_valid_rate(self) -> float:
+        """Share of backend generations that validated: 1.0 means no retry was ever needed."""
+        return self.valid_calls / self.calls if self.calls else 1.0
+
+    def add(self, other: StageStats) -> None:
+        for f in fields(self):
+            if f.name == "failures":
+                self.failures.update(other.failures)
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "calls": self.calls,
+            "ok": self.ok,
+            "failures": dict(sorted(self.failures.items())),
+            "schema_valid_rate": round(self.schema_valid_rate, 6),
+            "call_valid_rate": round(self.call_valid_rate, 6),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "backend_s": round(self.backend_s, 4),
+            "wall_s": round(self.wall_s, 4),
+        }
+
+
+class Ledger:
+    """Per-stage counters for one run, plus the run's identity and start time."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
+        self.started_at = time.time()
+        self.stages: dict[str, StageStats] = {}
+
+    def stage(self, name: str) -> StageStats:
+        """The mutable counters of stage `name` (created on first use)."""
+        if name not in self.stages:
+            self.stages[name] = StageStats()
+        return self.stages[name]
+
+    def record_failure(self, stage: str, reason: FailureReason | str) -> None:
+        self.stage(stage).failures[str(reason)] += 1
+
+    def total(self) -> StageStats:
+        out = StageStats()
+        for stats in self.stages.values():
+            out.add(stats)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "stages": {name: s.to_json() for name, s in sorted(self.stages.items())},
+            "total": self.total().to_json(),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the ledger as JSON (atomically, so a crash never leaves half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    def table(self) -> Any:
+        """A `rich.table.Table`: one row per measure, one column per stage plus a total.
+
+        Measures as rows keep it readable in an 80-column terminal however long the stage names.
+        """
+        from rich.table import Table
+
+        columns = [*sorted(self.stages.items()), ("TOTAL", self.total())]
+        table = Table(title=f"LLM ledger - run {self.run_id}", title_justify="left")
+        table.add_column("measure", style="bold", no_wrap=True)
+        for name, _ in columns:
+            table.add_column(name, justify="right", overflow="fold")
+        measures: list[tuple[str, Any]] = [
+            ("requests", lambda s: s.requests),
+            ("cache hits", lambda s: s.cache_hits),
+            ("model calls", lambda s: s.calls),
+            ("valid objects", lambda s: s.ok),
+            ("schema_valid_rate", lambda s: f"{s.schema_valid_rate:.1%}"),
+            ("valid per call", lambda s: f"{s.call_valid_rate:.1%}"),
+            ("prompt tokens", lambda s: s.prompt_tokens),
+            ("completion tokens", lambda s: s.completion_tokens),
+            ("wall s", lambda s: f"{s.wall_s:.2f}"),
+            ("failures", lambda s: " ".join(f"{k}={v}" for k, v in sorted(s.failures.items())) or "-"),
+        ]
+        for label, get in measures:
+            table.add_row(label, *(str(get(stats)) for _, stats in columns))
+        return table
+
+    def print(self, console: Any = None) -> None:
+        from rich.console import Console
+
+        (console or Console()).print(self.table())
