@@ -15,7 +15,8 @@ from recgpt.data import DataError, Dataset
 from recgpt.data.importers import IMPORTERS, import_dataset
 from recgpt.data.importers.amazon import split_text
 
-SHARED = Path(os.environ.get("RECGPT_SHARED_DATA", "/work/shared/data"))
+# the shared data sits beside the checkout (../shared/data), as on developer machines and in CI
+SHARED = Path(os.environ.get("RECGPT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 ML100K, MLSMALL, AMAZON = SHARED / "ml-100k", SHARED / "ml-latest-small", SHARED / "amazon-scientific"
 GENRES = ["unknown", "Action", "Comedy"]
 
