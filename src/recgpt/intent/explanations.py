@@ -1,0 +1,343 @@
+"""LLM_RE explanations (RecGPT §1.6): offline interest-item-explanation table, lookup at serving time.
+
+Offline production as in the paper: explanations are not written per user and item but per
+**matched (interest, item) pair**. `match_pairs` maps each interest to categories with φ (its
+`phi_top_k` best) and pairs it with the items of those categories, restricted to a given item set
+(e.g. the candidates a run retrieved) and cut to the `max_items_per_interest` items whose text is
+closest to the interest. `generate_explanations` runs the two-step prompt (first an analysis of how
+the item relates to the interest, then the explanation; the output `{analysis, explanation}` keeps
+only the explanation) and enforces the rules afterwards (`check_explanation`):
+
+- length: at most `max_words` words and `max_chars` characters; longer texts are cut at a word
+  boundary (`on_too_long="truncate"`, dangling joining words removed) or replaced (`"fallback"`);
+- prohibited words (configurable; default from the paper's list: empty praise, slogans, exaggeration);
+- no repeating the item title (its words in order, or a one-word title with its year) or the
+  bracketed item label the prompt shows; no copy of the prompt's worked example; not empty.
+
+A text that breaks a rule is replaced by a rule-based pair explanation (`pair_fallback`, built from
+the interest and the matched category) and flagged `fallback=True`. At serving time
+`ExplanationTable.explain(interests, item_id)` returns the first of the user's interests that has an
+entry for the item, else an **item-only** explanation built from item data alone ("Popular in
+<category>" when training popularity says so, else `item_fallback`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from recgpt.behavior.items import clean_title
+from recgpt.intent.context import clean_phrase, phrase_key
+from recgpt.intent.phi import TagToCategory
+from recgpt.intent.pool import STOP_WORDS, phrase_tokens
+from recgpt.llm.engine import LLMEngine
+from recgpt.llm.prompts import make_request
+from recgpt.llm.types import LLMRequest, SamplingParams
+
+TEMPLATE = "recgpt_explanation"
+STAGE = "explanations"
+PAIR_RULE = "rule:pair"
+EXPLANATIONS_SCHEMA = {
+    "interest": pl.String(),
+    "item_id": pl.String(),
+    "explanation": pl.String(),
+    "template": pl.String(),
+    "fallback": pl.Boolean(),
+}
+PAIRS_SCHEMA = {"interest": pl.String(), "item_id": pl.String(), "category": pl.String(), "score": pl.Float64()}
+DEFAULT_PROHIBITED: tuple[str, ...] = (
+    "practical", "versatile", "elegant", "essential", "must-have", "must have", "must-see", "must see",
+    "must-watch", "must watch", "perfect", "best ever",
+    "ultimate", "amazing", "game-changer", "100%", "guaranteed", "forever", "buy now", "limited time", "act now",
+)  # fmt: skip
+EXAMPLE_EXPLANATION = "Dry feet for your muddy trail miles"
+
+
+class ExplanationsConfig(BaseModel):
+    """LLM_RE settings: pair matching, the rules enforced after generation, the fallbacks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    phi_top_k: int = Field(default=3, ge=1)
+    max_items_per_interest: int = Field(default=20, ge=1)
+    max_words: int = Field(default=12, ge=1)
+    max_chars: int = Field(default=80, ge=10)
+    prohibited_words: tuple[str, ...] = DEFAULT_PROHIBITED
+    on_too_long: Literal["truncate", "fallback"] = "truncate"
+    pair_fallback: str = "{category} pick for fans of {interest}"
+    pair_fallback_same: str = "Another {category} pick for you"  # when the interest is the category
+    item_fallback: str = "More {category} to explore"
+    popular_fallback: str = "Popular in {category}"
+    popular_share: float = Field(default=0.1, gt=0.0, le=1.0)
+    temperature: float = 0.0
+    max_tokens: int = Field(default=160, ge=16)
+    seed: int = 0
+
+
+class Explanation(BaseModel):
+    """The paper's two-step answer: reasoning first, then the explanation (only the latter is kept)."""
+
+    analysis: str = Field(description="at most 25 words: item features and their link to the interest")
+    explanation: str = Field(description="at most 12 words")
+
+
+def item_label(row: Mapping[str, Any]) -> str:
+    """'Clean title [cat/cat]': how an item is shown to LLM_RE."""
+    cats = [c for c in (row.get("categories") or []) if c]
+    title = clean_title(row.get("title") or "", row.get("brand"))
+    return f"{title} [{'/'.join(cats)}]" if cats else title
+
+
+# ---------------------------------------------------------------- matching
+
+
+def match_pairs(
+    cfg: ExplanationsConfig,
+    interests: Sequence[str] | pl.DataFrame,
+    phi: TagToCategory,
+    item_ids: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """Matched (interest, item) pairs (PAIRS_SCHEMA): item category in φ(interest)'s top `phi_top_k`."""
+    names = interests["interest"].to_list() if isinstance(interests, pl.DataFrame) else list(interests)
+    names = list(dict.fromkeys(n for n in names if n and n.strip()))
+    pool = list(dict.fromkeys(item_ids)) if item_ids is not None else list(phi.item_ids)
+    rows = phi.item_rows(pool)
+    keep = rows >= 0
+    pool, rows = [p for p, k in zip(pool, keep, strict=True) if k], rows[keep]
+    out: dict[str, list[Any]] = {k: [] for k in PAIRS_SCHEMA}
+    if not names or not pool:
+        return pl.DataFrame(out, schema=PAIRS_SCHEMA)
+    assert phi.vectors is not None
+    cat_scores = phi.category_scores(names).toarray()
+    member = phi.membership[rows].toarray() > 0  # (n_pool, n_categories)
+    sims = np.asarray(phi.encoder.encode(names), dtype=np.float32) @ phi.vectors[rows].T
+    for i, name in enumerate(names):
+        top = [c for c in np.lexsort((np.arange(cat_scores.shape[1]), -cat_scores[i]))[: cfg.phi_top_k]
+               if cat_scores[i, c] > 0]  # fmt: skip
+        if not top:
+            continue
+        hit = member[:, top].any(axis=1)
+        cand = np.nonzero(hit)[0]
+        best = cand[np.lexsort((cand, -sims[i, cand]))][: cfg.max_items_per_interest]
+        for j in best:
+            cat = max((c for c in top if member[j, c]), key=lambda c: cat_scores[i, c])
+            for key, v in zip(out, (name, pool[j], phi.categories[cat], float(sims[i, j])), strict=True):
+                out[key].append(v)
+    return pl.DataFrame(out, schema=PAIRS_SCHEMA)
+
+
+# ---------------------------------------------------------------- rules
+
+
+_DANGLING = STOP_WORDS | {"&", "-", "—", "–"}
+
+
+def _truncate(text: str, max_words: int, max_chars: int) -> str:
+    words = text.split()[:max_words]
+    while words and len(" ".join(words)) > max_chars:
+        words.pop()
+    while words and words[-1].lower().strip(",;:") in _DANGLING:
+        words.pop()
+    return " ".join(words).rstrip(",;:-")
+
+
+def check_explanation(cfg: ExplanationsConfig, text: str, title: str) -> tuple[str, str | None]:
+    """(tidied text, None) when it passes the rules, else (text, what rule it broke); see module docstring."""
+    t = clean_phrase(text)
+    if not t:
+        return t, "empty"
+    low = t.lower()
+    for w in cfg.prohibited_words:
+        if w and re.search(rf"(?<!\w){re.escape(w.lower())}(?!\w)", low):
+            return t, f"prohibited word {w!r}"
+    if phrase_key(t) == phrase_key(EXAMPLE_EXPLANATION):
+        return t, "copies the example"
+    if "[" in t or "]" in t:
+        return t, "copies the item label"
+    title_words = phrase_tokens(title)
+    text_words = f" {' '.join(phrase_tokens(t))} "
+    full_title = " ".join(clean_title(title).lower().split())
+    if (len(title_words) >= 2 and f" {' '.join(title_words)} " in text_words) or (full_title and full_title in low):
+        return t, "repeats the item title"
+    if len(t.split()) > cfg.max_words or len(t) > cfg.max_chars:
+        if cfg.on_too_long == "fallback":
+            return t, "too long"
+        t = _truncate(t, cfg.max_words, cfg.max_chars)
+        if not t:
+            return t, "too long"
+    return t, None
+
+
+def _fit(cfg: ExplanationsConfig, text: str) -> str:
+    """A rule-based text made to fit the length limits (fallbacks must obey the rules too)."""
+    text = " ".join(text.split())
+    return text if len(text.split()) <= cfg.max_words and len(text) <= cfg.max_chars else _truncate(
+        text, cfg.max_words, cfg.max_chars)  # fmt: skip
+
+
+def pair_explanation(cfg: ExplanationsConfig, interest: str, category: str) -> str:
+    """Rule-based explanation of a matched pair (used when the LLM's text breaks a rule)."""
+    fmt = cfg.pair_fallback_same if phrase_key(interest) == phrase_key(category) else cfg.pair_fallback
+    return _fit(cfg, fmt.format(interest=interest, category=category))
+
+
+def item_explanation(cfg: ExplanationsConfig, row: Mapping[str, Any], popular: bool = False) -> str:
+    """Item-only explanation from item data alone (no interest matched the item)."""
+    cats = [c for c in (row.get("categories") or []) if c]
+    if not cats:
+        return _fit(cfg, clean_title(row.get("title") or "", row.get("brand")))
+    fmt = cfg.popular_fallback if popular else cfg.item_fallback
+    return _fit(cfg, fmt.format(category=cats[0]))
+
+
+# ---------------------------------------------------------------- generation
+
+
+def explanation_request(cfg: ExplanationsConfig, interest: str, row: Mapping[str, Any]) -> LLMRequest[Any]:
+    """The LLM_RE request of one (interest, item) pair (key = "item_id|interest")."""
+    return make_request(
+        TEMPLATE,
+        Explanation,
+        sampling=SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed),
+        stage=STAGE,
+        key=f"{row['item_id']}|{interest}",
+        interest=interest,
+        item=item_label(row),
+        max_words=cfg.max_words,
+    )
+
+
+def generate_explanations(
+    cfg: ExplanationsConfig, engine: LLMEngine, pairs: pl.DataFrame, items: pl.DataFrame
+) -> pl.DataFrame:
+    """LLM_RE over matched pairs -> the interest-item-explanation table (EXPLANATIONS_SCHEMA)."""
+    missing = {"interest", "item_id"} - set(pairs.columns)
+    if missing:
+        raise ValueError(f"pairs table lacks columns {sorted(missing)}")
+    pairs = pairs.unique(subset=["interest", "item_id"], keep="first", maintain_order=True)
+    meta = {r["item_id"]: r for r in items.filter(pl.col("item_id").is_in(pairs["item_id"].implode()))
+            .select([c for c in ("item_id", "title", "brand", "categories") if c in items.columns])
+            .iter_rows(named=True)}  # fmt: skip
+    unknown = [i for i in pairs["item_id"].to_list() if i not in meta]
+    if unknown:
+        raise KeyError(f"pairs name items not in the items table: {unknown[:5]}")
+    cats = pairs["category"].to_list() if "category" in pairs.columns else [None] * pairs.height
+    todo = list(zip(pairs["interest"].to_list(), pairs["item_id"].to_list(), cats, strict=True))
+    requests = [explanation_request(cfg, interest, meta[iid]) for interest, iid, _ in todo]
+    results = engine.run(requests)
+    rows = []
+    for (interest, iid, cat), req, res in zip(todo, requests, results, strict=True):
+        text, broken = (None, "llm failure") if res.value is None else check_explanation(
+            cfg, res.value.explanation, meta[iid]["title"] or "")  # fmt: skip
+        if broken is None and text:
+            rows.append({"interest": interest, "item_id": iid, "explanation": text,
+                         "template": req.template or TEMPLATE, "fallback": False})  # fmt: skip
+            continue
+        category = cat or next(iter(meta[iid].get("categories") or []), None) or "catalogue"
+        rows.append({"interest": interest, "item_id": iid, "explanation": pair_explanation(cfg, interest, category),
+                     "template": PAIR_RULE, "fallback": True})  # fmt: skip
+    return pl.DataFrame(rows, schema=EXPLANATIONS_SCHEMA)
+
+
+# ---------------------------------------------------------------- serving
+
+
+def lookup(table: pl.DataFrame, interest: str, item_id: str) -> str | None:
+    """The stored explanation of (interest, item) (case/spacing-insensitive interest), or None."""
+    key = phrase_key(interest)
+    hit = table.filter((pl.col("item_id") == item_id) & (pl.col("interest").map_elements(
+        phrase_key, return_dtype=pl.String) == key))  # fmt: skip
+    return None if hit.is_empty() else str(hit["explanation"][0])
+
+
+class ExplanationTable:
+    """Serving view of the table: O(1) lookups, then the item-only fallback."""
+
+    def __init__(
+        self,
+        table: pl.DataFrame,
+        items: pl.DataFrame,
+        config: ExplanationsConfig | None = None,
+        popularity: Mapping[str, float] | None = None,
+    ) -> None:
+        self.config = config or ExplanationsConfig()
+        self._index = {
+            (phrase_key(i), iid): e
+            for i, iid, e in table.select("interest", "item_id", "explanation").iter_rows()
+        }
+        cols = [c for c in ("item_id", "title", "brand", "categories") if c in items.columns]
+        self._items = {r["item_id"]: r for r in items.select(cols).iter_rows(named=True)}
+        self._popular = self._popular_items(popularity) if popularity else set()
+
+    def _popular_items(self, popularity: Mapping[str, float]) -> set[str]:
+        """Items in the top `popular_share` of their first category by training popularity."""
+        by_cat: dict[str, list[tuple[float, str]]] = {}
+        for iid, row in self._items.items():
+            cats = [c for c in (row.get("categories") or []) if c]
+            if cats:
+                by_cat.setdefault(cats[0], []).append((float(popularity.get(iid, 0.0)), iid))
+        out = set()
+        for members in by_cat.values():
+            members.sort(key=lambda x: (-x[0], x[1]))
+            n = max(1, int(len(members) * self.config.popular_share))
+            out.update(iid for pop, iid in members[:n] if pop > 0)
+        return out
+
+    def get(self, interest: str | None, item_id: str) -> tuple[str, bool]:
+        """(explanation, is_fallback) for one interest and item."""
+        if interest is not None:
+            hit = self._index.get((phrase_key(interest), item_id))
+            if hit is not None:
+                return hit, False
+        return self.item_only(item_id), True
+
+    def explain(self, interests: Sequence[str], item_id: str) -> tuple[str, bool]:
+        """The first of a user's interests with an entry for the item, else the item-only text."""
+        for interest in interests:
+            hit = self._index.get((phrase_key(interest), item_id))
+            if hit is not None:
+                return hit, False
+        return self.item_only(item_id), True
+
+    def annotate(self, candidates: pl.DataFrame) -> pl.DataFrame:
+        """Add `explanation` and `explanation_fallback` to a candidates table (by its `interest` column)."""
+        if "item_id" not in candidates.columns:
+            raise ValueError("candidates table lacks an 'item_id' column")
+        interests = candidates["interest"].to_list() if "interest" in candidates.columns else [None] * candidates.height
+        got = [self.get(i, iid) for i, iid in zip(interests, candidates["item_id"].to_list(), strict=True)]
+        return candidates.with_columns(
+            pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
+            pl.Series("explanation_fallback", [g[1] for g in got], dtype=pl.Boolean()),
+        )
+
+    def item_only(self, item_id: str) -> str:
+        """Item-only explanation (KeyError for an item not in the catalogue)."""
+        try:
+            row = self._items[item_id]
+        except KeyError:
+            raise KeyError(f"item {item_id!r} is not in the items table") from None
+        return item_explanation(self.config, row, popular=item_id in self._popular)
+
+
+__all__ = [
+    "DEFAULT_PROHIBITED",
+    "EXPLANATIONS_SCHEMA",
+    "PAIRS_SCHEMA",
+    "PAIR_RULE",
+    "Explanation",
+    "ExplanationTable",
+    "ExplanationsConfig",
+    "check_explanation",
+    "explanation_request",
+    "generate_explanations",
+    "item_explanation",
+    "item_label",
+    "lookup",
+    "match_pairs",
+    "pair_explanation",
+]

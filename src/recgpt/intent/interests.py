@@ -1,0 +1,211 @@
+"""LLM_UI interest mining (RecGPT §1.3): I_u = LLM_UI(A_u, B_u, I_m | P_UI).
+
+`mine_interests(cfg, engine, contexts)` renders the `recgpt_interests` prompt (role, principles,
+requirements, constraints, preset pool, output format, one worked example) for each `UserContext`,
+runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries) and post-processes:
+
+- interests are tidied (`clean_phrase`), empty ones dropped, duplicates (case/spacing-insensitive)
+  dropped keeping the first, over-long ones (`max_words`) dropped, copies of the prompt's worked
+  example dropped unless the user's own pool or history mentions them (a small model parrots examples),
+  and interests that merely name one history item (its title, year removed) dropped: the paper rules
+  out interests drawn from a single action, and a small model likes to copy titles;
+- `interest_id` is re-numbered 1..n in answer order (the model's own ids are not trusted);
+- `kind` = "listed" when the interest is one of the user's preset pool entries (case-insensitive, or
+  embedding cosine >= `listed_similarity` when an encoder is given), else "extended";
+- a user whose request failed or whose interests were all dropped gets a row in `failures` and, with
+  `fallback_to_pool`, their top pool entries as interests (template "pool-fallback"), so later stages
+  always have something to work with. The failure stays visible either way.
+
+The paper's "Stage" field is undefined [GAP]; here it is the time horizon, "long-term" or
+"short-term" (principle 1 of the prompt), constrained by the grammar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from recgpt.intent.context import (
+    UserContext,
+    attribute_text,
+    clean_phrase,
+    describe_date,
+    history_tail,
+    phrase_key,
+)
+from recgpt.intent.pool import TextEncoder, phrase_tokens
+from recgpt.llm.engine import LLMEngine
+from recgpt.llm.prompts import make_request
+from recgpt.llm.types import LLMRequest, SamplingParams
+
+TEMPLATE = "recgpt_interests"
+STAGE = "interests"
+FALLBACK_TEMPLATE = "pool-fallback"
+INTERESTS_SCHEMA = {
+    "user_id": pl.String(),
+    "interest_id": pl.Int64(),
+    "interest": pl.String(),
+    "stage": pl.String(),
+    "reason": pl.String(),
+    "kind": pl.String(),
+    "template": pl.String(),
+}
+FAILURES_SCHEMA = {"user_id": pl.String(), "reason": pl.String(), "detail": pl.String()}
+# The worked example's interests (recgpt_interests.j2): answers that merely copy them are dropped.
+EXAMPLE_INTERESTS = ("Trail running", "Marathon training", "Home baking")
+
+
+class InterestsConfig(BaseModel):
+    """LLM_UI settings. `count` = interests asked per user (paper: >10; 5 suits the small model)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int = Field(default=5, ge=1, le=30)
+    pool_size: int = Field(default=10, ge=0, description="preset pool entries shown in the prompt")
+    history_chars: int | None = Field(default=2000, ge=1, description="most recent part of B_u kept")
+    max_words: int = Field(default=6, ge=1)
+    listed_similarity: float = Field(default=0.85, ge=0.0, le=1.0)
+    fallback_to_pool: bool = True
+    hemisphere: Literal["north", "south"] = "north"
+    temperature: float = 0.0
+    tokens_per_interest: int = Field(default=60, ge=10)
+    seed: int = 0
+
+
+class Interest(BaseModel):
+    """One mined interest, in the paper's field order (ID, Interest, Stage, Reason)."""
+
+    id: int = Field(description="1, 2, 3, ...")
+    interest: str = Field(description="1 to 4 words")
+    stage: Literal["long-term", "short-term"]
+    reason: str = Field(description="at most 15 words, citing the behaviour")
+
+
+@lru_cache(maxsize=32)
+def interests_model(count: int) -> type[BaseModel]:
+    """Output model `{interests: [Interest] * count}` (the grammar then asks for exactly `count`)."""
+    return create_model(
+        f"Interests{count}",
+        interests=(list[Interest], Field(min_length=count, max_length=count)),
+    )
+
+
+def interest_request(cfg: InterestsConfig, ctx: UserContext) -> LLMRequest[Any]:
+    """The LLM_UI request of one user (key = user id)."""
+    return make_request(
+        TEMPLATE,
+        interests_model(cfg.count),
+        sampling=SamplingParams(
+            temperature=cfg.temperature, max_tokens=cfg.tokens_per_interest * cfg.count + 40, seed=cfg.seed
+        ),
+        stage=STAGE,
+        key=ctx.user_id,
+        count=cfg.count,
+        profile=attribute_text(ctx.attributes),
+        when=describe_date(ctx.asof_ts, cfg.hemisphere),
+        history=history_tail(ctx.history, cfg.history_chars) or "(no reliable behaviour)",
+        pool=list(ctx.pool[: cfg.pool_size]),
+    )
+
+
+def _matches_pool(
+    names: list[str], pool: Sequence[str], encoder: TextEncoder | None, threshold: float
+) -> list[bool]:
+    keys = {phrase_key(p) for p in pool}
+    listed = [phrase_key(n) in keys for n in names]
+    if encoder is not None and pool and not all(listed):
+        sims = np.asarray(encoder.encode(names)) @ np.asarray(encoder.encode(list(pool))).T
+        listed = [a or bool(s.max() >= threshold) for a, s in zip(listed, sims, strict=True)]
+    return listed
+
+
+def postprocess_interests(
+    cfg: InterestsConfig, ctx: UserContext, interests: Sequence[Interest], encoder: TextEncoder | None = None
+) -> list[dict[str, Any]]:
+    """Tidy, filter, dedupe, number and classify one user's interests (module docstring)."""
+    evidence = " ".join([ctx.history, *ctx.pool]).lower()
+    examples = {phrase_key(e) for e in EXAMPLE_INTERESTS}
+    pool_keys = {phrase_key(p) for p in ctx.pool}
+    titles = {phrase_key(t) for t, _ in ctx.items} | {" ".join(phrase_tokens(t)) for t, _ in ctx.items}
+    kept: list[Interest] = []
+    seen: set[str] = set()
+    for it in interests:
+        name = clean_phrase(it.interest)
+        key = phrase_key(name)
+        if not key or key in seen or len(name.split()) > cfg.max_words:
+            continue
+        if key in examples and key not in evidence:
+            continue
+        if key not in pool_keys and (key in titles or " ".join(phrase_tokens(name)) in titles):
+            continue  # one item's title, not an interest (a pool entry that happens to be a title stays)
+        seen.add(key)
+        kept.append(it.model_copy(update={"interest": name, "reason": clean_phrase(it.reason)}))
+    pool = ctx.pool[: cfg.pool_size]
+    listed = _matches_pool([k.interest for k in kept], pool, encoder, cfg.listed_similarity) if kept else []
+    return [
+        {"user_id": ctx.user_id, "interest_id": i, "interest": k.interest, "stage": k.stage, "reason": k.reason,
+         "kind": "listed" if is_listed else "extended", "template": ""}
+        for i, (k, is_listed) in enumerate(zip(kept, listed, strict=True), start=1)
+    ]  # fmt: skip
+
+
+def _pool_fallback(cfg: InterestsConfig, ctx: UserContext) -> list[dict[str, Any]]:
+    return [
+        {"user_id": ctx.user_id, "interest_id": i, "interest": p, "stage": "long-term",
+         "reason": "matched from the behaviour history (fallback)", "kind": "listed", "template": FALLBACK_TEMPLATE}
+        for i, p in enumerate(ctx.pool[: cfg.count], start=1)
+    ]  # fmt: skip
+
+
+def mine_interests(
+    cfg: InterestsConfig,
+    engine: LLMEngine,
+    contexts: Sequence[UserContext],
+    *,
+    encoder: TextEncoder | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """LLM_UI over users: (interests table INTERESTS_SCHEMA, failures table FAILURES_SCHEMA)."""
+    ids = [c.user_id for c in contexts]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate user ids in contexts")
+    requests = [interest_request(cfg, c) for c in contexts]
+    results = engine.run(requests)
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for ctx, req, res in zip(contexts, requests, results, strict=True):
+        if res.value is None:
+            assert res.failure is not None
+            failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
+            user_rows = []
+        else:
+            user_rows = postprocess_interests(cfg, ctx, res.value.interests, encoder)
+            for r in user_rows:
+                r["template"] = req.template or TEMPLATE
+            if not user_rows:
+                failures.append({"user_id": ctx.user_id, "reason": "empty",
+                                 "detail": "every interest was empty, duplicate, too long or an example copy"})  # fmt: skip
+        if not user_rows and cfg.fallback_to_pool:
+            user_rows = _pool_fallback(cfg, ctx)
+        rows.extend(user_rows)
+    return (
+        pl.DataFrame(rows, schema=INTERESTS_SCHEMA),
+        pl.DataFrame(failures, schema=FAILURES_SCHEMA),
+    )
+
+
+__all__ = [
+    "EXAMPLE_INTERESTS",
+    "FAILURES_SCHEMA",
+    "INTERESTS_SCHEMA",
+    "Interest",
+    "InterestsConfig",
+    "interest_request",
+    "interests_model",
+    "mine_interests",
+    "postprocess_interests",
+]

@@ -1,0 +1,298 @@
+"""LLM_IT item tag prediction (RecGPT §1.4): T_u = LLM_IT(A_u, I_u, S_u | P_IT).
+
+`predict_tags(cfg, engine, contexts, interests)` renders the `recgpt_tags` prompt per user (profile,
+date with month and season for seasonal relevance, the user's interests with their ids, recent
+behaviour, the items engaged in the last `freshness_days` days as a "do not repeat" list), runs the
+batch, and post-processes each answer:
+
+- tags are tidied (`clean_phrase`); empty ones, ones longer than `max_words`, copies of the worked
+  example (tag or rationale), and ones whose `interest_id` is not one of the user's interests are
+  dropped (the output schema already limits `interest_id` to the user's ids where the backend
+  decodes under a grammar);
+- **freshness**: a tag that names an item the user engaged with in the last `freshness_days` days
+  (as of the split point, from the `AsOf` history titles, years removed) is dropped. "Names" = the
+  title's words appear as a contiguous run in the tag's words; a one-word title shorter than
+  `min_title_chars` must equal the whole tag (so the movie "Heat" does not ban "heat gun");
+- duplicates (case/spacing-insensitive) are dropped keeping the first;
+- **modifier + core word**: English item phrases are head-final, so the last word is taken as the
+  core word and the rest as the modifier ("waterproof hiking boots" -> "waterproof hiking" + "boots");
+- **rank**: round-robin over interests in order of first appearance, keeping the model's order within
+  an interest, so the first tags cover as many interests as possible (the paper's diversity goal).
+
+A user whose request failed or whose tags were all dropped gets a `failures` row and, with
+`fallback_to_interests`, their interests as tags (rationale "fallback: interest used as tag").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from recgpt.behavior.items import clean_title
+from recgpt.data.split import EvalTask
+from recgpt.intent.context import (
+    UserContext,
+    attribute_text,
+    clean_phrase,
+    describe_date,
+    history_tail,
+    phrase_key,
+)
+from recgpt.intent.interests import FAILURES_SCHEMA
+from recgpt.intent.pool import phrase_tokens
+from recgpt.llm.engine import LLMEngine
+from recgpt.llm.prompts import make_request
+from recgpt.llm.types import LLMRequest, SamplingParams
+
+TEMPLATE = "recgpt_tags"
+STAGE = "tags"
+DAY = 86_400
+TAGS_SCHEMA = {
+    "user_id": pl.String(),
+    "tag": pl.String(),
+    "modifier": pl.String(),
+    "core": pl.String(),
+    "interest_id": pl.Int64(),
+    "interest": pl.String(),
+    "rationale": pl.String(),
+    "rank": pl.Int64(),
+}
+# The worked example's tags and rationales (recgpt_tags.j2): tags that merely copy them are dropped.
+EXAMPLE_TAGS = ("lightweight trail running jacket", "spring marathon energy gels", "cast iron bread baking pot")
+EXAMPLE_RATIONALES = (
+    "spring trail runs after buying running shoes", "marathon plan searched this week", "next step after the sourdough kit",
+)  # fmt: skip
+FALLBACK_RATIONALE = "fallback: interest used as tag"
+
+
+class TagsConfig(BaseModel):
+    """LLM_IT settings. `count` = tags asked per user (paper: 50; 10 suits the small model)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int = Field(default=10, ge=1, le=60)
+    freshness_days: int = Field(default=30, ge=0)
+    max_recent_items: int = Field(default=15, ge=0, description="recent items listed as 'do not repeat'")
+    history_chars: int | None = Field(default=1200, ge=1)
+    max_words: int = Field(default=8, ge=1)
+    min_title_chars: int = Field(default=6, ge=1)
+    fallback_to_interests: bool = True
+    hemisphere: Literal["north", "south"] = "north"
+    temperature: float = 0.0
+    tokens_per_tag: int = Field(default=40, ge=10)
+    seed: int = 0
+
+
+class Tag(BaseModel):
+    """One predicted tag tied to one interest (the paper's (Tag, Interest, Rationale) triplet)."""
+
+    tag: str = Field(description="modifier + core word, 2 to 6 words")
+    interest_id: int
+    rationale: str = Field(description="at most 12 words")
+
+
+@lru_cache(maxsize=256)
+def tags_model(count: int, interest_ids: tuple[int, ...] | None = None) -> type[BaseModel]:
+    """Output model `{tags: [Tag] * count}`.
+
+    With `interest_ids`, the JSON schema (hence a backend's grammar) only allows those ids, so a
+    constrained model cannot link a tag to an interest the user does not have. Validation stays
+    lenient (any int): an unconstrained backend's stray id costs one tag in post-processing, not the
+    whole answer.
+    """
+    item: type[BaseModel] = Tag
+    if interest_ids is not None:
+        if not interest_ids:
+            raise ValueError("interest_ids must not be empty")
+        suffix = "_".join(str(i) for i in interest_ids)
+        item = create_model(
+            f"Tag_{suffix}",
+            __base__=Tag,
+            interest_id=(int, Field(json_schema_extra={"enum": list(interest_ids)})),
+        )
+        return create_model(f"Tags{count}_{suffix}", tags=(list[item], Field(min_length=count, max_length=count)))
+    return create_model(f"Tags{count}", tags=(list[item], Field(min_length=count, max_length=count)))
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """(modifier, core word): the last word is the core (English noun phrases are head-final)."""
+    words = tag.split()
+    return " ".join(words[:-1]), (words[-1] if words else "")
+
+
+def recent_titles(ctx: UserContext, days: int) -> list[str]:
+    """Titles of items engaged in the `days` days before the split point, most recent first, distinct."""
+    since = ctx.asof_ts - days * DAY
+    return list(dict.fromkeys(t for t, ts in sorted(ctx.items, key=lambda x: -x[1]) if ts >= since and t))
+
+
+def names_item(tag: str, title: str, min_title_chars: int = 6) -> bool:
+    """Whether `tag` names the item `title` (module docstring, freshness rule)."""
+    t_words, i_words = phrase_tokens(tag), phrase_tokens(title)
+    if not i_words or not t_words:
+        return False
+    if len(i_words) == 1 and len(i_words[0]) < min_title_chars:
+        return t_words == i_words
+    n = len(i_words)
+    return any(t_words[i : i + n] == i_words for i in range(len(t_words) - n + 1))
+
+
+def tag_request(cfg: TagsConfig, ctx: UserContext, interests: Sequence[tuple[int, str]]) -> LLMRequest[Any]:
+    """The LLM_IT request of one user (key = user id); `interests` = (interest_id, interest)."""
+    return make_request(
+        TEMPLATE,
+        tags_model(cfg.count, tuple(sorted({i for i, _ in interests}))),
+        sampling=SamplingParams(
+            temperature=cfg.temperature, max_tokens=cfg.tokens_per_tag * cfg.count + 40, seed=cfg.seed
+        ),
+        stage=STAGE,
+        key=ctx.user_id,
+        count=cfg.count,
+        freshness_days=cfg.freshness_days,
+        profile=attribute_text(ctx.attributes),
+        when=describe_date(ctx.asof_ts, cfg.hemisphere),
+        interests=[f"{i}: {name}" for i, name in interests],
+        history=history_tail(ctx.history, cfg.history_chars) or "(no reliable behaviour)",
+        recent=recent_titles(ctx, cfg.freshness_days)[: cfg.max_recent_items],
+    )
+
+
+def _round_robin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["interest_id"], []).append(r)
+    out: list[dict[str, Any]] = []
+    while any(groups.values()):
+        for g in groups.values():
+            if g:
+                out.append(g.pop(0))
+    return out
+
+
+def postprocess_tags(
+    cfg: TagsConfig, ctx: UserContext, tags: Sequence[Tag], interests: Sequence[tuple[int, str]]
+) -> list[dict[str, Any]]:
+    """Tidy, filter (interest, freshness, example copies), dedupe, split and rank one user's tags."""
+    names = dict(interests)
+    recent = recent_titles(ctx, cfg.freshness_days)
+    examples = {phrase_key(e) for e in (*EXAMPLE_TAGS, *EXAMPLE_RATIONALES)}
+    seen: set[str] = set()
+    rows = []
+    for t in tags:
+        tag = clean_phrase(t.tag)
+        key = phrase_key(tag)
+        if not key or key in seen or key in examples or len(tag.split()) > cfg.max_words:
+            continue
+        if phrase_key(t.rationale) in examples:
+            continue
+        if t.interest_id not in names:
+            continue
+        if any(names_item(tag, title, cfg.min_title_chars) for title in recent):
+            continue
+        seen.add(key)
+        modifier, core = split_tag(tag)
+        rows.append({"user_id": ctx.user_id, "tag": tag, "modifier": modifier, "core": core,
+                     "interest_id": t.interest_id, "interest": names[t.interest_id],
+                     "rationale": clean_phrase(t.rationale), "rank": 0})  # fmt: skip
+    ranked = _round_robin(rows)
+    for rank, r in enumerate(ranked, start=1):
+        r["rank"] = rank
+    return ranked
+
+
+def _interest_fallback(ctx: UserContext, interests: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
+    rows = []
+    for rank, (iid, name) in enumerate(interests, start=1):
+        modifier, core = split_tag(name)
+        rows.append({"user_id": ctx.user_id, "tag": name, "modifier": modifier, "core": core, "interest_id": iid,
+                     "interest": name, "rationale": FALLBACK_RATIONALE, "rank": rank})  # fmt: skip
+    return rows
+
+
+def user_interests(interests: pl.DataFrame) -> dict[str, list[tuple[int, str]]]:
+    """user_id -> [(interest_id, interest)] in interest_id order, from an interests table."""
+    missing = {"user_id", "interest_id", "interest"} - set(interests.columns)
+    if missing:
+        raise ValueError(f"interests table lacks columns {sorted(missing)}")
+    out: dict[str, list[tuple[int, str]]] = {}
+    for u, i, name in interests.sort("user_id", "interest_id").select("user_id", "interest_id", "interest").iter_rows():
+        out.setdefault(u, []).append((int(i), name))
+    return out
+
+
+def predict_tags(
+    cfg: TagsConfig, engine: LLMEngine, contexts: Sequence[UserContext], interests: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """LLM_IT over users: (tags table TAGS_SCHEMA, failures table FAILURES_SCHEMA)."""
+    by_user = user_interests(interests)
+    failures: list[dict[str, Any]] = []
+    todo = []
+    for ctx in contexts:
+        if by_user.get(ctx.user_id):
+            todo.append(ctx)
+        else:
+            failures.append({"user_id": ctx.user_id, "reason": "no_interests", "detail": "no interests to tag"})
+    requests = [tag_request(cfg, c, by_user[c.user_id]) for c in todo]
+    results = engine.run(requests)
+    rows: list[dict[str, Any]] = []
+    for ctx, res in zip(todo, results, strict=True):
+        mine = by_user[ctx.user_id]
+        if res.value is None:
+            assert res.failure is not None
+            failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
+            user_rows = []
+        else:
+            user_rows = postprocess_tags(cfg, ctx, res.value.tags, mine)
+            if not user_rows:
+                failures.append({"user_id": ctx.user_id, "reason": "empty",
+                                 "detail": "every tag was empty, duplicate, stale, off-interest or an example copy"})  # fmt: skip
+        if not user_rows and cfg.fallback_to_interests:
+            user_rows = _interest_fallback(ctx, mine)
+        rows.extend(user_rows)
+    return pl.DataFrame(rows, schema=TAGS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
+
+
+def history_baseline_tags(
+    task: EvalTask, items: pl.DataFrame, user_ids: Sequence[str], *, last_n: int = 10
+) -> pl.DataFrame:
+    """A non-LLM tag baseline: the categories and clean titles of each user's last `last_n` items.
+
+    Built from the task's `AsOf` view only, same columns as `predict_tags` (interest columns null),
+    ranked by recency, so `phi.tag_hr` scores it exactly like LLM tags.
+    """
+    meta = {r["item_id"]: r for r in items.select("item_id", "title", "categories").iter_rows(named=True)}
+    rows: list[dict[str, Any]] = []
+    for u in user_ids:
+        hist = task.asof.history(u).filter(pl.col("item_id").is_not_null())
+        recent = list(dict.fromkeys(reversed(hist["item_id"].to_list())))[:last_n]
+        texts: list[str] = []
+        for iid in recent:
+            texts.extend(c for c in (meta[iid]["categories"] or []) if c)
+            texts.append(clean_title(meta[iid]["title"] or ""))
+        for rank, tag in enumerate(dict.fromkeys(t for t in texts if t.strip()), start=1):
+            modifier, core = split_tag(tag)
+            rows.append({"user_id": u, "tag": tag, "modifier": modifier, "core": core, "interest_id": None,
+                         "interest": None, "rationale": "history baseline", "rank": rank})  # fmt: skip
+    return pl.DataFrame(rows, schema=TAGS_SCHEMA)
+
+
+__all__ = [
+    "EXAMPLE_RATIONALES",
+    "EXAMPLE_TAGS",
+    "TAGS_SCHEMA",
+    "Tag",
+    "TagsConfig",
+    "history_baseline_tags",
+    "names_item",
+    "postprocess_tags",
+    "predict_tags",
+    "recent_titles",
+    "split_tag",
+    "tag_request",
+    "tags_model",
+    "user_interests",
+]
