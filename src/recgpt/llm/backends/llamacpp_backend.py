@@ -214,5 +214,8 @@ class LlamaCppBackend(Backend):
             self._pool = None
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # no contextlib here: at interpreter exit module globals may already be None
+        try:  # noqa: SIM105 - contextlib may be gone at interpreter exit
             self.close()
+        except Exception:
+            pass
