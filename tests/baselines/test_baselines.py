@@ -33,7 +33,7 @@ CASES: dict[str, tuple[dict[str, Any], float | None]] = {
     "bpr": ({"factors": 8, "iterations": 200, "learning_rate": 0.05}, 0.6),
     "sasrec": (
         {"hidden": 32, "blocks": 1, "heads": 2, "dropout": 0.1, "lr": 5e-3, "epochs": 25,
-         "early_stopping": False, "max_len": 12, "batch_size": 32, "threads": 1},
+         "early_stopping": False, "max_len": 12, "batch_targets": 256, "threads": 1},
         0.6,
     ),
 }

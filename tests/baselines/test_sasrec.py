@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recgpt.baselines.base import Interactions
-from recgpt.baselines.sasrec import SASRec
+from recgpt.baselines.sasrec import SASRec, _use_prefixes, _windows
 from recgpt.eval.ranking import topk
 
 N_ITEMS = 30
@@ -20,7 +20,8 @@ TINY = {
     "epochs": 25,
     "early_stopping": False,
     "max_len": 12,
-    "batch_size": 32,
+    "batch_targets": 128,
+    "prefix_aug": False,
     "threads": 1,
 }
 
@@ -127,10 +128,37 @@ def test_bad_input_raises() -> None:
         SASRec(hidden=30, heads=4)
     with pytest.raises(ValueError, match="dropout"):
         SASRec(dropout=1.0)
-    with pytest.raises(RuntimeError, match="fit"):
+    with pytest.raises(ValueError, match="unknown parameter"):
+        SASRec(batch_size=32)
+    with pytest.raises(ValueError, match="prefix_aug"):
+        SASRec(prefix_aug="sometimes")
+    with pytest.raises(RuntimeError, match="before fit"):
         SASRec().score(np.zeros(1), [np.array([1])])
     model = SASRec(**{**TINY, "epochs": 1}).fit(_interactions(_cyclic(10)), seed=0)
     with pytest.raises(ValueError, match="out of range"):
         model.score(np.zeros(1), [np.array([N_ITEMS])])
     with pytest.raises(ValueError, match="one history"):
         model.score(np.zeros(2), [np.array([1])])
+
+
+def test_windows_make_every_later_item_a_target_once() -> None:
+    seq = np.arange(23)
+    wins, lens = _windows([seq, np.array([5])], max_len=10)
+    targets = np.concatenate([w[1:n] - 1 for w, n in zip(wins, lens, strict=True)])
+    np.testing.assert_array_equal(np.sort(targets), np.arange(1, 23))
+    assert lens.max() == 11
+    pre, pre_lens = _windows([np.arange(5)], max_len=10, prefixes=True)
+    assert pre_lens.tolist() == [2, 3, 4, 5]
+    np.testing.assert_array_equal(pre[-1, :5], np.arange(5) + 1)
+
+
+def test_auto_rules_follow_sequence_length() -> None:
+    short = [np.arange(i % 5 + 2) for i in range(50)]
+    long = [np.arange(60) for _ in range(5)]
+    assert _use_prefixes("auto", _windows(short, 50)[1])
+    assert not _use_prefixes("auto", _windows(long, 50)[1])
+    assert not _use_prefixes(False, _windows(short, 50)[1])
+    params = {**TINY, "epochs": 2, "patience": 1, "early_stopping": True}
+    # short sequences: holding out one item per user removes a big share of targets -> refit
+    assert SASRec(**params).fit(_interactions([s % N_ITEMS for s in short]), seed=0).refit_used_
+    assert not SASRec(**params).fit(_interactions([s % N_ITEMS for s in long]), seed=0).refit_used_
