@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from recgpt.baselines.base import Interactions
-from recgpt.baselines.sasrec import SASRec, _use_prefixes, _windows
-from recgpt.eval.ranking import topk
+from recgpt.baselines.sasrec import SASRec, _seen_mask, _use_prefixes, _windows
+from recgpt.eval.ranking import mask_seen, topk
 
 N_ITEMS = 30
 TINY = {
@@ -116,11 +116,15 @@ def test_early_stopping_and_refit() -> None:
     assert best > 0.5  # the internal holdout (each user's last item) is predictable on a cycle
 
 
-def test_loss_mask_seen_excludes_history() -> None:
-    model = SASRec(**{**TINY, "epochs": 2, "loss_mask_seen": True}).fit(_interactions(_cyclic(40)), seed=0)
-    scores = model.score(np.zeros(1), [np.array([1, 2, 3])])
-    assert np.isneginf(scores[0, [1, 2, 3]]).all()
-    assert np.isfinite(np.delete(scores[0], [1, 2, 3])).all()
+def test_loss_mask_seen_trains_for_the_masked_protocol() -> None:
+    seqs = _cyclic()
+    model = SASRec(**{**TINY, "loss_mask_seen": True}).fit(_interactions(seqs), seed=0)
+    hists = [s[:-1] for s in _cyclic(n_users=60, seed=1)]
+    targets = np.array([s[-1] for s in _cyclic(n_users=60, seed=1)])
+    scores = model.score(np.arange(60), hists)
+    assert np.isfinite(scores).all()  # masking stays with recgpt.eval.ranking
+    top5 = topk(mask_seen(scores, hists), 5)
+    assert (top5 == targets[:, None]).any(axis=1).mean() > 0.8
 
 
 def test_bad_input_raises() -> None:
@@ -162,3 +166,18 @@ def test_auto_rules_follow_sequence_length() -> None:
     # short sequences: holding out one item per user removes a big share of targets -> refit
     assert SASRec(**params).fit(_interactions([s % N_ITEMS for s in short]), seed=0).refit_used_
     assert not SASRec(**params).fit(_interactions([s % N_ITEMS for s in long]), seed=0).refit_used_
+
+
+def test_seen_mask_covers_the_prefix_but_not_the_target() -> None:
+    inp = torch.tensor([[3, 4, 3, 0], [1, 2, 0, 0]])  # shifted ids (0 = padding)
+    tgt = torch.tensor([[4, 3, 5, 0], [2, 1, 0, 0]])
+    keep = tgt > 0
+    seen = _seen_mask(inp, tgt, keep, n_items=6)
+    want = [
+        [0, 0, 1, 0, 0, 0],  # prefix {3}, target 4 -> item 3 (idx 2)
+        [0, 0, 0, 1, 0, 0],  # prefix {3, 4}, target 3 (a repeat) stays allowed -> only item 4
+        [0, 0, 1, 1, 0, 0],  # prefix {3, 4}, target 5
+        [1, 0, 0, 0, 0, 0],  # prefix {1}, target 2
+        [0, 1, 0, 0, 0, 0],  # prefix {1, 2}, target 1 (repeat) -> only item 2
+    ]
+    np.testing.assert_array_equal(seen.numpy(), np.array(want, dtype=bool))

@@ -8,6 +8,7 @@ from recgpt.cli import compress as compress_cli
 from recgpt.cli import data as data_cli
 from recgpt.cli import evaluate as evaluate_cli
 from recgpt.cli import llm as llm_cli
+from recgpt.cli import run as run_cli
 
 app = typer.Typer(
     name="recgpt",
@@ -19,6 +20,8 @@ app.add_typer(data_cli.app, name="data", help="Import and inspect datasets.")
 app.add_typer(llm_cli.app, name="llm", help="Check and serve LLM backends.")
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compress")(compress_cli.compress)
+app.command("run")(run_cli.run)
+app.command("quickstart")(run_cli.quickstart)
 
 
 @app.callback()

