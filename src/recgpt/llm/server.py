@@ -55,7 +55,8 @@ def _resolve_model(model: str | os.PathLike[str] | None) -> Path:
     return path.resolve()
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a host name / address is this machine (the only place servers listen by default)."""
     if host == "localhost":
         return True
     try:
@@ -102,7 +103,7 @@ class LlamaServer:
         startup_timeout_s: float = 60.0,
         allow_remote: bool = False,
     ) -> None:
-        if not allow_remote and not _is_loopback(host):
+        if not allow_remote and not is_loopback(host):
             raise ValueError(f"host {host!r} is not a loopback address; pass allow_remote=True to expose it")
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
@@ -222,7 +223,7 @@ def serve(
     allow_remote: bool = False,
 ) -> int:
     """Run the server in the foreground until Ctrl-C / SIGTERM; returns its exit code (for the CLI)."""
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback(host):
         raise ValueError(f"host {host!r} is not a loopback address; pass allow_remote=True to expose it")
     _check_server_deps()
     path = _resolve_model(model)

@@ -17,7 +17,6 @@ a transient 500. One bad request never raises: it becomes an output with `finish
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
 import threading
@@ -26,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from recgpt.llm.server import is_loopback
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
 
 StructuredMode = Literal["json_schema", "json_object", "auto"]
@@ -41,13 +41,7 @@ _DUMMY_KEY = "sk-no-key-required"
 
 
 def _is_local(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlparse(url).hostname or "")
 
 
 def response_format(mode: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
