@@ -168,16 +168,21 @@ def test_auto_rules_follow_sequence_length() -> None:
     assert not SASRec(**params).fit(_interactions([s % N_ITEMS for s in long]), seed=0).refit_used_
 
 
-def test_seen_mask_covers_the_prefix_but_not_the_target() -> None:
+def test_seen_mask_covers_the_prefix() -> None:
     inp = torch.tensor([[3, 4, 3, 0], [1, 2, 0, 0]])  # shifted ids (0 = padding)
-    tgt = torch.tensor([[4, 3, 5, 0], [2, 1, 0, 0]])
-    keep = tgt > 0
-    seen = _seen_mask(inp, tgt, keep, n_items=6)
+    keep = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
     want = [
-        [0, 0, 1, 0, 0, 0],  # prefix {3}, target 4 -> item 3 (idx 2)
-        [0, 0, 0, 1, 0, 0],  # prefix {3, 4}, target 3 (a repeat) stays allowed -> only item 4
-        [0, 0, 1, 1, 0, 0],  # prefix {3, 4}, target 5
-        [1, 0, 0, 0, 0, 0],  # prefix {1}, target 2
-        [0, 1, 0, 0, 0, 0],  # prefix {1, 2}, target 1 (repeat) -> only item 2
+        [0, 0, 1, 0, 0, 0],  # {3} -> item index 2
+        [0, 0, 1, 1, 0, 0],  # {3, 4}
+        [0, 0, 1, 1, 0, 0],  # {3, 4, 3}
+        [1, 0, 0, 0, 0, 0],  # {1}
+        [1, 1, 0, 0, 0, 0],  # {1, 2}
     ]
-    np.testing.assert_array_equal(seen.numpy(), np.array(want, dtype=bool))
+    np.testing.assert_array_equal(_seen_mask(inp, keep, n_items=6).numpy(), np.array(want, dtype=bool))
+
+
+def test_seen_bias_learns_that_repeats_are_rare(cyclic_model: SASRec) -> None:
+    # on a cycle of 30 items with windows of 12 the next item is never in the window
+    assert cyclic_model._net.seen_bias.item() < -0.1
+    plain = SASRec(**{**TINY, "epochs": 2, "seen_bias": False}).fit(_interactions(_cyclic(40)), seed=0)
+    assert plain._net.seen_bias.item() == 0.0

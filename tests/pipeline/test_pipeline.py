@@ -51,7 +51,7 @@ def test_every_stage_writes_its_contract_tables(first_run: tuple[RunConfig, RunS
         "03_interests/interests": INTERESTS_SCHEMA, "03_interests/failures": FAILURES_SCHEMA,
         "04_tags/tags": TAGS_SCHEMA, "05_phi/tag_categories": TAG_CATEGORY_SCHEMA,
         "07_candidates/candidates": CANDIDATE_SCHEMA, "08_fusion/fused": CANDIDATE_SCHEMA,
-        "09_explanations/explanations": EXPLANATIONS_SCHEMA,
+        "10_explanations/explanations": EXPLANATIONS_SCHEMA,
     }  # fmt: skip
     for name, schema in contracts.items():
         assert pl.read_parquet(run / f"{name}.parquet").columns == list(schema), name
@@ -66,13 +66,13 @@ def test_every_stage_writes_its_contract_tables(first_run: tuple[RunConfig, RunS
     assert cand["tag"].is_not_null().all() and cand["interest"].is_not_null().all()  # provenance kept
     fused = pl.read_parquet(run / "08_fusion/fused.parquet")
     assert set(fused["channel"]) == {"recgpt", cfg.baseline}
-    served = pl.read_parquet(run / "09_explanations/served.parquet")
+    served = pl.read_parquet(run / "10_explanations/served.parquet")
     assert served.height == len(users) * cfg.explain_top and served["explanation"].is_not_null().all()
     results = json.loads((run / "results.json").read_text())
     assert [r["model"] for r in results["table"]] == ["recgpt", "fused", "user-tower", "itemknn", "mostpop"]
     assert results["users"]["sampled"] == cfg.users and "TagHR@30" in results["table"][0]
     assert {s["stage"] for s in results["throughput"]} >= {"interests", "tags", "tritower"}
-    lists = pl.read_parquet(run / "10_eval/lists.parquet")
+    lists = pl.read_parquet(run / "09_eval/lists.parquet")
     assert sorted(lists["user_id"].unique()) == users  # evaluated on the sampled users only
     html = (run / "report.html").read_text()
     assert "Walkthrough" in html and html.count("<h3>User ") == cfg.report_users

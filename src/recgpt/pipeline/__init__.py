@@ -6,8 +6,9 @@
 Stages (`stages.STAGES`), each writing Parquet tables and a `done.json` marker under
 `runs/<name>/<NN_stage>/`: split -> compress (B_u from the test `AsOf` view) -> interest pool ->
 LLM_UI interests -> LLM_IT tags -> φ + tag HR -> tri-tower training (train split only) -> RecGPT
-channel candidates -> baseline channel + fused list -> LLM_RE explanations of the final lists ->
-evaluation (harness metrics on the sampled test users, `results.json`) -> HTML report.
+channel candidates -> baseline channel + fused list -> evaluation (harness metrics on the sampled
+test users, `results.json`) -> LLM_RE explanations of the final lists -> HTML report. (Evaluation
+does not read the explanations, so it runs first: the metrics are there before the slowest LLM stage.)
 
 Every user-specific LLM prompt is built from the `AsOf` view of the test task and checked with
 `recgpt.intent.guard_requests` before generation: a leak aborts the stage with `LeakageError`.

@@ -16,8 +16,8 @@ report, but not compression, interests or the tri-tower).
 | 06_tritower | history (+ model/, index/) | tri-tower trained on the train split only |
 | 07_candidates | candidates | RecGPT channel: per-tag β-fused retrieval, interest-quota merge |
 | 08_fusion | fused | baseline channel (tuned on validation) mixed with RecGPT at `share` |
-| 09_explanations | pairs, explanations, served | LLM_RE for matched (interest, item) pairs of the final lists |
-| 10_eval | lists, metrics (+ results.json) | harness metrics of every channel on the sampled users |
+| 09_eval | lists (+ results.json) | harness metrics of every channel on the sampled users |
+| 10_explanations | pairs, explanations, served | LLM_RE for matched (interest, item) pairs of the final lists |
 | 11_report | (report.html) | metrics table, plots, throughput, ledger, 3 users walked through |
 """
 
@@ -222,7 +222,7 @@ def run_fusion(state: RunState) -> dict[str, Any]:
             "share": cfg.share, "recgpt_slots": float((fused["channel"] == "recgpt").mean()) if fused.height else 0.0}  # fmt: skip
 
 
-# ---------------------------------------------------------------- 09 explanations
+# ---------------------------------------------------------------- 10 explanations
 
 
 def explanation_pairs(state: RunState, top: pl.DataFrame, interests: pl.DataFrame) -> pl.DataFrame:
@@ -276,7 +276,7 @@ def run_explanations(state: RunState) -> dict[str, Any]:
             "rule_fallbacks": int(table["fallback"].sum()), "item_only_slots": int(served["item_only"].sum())}
 
 
-# ---------------------------------------------------------------- 10 eval
+# ---------------------------------------------------------------- 09 eval
 
 
 def run_eval(state: RunState) -> dict[str, Any]:
@@ -319,11 +319,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("fusion", "08_fusion", ("candidates",),
           lambda c: {"baseline": c.baseline, "share": c.share, "ks": list(c.ks)}, run_fusion,
           title="baseline channel + fused list"),
-    Stage("explanations", "09_explanations", ("fusion", "phi"),
+    Stage("eval", "09_eval", ("fusion", "phi"), lambda c: {"compare": list(c.compare), "ks": list(c.ks)},
+          run_eval, title="evaluation"),
+    Stage("explanations", "10_explanations", ("fusion", "phi"),
           lambda c: {"explanations": _dump(c.explanations), "top": c.explain_top, "llm": _llm(c)},
           run_explanations, llm=True, title="LLM_RE explanations"),
-    Stage("eval", "10_eval", ("fusion", "phi"), lambda c: {"compare": list(c.compare), "ks": list(c.ks)},
-          run_eval, title="evaluation"),
     Stage("report", "11_report", ("eval", "explanations", "compress"), lambda c: {"users": c.report_users},
           run_report, title="HTML report"),
 )
