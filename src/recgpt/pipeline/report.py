@@ -4,7 +4,8 @@ The HTML report reuses `recgpt.eval.report` (its CSS and plots: accuracy vs dive
 exposure Lorenz curves), adds the tag HR columns, the throughput of every stage and the LLM ledger,
 and walks a few users through the chain: compressed history -> matched pool -> interests -> tags
 (with φ's categories) -> the final list (channel, and the tag and interest that produced each
-RecGPT item) -> explanations. All catalogue, user and LLM text is HTML-escaped.
+RecGPT item) -> explanations. Once `recgpt judge run` has judged the run, a "Judge" section shows
+its pass rates per task and criterion. All catalogue, user and LLM text is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -139,6 +140,25 @@ def _walk_one(state: RunState, user: str, titles: dict[str, str], cats: dict[str
     return "\n".join(parts)
 
 
+def judge_html(run_dir: Path) -> str:
+    """The "Judge" section from `recgpt judge run`'s `judge/pass_rates.json` ("" when the run was not judged)."""
+    path = run_dir / "judge" / "pass_rates.json"
+    if not path.exists():
+        return ""
+    rates = json.loads(path.read_text())
+    try:
+        meta = json.loads((run_dir / "judge" / "judge.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    rows = [[f"<b>{_e(task)}</b>", _e(r["n"]), _e(r.get("errors", 0)), f"<b>{r['overall']:.1%}</b>",
+             ", ".join(f"{_e(k)} {v:.1%}" for k, v in r.items() if k not in ("overall", "n", "errors"))]
+            for task, r in rates.items()]  # fmt: skip
+    return (f"<h2>Judge</h2><p>LLM judge <code>{_e(meta.get('llm', '?'))}</code> plus deterministic rules "
+            "(<code>rule:*</code>) over the LLM-written outputs; an output passes only if every criterion and "
+            "rule passes, and a failed judge call counts as not passing.</p>"
+            + _table(["task", "samples", "judge errors", "pass rate", "per criterion"], rows))  # fmt: skip
+
+
 def render_run_html(state: RunState, payload: dict[str, Any], ledger: dict[str, Any]) -> str:
     result = load_result(state, payload)
     plots = "".join(f'<figure><img alt="{_e(t)}" src="data:image/png;base64,{b}"><figcaption>{_e(t)}'
@@ -168,6 +188,7 @@ baseline tags: @10 {hist.get('TagHR@10', 0):.4f}, @30 {hist.get('TagHR@30', 0):.
 (<code>{_e(b['best_baseline'])}</code>): NDCG@10 ratio {b['fused_over_best_ndcg']:.3f}; CatDiv up {b['catdiv_up']},
 Coverage up {b['coverage_up']}, Gini down {b['gini_down']}: bar <b>{'met' if b['met'] else 'not met'}</b>.</p>
 <div class="plots">{plots}</div>
+{judge_html(state.run_dir)}
 <h2>Throughput</h2>{thr}
 <h2>LLM ledger</h2>{led}
 <h2>Walkthrough</h2>{walks}
@@ -189,4 +210,4 @@ def write_run_report(state: RunState) -> Path:
     return path
 
 
-__all__ = ["print_results", "render_run_html", "results_table", "walk_users", "write_run_report"]
+__all__ = ["judge_html", "print_results", "render_run_html", "results_table", "walk_users", "write_run_report"]
