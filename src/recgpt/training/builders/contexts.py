@@ -1,0 +1,475 @@
+"""Leakage-safe (user, as-of) contexts from interaction logs: the shared input of the log builders.
+
+1. **Users**: a seeded sample of users with enough training history, never one of `exclude_users`
+   (pass the chain's evaluation users: `eval_users(split, n, seed)`). Only `split.train_events` is
+   read, i.e. nothing at or after a user's validation point.
+2. **As-of points** t (`select_points`): a timestamp of one of the user's target events with at least
+   `min_history` reliable events strictly before it, whose window [t, t + window_days) holds enough
+   distinct, balanced targets; up to `points_per_user` non-overlapping windows per user, picked at
+   random (seeded). With a global `window=(start, end)` (incremental learning over "a new time
+   window") the targets are the user's interactions in that window and t is the first one's time.
+   A point is a timestamp: the history is every event strictly before t (events in the same second
+   are never history), so a sample's `as_of` bounds everything its prompt shows.
+3. **Context** (`tag_contexts`): `intent.context.build_contexts` over `AsOf(train_events, t)`, i.e.
+   the compressed history, the matched interest pool and the attributes exactly as the chain builds
+   them at serving time, from events strictly before t only. The prompt's interests are the top
+   `n_interests` pool matches (as the chain's fallback does) or the history's top categories.
+4. **Targets** come from events at/after t: the user's next items in the window that they had not
+   engaged with before t, in time order (a catalogue duplicate of a seen item, e.g. ml-100k's two
+   "Ulee's Gold (1997)", is not new: the prompt already names it). Each is linked to the interest that best matches it (an
+   interest equal to one of its categories, else one its title contains, else embedding similarity).
+
+`logs.guard_samples` re-checks every built table against these rules.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from recgpt.behavior import BehaviorCompressor, CompressionConfig, filter_reliable, make_counter
+from recgpt.data.dataset import Dataset
+from recgpt.data.split import AsOf, EvalTask, Split
+from recgpt.intent.context import UserContext, build_contexts, phrase_key
+from recgpt.intent.explanations import ExplanationsConfig
+from recgpt.intent.interests import InterestsConfig
+from recgpt.intent.pool import InterestPool, PoolConfig, TextEncoder
+from recgpt.intent.tags import EXAMPLE_TAGS, TagsConfig, names_item
+from recgpt.training.builders.items import Catalogue, TagStyle, core_word_for
+
+DAY = 86_400
+VAGUE_WORDS: tuple[str, ...] = ("smart", "modular", "set", "stuff", "things", "various", "miscellaneous", "misc")
+MAX_TRIES = 60  # as-of candidates tried per user before giving up on them
+
+
+class LogsConfig(BaseModel):
+    """How samples are drawn from logs (module docstring). The chain configs must be the serving ones."""
+
+    model_config = ConfigDict(frozen=True)
+
+    users: int | None = Field(default=200, ge=1, description="training users sampled (None: all eligible)")
+    points_per_user: int = Field(default=1, ge=1)
+    min_history: int = Field(default=5, ge=1, description="reliable events before an as-of point")
+    window_days: int = Field(default=14, ge=1, description="targets: next items within this many days")
+    min_rating: float | None = Field(default=None, description="targets: only ratings >= this (None: all)")
+    n_interests: int = Field(default=5, ge=1, description="interests shown in the tag prompt")
+    interests_from: Literal["pool", "categories"] = "pool"
+    tag_style: TagStyle = "auto"
+    core_word: str | None = Field(default="auto", description='"auto": "film" for MovieLens, else none')
+    max_per_category: int = Field(default=2, ge=1, description="tags per category in one sample (paper: 2)")
+    interest_match: Literal["require", "prefer", "any"] = Field(
+        default="prefer", description="targets an interest names (category/title): only them, them first, or time order")
+    category_cap: int | None = Field(default=None, ge=1, description="tags per category in the whole set")
+    explanations_per_context: int = Field(default=2, ge=1)
+    tag_min_words: int = Field(default=2, ge=1)
+    tag_max_words: int = Field(default=6, ge=1)
+    vague_words: tuple[str, ...] = VAGUE_WORDS
+    long_term_support: int = Field(default=3, ge=1, description="history items making an interest long-term")
+    tags: TagsConfig = Field(default_factory=TagsConfig)
+    interests: InterestsConfig = Field(default_factory=InterestsConfig)
+    explanations: ExplanationsConfig = Field(default_factory=ExplanationsConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    tokenizer: str = Field(default="smollm2", description="token counter of the compression budget")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One next item of a user after an as-of point, linked to one of the prompt's interests."""
+
+    item_id: str
+    timestamp: int
+    event_id: int
+    interest_id: int
+    matched: bool = True  # the interest names the item (category / title); False: nearest by embedding
+
+
+@dataclass(frozen=True)
+class LogContext:
+    """One (user, as-of) of the logs: the chain's context, the prompt's interests, the next items."""
+
+    ctx: UserContext
+    interests: tuple[tuple[int, str], ...]
+    targets: tuple[Target, ...]
+    seen: frozenset[str]  # items engaged before the point (any behaviour)
+    window: tuple[int, int]  # [as_of, end) of the targets
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def user_id(self) -> str:
+        return self.ctx.user_id
+
+    @property
+    def as_of(self) -> int:
+        return self.ctx.asof_ts
+
+
+# ---------------------------------------------------------------- resources
+
+
+class LogSource:
+    """What every log builder reads: dataset, split, catalogue view, pool, compressor (built once)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        split: Split,
+        config: LogsConfig | None = None,
+        *,
+        encoder: TextEncoder | None = None,
+        pool: InterestPool | None = None,
+        compressor: BehaviorCompressor | None = None,
+    ) -> None:
+        if split.dataset is not dataset and split.dataset.manifest.name != dataset.manifest.name:
+            raise ValueError("the split was made from another dataset")
+        self.dataset, self.split = dataset, split
+        self.config = config or LogsConfig()
+        cfg = self.config
+        if pool is None:
+            if encoder is None:
+                raise ValueError("pass an encoder (to build the interest pool) or a ready InterestPool")
+            pool = InterestPool.build(dataset.items, encoder, cfg.pool)
+        self.pool = pool
+        self.compressor = compressor or BehaviorCompressor(dataset.items, make_counter(cfg.tokenizer), cfg.compression)
+        core = core_word_for(dataset.manifest.source) if cfg.core_word == "auto" else cfg.core_word
+        self.catalogue = Catalogue(dataset.items, split.train_events, cfg.tag_style, core)
+        self._tags: dict[str, str] = {}
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from recgpt.pipeline.state import fingerprint
+
+            self._fingerprint = fingerprint(self.dataset)
+        return self._fingerprint
+
+    def tag(self, item_id: str) -> str:
+        if item_id not in self._tags:
+            self._tags[item_id] = self.catalogue.tag(item_id)
+        return self._tags[item_id]
+
+    def tag_ok(self, tag: str) -> bool:
+        """The chain's and the judge's static tag rules: word count, vague words, example copies."""
+        cfg = self.config
+        words = tag.split()
+        if not cfg.tag_min_words <= len(words) <= min(cfg.tag_max_words, cfg.tags.max_words):
+            return False
+        low = {w.lower() for w in words}
+        return not (low & {v.lower() for v in cfg.vague_words}) and phrase_key(tag) not in _EXAMPLES
+
+    def category(self, item_id: str) -> str:
+        return self.catalogue.specific_category(item_id) or "(none)"
+
+
+_EXAMPLES = frozenset(phrase_key(e) for e in EXAMPLE_TAGS)
+
+
+def eval_users(split: Split, users: int | None = 200, seed: int = 0) -> list[str]:
+    """The chain's evaluation users (its seeded test-user sample): pass them as `exclude_users`."""
+    from recgpt.pipeline.state import sample_users
+
+    return sample_users(split.test, users, seed)
+
+
+@contextmanager
+def progress_bar(enabled: bool, what: str, total: int) -> Iterator[Any]:
+    if not enabled:
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:  # fmt: skip
+        task = bar.add_task(what, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+# ---------------------------------------------------------------- as-of points
+
+
+def _target_mask(split: Split, events: pl.DataFrame, min_rating: float | None) -> pl.Series:
+    cfg = split.config
+    is_target = pl.col("item_id").is_not_null()
+    if cfg.target_behaviors:
+        is_target = is_target & pl.col("behavior").is_in(list(cfg.target_behaviors))
+    else:
+        is_target = is_target & ~pl.col("behavior").is_in(list(cfg.non_target_behaviors))
+    if min_rating is not None:
+        is_target = is_target & ((pl.col("behavior") != "rating") | (pl.col("value") >= min_rating))
+    return events.select(is_target.fill_null(False).alias("t"))["t"]
+
+
+@dataclass
+class _UserLog:
+    """One user's training events as arrays, for fast as-of scans."""
+
+    ts: np.ndarray
+    eid: np.ndarray
+    items: list[str | None]
+    is_target: np.ndarray
+    rel_before_ts: dict[int, int]  # reliable events strictly before each distinct timestamp
+    first_seen: dict[str, int]  # item -> timestamp it was first engaged
+
+
+def _user_log(frame: pl.DataFrame, mask: pl.Series, reliable_ids: set[int]) -> _UserLog:
+    ts = frame["timestamp"].to_numpy()
+    eid = frame["event_id"].to_numpy()
+    items = frame["item_id"].to_list()
+    rel = np.fromiter((e in reliable_ids for e in eid), dtype=bool, count=len(eid))
+    rel_before: dict[int, int] = {}
+    n = 0
+    for t, r in zip(ts.tolist(), rel.tolist(), strict=True):
+        rel_before.setdefault(t, n)
+        n += int(r)
+    first: dict[str, int] = {}
+    for t, i in zip(ts.tolist(), items, strict=True):
+        if i is not None:
+            first.setdefault(i, t)
+    return _UserLog(ts, eid, items, mask.to_numpy(), rel_before, first)
+
+
+def _window_targets(log: _UserLog, start: int, end: int) -> list[tuple[str, int, int]]:
+    """(item, ts, event id) of the user's target events in [start, end) not engaged before `start`."""
+    out: dict[str, tuple[str, int, int]] = {}
+    lo, hi = np.searchsorted(log.ts, start, "left"), np.searchsorted(log.ts, end, "left")
+    for k in range(lo, hi):
+        item = log.items[k]
+        if log.is_target[k] and item is not None and log.first_seen[item] >= start and item not in out:
+            out[item] = (item, int(log.ts[k]), int(log.eid[k]))
+    return list(out.values())
+
+
+def pick_tags(
+    src: LogSource,
+    targets: Sequence[str],
+    count: int,
+    cap_used: Counter[str] | None = None,
+    ok: Callable[[str, str], bool] | None = None,
+) -> list[str]:
+    """Items whose tags make a balanced sample: distinct valid tags, <= max_per_category per category."""
+    cfg = src.config
+    picked: list[str] = []
+    per_cat: Counter[str] = Counter()
+    keys: set[str] = set()
+    for item in targets:
+        tag = src.tag(item)
+        key, cat = phrase_key(tag), src.category(item)
+        if not tag or key in keys or not src.tag_ok(tag) or per_cat[cat] >= cfg.max_per_category:
+            continue
+        if cap_used is not None and cfg.category_cap is not None and cap_used[cat] + per_cat[cat] >= cfg.category_cap:
+            continue
+        if ok is not None and not ok(item, tag):
+            continue
+        picked.append(item)
+        keys.add(key)
+        per_cat[cat] += 1
+        if len(picked) == count:
+            break
+    return picked
+
+
+def select_points(
+    src: LogSource,
+    *,
+    exclude_users: Collection[str] = (),
+    window: tuple[int, int] | None = None,
+    progress: bool = False,
+) -> list[tuple[str, int, int]]:
+    """(user, as_of, window end) of the sampled users' as-of points (module docstring), deterministic."""
+    cfg, split = src.config, src.split
+    if window is not None and not window[0] < window[1]:
+        raise ValueError(f"window start must be before its end, got {window}")
+    events = split.train_events
+    excluded = set(exclude_users)
+    need = cfg.tags.count
+    mask = _target_mask(split, events, cfg.min_rating)
+    counts = events.filter(mask).group_by("user_id").len()
+    eligible = sorted(u for u, n in counts.iter_rows() if n >= need and u not in excluded)
+    random.Random(cfg.seed).shuffle(eligible)
+    reliable_ids = set(filter_reliable(events, cfg.compression.filter)["event_id"].to_list())
+    frames = {k[0]: v for k, v in events.with_columns(mask.alias("_t")).partition_by("user_id", as_dict=True).items()}
+    quota = len(eligible) if cfg.users is None else cfg.users
+    out: list[tuple[str, int, int]] = []
+    found = 0
+    with progress_bar(progress, "choosing as-of points", quota) as advance:
+        for u in eligible:
+            if found >= quota:
+                break
+            frame = frames[u]
+            log = _user_log(frame, frame["_t"], reliable_ids)
+            points = _user_points(src, log, random.Random(f"{cfg.seed}|{u}"), window)
+            if points:
+                found += 1
+                advance()
+                out.extend((u, t, end) for t, end in points)
+    return out
+
+
+def _user_points(src: LogSource, log: _UserLog, rng: random.Random,
+                 window: tuple[int, int] | None) -> list[tuple[int, int]]:  # fmt: skip
+    cfg = src.config
+    need = cfg.tags.count
+    if window is not None:
+        inside = log.ts[(log.ts >= window[0]) & (log.ts < window[1]) & log.is_target]
+        if not len(inside):
+            return []
+        t = int(inside[0])
+        ok = log.rel_before_ts[t] >= cfg.min_history
+        items = [i for i, _, _ in _window_targets(log, t, window[1])]
+        return [(t, window[1])] if ok and len(pick_tags(src, items, need)) == need else []
+    stamps = sorted({int(t) for t, m in zip(log.ts, log.is_target, strict=True) if m})
+    stamps = [t for t in stamps if log.rel_before_ts[t] >= cfg.min_history]
+    rng.shuffle(stamps)
+    chosen: list[tuple[int, int]] = []
+    span = cfg.window_days * DAY
+    for t in stamps[:MAX_TRIES]:
+        if any(t < e and s < t + span for s, e in chosen):
+            continue
+        items = [i for i, _, _ in _window_targets(log, t, t + span)]
+        if len(pick_tags(src, items, need)) == need:
+            chosen.append((t, t + span))
+            if len(chosen) == cfg.points_per_user:
+                break
+    return sorted(chosen)
+
+
+# ---------------------------------------------------------------- contexts
+
+
+def matches(src: LogSource, interest: str, item: str) -> bool:
+    """Whether an interest names the item: one of its categories, or a phrase of its title."""
+    key = phrase_key(interest)
+    return any(phrase_key(c) == key for c in src.catalogue.categories(item)) or names_item(
+        src.catalogue.title(item), interest, 1)  # fmt: skip
+
+
+def _history_categories(src: LogSource, seen: Collection[str], n: int) -> list[str]:
+    counts: Counter[str] = Counter()
+    for i in seen:
+        counts.update(src.catalogue.categories(i))
+    return [c for c, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:n]]
+
+
+def _link(src: LogSource, items: Sequence[str], interests: Sequence[tuple[int, str]]) -> dict[str, tuple[int, bool]]:
+    """item -> (interest id, matched): an interest equal to one of its categories (most specific wins),
+    else one its title contains (matched), else the most similar by embedding (not matched)."""
+    cat = src.catalogue
+    keys = [(iid, phrase_key(name)) for iid, name in interests]
+    out: dict[str, tuple[int, bool]] = {}
+    rest = []
+    for item in items:
+        cats = [phrase_key(c) for c in reversed(cat.by_specificity(item))]
+        hit = next((iid for c in cats for iid, k in keys if k == c), None)
+        if hit is None:
+            hit = next((iid for iid, name in interests if matches(src, name, item)), None)
+        if hit is None:
+            rest.append(item)
+        else:
+            out[item] = (hit, True)
+    if rest:
+        sims = src.pool.item_vectors(rest) @ np.asarray(src.pool.encoder.encode([n for _, n in interests])).T
+        for item, row in zip(rest, sims, strict=True):
+            out[item] = (interests[int(np.argmax(row))][0], False)
+    return out
+
+
+def tag_contexts(
+    dataset: Dataset,
+    split: Split,
+    config: LogsConfig | None = None,
+    *,
+    encoder: TextEncoder | None = None,
+    pool: InterestPool | None = None,
+    compressor: BehaviorCompressor | None = None,
+    exclude_users: Collection[str] = (),
+    window: tuple[int, int] | None = None,
+    progress: bool = True,
+    source: LogSource | None = None,
+) -> list[LogContext]:
+    """The (user, as-of) contexts, prompt interests and linked next items the log builders use.
+
+    Self-training asks the current model the same prompts (`tag_prompts(contexts)`); the targets
+    stay available for tag HR. Deterministic given `config.seed`.
+    """
+    src = source or LogSource(dataset, split, config, encoder=encoder, pool=pool, compressor=compressor)
+    cfg = src.config
+    points = select_points(src, exclude_users=exclude_users, window=window, progress=progress)
+    rounds: dict[int, list[tuple[str, int, int]]] = {}
+    per_user: Counter[str] = Counter()
+    for u, t, end in points:
+        rounds.setdefault(per_user[u], []).append((u, t, end))
+        per_user[u] += 1
+    out: list[LogContext] = []
+    top_n = max(cfg.n_interests, cfg.interests.pool_size)
+    with progress_bar(progress, "building contexts", len(points)) as advance:
+        for j in sorted(rounds):
+            pts = rounds[j]
+            users = [u for u, _, _ in pts]
+            frame = pl.DataFrame({"user_id": users, "point_ts": [t for _, t, _ in pts], "point_eid": [-1] * len(pts)},
+                                 schema={"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()})  # fmt: skip
+            view = AsOf(split.train_events, frame)
+            task = EvalTask(name=f"train-asof-{j}", user_ids=users, user_idx=np.zeros(len(users), dtype=np.int64),
+                            asof=view, histories=[], targets=[])  # fmt: skip
+            matches = src.pool.match(view, users, top_n=top_n)
+            ctxs = build_contexts(task, dataset, users, compressor=src.compressor, pool_matches=matches)
+            for (u, t, end), ctx in zip(pts, ctxs, strict=True):
+                hist = view.history(u)
+                seen = frozenset(hist["item_id"].drop_nulls().to_list())
+                lc = _context(src, ctx, seen, t, end, window)
+                if lc is not None:
+                    out.append(lc)
+                advance()
+    return out
+
+
+def _context(src: LogSource, ctx: UserContext, seen: frozenset[str], t: int, end: int,
+             window: tuple[int, int] | None) -> LogContext | None:  # fmt: skip
+    cfg = src.config
+    names = list(ctx.pool[: cfg.n_interests]) if cfg.interests_from == "pool" else []
+    if not names:
+        names = _history_categories(src, seen, cfg.n_interests)
+    if not names:
+        return None
+    interests = tuple((i, n) for i, n in enumerate(names, start=1))
+    ev = src.split.train_events.filter((pl.col("user_id") == ctx.user_id) & (pl.col("timestamp") >= t)
+                                       & (pl.col("timestamp") < end))  # fmt: skip
+    ev = ev.filter(_target_mask(src.split, ev, cfg.min_rating))
+    seen_names = [n for i in seen for n in src.catalogue.names(i)]
+    rows: dict[str, tuple[int, int]] = {}
+    for item, ts, eid in ev.select("item_id", "timestamp", "event_id").iter_rows():
+        if item in seen or item in rows:
+            continue
+        if any(n in s for n in src.catalogue.names(item) for s in seen_names):
+            continue  # a duplicate (or a name inside the name) of a seen item: the prompt names it already
+        rows[item] = (int(ts), int(eid))
+    links = _link(src, list(rows), interests) if rows else {}
+    targets = tuple(Target(i, ts, eid, *links[i]) for i, (ts, eid) in rows.items())
+    lineage = {"dataset": src.dataset.manifest.name, "fingerprint": src.fingerprint, "as_of": t,
+               "window": [t, end], "global_window": list(window) if window else None, "seed": cfg.seed}  # fmt: skip
+    return LogContext(ctx, interests, targets, seen, (t, end), lineage)
+
+
+
+__all__ = [
+    "VAGUE_WORDS",
+    "LogContext",
+    "LogSource",
+    "LogsConfig",
+    "Target",
+    "eval_users",
+    "matches",
+    "pick_tags",
+    "progress_bar",
+    "select_points",
+    "tag_contexts",
+]
