@@ -111,4 +111,4 @@ def test_judge_sft_rows_from_labels(tmp_path: Path) -> None:
     assert json.loads(got[ok["sample_id"][0]]["messages"]) == [{"role": m.role, "content": m.content}
                                                               for m in req.messages]  # fmt: skip
     assert got[ok["sample_id"][0]]["as_of"] == PROFILE["as_of"]
-    assert json.loads(got[ok["sample_id"][0]]["lineage"])["template"] == "judge_tags@1"
+    assert json.loads(got[ok["sample_id"][0]]["lineage"])["template"] == "judge_tags@2"

@@ -10,6 +10,7 @@ from recgpt.cli import evaluate as evaluate_cli
 from recgpt.cli import judge as judge_cli
 from recgpt.cli import llm as llm_cli
 from recgpt.cli import run as run_cli
+from recgpt.cli import train as train_cli
 
 app = typer.Typer(
     name="recgpt",
@@ -21,6 +22,7 @@ app.add_typer(data_cli.app, name="data", help="Import and inspect datasets.")
 app.add_typer(llm_cli.app, name="llm", help="Check and serve LLM backends.")
 app.add_typer(judge_cli.judge_app, name="judge", help="LLM judge of a run's outputs, and its agreement with humans.")
 app.add_typer(judge_cli.label_app, name="label", help="Export judge samples for people to label; import the labels.")
+app.add_typer(train_cli.train_app, name="train", help="Align the chain's LLMs: curriculum SFT, self-training, incremental.")
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compress")(compress_cli.compress)
 app.command("run")(run_cli.run)

@@ -1,6 +1,8 @@
 """Hugging Face transformers on CPU (or GPU): how fine-tuned models and PEFT adapters are served.
 
-`model` is an HF model folder or a `.gguf` file. A GGUF file is dequantized once (about 20 s for
+`model` is an HF model folder, a `.gguf` file, or a PEFT adapter folder (as `recgpt train sft`
+writes: its `adapter_config.json` names the local base model, which is loaded first and the adapter
+merged into it). A GGUF file is dequantized once (about 20 s for
 SmolLM2-135M: the tokenizer is rebuilt from the GGUF vocab and every tensor dequantized) and the
 result saved as a plain HF folder under `<cache>/hf-from-gguf/<sha256 prefix>/`, so every later load
 takes well under a second. The folder is written to a temporary sibling and renamed into place,
@@ -91,6 +93,30 @@ def gguf_to_hf_folder(gguf_path: str | os.PathLike[str], cache_dir: str | os.Pat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def is_adapter_folder(path: Path) -> bool:
+    """A PEFT adapter folder (adapter_config.json, no model config.json of its own)."""
+    return path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def adapter_base(adapter: Path) -> Path:
+    """The local base model an adapter was trained on (`base_model_name_or_path`: HF folder or .gguf)."""
+    try:
+        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"unreadable adapter_config.json in {adapter}: {e}") from e
+    if not base:
+        raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path")
+    path = Path(base).expanduser()
+    if not path.is_absolute():
+        path = (adapter / path).resolve() if (adapter / path).exists() else path
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the base model of adapter {adapter} is not here: {base} (pass the base as the model and the "
+            "adapter separately, or use the merged folder that `recgpt train sft` writes)"
+        )
+    return path
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -186,6 +212,8 @@ class TransformersBackend(Backend):
         src = Path(model).expanduser()
         if not src.exists():
             raise FileNotFoundError(f"model not found: {src} (expected an HF model folder or a .gguf file)")
+        if adapter is None and is_adapter_folder(src):  # `transformers:out/adapter` from `recgpt train sft`
+            src, adapter = adapter_base(src), src
         transformers.utils.logging.disable_progress_bar()
         torch.set_num_threads(threads)  # see runtime.md: oversubscribed torch is 10x slower on 2 cores
         self._torch = torch

@@ -1,0 +1,199 @@
+"""Self-training evolution (RecGPT §1.7 stage 3): generate -> judge-filter -> add -> SFT again, N rounds.
+
+Each round:
+
+1. **Generate.** The current model (the previous round's merged model; round 1 starts from the model
+   `recgpt train sft` produced) answers the chain's own LLM_IT prompts for a fresh seeded sample of
+   training users (`LogsConfig.seed = seed + round`, the chain's evaluation users excluded), built
+   exactly as the log builders build them (`builders.tag_contexts` + `builders.logs.tag_prompts`).
+2. **Filter.** An answer is kept only if it validates, the chain's post-processing would keep every
+   tag unchanged (`builders.distill.chain_rules`) and, where the judge is trusted, every tag passes
+   the judge and its rules (`Judge.filter`). Trust is the paper's gate: the judge filters only when
+   its measured agreement with people (`recgpt judge calibrate --out FILE`) reaches
+   `JudgeGate.threshold`; otherwise the round is filtered by the rules alone and says so.
+3. **Add and retrain.** The kept answers (`source = "self"`, lineage: round, teacher model, verdict)
+   join the training set (the SFT samples of the starting model plus every earlier round's kept
+   answers), and SFT runs again from the base model on that set, into `out/round-K/`.
+
+Per round, `rounds.json` records how many answers were generated, failed, rule- and judge-rejected
+and kept (the round's pass rate), the training-set size and the model folder. A finished round is
+not redone: re-running the command continues with the next one (and an interrupted SFT resumes from
+its checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from recgpt.data.dataset import Dataset
+from recgpt.data.split import Split
+from recgpt.training.builders.contexts import LogsConfig
+from recgpt.training.builders.distill import JudgeFilter
+from recgpt.training.data import concat_samples, load_samples, save_samples
+from recgpt.training.sft import SFTConfig
+
+
+class SelfTrainConfig(BaseModel):
+    """Self-training settings (module docstring)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rounds: int = Field(default=1, ge=1)
+    users_per_round: int = Field(default=48, ge=1, description="training users whose prompts the model answers")
+    judge: str | None = Field(default=None, description="judge backend spec (None: rules only)")
+    calibration: Path | None = Field(default=None, description="`recgpt judge calibrate --out` JSON")
+    gate_threshold: float = Field(default=0.8, ge=0.0, le=1.0)
+    min_pass: float = Field(default=1.0, ge=0.0, le=1.0, description="share of an answer's tags that must pass")
+    eval_users: int = 200
+    eval_seed: int = 0
+    seed: int = 0
+    llm_batch_size: int = Field(default=4, ge=1)
+
+
+@dataclass
+class RoundRecord:
+    """What one self-training round did."""
+
+    round: int
+    teacher: str
+    prompts: int
+    failed: dict[str, int]
+    rule_rejected: int
+    judge_rejected: int
+    kept: int
+    judge_used: bool
+    judge_note: str
+    train_samples: int
+    model_dir: str
+    sft_s: float = 0.0
+    generate_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pass_rate(self) -> float:
+        return self.kept / self.prompts if self.prompts else 0.0
+
+
+def judge_filter(
+    spec: str | None, calibration: Path | None, threshold: float, task: str, cache: Path | None = None
+) -> tuple[JudgeFilter | None, str]:
+    """The judge as a filter when the gate trusts it for `task`, else (None, why not)."""
+    if spec is None:
+        return None, "no judge given: rules only"
+    from recgpt.judge import Judge
+    from recgpt.judge.buffer import JudgeGate
+    from recgpt.llm.backends import make_backend
+    from recgpt.llm.engine import LLMEngine
+
+    if calibration is None:
+        return None, f"judge {spec} not calibrated (no --calibration): rules only"
+    payload = json.loads(Path(calibration).read_text())
+    metrics = payload.get("metrics", payload)
+    gate = JudgeGate(threshold=threshold)
+    if not gate.allows(metrics, task):
+        acc = ((metrics.get(task) or {}).get("overall") or {}).get("ACC")
+        return None, f"judge {spec} below the gate for {task} (ACC {acc} < {threshold}): rules only"
+    engine = LLMEngine(make_backend(spec), cache=str(cache) if cache else None)
+    return Judge(engine).filter, f"judge {spec} (calibrated ACC >= {threshold})"
+
+
+def _teacher(model_dir: Path, batch_size: int, cache: Path) -> Any:
+    from recgpt.llm.backends import make_backend
+    from recgpt.llm.engine import LLMEngine
+
+    return LLMEngine(make_backend(f"transformers:{model_dir}", batch_size=batch_size), cache=str(cache))
+
+
+def _write_rounds(out: Path, records: list[RoundRecord]) -> None:
+    tmp = out / "rounds.json.tmp"
+    rows = [{**dataclasses.asdict(r), "pass_rate": round(r.pass_rate, 4)} for r in records]
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(out / "rounds.json")
+
+
+def read_rounds(out: str | Path) -> list[RoundRecord]:
+    """The finished rounds of a self-training folder (empty when none)."""
+    path = Path(out) / "rounds.json"
+    if not path.is_file():
+        return []
+    return [RoundRecord(**{k: v for k, v in r.items() if k != "pass_rate"}) for r in json.loads(path.read_text())]
+
+
+def self_train(
+    config: SelfTrainConfig,
+    sft: SFTConfig,
+    dataset: Dataset,
+    split: Split,
+    logs: LogsConfig,
+    start: str | Path,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    console: Any = None,
+) -> list[RoundRecord]:
+    """Run (or continue) the rounds; `start` = an SFT output folder (`merged/` + `samples.parquet`)."""
+    from recgpt.retrieval.embeddings import Embedder
+    from recgpt.training.builders import eval_users, tag_contexts
+    from recgpt.training.builders.distill import run_distill
+    from recgpt.training.builders.logs import tag_prompts
+    from recgpt.training.sft import run_sft
+
+    start = Path(start)
+    if not (start / "merged").is_dir() or not (start / "samples.parquet").is_file():
+        raise FileNotFoundError(f"{start} is not a `recgpt train sft` output (needs merged/ and samples.parquet)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_rounds(out)
+    excluded = eval_users(split, config.eval_users, config.eval_seed)
+    filter_fn, note = judge_filter(config.judge, config.calibration, config.gate_threshold, "tags",
+                                   cache=out / "judge-cache.sqlite")  # fmt: skip
+    for k in range(len(records) + 1, config.rounds + 1):
+        prev = Path(records[-1].model_dir) if records else start / "merged"
+        train = concat_samples(load_samples(start / "samples.parquet"),
+                               *[load_samples(out / f"round-{r.round}" / "self.parquet") for r in records])  # fmt: skip
+        t0 = time.perf_counter()
+        cfg_k = logs.model_copy(update={"users": config.users_per_round, "seed": config.seed + k})
+        ctxs = tag_contexts(dataset, split, cfg_k, exclude_users=excluded, progress=progress,
+                            encoder=Embedder(cache_dir=out / "embed-cache"))  # fmt: skip
+        teacher = _teacher(prev, config.llm_batch_size, out / "llm-cache.sqlite")
+        try:
+            kept, stats = run_distill(tag_prompts(ctxs, cfg_k), teacher, filter_fn, source="self",
+                                      min_pass=config.min_pass, round=k)  # fmt: skip
+            teacher_id = teacher.backend.model_id
+        finally:
+            teacher.close()
+        gen_s = time.perf_counter() - t0
+        rdir = out / f"round-{k}"
+        rdir.mkdir(exist_ok=True)
+        save_samples(kept, rdir / "self.parquet")
+        train = concat_samples(train, kept)
+        t1 = time.perf_counter()
+        res = run_sft(sft, train, rdir / "sft", progress=progress, console=console)
+        if not res.complete:
+            raise RuntimeError(f"round {k}: SFT stopped before the end (time budget?); re-run to resume")
+        records.append(RoundRecord(
+            round=k, teacher=teacher_id, prompts=stats.prompts, failed=dict(stats.failed),
+            rule_rejected=sum(stats.rule_rejected.values()), judge_rejected=stats.judge_rejected, kept=stats.kept,
+            judge_used=filter_fn is not None, judge_note=note, train_samples=train.height,
+            model_dir=str(res.merged_dir), sft_s=round(time.perf_counter() - t1, 1), generate_s=round(gen_s, 1),
+            extra={"rule_reasons": dict(stats.rule_rejected.most_common(5))},
+        ))  # fmt: skip
+        _write_rounds(out, records)
+    return records
+
+
+def samples_of_rounds(out: str | Path) -> pl.DataFrame:
+    """Every kept self-training answer of a folder, all rounds."""
+    recs = read_rounds(out)
+    return concat_samples(*[load_samples(Path(out) / f"round-{r.round}" / "self.parquet") for r in recs])
+
+
+__all__ = ["RoundRecord", "SelfTrainConfig", "judge_filter", "read_rounds", "samples_of_rounds", "self_train"]

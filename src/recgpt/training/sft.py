@@ -1,0 +1,517 @@
+"""Curriculum multi-task LoRA SFT (RecGPT §1.7) with TRL's `SFTTrainer` and PEFT.
+
+`run_sft(config, samples, out_dir)` trains one LoRA adapter on an SFT sample table
+(`recgpt.training.data`: one row per example, `messages` = the chain's own prompt as JSON,
+`completion` = the target JSON, `level` = curriculum level).
+
+**Curriculum schedule.** The paper orders tasks foundation -> intermediate -> advanced but does not
+say how the stages are scheduled (papers.md §1.7 leaves it open). We use hard, sequential phases:
+one `SFTTrainer` run per level, in `config.levels` order, each with a fresh AdamW state and its own
+learning-rate schedule (linear decay), each continuing from the adapter the previous phase
+wrote (the same LoRA weights keep training; nothing is merged between phases). Tasks of one level
+are mixed and shuffled within the phase (multi-task). A level without samples is skipped. No replay
+of earlier levels: the foundation tasks are there to warm the model up on the catalogue's
+vocabulary, and forgetting them later costs the chain nothing.
+
+**Loss.** Each sample becomes a conversational prompt-completion pair rendered by the model's own
+chat template, with `completion_only_loss=True`: only the assistant's answer (and its end-of-turn
+token, so the model learns to stop) is trained. Samples longer than `max_seq_len` tokens are
+dropped, not truncated (truncation would cut the answer's end and teach the model never to stop);
+how many were dropped is reported per level.
+
+**Output folder.**
+
+    out/checkpoints/<level>/checkpoint-N/   Trainer checkpoints (adapter + optimizer + RNG): resume
+    out/checkpoints/<level>/adapter/        the adapter at the end of the phase (+ done.json)
+    out/adapter/                            the final PEFT adapter (its base path is a local HF folder)
+    out/merged/                             base + adapter merged, with the tokenizer: a plain HF model
+    out/log.jsonl                           one row per logged step: level, step, loss, lr, epoch, ...
+    out/train_config.json                   config, base model, sample counts, versions, result
+    out/samples.parquet                     the exact samples trained on
+
+Re-running with `resume=True` continues from the newest complete checkpoint of the unfinished
+phase (a killed job loses at most `save_steps` steps; `max_minutes` stops before a step that would
+overrun it, with a checkpoint); a finished run is not retrained. The folder remembers a fingerprint
+of the config and samples, and refuses to resume a different run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich import progress as rp
+
+from recgpt.behavior.report import write_parquet_atomic
+from recgpt.training.data import LEVELS, SAMPLE_SCHEMA, SampleError, to_chat, validate_samples
+from recgpt.training.report import log_callback, loss_ends, read_log, truncate_log, write_report
+
+_DONE = "done.json"
+# Fields that do not change what is learned: a resumed run may change them freely.
+_RUNTIME_FIELDS = ("threads", "max_minutes", "save_steps", "save_total_limit", "device")
+
+
+@dataclass
+class SFTConfig:
+    """LoRA SFT settings (TRL-style). `max_steps` (optimizer steps, per level) wins over `epochs`."""
+
+    base: str | None = None  # HF folder or .gguf; None = the shipped SmolLM2 GGUF, converted once
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"  # PEFT: every linear projection except lm_head
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0  # HF warmup spends its first step at lr 0: costly in a 5-step CPU phase
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int | dict[str, int] | None = None  # one number for every level, or per level
+    batch_size: int = 1
+    grad_accum: int = 4
+    max_seq_len: int = 1536
+    threads: int = 1  # torch.set_num_threads: oversubscribed torch is 10x slower on 2 shared cores
+    seed: int = 0
+    save_steps: int = 10
+    save_total_limit: int = 2
+    levels: tuple[str, ...] = LEVELS
+    completion_only_loss: bool = True
+    dtype: str = "float32"
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    max_minutes: float | None = None  # wall-clock budget of the whole run; stops cleanly (resumable)
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(self.levels)
+        if not self.levels or len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"levels must be a non-empty list of distinct names, got {self.levels}")
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_seq_len", "threads", "save_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not (0.0 <= self.lora_dropout < 1.0 and 0.0 <= self.warmup_ratio < 1.0 and self.learning_rate > 0
+                and self.epochs > 0):  # fmt: skip
+            raise ValueError("lora_dropout and warmup_ratio must lie in [0, 1), learning_rate and epochs be > 0")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        steps = self.max_steps.values() if isinstance(self.max_steps, dict) else [self.max_steps]
+        if any(s is not None and int(s) < 1 for s in steps):
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if isinstance(self.max_steps, dict) and (unknown := set(self.max_steps) - set(self.levels)):
+            raise ValueError(f"max_steps names levels not in {self.levels}: {sorted(unknown)}")
+
+    def steps_for(self, level: str) -> int | None:
+        if isinstance(self.max_steps, dict):
+            return self.max_steps.get(level)
+        return self.max_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["levels"] = list(self.levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SFTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := set(d) - known:
+            raise ValueError(f"unknown SFTConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class LevelResult:
+    """What one curriculum phase did."""
+
+    level: str
+    samples: int
+    dropped_too_long: int
+    tokens_mean: float
+    tokens_max: int
+    steps: int = 0
+    max_steps: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    resumed_from: int | None = None
+    runtime_s: float = 0.0
+    complete: bool = False
+
+
+@dataclass
+class SFTResult:
+    """Where the trained model is and how training went."""
+
+    out_dir: Path
+    base_model: Path
+    adapter_dir: Path
+    merged_dir: Path | None
+    levels: list[LevelResult] = field(default_factory=list)
+    complete: bool = False
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir), "base_model": str(self.base_model), "adapter_dir": str(self.adapter_dir),
+            "merged_dir": str(self.merged_dir) if self.merged_dir else None, "complete": self.complete,
+            "wall_s": round(self.wall_s, 1), "levels": [dataclasses.asdict(r) for r in self.levels],
+        }  # fmt: skip
+
+
+# ---------------------------------------------------------------------- samples
+
+
+def check_samples(samples: pl.DataFrame, levels: Sequence[str]) -> pl.DataFrame:
+    """The sample table, validated (`recgpt.training.data.validate_samples`, which names the bad row
+    and field) and with every level one the curriculum trains."""
+    samples = validate_samples(samples)
+    if samples.height == 0:
+        raise SampleError("no SFT samples to train on")
+    bad = samples.filter(~pl.col("level").is_in(list(levels)))
+    if bad.height:
+        raise SampleError(f"sample {bad['sample_id'][0]!r}: level {bad['level'][0]!r} is not one of {list(levels)}")
+    return samples
+
+
+def compact_answer(completion: str) -> str:
+    """A JSON answer in compact form (no spaces after `,`/`:`), other text unchanged.
+
+    The transformers backend decodes under a grammar that only admits compact JSON, so an answer
+    trained as `{"genre": "Comedy"}` would teach the model a space the grammar then forbids, and
+    constrained output turns to garbage. Key order and unicode are kept.
+    """
+    try:
+        value = json.loads(completion)
+    except ValueError:
+        return completion
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def to_records(samples: pl.DataFrame) -> list[dict[str, Any]]:
+    """TRL conversational prompt-completion records (`data.to_chat`), answers in compact JSON."""
+    records = to_chat(samples)
+    for r in records:
+        r["completion"][0]["content"] = compact_answer(r["completion"][0]["content"])
+    return records
+
+
+def token_lengths(tokenizer: Any, records: Sequence[dict[str, Any]]) -> list[int]:
+    """Prompt + answer tokens of each record, as the chat template renders them for training."""
+    texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in records]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def samples_digest(samples: pl.DataFrame) -> str:
+    h = hashlib.sha256()
+    for row in samples.select(list(SAMPLE_SCHEMA)).sort("sample_id").iter_rows():
+        h.update(json.dumps(row, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- model
+
+
+def resolve_base(base: str | os.PathLike[str] | None) -> Path:
+    """The base model as a local HF folder (a GGUF file is dequantized once, then cached)."""
+    from recgpt.llm.backends.transformers_backend import gguf_to_hf_folder
+
+    if base is None:
+        from recgpt.llm.backends.llamacpp_backend import default_model_path
+
+        return gguf_to_hf_folder(default_model_path())
+    p = Path(base).expanduser()
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return gguf_to_hf_folder(p)
+    if p.is_dir() and (p / "config.json").is_file():
+        return p.resolve()
+    raise FileNotFoundError(f"base model {base!r} is neither a .gguf file nor an HF model folder (config.json)")
+
+
+def merge_adapter(base: Path, adapter: Path, out: Path, dtype: str = "float32") -> Path:
+    """base + LoRA merged into plain weights, saved with the tokenizer (written to a temp sibling)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=getattr(torch, dtype))
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.hf_quantizer = None  # runtime.md §2: a GGUF-born model refuses to save otherwise
+    if hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(tmp)
+    return _swap(tmp, out)
+
+
+def _swap(tmp: Path, dest: Path) -> Path:
+    """Put a fully written folder in place (readers never see half a model)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def export_gguf(merged: Path, out_file: Path | None = None, outtype: str = "q8_0") -> Path:
+    """The merged model as one GGUF file for llama.cpp (`recgpt run --llm llamacpp:FILE`).
+
+    With llama.cpp's own `convert_hf_to_gguf.py`: the llama-cpp-python wheel lacks it, the sdist of the
+    same version vendors it (fetched once by pip, 77 MB; the converter, `conversion/` and `gguf-py/`
+    kept in `<recgpt cache>/llama-cpp-convert/<version>/`). It also needs `sentencepiece`.
+    """
+    from recgpt.llm.backends.transformers_backend import recgpt_cache_dir
+
+    if importlib.util.find_spec("sentencepiece") is None:
+        raise RuntimeError("llama.cpp's converter needs sentencepiece: pip install sentencepiece")
+    version = importlib.metadata.version("llama-cpp-python")
+    tools = recgpt_cache_dir() / "llama-cpp-convert" / version
+    if not (tools / "convert_hf_to_gguf.py").is_file():
+        tools.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=tools.parent) as tmp:
+            _run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
+                  "--no-binary", ":all:", "--quiet", "-d", tmp], "pip download of the llama-cpp-python sdist")  # fmt: skip
+            sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+            prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+            with tarfile.open(sdist) as tar:
+                keep = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix):].startswith(
+                    ("convert_hf_to_gguf.py", "conversion/", "gguf-py/"))]  # fmt: skip
+                for m in keep:
+                    m.name = m.name[len(prefix) :]
+                tar.extractall(Path(tmp) / "tools", members=keep, filter="data")
+            shutil.rmtree(tools, ignore_errors=True)
+            (Path(tmp) / "tools").rename(tools)
+    out_file = out_file or merged.parent / f"model-{outtype}.gguf"
+    env = {**os.environ, "PYTHONPATH": str(tools / "gguf-py"), "OMP_NUM_THREADS": "1"}
+    _run([sys.executable, str(tools / "convert_hf_to_gguf.py"), str(merged), "--outfile", str(out_file),
+          "--outtype", outtype], "llama.cpp's convert_hf_to_gguf.py", env)  # fmt: skip
+    return out_file
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{(done.stderr or done.stdout)[-2000:]}")
+
+
+# ---------------------------------------------------------------------- checkpoints and log
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """Newest *complete* `checkpoint-N` (trainer_state.json is written last; a killed save has none)."""
+    if not folder.is_dir():
+        return None
+    done = []
+    for p in folder.glob("checkpoint-*"):
+        if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file():
+            done.append((int(p.name.split("-")[-1]), p))
+    return max(done)[1] if done else None
+
+
+def _deadline_stop(deadline: float) -> Any:
+    """Stop before a step that would end past the deadline (steps last minutes on a busy CPU), saving
+    a checkpoint so that the next run resumes exactly there."""
+    from transformers import TrainerCallback
+
+    class _Stop(TrainerCallback):
+        longest = 0.0  # the slowest step so far predicts the next one (batches mix long and short samples)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.started = time.time()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.longest = max(self.longest, time.time() - self.started)
+            if time.time() + self.longest >= deadline and state.global_step < state.max_steps:
+                control.should_training_stop = control.should_save = True
+
+    return _Stop()
+
+
+# ---------------------------------------------------------------------- training
+
+
+def _trl_args(config: SFTConfig, phase_dir: Path, steps: int | None, device: str) -> Any:
+    from trl import SFTConfig as TRLConfig
+
+    return TRLConfig(
+        output_dir=str(phase_dir), max_steps=steps if steps is not None else -1, num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay, max_length=config.max_seq_len,
+        completion_only_loss=config.completion_only_loss, logging_steps=1, save_strategy="steps",
+        save_steps=config.save_steps, save_total_limit=config.save_total_limit, seed=config.seed, data_seed=config.seed,
+        report_to=[], disable_tqdm=True, gradient_checkpointing=False, use_cpu=device == "cpu",
+        bf16=config.dtype == "bfloat16" and device != "cpu", fp16=config.dtype == "float16" and device != "cpu",
+        dataloader_num_workers=0, dataloader_pin_memory=device != "cpu",
+    )  # fmt: skip
+
+
+def _train_phase(
+    config: SFTConfig, base: Path, prev_adapter: Path | None, records: list[dict[str, Any]], phase_dir: Path,
+    res: LevelResult, *, resume: bool, deadline: float | None, progress: Any, extra_callbacks: Sequence[Any],
+) -> Path:  # fmt: skip
+    """One curriculum phase; returns the adapter folder it wrote (complete or not)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from trl import SFTTrainer
+
+    device = config.device if config.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=getattr(torch, config.dtype))
+    peft_config = None
+    if prev_adapter is not None:  # continue the same LoRA weights (see the module docstring)
+        model = PeftModel.from_pretrained(model, str(prev_adapter), is_trainable=True)
+    else:
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules, task_type="CAUSAL_LM",
+        )  # fmt: skip
+    trainer = SFTTrainer(
+        model=model, args=_trl_args(config, phase_dir, config.steps_for(res.level), device),
+        train_dataset=Dataset.from_list(records), processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[log_callback(phase_dir.parent.parent, res.level, progress), *extra_callbacks,
+                   *([_deadline_stop(deadline)] if deadline else [])],
+    )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the rich bar and log.jsonl replace it
+    ckpt = latest_checkpoint(phase_dir) if resume else None
+    if ckpt is not None:
+        res.resumed_from = int(ckpt.name.split("-")[-1])
+        truncate_log(phase_dir.parent.parent, res.level, res.resumed_from)  # steps after it are redone
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    res.runtime_s = round(time.perf_counter() - started, 1)
+    res.steps, res.max_steps = trainer.state.global_step, trainer.state.max_steps
+    res.complete = res.steps >= res.max_steps
+    res.first_loss, res.last_loss = loss_ends(read_log(phase_dir.parent.parent), res.level)
+    adapter = phase_dir / "adapter"
+    trainer.model.save_pretrained(str(adapter))
+    if res.complete:
+        (phase_dir / _DONE).write_text(json.dumps(dataclasses.asdict(res)))
+    del trainer, model
+    return adapter
+
+
+def _prepare_out(out_dir: Path, config: SFTConfig, samples: pl.DataFrame, base: Path, resume: bool) -> dict[str, Any]:
+    """Write (or check, when resuming) train_config.json and samples.parquet."""
+    ident = {k: v for k, v in config.to_dict().items() if k not in _RUNTIME_FIELDS}
+    fingerprint = hashlib.sha256(
+        json.dumps({"config": ident, "base": str(base), "samples": samples_digest(samples)}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    meta_path = out_dir / "train_config.json"
+    if resume and meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{out_dir} holds a training run with another config or other samples "
+                f"(fingerprint {old.get('fingerprint')} != {fingerprint}): use --no-resume to start over, or another --out"
+            )
+    if not resume:
+        for name in ("checkpoints", "adapter", "merged", "log.jsonl", "report.html"):
+            p = out_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(samples, out_dir / "samples.parquet")
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    meta = {
+        "fingerprint": fingerprint, "config": config.to_dict(), "base_model": str(base),
+        "samples": {str(k): int(v) for k, v in samples.group_by("level").len().iter_rows()},
+        "tasks": {str(k): int(v) for k, v in samples.group_by("task").len().iter_rows()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "trl": trl.__version__},
+    }  # fmt: skip
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _level_records(tokenizer: Any, rows: pl.DataFrame, level: str, max_len: int) -> tuple[list[Any], LevelResult]:
+    """A level's training records without the ones longer than `max_len` tokens, and their stats."""
+    records = to_records(rows)
+    lengths = token_lengths(tokenizer, records)
+    kept = [r for r, n in zip(records, lengths, strict=True) if n <= max_len]
+    kept_len = [n for n in lengths if n <= max_len]
+    if not kept:
+        raise ValueError(f"every {level} sample is longer than max_seq_len={max_len} tokens "
+                         f"(shortest {min(lengths)}): raise max_seq_len")  # fmt: skip
+    res = LevelResult(level=level, samples=len(kept), dropped_too_long=len(records) - len(kept),
+                      tokens_mean=round(sum(kept_len) / len(kept_len), 1), tokens_max=max(kept_len))  # fmt: skip
+    return kept, res
+
+
+def run_sft(
+    config: SFTConfig,
+    samples: pl.DataFrame,
+    out_dir: str | os.PathLike[str],
+    resume: bool = True,
+    *,
+    progress: bool = True,
+    console: Any = None,
+    callbacks: Sequence[Any] = (),
+    merge: bool = True,
+) -> SFTResult:
+    """Train the curriculum (see the module docstring); `callbacks` go to every phase's Trainer."""
+    import datasets
+    import torch
+    import transformers
+
+    t0 = time.perf_counter()
+    deadline = time.time() + 60 * config.max_minutes if config.max_minutes else None
+    check_samples(samples, config.levels)
+    torch.set_num_threads(config.threads)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    out = Path(out_dir)
+    base = resolve_base(config.base)
+    meta = _prepare_out(out, config, samples, base, resume)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(base))
+    result = SFTResult(out_dir=out, base_model=base, adapter_dir=out / "adapter", merged_dir=None)
+    bar = rp.Progress(rp.TextColumn("  {task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                      rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), console=console, disable=not progress)
+    adapter: Path | None = None
+    with bar, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 deprecation chatter
+        for level in config.levels:
+            rows = samples.filter(pl.col("level") == level)
+            if rows.height == 0:
+                continue
+            kept, res = _level_records(tokenizer, rows, level, config.max_seq_len)
+            result.levels.append(res)
+            phase_dir = out / "checkpoints" / level
+            if resume and (phase_dir / _DONE).is_file() and (phase_dir / "adapter" / "adapter_config.json").is_file():
+                res.__dict__.update(json.loads((phase_dir / _DONE).read_text()))  # finished earlier
+                adapter = phase_dir / "adapter"
+                continue
+            adapter = _train_phase(config, base, adapter, kept, phase_dir, res, resume=resume, deadline=deadline,
+                                   progress=bar if progress else None, extra_callbacks=callbacks)  # fmt: skip
+            if not res.complete:
+                break  # stopped (budget or callback): later levels wait for the resumed run
+        assert adapter is not None, "no level had samples"
+        result.complete = all(r.complete for r in result.levels)
+        shutil.rmtree(tmp := out / "adapter.tmp", ignore_errors=True)
+        _swap(Path(shutil.copytree(adapter, tmp)), result.adapter_dir)
+        if merge:
+            result.merged_dir = merge_adapter(base, result.adapter_dir, out / "merged", config.dtype)
+    result.wall_s = time.perf_counter() - t0
+    meta["result"] = result.to_dict()
+    (out / "train_config.json").write_text(json.dumps(meta, indent=2))
+    write_report(out)
+    return result
+
