@@ -10,8 +10,10 @@ and exposure Gini. Written to `<runs-dir>/bench-training-<dataset>.json`.
     python bench/bench_training.py --dataset data/ml-100k --users 50 \
         --model sft=transformers:runs/train/ml-100k-tags/merged
 
-Models are `label=SPEC` (any `--llm` spec); `base` (the embedded SmolLM2 through the same
-transformers backend, so only the weights differ) is always included. Train first with
+Models are `label=SPEC` (any `--llm` spec); `base` is always included. By default a trained model
+serves the tags stage only (`--stage tags`: `recgpt run --stage-llm tags=SPEC`, the paper's LLM_IT),
+the other stages keep the base model and share its LLM cache, so every model sees the same
+interests and only the tags differ; `--stage all` serves every stage with the model. Train first with
 `recgpt train sft --task tags --dataset data/ml-100k --eval-users 50` (and `recgpt train self-train`).
 """
 
@@ -55,10 +57,15 @@ def measure(label: str, spec: str, a: argparse.Namespace) -> dict[str, Any]:
     name = f"bench-train-{Path(a.dataset).name}-{label}"
     run_dir = Path(a.runs_dir) / name
     out: dict[str, Any] = {"label": label, "llm": spec, "run": str(run_dir)}
-    out["run_s"] = _recgpt(["run", "--dataset", a.dataset, "--users", str(a.users), "--llm", spec, "--name", name,
+    if a.stage == "all":  # the model serves every LLM stage
+        llm = ["--llm", spec]
+    else:  # the model serves one stage; the others keep the base model, their answers shared through one cache
+        cache = Path(a.runs_dir) / f"bench-train-{Path(a.dataset).name}-base" / "llm-cache.sqlite"
+        llm = ["--llm", a.base, "--llm-cache", str(cache)] + ([] if label == "base" else ["--stage-llm", f"{a.stage}={spec}"])
+    out["run_s"] = _recgpt(["run", "--dataset", a.dataset, "--users", str(a.users), *llm, "--name", name,
                             "--runs-dir", a.runs_dir, "--no-progress", *a.run_args])  # fmt: skip
     out["judge_s"] = _recgpt(["judge", "run", str(run_dir), "--llm", a.judge_llm, "--tasks", "tags",
-                              "--max-samples", str(a.judge_samples)])  # fmt: skip
+                              "--max-samples", str(a.judge_samples), "--llm-workers", str(a.judge_workers), "--no-progress"])  # fmt: skip
     results = json.loads((run_dir / "results.json").read_text())
     rows = {r["model"]: r for r in results["table"]}
     out["fused"] = {m: rows["fused"].get(m) for m in LIST_METRICS}
@@ -93,8 +100,11 @@ def main() -> None:
     p.add_argument("--users", type=int, default=50, help="held-out test users (the chain's seeded sample)")
     p.add_argument("--model", action="append", default=[], help="label=SPEC, repeatable")
     p.add_argument("--base", default=None, help="spec of the base model (default: transformers on the SmolLM2 GGUF)")
+    p.add_argument("--stage", default="tags", choices=("tags", "interests", "explanations", "all"),
+                   help="the LLM stage the trained models serve (the others keep the base model); all: every stage")
     p.add_argument("--judge-llm", default="llamacpp")
     p.add_argument("--judge-samples", type=int, default=300)
+    p.add_argument("--judge-workers", type=int, default=2, help="llama.cpp judge worker processes")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--run-args", nargs=argparse.REMAINDER, default=[], help="extra `recgpt run` arguments")
     a = p.parse_args()

@@ -188,3 +188,34 @@ def test_the_guard_tolerates_duplicate_titles_but_still_catches_leaks(monkeypatc
     leak = request("u2", f"today (rated) | {toy_mod.ITEMS['r3'][0]}")  # u2's held-out item, no twin
     with pytest.raises(LeakageError, match="r3"):
         guard_user_prompts(sp, sp.test, [twin_mention, leak])
+
+
+def test_one_llm_stage_can_have_its_own_backend(slice_path: Path, tmp_path: Path) -> None:
+    """`llm.stages` (`recgpt run --stage-llm tags=SPEC`): an aligned LLM_IT serves the tags stage only;
+    only the stages it serves change identity, and its engine shares the run's ledger."""
+    from recgpt.data.dataset import Dataset
+    from recgpt.pipeline.run import stage_hash
+    from recgpt.pipeline.stages import STAGES
+    from recgpt.pipeline.state import RunState
+
+    cfg = RunConfig(dataset=str(slice_path), runs_dir=tmp_path, llm={"spec": "fake"})
+    tuned = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"stages": {"tags": "fake:aligned"}})})
+    hashes: dict[str, dict[str, str]] = {"base": {}, "tuned": {}}
+    for label, c in (("base", cfg), ("tuned", tuned)):
+        for st in STAGES:
+            hashes[label][st.name] = stage_hash(st, c, hashes[label], "fp")
+    changed = {n for n in hashes["base"] if hashes["base"][n] != hashes["tuned"][n]}
+    assert "tags" in changed and not changed & {"split", "compress", "pool", "interests", "tritower"}
+    assert tuned.llm.spec_for("tags") == "fake:aligned" and tuned.llm.spec_for("interests") == "fake"
+    with pytest.raises(ValueError, match="unknown LLM stage"):
+        RunConfig(llm={"stages": {"tagz": "fake"}})
+
+    state = RunState(tuned, Dataset.load(slice_path), console=None)  # type: ignore[arg-type]
+    made: list[str] = []
+    state._make_engine = lambda spec, backend=None, ledger=None: made.append(spec) or type(  # type: ignore[method-assign]
+        "E", (), {"spec": spec, "ledger": ledger if ledger is not None else object(), "close": lambda self: None})()
+    assert state.engine_for("interests") is state.engine and state.engine_for("explanations") is state.engine
+    tags_engine = state.engine_for("tags")
+    assert tags_engine.spec == "fake:aligned" and tags_engine.ledger is state.engine.ledger
+    assert state.engine_for("tags") is tags_engine and made == ["fake", "fake:aligned"]
+    state.close()

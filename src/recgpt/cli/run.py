@@ -85,6 +85,8 @@ def run(
                                    "openai:MODEL@http://127.0.0.1:8080/v1, transformers:PATH, fake."),
     llm_threads: int | None = typer.Option(None, "--llm-threads", min=1, help="llama.cpp threads per worker."),
     llm_workers: int | None = typer.Option(None, "--llm-workers", min=1, help="llama.cpp worker processes."),
+    stage_llm: list[str] = typer.Option([], "--stage-llm", help="One LLM stage's own backend, STAGE=SPEC (interests, "
+                                        "tags or explanations), e.g. tags=transformers:runs/train/x/merged (repeatable)."),
     llm_cache: Path | None = typer.Option(None, "--llm-cache", help="Shared LLM cache (default runs/<name>/llm-cache.sqlite)."),
     name: str | None = typer.Option(None, "--name", help="Run folder name (default: the dataset's name)."),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help="Parent folder of runs (default runs/)."),
@@ -108,6 +110,11 @@ def run(
     }, assignments)  # fmt: skip
     if users == 0:
         over["users"] = None
+    for item in stage_llm:
+        stage, sep, spec = item.partition("=")
+        if not sep or not spec:
+            raise typer.BadParameter(f"expected STAGE=SPEC, got {item!r}", param_hint="--stage-llm")
+        over.setdefault("llm", {}).setdefault("stages", {})[stage.strip()] = spec.strip()
     try:
         cfg = load_config(config, over)
     except (ValueError, ValidationError) as e:

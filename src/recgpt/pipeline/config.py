@@ -27,6 +27,7 @@ from recgpt.retrieval.tritower import TriTowerConfig
 BUNDLED_PREFIX = "bundled:"
 DEFAULT_DATASET = "bundled:ml-latest-small"
 QUICKSTART_USERS = 30
+LLM_STAGES = ("interests", "tags", "explanations")
 
 
 class LLMSettings(BaseModel):
@@ -35,6 +36,10 @@ class LLMSettings(BaseModel):
     `spec` follows `recgpt.llm.make_backend` (`llamacpp`, `llamacpp:/m.gguf`, `openai:MODEL@URL`,
     `transformers:PATH`, `fake`). `threads` / `workers` / `n_ctx` apply to the embedded llama.cpp
     backend only. `cache`: a shared SQLite cache path (default `runs/<name>/llm-cache.sqlite`).
+    `stages` gives one LLM stage its own backend: the paper's chain has three models (LLM_UI for
+    interests, LLM_IT for tags, LLM_RE for explanations), so e.g. `{"tags": "transformers:out/merged"}`
+    serves an aligned LLM_IT while the other stages keep `spec`. With a shared `cache`, a run that
+    changes only the tag model re-uses every interest answer of an earlier run.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -46,10 +51,22 @@ class LLMSettings(BaseModel):
     max_retries: int = Field(default=1, ge=0)
     chunk_size: int = Field(default=16, ge=1)
     cache: Path | None = None
+    stages: dict[str, str] = Field(default_factory=dict, description="stage -> backend spec overrides")
 
-    def identity(self) -> dict[str, Any]:
-        """What decides the answers (part of the LLM stages' hashes): backend spec, context, retries."""
-        return {"spec": self.spec, "n_ctx": self.n_ctx, "max_retries": self.max_retries}
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: dict[str, str]) -> dict[str, str]:
+        if unknown := set(v) - set(LLM_STAGES):
+            raise ValueError(f"llm.stages names unknown LLM stage(s) {sorted(unknown)}; valid: {', '.join(LLM_STAGES)}")
+        return v
+
+    def spec_for(self, stage: str | None = None) -> str:
+        """The backend spec that serves `stage` (its override, else `spec`)."""
+        return self.stages.get(stage, self.spec) if stage else self.spec
+
+    def identity(self, stage: str | None = None) -> dict[str, Any]:
+        """What decides a stage's answers (part of its hash): backend spec, context, retries."""
+        return {"spec": self.spec_for(stage), "n_ctx": self.n_ctx, "max_retries": self.max_retries}
 
 
 class RunConfig(BaseModel):
@@ -190,6 +207,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None,
 __all__ = [
     "BUNDLED_PREFIX",
     "DEFAULT_DATASET",
+    "LLM_STAGES",
     "QUICKSTART_USERS",
     "LLMSettings",
     "RunConfig",

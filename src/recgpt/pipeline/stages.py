@@ -132,7 +132,7 @@ def _failure_stats(table: pl.DataFrame, failures: pl.DataFrame, users: int, fall
 def run_interests(state: RunState) -> dict[str, Any]:
     from recgpt.intent.interests import FALLBACK_TEMPLATE, mine_interests
 
-    engine = state.guarded_engine()
+    engine = state.guarded_engine("interests")
     interests, failures = mine_interests(state.cfg.interests, engine, state.contexts,  # type: ignore[arg-type]
                                          encoder=state.encoder)  # fmt: skip
     state.write("interests", "interests", interests)
@@ -146,7 +146,7 @@ def run_interests(state: RunState) -> dict[str, Any]:
 def run_tags(state: RunState) -> dict[str, Any]:
     from recgpt.intent.tags import FALLBACK_RATIONALE, predict_tags
 
-    engine = state.guarded_engine()
+    engine = state.guarded_engine("tags")
     tags, failures = predict_tags(state.cfg.tags, engine, state.contexts,  # type: ignore[arg-type]
                                   state.read("interests", "interests"))  # fmt: skip
     state.write("tags", "tags", tags)
@@ -259,7 +259,7 @@ def run_explanations(state: RunState) -> dict[str, Any]:
     slots = explanation_pairs(state, top, state.read("interests", "interests"))
     pairs = slots.filter(pl.col("interest").is_not_null()).select("interest", "item_id", "category", "score")
     pairs = pairs.unique(subset=["interest", "item_id"], keep="first", maintain_order=True)
-    table = generate_explanations(cfg, state.engine, pairs, state.dataset.items) if pairs.height else pl.DataFrame(
+    table = generate_explanations(cfg, state.engine_for("explanations"), pairs, state.dataset.items) if pairs.height else pl.DataFrame(
         schema={"interest": pl.String(), "item_id": pl.String(), "explanation": pl.String(),
                 "template": pl.String(), "fallback": pl.Boolean()})  # fmt: skip
     serving = ExplanationTable(table, state.dataset.items, cfg, popularity=state.popularity)
@@ -292,8 +292,8 @@ def run_report(state: RunState) -> dict[str, Any]:
     return {"report": str(path)}
 
 
-def _llm(cfg: RunConfig) -> dict[str, Any]:
-    return cfg.llm.identity()
+def _llm(cfg: RunConfig, stage: str) -> dict[str, Any]:
+    return cfg.llm.identity(stage)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -305,9 +305,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("pool", "02_pool", ("split",), lambda c: {"pool": _dump(c.pool), "embedder": c.embedder}, run_pool,
           title="interest pool (I_m)"),
     Stage("interests", "03_interests", ("compress", "pool"),
-          lambda c: {"interests": _dump(c.interests), "llm": _llm(c)}, run_interests, llm=True,
+          lambda c: {"interests": _dump(c.interests), "llm": _llm(c, "interests")}, run_interests, llm=True,
           title="LLM_UI interests"),
-    Stage("tags", "04_tags", ("interests",), lambda c: {"tags": _dump(c.tags), "llm": _llm(c)}, run_tags,
+    Stage("tags", "04_tags", ("interests",), lambda c: {"tags": _dump(c.tags), "llm": _llm(c, "tags")}, run_tags,
           llm=True, title="LLM_IT tags"),
     Stage("phi", "05_phi", ("tags",), lambda c: {"phi": _dump(c.phi), "embedder": c.embedder}, run_phi,
           title="φ tag -> category, tag HR"),
@@ -322,7 +322,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("eval", "09_eval", ("fusion", "phi"), lambda c: {"compare": list(c.compare), "ks": list(c.ks)},
           run_eval, title="evaluation"),
     Stage("explanations", "10_explanations", ("fusion", "phi"),
-          lambda c: {"explanations": _dump(c.explanations), "top": c.explain_top, "llm": _llm(c)},
+          lambda c: {"explanations": _dump(c.explanations), "top": c.explain_top, "llm": _llm(c, "explanations")},
           run_explanations, llm=True, title="LLM_RE explanations"),
     Stage("report", "11_report", ("eval", "explanations", "compress"), lambda c: {"users": c.report_users},
           run_report, title="HTML report"),

@@ -194,6 +194,7 @@ class RunState:
         self.cfg, self.dataset, self.console, self.progress = cfg, dataset, console, progress
         self.run_dir = cfg.run_dir(dataset.manifest.name)
         self._backend, self._encoder = backend, encoder
+        self._engines: dict[str, LLMEngine] = {}  # llm.stages overrides, by spec
         self.folders = folders or {}
 
     # ------------------------------------------------------------------ tables
@@ -284,21 +285,37 @@ class RunState:
 
     @cached_property
     def engine(self) -> LLMEngine:
+        """The engine of `llm.spec` (an injected backend replaces it); its ledger is the run's."""
+        return self._make_engine(self.cfg.llm.spec, self._backend)
+
+    def _make_engine(self, spec: str, backend: Backend | None = None, ledger: Any = None) -> LLMEngine:
         from recgpt.llm import LLMCache, LLMEngine, make_backend
 
         llm = self.cfg.llm
-        backend = self._backend
         if backend is None:
             kwargs: dict[str, Any] = {}
-            if llm.spec.split(":", 1)[0].lower() == "llamacpp":
+            if spec.split(":", 1)[0].lower() == "llamacpp":
                 kwargs = {"n_threads": llm.threads, "n_workers": llm.workers, "n_ctx": llm.n_ctx}
-            backend = make_backend(llm.spec, **kwargs)
+            backend = make_backend(spec, **kwargs)
         cache = LLMCache(llm.cache or self.run_dir / "llm-cache.sqlite")
-        return LLMEngine(backend, cache=cache, max_retries=llm.max_retries, chunk_size=llm.chunk_size,
-                         progress=self.progress)  # fmt: skip
+        return LLMEngine(backend, cache=cache, ledger=ledger, max_retries=llm.max_retries,
+                         chunk_size=llm.chunk_size, progress=self.progress)  # fmt: skip
 
-    def guarded_engine(self) -> GuardedEngine:
-        return GuardedEngine(self.engine, self.split, self.task)
+    def engine_for(self, stage: str) -> LLMEngine:
+        """The engine serving one LLM stage: `llm.stages[stage]` when set, else the run's engine.
+
+        An override engine is built on first use and shares the run's ledger, so the per-stage
+        accounting stays in one place; an injected backend (tests) serves every stage.
+        """
+        spec = self.cfg.llm.spec_for(stage)
+        if spec == self.cfg.llm.spec or self._backend is not None:
+            return self.engine
+        if spec not in self._engines:
+            self._engines[spec] = self._make_engine(spec, ledger=self.engine.ledger)
+        return self._engines[spec]
+
+    def guarded_engine(self, stage: str | None = None) -> GuardedEngine:
+        return GuardedEngine(self.engine_for(stage) if stage else self.engine, self.split, self.task)
 
     @cached_property
     def phi(self) -> TagToCategory:
@@ -337,6 +354,9 @@ class RunState:
         return FusedChannel(self.baseline(params), self.recgpt_channel, share=self.cfg.share, k=self.cfg.fusion.k)
 
     def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
         if "engine" in self.__dict__:
             self.engine.close()
 

@@ -91,6 +91,7 @@ def judge_filter(
     from recgpt.judge import Judge
     from recgpt.judge.buffer import JudgeGate
     from recgpt.llm.backends import make_backend
+    from recgpt.llm.cache import LLMCache
     from recgpt.llm.engine import LLMEngine
 
     if calibration is None:
@@ -101,15 +102,16 @@ def judge_filter(
     if not gate.allows(metrics, task):
         acc = ((metrics.get(task) or {}).get("overall") or {}).get("ACC")
         return None, f"judge {spec} below the gate for {task} (ACC {acc} < {threshold}): rules only"
-    engine = LLMEngine(make_backend(spec), cache=str(cache) if cache else None)
+    engine = LLMEngine(make_backend(spec), cache=LLMCache(cache) if cache else None)
     return Judge(engine).filter, f"judge {spec} (calibrated ACC >= {threshold})"
 
 
-def _teacher(model_dir: Path, batch_size: int, cache: Path) -> Any:
+def _teacher(model_dir: Path, batch_size: int, cache: Path, threads: int = 1) -> Any:
     from recgpt.llm.backends import make_backend
+    from recgpt.llm.cache import LLMCache
     from recgpt.llm.engine import LLMEngine
 
-    return LLMEngine(make_backend(f"transformers:{model_dir}", batch_size=batch_size), cache=str(cache))
+    return LLMEngine(make_backend(f"transformers:{model_dir}", batch_size=batch_size, threads=threads), cache=LLMCache(cache))
 
 
 def _write_rounds(out: Path, records: list[RoundRecord]) -> None:
@@ -163,7 +165,7 @@ def self_train(
         cfg_k = logs.model_copy(update={"users": config.users_per_round, "seed": config.seed + k})
         ctxs = tag_contexts(dataset, split, cfg_k, exclude_users=excluded, progress=progress,
                             encoder=Embedder(cache_dir=out / "embed-cache"))  # fmt: skip
-        teacher = _teacher(prev, config.llm_batch_size, out / "llm-cache.sqlite")
+        teacher = _teacher(prev, config.llm_batch_size, out / "llm-cache.sqlite", sft.threads)
         try:
             kept, stats = run_distill(tag_prompts(ctxs, cfg_k), teacher, filter_fn, source="self",
                                       min_pass=config.min_pass, round=k)  # fmt: skip
