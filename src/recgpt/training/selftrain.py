@@ -13,7 +13,8 @@ Each round:
    `JudgeGate.threshold`; otherwise the round is filtered by the rules alone and says so.
 3. **Add and retrain.** The kept answers (`source = "self"`, lineage: round, teacher model, verdict)
    join the training set (the SFT samples of the starting model plus every earlier round's kept
-   answers), and SFT runs again from the base model on that set, into `out/round-K/`.
+   answers), and SFT runs again from the base model on that set, into `out/round-K/`. A round that
+   keeps nothing does not retrain (the set did not grow): the next round starts from the same model.
 
 Per round, `rounds.json` records how many answers were generated, failed, rule- and judge-rejected
 and kept (the round's pass rate), the training-set size and the model folder. A finished round is
@@ -178,15 +179,19 @@ def self_train(
         save_samples(kept, rdir / "self.parquet")
         train = concat_samples(train, kept)
         t1 = time.perf_counter()
-        res = run_sft(sft, train, rdir / "sft", progress=progress, console=console)
-        if not res.complete:
-            raise RuntimeError(f"round {k}: SFT stopped before the end (time budget?); re-run to resume")
+        if kept.is_empty():  # the training set did not grow: retraining would reproduce the same model
+            model_dir, sft_note = str(prev), "nothing kept: model unchanged, no SFT"
+        else:
+            res = run_sft(sft, train, rdir / "sft", progress=progress, console=console)
+            if not res.complete:
+                raise RuntimeError(f"round {k}: SFT stopped before the end (time budget?); re-run to resume")
+            model_dir, sft_note = str(res.merged_dir), "retrained on the grown set"
         records.append(RoundRecord(
             round=k, teacher=teacher_id, prompts=stats.prompts, failed=dict(stats.failed),
             rule_rejected=sum(stats.rule_rejected.values()), judge_rejected=stats.judge_rejected, kept=stats.kept,
             judge_used=filter_fn is not None, judge_note=note, train_samples=train.height,
-            model_dir=str(res.merged_dir), sft_s=round(time.perf_counter() - t1, 1), generate_s=round(gen_s, 1),
-            extra={"rule_reasons": dict(stats.rule_rejected.most_common(5))},
+            model_dir=model_dir, sft_s=round(time.perf_counter() - t1, 1), generate_s=round(gen_s, 1),
+            extra={"rule_reasons": dict(stats.rule_rejected.most_common(5)), "sft": sft_note},
         ))  # fmt: skip
         _write_rounds(out, records)
     return records
