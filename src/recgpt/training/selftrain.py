@@ -174,6 +174,10 @@ def self_train(
         finally:
             teacher.close()
         gen_s = time.perf_counter() - t0
+        if console is not None:
+            console.print(f"round {k}: {stats.kept} of {stats.prompts} answers kept (failed {sum(stats.failed.values())}, "
+                          f"rule-rejected {sum(stats.rule_rejected.values())}, judge-rejected {stats.judge_rejected}; "
+                          f"{note}) in {gen_s:.0f} s")  # fmt: skip
         rdir = out / f"round-{k}"
         rdir.mkdir(exist_ok=True)
         save_samples(kept, rdir / "self.parquet")
