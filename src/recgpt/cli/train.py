@@ -78,13 +78,9 @@ def task_samples(
     info: dict[str, Any] = {"task": task, "dataset": dataset}
     parts = []
     if dataset is not None:
-        from recgpt.data.split import make_split
-        from recgpt.pipeline.config import RunConfig
-        from recgpt.pipeline.state import load_dataset
         from recgpt.training.builders import CatalogueConfig, build_catalogue_samples, eval_users
 
-        ds = load_dataset(dataset)
-        split = make_split(ds, RunConfig().split)
+        ds, split = _dataset_split(dataset)
         excluded = eval_users(split, eval_users_n, eval_seed)
         info.update(dataset_name=ds.manifest.name, excluded_eval_users=len(excluded))
         if foundation:
@@ -246,6 +242,7 @@ def _trained_config(folder: Path, **override: Any) -> Any:
 
 
 def _dataset_split(dataset: str) -> tuple[Any, Any]:
+    """The dataset and the chain's default split (what `recgpt run` evaluates on)."""
     from recgpt.data.split import make_split
     from recgpt.pipeline.config import RunConfig
     from recgpt.pipeline.state import load_dataset
