@@ -14,7 +14,7 @@ from recgpt.cli import train as train_cli
 
 app = typer.Typer(
     name="recgpt",
-    help="Intent-centric recommendation with LLMs (RecGPT, SERAL), measured against classic recommenders.",
+    help="Intent-centric recommendation with LLMs (RecGPT; SERAL planned), measured against classic recommenders.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
