@@ -47,19 +47,28 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("src")
+def import_tiny(root: Path, categories: bool = True) -> Path:
+    """20 users x 12 items, 6 clicks each, imported with `recgpt data import generic`."""
+    src = root / "src"
+    src.mkdir()
     rows = ["user_id,item_id,timestamp,behavior"]
     for u in range(N_USERS):
         for j in range(6):
             rows.append(f"u{u},i{(u + j * 5) % N_ITEMS},{1_700_000_000 + u * 100 + j},click")
     (src / "events.csv").write_text("\n".join(rows) + "\n")
-    (src / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Item {i}\n" for i in range(N_ITEMS)))
-    out = tmp_path_factory.mktemp("data") / "tiny"
+    genres = ("Drama", "Comedy", "Action")
+    head = "item_id,title" + (",categories" if categories else "")
+    lines = [f"i{i},Item {i}" + (f",{genres[i % 3]}" if categories else "") for i in range(N_ITEMS)]
+    (src / "items.csv").write_text("\n".join([head, *lines]) + "\n")
+    out = root / "tiny"
     r = invoke(["data", "import", "generic", str(src), "--out", str(out), "--name", "tiny"])
     assert r.exit_code == 0, r.output
     return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return import_tiny(tmp_path_factory.mktemp("data"))
 
 
 def hostile(dataset: Path, tmp_path: Path, name: str) -> Path:
@@ -279,3 +288,13 @@ def test_run_default_ks_on_a_small_catalogue_is_a_clear_error(dataset: Path, tmp
     )
     one_line_error(r, "K=50", "12 items")
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_without_categories_fails_before_stage_00(tmp_path: Path) -> None:
+    """φ needs item categories: without any, the run stopped with a traceback after five stages."""
+    bare = import_tiny(tmp_path, categories=False)
+    r = invoke(run_args(bare, tmp_path / "runs"))
+    one_line_error(r, "no item has a category", "--until tags")
+    assert not (tmp_path / "runs").exists()
+    r = invoke(run_args(bare, tmp_path / "runs", "--until", "split"))
+    assert r.exit_code == 0, r.output

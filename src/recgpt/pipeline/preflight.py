@@ -63,6 +63,30 @@ def preflight(cfg: RunConfig, dataset: Dataset, *, until: str | None = None, che
             except (ValueError, BackendUnavailable) as e:
                 raise PreflightError(redact(f"{option} {spec!r}: {e}")) from None
     check_catalogue(cfg, dataset.items.height)
+    if "phi" in reached(until) and not has_categories(dataset):
+        raise PreflightError(f"dataset {cfg.dataset}: no item has a category; stage 'phi' (tag -> category) needs "
+                             f"them (map an items column to 'categories' at import, or stop with --until tags)")  # fmt: skip
 
 
-__all__ = ["PreflightError", "check_catalogue", "check_until", "llm_specs", "preflight", "redact"]
+def reached(until: str | None) -> list[str]:
+    """The stages a run with this `until` runs or skips, in order."""
+    names = list(STAGE_NAMES)
+    return names[: names.index(until) + 1] if until else names
+
+
+def has_categories(dataset: Dataset) -> bool:
+    items = dataset.items
+    if "categories" not in items.columns:
+        return False
+    return any(any(c and c.strip() for c in cats or []) for cats in items["categories"].to_list())
+
+
+__all__ = [
+    "PreflightError",
+    "check_catalogue",
+    "check_until",
+    "has_categories",
+    "llm_specs",
+    "preflight",
+    "redact",
+]
