@@ -235,6 +235,10 @@ def test_evaluate_results_folder_is_locked(dataset: Path, tmp_path: Path) -> Non
         (["--ks", "5,x"], ["--ks", "integers"]),
         (["--ks", "5,20"], ["--ks", "include 10"]),
         (["--params", '{"mostpop": {"nosuch": 1}}'], ["--params", "'nosuch'", "'mostpop'", "valid:"]),
+        (
+            ["--models", "itemknn", "--params", '{"itemknn": {"nosuch": 1}}'],
+            ["--params", "'itemknn'", "valid:"],
+        ),
         (["--params", '{"markov": {}}'], ["--params", "'markov'", "not among the models"]),
         (["--params", "{bad json"], ["--params", "not valid JSON"]),
         (["--split", "nosuch"], ["--split", "unknown split 'nosuch'", "loo"]),
@@ -298,3 +302,11 @@ def test_run_without_categories_fails_before_stage_00(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
     r = invoke(run_args(bare, tmp_path / "runs", "--until", "split"))
     assert r.exit_code == 0, r.output
+
+
+def test_llm_spec_errors_never_print_url_credentials(dataset: Path, tmp_path: Path) -> None:
+    for spec in ("openai:m@ftp://user:s3cret@host/v1", "openai:m@http://user:s3cret@[::1/v1"):
+        r = invoke([*run_args(dataset, tmp_path / "runs"), "--llm", spec])
+        one_line_error(r, "--llm", "***@")
+        assert "s3cret" not in r.output
+    assert not (tmp_path / "runs").exists()

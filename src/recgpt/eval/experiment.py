@@ -73,7 +73,7 @@ def check_model_params(models: list[str], params: dict[str, Any]) -> None:
         valid = set(cls.default_params()).union(*(set(c) for c in cls.search_space()))
         if unknown := sorted(set(given) - set(valid)):
             raise ValueError(
-                f"unknown parameter(s) {unknown} for model {name!r}; valid: {', '.join(sorted(valid))}"
+                f"unknown parameter(s) {unknown} for model {name!r}; valid: {', '.join(sorted(valid)) or 'none'}"
             )
 
 
