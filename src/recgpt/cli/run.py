@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
 from recgpt.data.errors import DataError
 
@@ -43,21 +44,39 @@ def _overrides(pairs: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
         raise typer.BadParameter(str(e), param_hint="--set") from e
 
 
+def config_error(e: Exception) -> str:
+    """A config error as one line: `ks: Value error, ks must be positive cut-offs, got (0, -1)`."""
+    if not isinstance(e, ValidationError):
+        return str(e)
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        got = f" (got {err['input']!r})" if loc and isinstance(err["input"], (str, int, float)) else ""
+        parts.append(f"{loc + ': ' if loc else ''}{err['msg']}{got}")
+    return "; ".join(parts)
+
+
 def _execute(cfg: Any, *, until: str | None, progress: bool, title: str) -> None:
     from recgpt.data.split import LeakageError
+    from recgpt.folders import FolderBusy, FolderError
+    from recgpt.pipeline.preflight import PreflightError, redact
     from recgpt.pipeline.report import print_results
     from recgpt.pipeline.run import default_console, run_pipeline
 
     console = default_console()
     load = os.getloadavg()
     own = "".join(f", {stage}: {spec}" for stage, spec in cfg.llm.stages.items())  # --stage-llm overrides
-    console.print(f"[bold]{title}[/bold]: dataset {cfg.dataset}, LLM {cfg.llm.spec}{own} "
+    head = redact(f"dataset {cfg.dataset}, LLM {cfg.llm.spec}{own}")  # no user:pass@ of a URL on the terminal
+    console.print(f"[bold]{title}[/bold]: {escape(head)} "
                   f"({cfg.llm.workers} worker(s) x {cfg.llm.threads} thread(s)), load average {load[0]:.2f}")  # fmt: skip
     t0 = time.perf_counter()
     try:
         summary = run_pipeline(cfg, console=console, progress=progress, until=until)
-    except DataError as e:
-        console.print(f"[red]error:[/red] {e}")
+    except FolderBusy as e:
+        console.print(f"[red]busy:[/red] {escape(str(e))}")
+        raise typer.Exit(4) from e
+    except (DataError, FolderError, PreflightError) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
     except LeakageError as e:
         console.print(f"[red]leakage:[/red] {e}")
@@ -102,7 +121,12 @@ def run(
 ) -> None:
     """Run (or resume) the whole RecGPT chain on a dataset: tables per stage, one table, an HTML report."""
     from recgpt.pipeline.config import load_config
+    from recgpt.pipeline.preflight import PreflightError, check_until
 
+    try:
+        check_until(until)
+    except PreflightError as e:
+        raise typer.BadParameter(str(e)) from e
     over = _overrides({
         "dataset": dataset, "users": users or None, "llm.spec": llm,
         "llm.threads": llm_threads, "llm.workers": llm_workers, "llm.cache": str(llm_cache) if llm_cache else None,
@@ -119,7 +143,7 @@ def run(
     try:
         cfg = load_config(config, over)
     except (ValueError, ValidationError) as e:
-        raise typer.BadParameter(str(e)) from e
+        raise typer.BadParameter(config_error(e)) from e
     _execute(cfg, until=until, progress=progress, title="recgpt run")
 
 
@@ -141,7 +165,7 @@ def quickstart(
     try:
         cfg = quickstart_config(**over)
     except (ValueError, ValidationError) as e:
-        raise typer.BadParameter(str(e)) from e
+        raise typer.BadParameter(config_error(e)) from e
     _execute(cfg, until=None, progress=progress,
              title=f"recgpt quickstart ({cfg.users} sampled test users, {cfg.interests.count} interests, "
                    f"{cfg.tags.count} tags, explanations for the top {cfg.explain_top} items per user)")  # fmt: skip

@@ -42,6 +42,47 @@ class ExperimentConfig:
     batch_size: int = 512
     model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.ks = tuple(self.ks)
+        if not self.models:
+            raise ValueError("no models to evaluate")
+        if not self.ks or any(not isinstance(k, int) or k < 1 for k in self.ks):
+            raise ValueError(f"ks must be positive integer cut-offs, got {self.ks}")
+        k_select = int(self.select_metric.rpartition("@")[2] or 0)
+        if k_select not in self.ks:
+            raise ValueError(
+                f"ks must include {k_select}, the cut-off of the tuning metric {self.select_metric}"
+            )
+
+
+def check_model_params(models: list[str], params: dict[str, Any]) -> None:
+    """`model_params` must name models being run and their known hyper-parameters: a typo would
+    otherwise be ignored silently (every recommender accepts any keyword)."""
+    from recgpt.baselines.registry import load_recommender_class
+
+    if not isinstance(params, dict):
+        raise ValueError(f"params must map model name -> {{param: value}}, got {type(params).__name__}")
+    for name, given in params.items():
+        if name not in models:
+            raise ValueError(
+                f"params name model {name!r}, which is not among the models run ({', '.join(models)})"
+            )
+        if not isinstance(given, dict):
+            raise ValueError(f"params of {name!r} must be an object {{param: value}}, got {given!r}")
+        cls = load_recommender_class(name)
+        valid = set(cls.default_params()).union(*(set(c) for c in cls.search_space()))
+        if unknown := sorted(set(given) - set(valid)):
+            raise ValueError(
+                f"unknown parameter(s) {unknown} for model {name!r}; valid: {', '.join(sorted(valid)) or 'none'}"
+            )
+
+
+def check_catalogue(ks: tuple[int, ...], n_items: int) -> None:
+    """Every cut-off must fit in the catalogue: a top-K list of a 5-item catalogue has no 10th item."""
+    if max(ks) > n_items:
+        raise ValueError(f"cut-off K={max(ks)} is larger than the catalogue ({n_items} items); "
+                         f"use --ks with values <= {n_items}")  # fmt: skip
+
 
 @dataclass
 class ModelRun:
@@ -182,7 +223,9 @@ def run_experiment(
     """Fit, tune on validation, and test every model of the config on one split of one dataset."""
     from recgpt.baselines.registry import get_recommender, load_recommender_class
 
+    check_model_params(cfg.models, cfg.model_params)
     split = split or make_split(dataset, cfg.split)
+    check_catalogue(cfg.ks, split.train.n_items)
     if len(split.test) == 0:
         raise ValueError("the split has no test users; check the split configuration")
     runs = []

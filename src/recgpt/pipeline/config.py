@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from recgpt.behavior import CompressionConfig
 from recgpt.data.split import SplitConfig
+from recgpt.folders import inside, slug
 from recgpt.intent.explanations import ExplanationsConfig
 from recgpt.intent.interests import InterestsConfig
 from recgpt.intent.phi import PhiConfig
@@ -113,6 +114,17 @@ class RunConfig(BaseModel):
                     raise ValueError(f"unknown {name} setting(s) {sorted(unknown)}; valid: {sorted(section.model_fields)}")
         return data
 
+    @field_validator("ks", mode="before")
+    @classmethod
+    def _ks_text(cls, v: Any) -> Any:
+        """`--set ks=5,10,20` arrives as the string "5,10,20"."""
+        if isinstance(v, str):
+            try:
+                return tuple(int(k) for k in v.split(",") if k.strip())
+            except ValueError:
+                raise ValueError(f"ks must be comma-separated integers, got {v!r}") from None
+        return v
+
     @field_validator("ks")
     @classmethod
     def _ks(cls, v: tuple[int, ...]) -> tuple[int, ...]:
@@ -132,11 +144,13 @@ class RunConfig(BaseModel):
         return v
 
     def run_name(self, dataset_name: str) -> str:
-        """The run folder's name: `name`, else the dataset's name."""
-        return self.name or dataset_name
+        """The run folder's name: `name`, else the dataset's name, slugged to one path component
+        (`recgpt.folders.slug`: `../../x` -> `x`), since both come from untrusted text."""
+        return slug(self.name or dataset_name)
 
     def run_dir(self, dataset_name: str) -> Path:
-        return self.runs_dir / self.run_name(dataset_name)
+        """`runs_dir/<run_name>`, checked to resolve inside `runs_dir` (`PathEscape` otherwise)."""
+        return inside(self.runs_dir, self.runs_dir / self.run_name(dataset_name))
 
 
 def quickstart_config(**overrides: Any) -> RunConfig:

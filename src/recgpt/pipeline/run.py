@@ -22,11 +22,13 @@ from typing import Any
 from rich.console import Console
 
 from recgpt.eval.experiment import write_json_atomic
+from recgpt.folders import FolderLock, PathEscape, inside
 from recgpt.intent.pool import TextEncoder
 from recgpt.llm.ledger import Ledger, StageStats
 from recgpt.llm.types import Backend
 from recgpt.pipeline.config import RunConfig
-from recgpt.pipeline.stages import STAGE_NAMES, STAGE_VERSION, STAGES, Stage
+from recgpt.pipeline.preflight import check_until, preflight
+from recgpt.pipeline.stages import STAGE_VERSION, STAGES, Stage
 from recgpt.pipeline.state import MARKER, RunState, load_dataset
 
 
@@ -73,7 +75,10 @@ def stage_hash(stage: Stage, cfg: RunConfig, upstream: dict[str, str], fingerpri
 
 
 def _reset(state: RunState, stage: Stage) -> None:
-    folder = state.dir(stage.name)
+    """Empty the stage's folder; it must resolve inside the run folder (never rmtree elsewhere)."""
+    folder = inside(state.run_dir, state.dir(stage.name))
+    if folder.resolve() == state.run_dir.resolve():
+        raise PathEscape(f"stage folder {folder} is the run folder itself; refusing to delete it")
     (folder / MARKER).unlink(missing_ok=True)
     if folder.exists():
         shutil.rmtree(folder)
@@ -115,17 +120,17 @@ def run_pipeline(
     they are runtime choices, so they do not enter any stage hash.
     """
     console = console or Console()
-    if until is not None and until not in STAGE_NAMES:
-        raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGE_NAMES)}")
+    check_until(until)
     started = time.perf_counter()
     dataset = load_dataset(cfg.dataset)
+    preflight(cfg, dataset, until=until, check_llm=backend is None)
     state = RunState(cfg, dataset, console=console, progress=progress, backend=backend, encoder=encoder,
                      folders={s.name: s.folder for s in STAGES})  # fmt: skip
-    state.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(state.run_dir / "config.json", cfg.model_dump(mode="json"))
+    lock = FolderLock(state.run_dir).acquire()  # fails fast (FolderBusy) while another run holds the folder
     hashes: dict[str, str] = {}
     outcomes: list[StageOutcome] = []
     try:
+        write_json_atomic(state.run_dir / "config.json", cfg.model_dump(mode="json"))
         _announce_sample(state, console)
         for stage in STAGES:
             h = hashes[stage.name] = stage_hash(stage, cfg, hashes, state.fingerprint)
@@ -158,6 +163,7 @@ def run_pipeline(
         ledger.save(state.run_dir / "ledger.json")
     finally:
         state.close()
+        lock.release()
     return RunSummary(state.run_dir, outcomes, ledger, calls, time.perf_counter() - started, len(state.users))
 
 

@@ -107,6 +107,50 @@ def make_backend(spec: str, **kwargs: Any) -> Backend:
     return cls(**{**spec_kwargs, **kwargs})
 
 
+def check_spec(spec: str) -> None:
+    """Cheap pre-flight of a spec, without loading a model: it parses, its library is installed, a model
+    file or folder it names exists, and an `openai:MODEL@URL` base URL is a well-formed http(s) URL.
+
+    Raises ValueError (bad spec, missing file, bad URL) or `BackendUnavailable` (library missing).
+    """
+    from urllib.parse import urlsplit
+
+    name, kwargs = parse_spec(spec)
+    entry = _REGISTRY[name]
+    for mod in entry.requires:
+        if importlib.util.find_spec(mod) is None:
+            raise BackendUnavailable(
+                f"backend {name!r} needs the optional dependency {mod!r}: pip install 'recgpt[{entry.extra}]'"
+            )
+    if name == "llamacpp":
+        path = kwargs.get("model_path")
+        if path is None:
+            from recgpt.llm.backends.llamacpp_backend import default_model_path
+
+            try:
+                default_model_path()
+            except FileNotFoundError as e:
+                raise ValueError(str(e)) from None
+        elif not Path(path).expanduser().is_file():
+            raise ValueError(f"model file not found: {path}")
+    elif name == "transformers" and not Path(kwargs["model"]).expanduser().exists():
+        raise ValueError(f"model not found: {kwargs['model']} (expected an HF model folder or a .gguf file)")
+    elif name == "openai":
+        url = kwargs.get("base_url")
+        if url is None and "@" in kwargs.get("model", ""):
+            url = kwargs["model"].rpartition("@")[2]  # `MODEL@something` that is not an http(s) URL
+        if url is not None:
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError as e:
+                raise ValueError(f"base URL {url!r} is not well-formed: {e}") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"base URL {url!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:8080/v1)"
+                )
+
+
 def available_backends(deep: bool = False) -> dict[str, str | None]:
     """Backend name -> None when usable, else why not.
 
@@ -171,6 +215,7 @@ __all__ = [
     "BackendUnavailable",
     "available_backends",
     "backend_names",
+    "check_spec",
     "file_sha256",
     "make_backend",
     "parse_spec",
