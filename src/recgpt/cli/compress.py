@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from recgpt.behavior import DEFAULT_BUDGET
 from recgpt.data.errors import DataError
+from recgpt.folders import slug
 
 console = Console()
 
@@ -77,7 +78,7 @@ def compress(
         console.print(f"[dim]sampled {len(user_ids):,} of {len(view.user_ids):,} test users (seed {seed})[/dim]")
     config = CompressionConfig(budget=budget)
     compressor = BehaviorCompressor(ds.items, counter, config)
-    out = out or Path("runs") / ds.manifest.name / "compress"
+    out = out or Path("runs") / slug(ds.manifest.name) / "compress"  # the manifest name is untrusted
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

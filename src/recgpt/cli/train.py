@@ -32,6 +32,8 @@ from typing import Any
 
 import typer
 
+from recgpt.folders import slug
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch oversubscribes 2 shared cores otherwise (runtime.md)
 
 train_app = typer.Typer(help="Align the chain's LLMs: curriculum LoRA SFT (and self-training, incremental).",
@@ -173,7 +175,7 @@ def sft(
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
     name = info.get("dataset_name") or (buffer.name if buffer else "judge")
-    out = out or Path("runs") / "train" / f"{name}-{task}"
+    out = out or Path("runs") / "train" / slug(f"{name}-{task}")  # the manifest name is untrusted
     counts = ", ".join(f"{lv} {n}" for lv, n in samples.group_by("level").len().sort("level").iter_rows())
     console.print(f"samples: {samples.height} ({counts}); {info['task_samples']} {task}; "
                   f"{info.get('excluded_eval_users', 0)} evaluation users excluded "
@@ -333,7 +335,7 @@ def incremental_cmd(
                                 gate_threshold=gate, eval_users=eval_users_n, eval_seed=eval_seed)  # fmt: skip
         sft_cfg = _trained_config(model.parent, threads=threads or auto_threads(), max_steps=max_steps,
                                   max_minutes=max_minutes)  # fmt: skip
-        dest = out or Path("runs") / "train" / f"incremental-{ds.manifest.name}-{window_days}d"
+        dest = out or Path("runs") / "train" / slug(f"incremental-{ds.manifest.name}-{window_days}d")
         summary = incremental(cfg, sft_cfg, ds, split, LogsConfig(users=users, seed=seed), model, dest,
                               progress=progress, console=console)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
