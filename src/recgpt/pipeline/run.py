@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+from recgpt.data.atomic import clean_stale_temps
 from recgpt.eval.experiment import write_json_atomic
 from recgpt.intent.pool import TextEncoder
 from recgpt.llm.ledger import Ledger, StageStats
@@ -122,6 +123,7 @@ def run_pipeline(
     state = RunState(cfg, dataset, console=console, progress=progress, backend=backend, encoder=encoder,
                      folders={s.name: s.folder for s in STAGES})  # fmt: skip
     state.run_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(state.run_dir, recursive=True)  # temps a killed writer left behind
     write_json_atomic(state.run_dir / "config.json", cfg.model_dump(mode="json"))
     hashes: dict[str, str] = {}
     outcomes: list[StageOutcome] = []
