@@ -355,7 +355,11 @@ def _check_range(
     value, sec = df[col][idx], float(seconds[idx])
     hint = ""
     for scale, unit, fix in (
-        (1e3, "milliseconds", 'set timestamp_format = "epoch_ms" in the mapping'),
+        (
+            1e3,
+            "milliseconds",
+            'convert them to seconds (a generic mapping can say timestamp_format = "epoch_ms")',
+        ),
         (1e6, "microseconds", "convert them to epoch seconds"),
         (1e9, "nanoseconds", "convert them to epoch seconds"),
     ):
