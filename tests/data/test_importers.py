@@ -365,7 +365,7 @@ def test_failed_import_leaves_nothing_and_keeps_previous(ml100k: Path, tmp_path:
     (ml100k / "u.data").rename(ml100k / "u.data.good")
     (ml100k / "u.data").write_text("1\t1\t5\tnot-a-time\n")
     res = runner.invoke(app, ["import", "movielens-100k", str(ml100k), "--out", str(out)])
-    assert res.exit_code == 1 and "u.data" in res.output and "line 1" in res.output
+    assert res.exit_code == 2 and "u.data" in res.output and "line 1" in res.output
     assert not out.exists()
     assert not (out.parent.exists() and any(out.parent.iterdir()))  # no temp folders left either
 
@@ -374,7 +374,7 @@ def test_failed_import_leaves_nothing_and_keeps_previous(ml100k: Path, tmp_path:
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (ml100k / "u.item").write_text("1|Toy Story (1995)|x||y|0|0|7\n")  # bad genre flag
     res = runner.invoke(app, ["import", "movielens-100k", str(ml100k), "--out", str(out)])
-    assert res.exit_code == 1 and "u.item" in res.output
+    assert res.exit_code == 2 and "u.item" in res.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["ml"]
     assert Dataset.load(out).manifest.counts["events"] == 3

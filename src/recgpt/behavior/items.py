@@ -23,7 +23,6 @@ Parquet file keyed by (summarizer_id, item_id), so a different summariser never 
 from __future__ import annotations
 
 import html
-import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
+
+from recgpt.data.atomic import write_parquet_atomic
 
 ItemSummarizer = Callable[[list[dict[str, Any]]], list[str]]
 """Batch of item records (the item row plus ``"deterministic"``: our text) -> one text per record."""
@@ -178,7 +179,4 @@ class ItemCompressor:
         if self.cache_path.exists():
             other = pl.read_parquet(self.cache_path).filter(pl.col("summarizer_id") != self.summarizer_id)
             ours = pl.concat([other.select(list(_CACHE_SCHEMA)).cast(_CACHE_SCHEMA), ours])
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
-        ours.write_parquet(tmp)
-        os.replace(tmp, self.cache_path)
+        write_parquet_atomic(ours, self.cache_path)

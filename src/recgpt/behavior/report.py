@@ -9,9 +9,7 @@ the overflow cut; "fitted" after it (always within the budget it was cut to).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -22,6 +20,7 @@ from recgpt.behavior import BehaviorCompressor, CompressedHistory
 from recgpt.behavior.filter import filter_reliable
 from recgpt.behavior.items import ItemCompressor, single_line
 from recgpt.behavior.sequence import utc_date
+from recgpt.data.atomic import write_parquet_atomic as write_parquet_atomic  # re-export
 from recgpt.data.split import AsOf
 
 TOKEN_COLUMNS = {
@@ -134,13 +133,3 @@ def print_summary(summary: dict[str, Any], console: Console | None = None, title
         f"fitted to {f['budget']:,} tokens: {f['within']:.1%} within; {f['cut_share']:.1%} of users needed the "
         f"oldest-first cut (mean {f['mean_dropped_buckets']:.1f} buckets, {f['mean_dropped_events']:.1f} events dropped)"
     )
-
-
-def write_parquet_atomic(df: pl.DataFrame, path: str | Path) -> Path:
-    """Write next to the target and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
-    return path

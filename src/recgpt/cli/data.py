@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from recgpt.data.dataset import Manifest
+from recgpt.data.dataset import Manifest, check_target, read_manifest, verify_tables
 from recgpt.data.errors import DataError
 from recgpt.data.importers import IMPORTERS, import_dataset
 
@@ -45,8 +45,15 @@ def _print_notes(manifest: Manifest) -> None:
 
 
 def _fail(e: DataError) -> typer.Exit:
-    console.print(f"[bold red]error:[/bold red] {escape(str(e))}")
-    return typer.Exit(code=1)
+    """Bad input: one line naming file / line / field, exit status 2 (like a usage error)."""
+    console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _sources(src: Path, mapping: Path | None) -> list[Path]:
+    """What an import reads: never to be replaced by its output (a file's folder counts too)."""
+    paths = [src, mapping] if mapping is not None else [src]
+    return [q for p in paths for q in ((p, p.parent) if p.is_file() else (p,))]
 
 
 @app.command("import")
@@ -56,24 +63,40 @@ def import_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (replaced atomically).")],
     name: Annotated[str | None, typer.Option(help="Dataset name in the manifest.")] = None,
     mapping: Annotated[Path | None, typer.Option(help="generic: column mapping (.json or .toml).")] = None,
-    prefix: Annotated[str | None, typer.Option(help="unisrec: file prefix (default: the one *.text).")] = None,
-    encoding: Annotated[str | None, typer.Option(help="movielens: text encoding of the source files.")] = None,
-    create_missing_items: Annotated[bool, typer.Option(help="generic: add items the events mention.")] = False,
-    create_missing_users: Annotated[bool, typer.Option(help="generic: add users missing from users file.")] = False,
+    prefix: Annotated[
+        str | None, typer.Option(help="unisrec: file prefix (default: the one *.text).")
+    ] = None,
+    encoding: Annotated[
+        str | None, typer.Option(help="movielens: text encoding of the source files.")
+    ] = None,
+    create_missing_items: Annotated[
+        bool, typer.Option(help="generic: add items the events mention.")
+    ] = False,
+    create_missing_users: Annotated[
+        bool, typer.Option(help="generic: add users missing from users file.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace --out even if it is not a recgpt dataset (never the source)."),
+    ] = False,
 ) -> None:
     """Import FORMAT from SRC into --out and print what was imported."""
     opts: dict[str, Any] = {"name": name}
     for key, value in (("mapping", mapping), ("prefix", prefix), ("encoding", encoding)):
         if value is not None:
             opts[key] = value
-    for key, flag in (("create_missing_items", create_missing_items), ("create_missing_users", create_missing_users)):
+    for key, flag in (
+        ("create_missing_items", create_missing_items),
+        ("create_missing_users", create_missing_users),
+    ):
         if flag:
             opts[key] = True
     try:
+        check_target(out, force=force, protect=_sources(src, mapping))  # before the (long) import
         with console.status(f"importing {escape(str(src))} as {escape(fmt)}…"):
             ds = import_dataset(fmt, src, **opts)
         with console.status(f"writing {escape(str(out))}…"):
-            ds.save(out)
+            ds.save(out, force=force, protect=_sources(src, mapping))
     except DataError as e:
         raise _fail(e) from None
     console.print(summary_table(ds.manifest, f"imported {fmt} → {out}"))
@@ -81,16 +104,13 @@ def import_cmd(
 
 
 @app.command("info")
-def info_cmd(path: Annotated[Path, typer.Argument(help="A dataset folder written by `recgpt data import`.")]) -> None:
+def info_cmd(
+    path: Annotated[Path, typer.Argument(help="A dataset folder written by `recgpt data import`.")],
+) -> None:
     """Print a saved dataset's manifest: counts, behaviours, time range, notes."""
-    mf = path / "manifest.json"
     try:
-        if not mf.is_file():
-            raise DataError("not a recgpt dataset folder (no manifest.json)", file=path)
-        try:
-            manifest = Manifest.model_validate(json.loads(mf.read_text()))
-        except ValueError as e:
-            raise DataError(f"invalid manifest: {e}", file=mf) from e
+        manifest = read_manifest(path)
+        verify_tables(path, manifest)  # the counts shown must be the tables' own
     except DataError as e:
         raise _fail(e) from None
     table = summary_table(manifest, str(path))

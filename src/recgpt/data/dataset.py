@@ -6,10 +6,9 @@ so a crash never leaves a half-written dataset behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
-import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, Field
 
+from recgpt.data.atomic import atomic_dir, clean_stale_temps, is_temp
 from recgpt.data.errors import DataError
 from recgpt.data.schema import (
     EVENT_ORDER,
@@ -32,6 +32,13 @@ from recgpt.data.schema import (
 )
 
 TABLES = ("items", "users", "events")
+MANIFEST = "manifest.json"
+SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "items": ITEM_SCHEMA,
+    "users": USER_SCHEMA,
+    "events": EVENT_SCHEMA,
+}
+DATASET_FILES = frozenset({MANIFEST, *(f"{t}.parquet" for t in TABLES)})
 
 
 class Manifest(BaseModel):
@@ -72,6 +79,13 @@ class Dataset:
         items = _conform(items, ITEM_SCHEMA, files.get("items", "items"))
         users = _conform(users, USER_SCHEMA, files.get("users", "users"))
         events = _conform(events, EVENT_SCHEMA, files.get("events", "events")).sort(list(EVENT_ORDER))
+        if events.height == 0:  # a header without rows: refuse now rather than crash in a later stage
+            raise DataError(
+                "no events (the file has no data rows); a dataset needs at least one event",
+                file=files.get("events", "events"),
+            )
+        for name, df in (("items", items), ("users", users), ("events", events)):
+            _no_nul(df, files.get(name, name))
         ds = cls(items=items, users=users, events=events, manifest=manifest)
         ds.validate(files)
         ds.manifest.counts = {
@@ -111,56 +125,44 @@ class Dataset:
         if no_target.height:
             row = no_target.row(0, named=True)
             raise DataError(
-                "event has neither an item_id nor a query", file=ev_file, line=_source_line(row), field="item_id"
+                "event has neither an item_id nor a query",
+                file=ev_file,
+                line=_source_line(row),
+                field="item_id",
             )
 
     # ------------------------------------------------------------------ disk
-    def save(self, out: str | Path) -> Path:
-        """Write atomically: a temp folder next to `out`, renamed into place."""
+    def save(self, out: str | Path, *, force: bool = False, protect: Iterable[str | Path] = ()) -> Path:
+        """Write atomically: a temp folder next to `out`, renamed into place.
+
+        `out` is replaced only when it is a recgpt dataset folder, an empty folder or missing (see
+        `check_target`); `protect` are the paths the data was read from, never replaced even with `force`.
+        """
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a dataset folder is ordinary data
-        try:
+        check_target(out, force=force, protect=protect)
+        clean_stale_temps(out.parent)
+        with atomic_dir(out) as tmp:
             for name in TABLES:
                 getattr(self, name).drop("_line", strict=False).write_parquet(tmp / f"{name}.parquet")
-            (tmp / "manifest.json").write_text(self.manifest.model_dump_json(indent=2) + "\n")
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            (tmp / MANIFEST).write_text(self.manifest.model_dump_json(indent=2) + "\n")
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
-        """Read a dataset folder written by `save` (or by `recgpt data import`)."""
+        """Read a dataset folder written by `save`; unreadable tables or tables that no longer match
+        the manifest (a dropped column, other row counts) are a `DataError` naming the file."""
         path = Path(path)
-        mf = path / "manifest.json"
-        if not mf.exists():
-            raise DataError("not a recgpt dataset folder (no manifest.json); run `recgpt data import` first",
-                            file=path)
-        try:
-            manifest = Manifest.model_validate(json.loads(mf.read_text()))
-        except ValueError as e:
-            raise DataError(f"invalid manifest: {e}", file=mf) from e
-        if manifest.schema_version != SCHEMA_VERSION:
-            raise DataError(
-                f"schema version {manifest.schema_version}, this recgpt reads {SCHEMA_VERSION}; re-import",
-                file=mf, field="schema_version",
-            )
+        manifest = read_manifest(path)
         tables = {}
         for name in TABLES:
             f = path / f"{name}.parquet"
-            if not f.exists():
-                raise DataError("missing table", file=f)
-            tables[name] = pl.read_parquet(f)
+            if not f.is_file():
+                raise DataError("missing table; re-import the dataset", file=f)
+            try:
+                tables[name] = pl.read_parquet(f)
+            except Exception as e:  # polars / arrow raise many types for a truncated or garbage file
+                raise DataError(f"cannot read the table ({_short(e)}); re-import the dataset", file=f) from e
+            _check_table(f, name, dict(tables[name].schema), tables[name].height, manifest)
         return cls(manifest=manifest, **tables)
 
     def summary(self) -> dict[str, Any]:
@@ -173,6 +175,148 @@ class Dataset:
             "behaviors": self.manifest.behaviors,
             "synthetic_timestamps": self.manifest.synthetic_timestamps,
         }
+
+
+def read_manifest(path: str | Path, *, any_version: bool = False) -> Manifest:
+    """The manifest of dataset folder `path`, or a `DataError` saying why it is not a dataset
+    (`any_version`: a dataset of another schema version is still a dataset, e.g. to be replaced)."""
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise DataError(
+            f"not a recgpt dataset folder (no {MANIFEST}); run `recgpt data import` first", file=path
+        )
+    try:
+        manifest = Manifest.model_validate(json.loads(mf.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"invalid manifest: {_short(e)}", file=mf) from e
+    if manifest.schema_version != SCHEMA_VERSION and not any_version:
+        raise DataError(
+            f"schema version {manifest.schema_version}, this recgpt reads {SCHEMA_VERSION}; re-import",
+            file=mf,
+            field="schema_version",
+        )
+    return manifest
+
+
+def verify_tables(path: str | Path, manifest: Manifest) -> None:
+    """Check every table's columns, types and row count against the contract and the manifest
+    from the Parquet footers alone (no table is read); all differences go into one `DataError`."""
+    path = Path(path)
+    problems: list[str] = []
+    for name in TABLES:
+        f = path / f"{name}.parquet"
+        if not f.is_file():
+            problems.append(f"{f.name}: missing")
+            continue
+        try:
+            schema = dict(pl.read_parquet_schema(f))
+            height = int(pl.scan_parquet(f).select(pl.len()).collect().item())
+        except Exception as e:  # truncated / garbage file
+            problems.append(f"{f.name}: cannot read the table ({_short(e)})")
+            continue
+        problems += [f"{f.name}: {p}" for p in _table_problems(name, schema, height, manifest)]
+    if problems:
+        raise DataError(
+            f"tables do not match {MANIFEST}: {'; '.join(problems)}; re-import the dataset", file=path
+        )
+
+
+def check_target(out: str | Path, *, force: bool = False, protect: Iterable[str | Path] = ()) -> None:
+    """Refuse to replace `out` unless it is missing, empty or a recgpt dataset folder (`force`: anything).
+
+    Never, even with `force`: a `protect`ed path (what the data is read from), a folder that holds one,
+    the working directory, the home folder, or a folder above them.
+    """
+    out = Path(out)
+    resolved = out.resolve()
+    guarded = [(Path(p), "the import source") for p in protect]
+    guarded.append((Path.cwd(), "the working directory"))
+    with contextlib.suppress(RuntimeError, KeyError):  # no HOME and no passwd entry: nothing to guard
+        guarded.append((Path.home(), "your home folder"))
+    for p, what in guarded:
+        src = p.resolve()
+        if src == resolved or src.is_relative_to(resolved):
+            reason = f"it is {what}" if src == resolved else f"it holds {what}"
+            raise DataError(
+                f"refusing to replace this folder: {reason} ({p}); choose another --out", file=out
+            )
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        if not force:
+            raise DataError(
+                "exists and is not a folder; refusing to replace it by a dataset "
+                "(choose another --out, or pass --force to replace it)",
+                file=out,
+            )
+        return
+    entries = sorted(e.name for e in out.iterdir() if not is_temp(e))
+    if not entries or force:
+        return
+    problem = ""
+    if MANIFEST not in entries:
+        problem = f"no {MANIFEST}; it holds {_listing(entries)}"
+    else:
+        try:
+            read_manifest(out, any_version=True)
+        except DataError as e:
+            problem = str(e).removeprefix(f"{out / MANIFEST}: ")
+    extra = [e for e in entries if e not in DATASET_FILES]
+    if not problem and extra:
+        problem = f"besides the dataset it holds {_listing(extra)}"
+    if problem:
+        raise DataError(
+            f"not a recgpt dataset, refusing to replace it ({problem}); "
+            "choose another --out, or pass --force to replace it",
+            file=out,
+        )
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def _table_problems(name: str, schema: dict[str, pl.DataType], height: int, manifest: Manifest) -> list[str]:
+    """What differs between one stored table and its contract / the manifest's count."""
+    problems = []
+    for col, dtype in SCHEMAS[name].items():
+        if col not in schema:
+            problems.append(f"column '{col}' is missing")
+        elif schema[col] != dtype:
+            problems.append(f"column '{col}' is {schema[col]}, expected {dtype}")
+    expected = manifest.counts.get(name)
+    if expected is not None and height != expected:
+        problems.append(f"{height:,} rows, the manifest says {expected:,}")
+    return problems
+
+
+def _check_table(f: Path, name: str, schema: dict[str, pl.DataType], height: int, manifest: Manifest) -> None:
+    problems = _table_problems(name, schema, height, manifest)
+    if problems:
+        raise DataError(
+            f"the table does not match {MANIFEST}: {'; '.join(problems)}; re-import the dataset", file=f
+        )
+
+
+def _no_nul(df: pl.DataFrame, file: str) -> None:
+    """No NUL byte in any text column (importers check their own columns; this catches the rest)."""
+    for col, dtype in df.schema.items():
+        if dtype == pl.String:
+            bad = df[col].str.contains("\x00", literal=True).fill_null(False)
+        elif dtype == pl.List(pl.String):
+            bad = df[col].list.join("|").str.contains("\x00", literal=True).fill_null(False)
+        else:
+            continue
+        if bad.any():
+            idx = int(bad.arg_max())  # type: ignore[arg-type]
+            line = int(df["_line"][idx]) if "_line" in df.columns else None
+            raise DataError("text contains a NUL byte (\\x00)", file=file, line=line, field=col)
 
 
 def _source_line(row: dict[str, Any]) -> int | None:

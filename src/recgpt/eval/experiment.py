@@ -7,14 +7,11 @@ the validation item. Seeds, versions and every validation candidate are recorded
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +19,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recgpt.baselines.base import Recommender
+from recgpt.data.atomic import write_json_atomic as write_json_atomic  # re-export: callers import it here
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import EvalTask, Split, SplitConfig, make_split
 from recgpt.eval.metrics import evaluate_lists
@@ -269,23 +267,3 @@ def run_experiment(
         item_exposure_base=split.train.item_popularity,
         env=env,
     )
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON via a temp file + rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

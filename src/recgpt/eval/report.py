@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from recgpt.data.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from recgpt.eval.experiment import ExperimentResult
@@ -145,9 +145,4 @@ hyper-parameters chosen on validation by <code>{cfg.select_metric}</code>, seed 
 def write_report(result: ExperimentResult, path: str | Path) -> Path:
     """Write the HTML report atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render_html(result))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, render_html(result))

@@ -19,8 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import polars as pl
 
+from recgpt.data.atomic import write_text_atomic
 from recgpt.judge.criteria import TASKS, criteria
 from recgpt.judge.samples import SAMPLES_SCHEMA, check_samples
 
@@ -84,12 +83,7 @@ def stratified(samples: pl.DataFrame, n: int | None, seed: int = 0) -> pl.DataFr
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def export_labels(samples: pl.DataFrame, path: str | Path, n: int | None = None, seed: int = 0) -> Path:

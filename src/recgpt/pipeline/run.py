@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+from recgpt.data.atomic import clean_stale_temps
 from recgpt.eval.experiment import write_json_atomic
 from recgpt.folders import FolderLock, PathEscape, inside
 from recgpt.intent.pool import TextEncoder
@@ -130,6 +131,7 @@ def run_pipeline(
     hashes: dict[str, str] = {}
     outcomes: list[StageOutcome] = []
     try:
+        clean_stale_temps(state.run_dir, recursive=True)  # temps a killed writer left behind (under the lock)
         write_json_atomic(state.run_dir / "config.json", cfg.model_dump(mode="json"))
         _announce_sample(state, console)
         for stage in STAGES:

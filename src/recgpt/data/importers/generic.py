@@ -90,9 +90,11 @@ class Mapping(BaseModel):
     @classmethod
     def _targets_exist(cls, v: TableMapping | None, info: Any) -> TableMapping | None:
         allowed = {"events": EVENT_TARGETS, "items": ITEM_TARGETS, "users": USER_TARGETS}[info.field_name]
-        for target in (v.columns if v else {}):
+        for target in v.columns if v else {}:
             if target not in allowed:
-                raise ValueError(f"unknown target column {target!r}; {info.field_name} accepts {list(allowed)}")
+                raise ValueError(
+                    f"unknown target column {target!r}; {info.field_name} accepts {list(allowed)}"
+                )
         return v
 
 
@@ -115,8 +117,11 @@ def load_mapping(mapping: dict[str, Any] | str | Path | None) -> Mapping:
         return Mapping.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        raise DataError(f"invalid mapping: {err['msg']}", file=file or "mapping",
-                        field=".".join(str(x) for x in err["loc"])) from e
+        raise DataError(
+            f"invalid mapping: {err['msg']}",
+            file=file or "mapping",
+            field=".".join(str(x) for x in err["loc"]),
+        ) from e
 
 
 def _source_columns(df: pl.DataFrame, m: TableMapping, targets: tuple[str, ...]) -> dict[str, str]:
@@ -132,10 +137,16 @@ def _resolve(src: Path, m: TableMapping, table: str, default: Path | None) -> Pa
         return path if path.is_absolute() else (src if src.is_dir() else src.parent) / path
     if default is not None:
         return default
-    found = sorted(p for p in src.glob(f"{table}.*") if p.suffix.lower() in FORMATS_BY_SUFFIX) if src.is_dir() else []
+    found = (
+        sorted(p for p in src.glob(f"{table}.*") if p.suffix.lower() in FORMATS_BY_SUFFIX)
+        if src.is_dir()
+        else []
+    )
     if len(found) == 1:
         return found[0]
-    raise DataError(f"no file for the {table} table; set {table}.file in the mapping", file=src, field=f"{table}.file")
+    raise DataError(
+        f"no file for the {table} table; set {table}.file in the mapping", file=src, field=f"{table}.file"
+    )
 
 
 def _read(path: Path, m: TableMapping, required: list[str]) -> pl.DataFrame:
@@ -160,11 +171,17 @@ def _events(path: Path, m: EventMapping) -> tuple[pl.DataFrame, dict[str, str]]:
     for t in required:
         if t not in cols:
             hint = " (or set events.behavior to a constant)" if t == "behavior" else ""
-            raise DataError(f"no column for {t!r}; map it in events.columns{hint}", file=path, line=1, field=t)
+            raise DataError(
+                f"no column for {t!r}; map it in events.columns{hint}", file=path, line=1, field=t
+            )
     for src_col in cols.values():
         if src_col not in df.columns:
-            raise DataError(f"mapped column is missing (found {[c for c in df.columns if c != LINE]})",
-                            file=path, line=1, field=src_col)
+            raise DataError(
+                f"mapped column is missing (found {[c for c in df.columns if c != LINE]})",
+                file=path,
+                line=1,
+                field=src_col,
+            )
     n = df.height
     out = {
         "event_id": pl.int_range(0, n, dtype=pl.Int64(), eager=True),
@@ -181,13 +198,18 @@ def _events(path: Path, m: EventMapping) -> tuple[pl.DataFrame, dict[str, str]]:
     no_target = events["item_id"].is_null() & events["query"].is_null()
     if no_target.any():
         i = int(no_target.arg_max())  # type: ignore[arg-type]
-        raise DataError("event has neither an item nor a query", file=path, line=int(events[LINE][i]),
-                        field=cols.get("item_id", cols.get("query")))
+        raise DataError(
+            "event has neither an item nor a query",
+            file=path,
+            line=int(events[LINE][i]),
+            field=cols.get("item_id", cols.get("query")),
+        )
     return events.with_columns(pl.col("value").cast(pl.Float64())), cols
 
 
-def _table(path: Path, m: TableMapping, key: str, targets: tuple[str, ...],
-           numeric: dict[str, pl.DataType]) -> pl.DataFrame:
+def _table(
+    path: Path, m: TableMapping, key: str, targets: tuple[str, ...], numeric: dict[str, pl.DataType]
+) -> pl.DataFrame:
     """Items or users: contract columns + attributes + `_line`, ids checked unique."""
     df = _read(path, m, [])
     cols = _source_columns(df, m, targets)
@@ -197,8 +219,12 @@ def _table(path: Path, m: TableMapping, key: str, targets: tuple[str, ...],
             raise DataError(f"no column for {t!r}; map it in columns", file=path, line=1, field=t)
     for src_col in [*cols.values(), *m.attributes]:
         if src_col not in df.columns:
-            raise DataError(f"mapped column is missing (found {[c for c in df.columns if c != LINE]})",
-                            file=path, line=1, field=src_col)
+            raise DataError(
+                f"mapped column is missing (found {[c for c in df.columns if c != LINE]})",
+                file=path,
+                line=1,
+                field=src_col,
+            )
     out: dict[str, pl.Series] = {}
     for t, s in cols.items():
         if t in numeric:
@@ -220,8 +246,11 @@ def _with_missing(table: pl.DataFrame, key: str, wanted: pl.Series, notes: list[
     if missing.len():
         row = {key: missing} | ({"title": missing} if key == "item_id" else {})
         table = pl.concat([table, pl.DataFrame(row)], how="diagonal_relaxed")
-        notes.append(f"created {missing.len()} {key.removesuffix('_id')}s the events mention but their file lacks"
-                     + (" (title = id)" if key == "item_id" else "") + ".")
+        notes.append(
+            f"created {missing.len()} {key.removesuffix('_id')}s the events mention but their file lacks"
+            + (" (title = id)" if key == "item_id" else "")
+            + "."
+        )
     return table
 
 
@@ -237,10 +266,20 @@ def import_generic(
     src = Path(src)
     m = load_mapping(mapping)
     for table in ("items", "users"):  # an unmapped items.<suffix> / users.<suffix> next to the events is used
-        if getattr(m, table) is None and src.is_dir() and any(
-                p.suffix.lower() in FORMATS_BY_SUFFIX for p in src.glob(f"{table}.*")):
+        if (
+            getattr(m, table) is None
+            and src.is_dir()
+            and any(p.suffix.lower() in FORMATS_BY_SUFFIX for p in src.glob(f"{table}.*"))
+        ):
             setattr(m, table, TableMapping())
     ev_path = _resolve(src, m.events, "events", src if src.is_file() else None)
+    if src.is_file() and ev_path.resolve() != src.resolve():
+        raise DataError(
+            f"the events file given ({src}) and the mapping's events.file ({m.events.file}) differ; "
+            "pass the folder that holds the mapped file, or drop events.file from the mapping",
+            file=mapping if isinstance(mapping, str | Path) else "mapping",
+            field="events.file",
+        )
     events, ev_cols = _events(ev_path, m.events)
     files = {"events": str(ev_path)}
     notes = [f"events from {ev_path.name}; event_id = file order."]
@@ -254,11 +293,24 @@ def import_generic(
         items = pl.DataFrame(schema={"item_id": pl.String(), "title": pl.String()})
     if create_missing_items:
         items = _with_missing(items, "item_id", events["item_id"], notes)
-    hint = "" if create_missing_items else (
-        "; add it to the items file or pass create_missing_items" if it_path else
-        "; no items file is mapped: set items.file or pass create_missing_items")
-    check_known(events, "item_id", items["item_id"], ev_path, field=ev_cols.get("item_id", "item_id"),
-                what="item", hint=hint)
+    hint = (
+        ""
+        if create_missing_items
+        else (
+            "; add it to the items file or pass create_missing_items"
+            if it_path
+            else "; no items file is mapped: set items.file or pass create_missing_items"
+        )
+    )
+    check_known(
+        events,
+        "item_id",
+        items["item_id"],
+        ev_path,
+        field=ev_cols.get("item_id", "item_id"),
+        what="item",
+        hint=hint,
+    )
 
     if m.users is not None:
         us_path = _resolve(src, m.users, "users", None)
@@ -266,13 +318,24 @@ def import_generic(
         users = _table(us_path, m.users, "user_id", USER_TARGETS, {"age": pl.Int32()})
         if create_missing_users:
             users = _with_missing(users, "user_id", events["user_id"], notes)
-        check_known(events, "user_id", users["user_id"], ev_path, field=ev_cols.get("user_id", "user_id"),
-                    what="user", hint="" if create_missing_users else "; or pass create_missing_users")
+        check_known(
+            events,
+            "user_id",
+            users["user_id"],
+            ev_path,
+            field=ev_cols.get("user_id", "user_id"),
+            what="user",
+            hint="" if create_missing_users else "; or pass create_missing_users",
+        )
     else:
         users = pl.DataFrame({"user_id": events["user_id"].unique(maintain_order=True)})
         notes.append("no users file: users = the distinct user ids of the events.")
 
-    manifest = Manifest(name=name or src.stem, source=f"generic import: {src}", notes=notes,
-                        extra={"format": "generic", "mapping": m.model_dump(exclude_defaults=True)})
+    manifest = Manifest(
+        name=name or src.stem,
+        source=f"generic import: {ev_path}",
+        notes=notes,
+        extra={"format": "generic", "mapping": m.model_dump(exclude_defaults=True)},
+    )
     ds = Dataset.build(items, users, events, manifest, source_files=files)
     return with_time_range(ds)
