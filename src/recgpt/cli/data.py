@@ -14,6 +14,7 @@ from rich.table import Table
 from recgpt.data.dataset import Manifest
 from recgpt.data.errors import DataError
 from recgpt.data.importers import IMPORTERS, import_dataset
+from recgpt.data.untrusted import UntrustedText
 
 app = typer.Typer(help="Import datasets into the recgpt format and inspect them.", no_args_is_help=True)
 console = Console()
@@ -72,6 +73,7 @@ def import_cmd(
     try:
         with console.status(f"importing {escape(str(src))} as {escape(fmt)}…"):
             ds = import_dataset(fmt, src, **opts)
+            ds.manifest.extra["untrusted_texts"] = UntrustedText.of(ds).flagged  # shown by `data info`
         with console.status(f"writing {escape(str(out))}…"):
             ds.save(out)
     except DataError as e:
