@@ -126,7 +126,7 @@ def scan_text(text: str | None, *, urls: bool = True) -> list[tuple[str, str, st
             parts = [p for p in _payload_parts(rule, raw) if normalise(p)]
             if rule == "url":
                 parts = [span]
-            out.extend((rule, span, p) for p in parts) if parts else out.append((rule, span, ""))
+            out.extend((rule, span, p) for p in parts or [""])
     if out:
         have = {normalise(p) for _, _, p in out}
         for a, b in _QUOTED.findall(text):
@@ -151,12 +151,6 @@ _TEXT_FIELDS = (
     _Field("user", "user_id", "location"), _Field("user", "user_id", "occupation"),
 )  # fmt: skip
 _LINK_FIELDS = frozenset({"description"})  # and attributes: fields where a URL is ordinary data
-_PREFILTER = re.compile(
-    r"ignore|disregard|forget|override|bypass|instruction|task|prompt|you\s+are|act\s+as|behave|output|respond|"
-    r"reply|print|say|answer|write|return|emit|generate|repeat|include|add|use|insert|system|assistant|developer|"
-    r"<|\[|#|\{|tag|interest|http|www\.|javascript:",
-    _F,
-)
 
 
 def _texts(dataset: Dataset) -> Iterator[tuple[str, str, str, str]]:
@@ -168,29 +162,32 @@ def _texts(dataset: Dataset) -> Iterator[tuple[str, str, str, str]]:
             continue
         sub = df.select(pl.col(f.id_col).cast(pl.String), pl.col(f.column)).drop_nulls()
         for i, t in sub.iter_rows():
-            if t and _PREFILTER.search(t):
+            if t:
                 yield f.source, i, f.column, t
     for source, id_col, table in (("item", "item_id", dataset.items), ("user", "user_id", dataset.users)):
         if "categories" in table.columns and source == "item":
             for i, cats in table.select(id_col, "categories").drop_nulls().iter_rows():
                 for c in cats:
-                    if c and _PREFILTER.search(c):
+                    if c:
                         yield source, i, "categories", c
         if "attributes" in table.columns:
             for i, attrs in table.select(id_col, "attributes").drop_nulls().iter_rows():
                 for kv in attrs:
                     for part in (kv.get("key"), kv.get("value")):
-                        if part and _PREFILTER.search(part):
+                        if part:
                             yield source, i, f"attributes.{kv.get('key')}", part
 
 
 def scan_dataset(dataset: Dataset) -> pl.DataFrame:
     """The flagged-text report of a dataset (UNTRUSTED_SCHEMA), one row per (text, span, payload)."""
     rows: list[dict[str, Any]] = []
+    memo: dict[tuple[str, bool], list[tuple[str, str, str]]] = {}  # catalogues and tag texts repeat a lot
     for source, i, field, text in _texts(dataset):
-        for rule, span, payload in scan_text(
-            text, urls=field not in _LINK_FIELDS and not field.startswith("attr")
-        ):
+        urls = field not in _LINK_FIELDS and not field.startswith("attributes.")
+        found = memo.get((text, urls))
+        if found is None:
+            found = memo[(text, urls)] = scan_text(text, urls=urls)
+        for rule, span, payload in found:
             rows.append({"source": source, "id": i, "field": field, "rule": rule, "span": span[:200],
                          "payload": payload[:200]})  # fmt: skip
     return pl.DataFrame(rows, schema=UNTRUSTED_SCHEMA).unique(maintain_order=True)
