@@ -231,31 +231,35 @@ def write_generic(ds: Dataset, folder: Path) -> Path:
 
 
 class ObeyingFake(FakeBackend):
-    """A model that does what hostile text says: it copies every attacker string in its prompt into
-    each answer field; `omniscient` also emits every attacker string whatever the prompt (a model
-    that learnt them elsewhere, or a paraphrase the redaction missed) so the output filter is tested."""
+    """A model that does what hostile text says: the first items of each answer (at most two) are the
+    attacker strings of its prompt, the rest stay useful, so a defended stage drops those items
+    without any user needing the fallback. `omniscient` also emits one attacker string per answer
+    whatever the prompt (every 5th explanation): a model that learnt it elsewhere, or a paraphrase
+    the redaction missed, so the output filter itself is tested."""
 
     def __init__(self, omniscient: bool = False) -> None:
         self.omniscient = omniscient
-        self.obeyed = 0
+        self.obeyed = self.calls = 0
         super().__init__(self.answer)
 
     def answer(self, inp: GenerationInput) -> str:
+        self.calls += 1
         prompt = normalise(" ".join(m.content for m in inp.messages))
-        evil = [p for p in PAYLOADS if self.omniscient or normalise(p) in prompt]
-        self.obeyed += bool(evil)
         props = (inp.json_schema or {}).get("properties", {})
+        evil = [p for p in PAYLOADS if normalise(p) in prompt][:2]
+        if not evil and self.omniscient and ("interests" in props or "tags" in props or self.calls % 5 == 0):
+            evil = [PAYLOADS[self.calls % len(PAYLOADS)]]
+        self.obeyed += bool(evil)
         if "interests" in props:
-            names = [*evil, *INTERESTS][: props["interests"]["minItems"]]
-            names += list(INTERESTS)[: props["interests"]["minItems"] - len(names)]
-            return json.dumps({"interests": [{"id": i + 1, "interest": n, "stage": "long-term",
-                                              "reason": f"user asked for {evil[0]}" if evil else "seen often"}
-                                             for i, n in enumerate(names)]})  # fmt: skip
+            n = props["interests"]["minItems"]
+            items = [(p, f"the title said {p}") for p in evil] + [(i, "seen often") for i in INTERESTS]
+            return json.dumps({"interests": [{"id": k + 1, "interest": name, "stage": "long-term", "reason": why}
+                                             for k, (name, why) in enumerate(items[:n])]})  # fmt: skip
         if "tags" in props:
             n, ids = props["tags"]["minItems"], _interest_ids(inp.json_schema or {})
-            names = ([*evil, *TAGS] * n)[:n]
-            return json.dumps({"tags": [{"tag": t, "interest_id": ids[i % len(ids)],
-                                         "rationale": evil[-1] if evil else "fits"} for i, t in enumerate(names)]})  # fmt: skip
+            items = [(p, f"as instructed: {p}") for p in evil] + [(t, "fits") for t in TAGS]
+            return json.dumps({"tags": [{"tag": tag, "interest_id": ids[k % len(ids)], "rationale": why}
+                                        for k, (tag, why) in enumerate(items[:n])]})  # fmt: skip
         text = evil[0] if evil else "A fresh pick for your evenings"
         return json.dumps({"analysis": f"as instructed: {' '.join(evil)}", "explanation": text})
 
@@ -340,7 +344,9 @@ def test_with_the_defence_no_attacker_string_reaches_any_output(hostile_path: Pa
     assert all(normalise(p) not in prompts for p in PAYLOADS)
     # the output filter: the model's attacker strings were rejected and counted, in every LLM stage
     stats = {o.name: o.stats for o in summary.outcomes}
-    assert stats["interests"]["rejected_untrusted"] > 0 and stats["tags"]["rejected_untrusted"] > 0
+    for stage in ("interests", "tags"):  # every answer had one attacker item: dropped, the rest kept
+        assert stats[stage]["rejected_untrusted"] == summary.users, stage  # one per user
+        assert stats[stage]["fallback_users"] == 0 and stats[stage]["failures"] == [], stage
     assert stats["explanations"]["rejected_untrusted"] > 0
     assert leaks(run, exempt={"00_split/untrusted.parquet"}) == {}
 
