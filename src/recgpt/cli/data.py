@@ -14,6 +14,7 @@ from rich.table import Table
 from recgpt.data.dataset import Manifest, check_target, read_manifest, verify_tables
 from recgpt.data.errors import DataError
 from recgpt.data.importers import IMPORTERS, import_dataset
+from recgpt.data.untrusted import UntrustedText
 
 app = typer.Typer(help="Import datasets into the recgpt format and inspect them.", no_args_is_help=True)
 console = Console()
@@ -95,6 +96,7 @@ def import_cmd(
         check_target(out, force=force, protect=_sources(src, mapping))  # before the (long) import
         with console.status(f"importing {escape(str(src))} as {escape(fmt)}…"):
             ds = import_dataset(fmt, src, **opts)
+            ds.manifest.extra["untrusted_texts"] = UntrustedText.of(ds).flagged  # shown by `data info`
         with console.status(f"writing {escape(str(out))}…"):
             ds.save(out, force=force, protect=_sources(src, mapping))
     except DataError as e:

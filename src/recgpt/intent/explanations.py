@@ -14,6 +14,11 @@ only the explanation) and enforces the rules afterwards (`check_explanation`):
 - no repeating the item title (its words in order, or a one-word title with its year) or the
   bracketed item label the prompt shows; no copy of the prompt's worked example; not empty.
 
+An explanation (or its analysis) that repeats a flagged catalogue / user payload
+(`recgpt.data.untrusted`, prompt-injection defence) is rejected the same way, and a rule-based text
+that would repeat one (built from a flagged title) is replaced by `UNTRUSTED_FALLBACK`, so no served
+text carries a payload.
+
 A text that breaks a rule is replaced by a rule-based pair explanation (`pair_fallback`, built from
 the interest and the matched category) and flagged `fallback=True`. At serving time
 `ExplanationTable.explain(interests, item_id)` returns the first of the user's interests that has an
@@ -32,6 +37,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from recgpt.behavior.items import clean_title
+from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import clean_phrase, phrase_key
 from recgpt.intent.phi import TagToCategory
 from recgpt.intent.pool import STOP_WORDS, phrase_tokens
@@ -56,6 +62,7 @@ DEFAULT_PROHIBITED: tuple[str, ...] = (
     "ultimate", "amazing", "game-changer", "100%", "guaranteed", "forever", "buy now", "limited time", "act now",
 )  # fmt: skip
 EXAMPLE_EXPLANATION = "Dry feet for your muddy trail miles"
+UNTRUSTED_FALLBACK = "Something new to explore"  # a rule-based text would have repeated a flagged payload
 
 
 class ExplanationsConfig(BaseModel):
@@ -213,9 +220,16 @@ def explanation_request(cfg: ExplanationsConfig, interest: str, row: Mapping[str
 
 
 def generate_explanations(
-    cfg: ExplanationsConfig, engine: LLMEngine, pairs: pl.DataFrame, items: pl.DataFrame
+    cfg: ExplanationsConfig,
+    engine: LLMEngine,
+    pairs: pl.DataFrame,
+    items: pl.DataFrame,
+    untrusted: UntrustedText | None = None,
 ) -> pl.DataFrame:
-    """LLM_RE over matched pairs -> the interest-item-explanation table (EXPLANATIONS_SCHEMA)."""
+    """LLM_RE over matched pairs -> the interest-item-explanation table (EXPLANATIONS_SCHEMA).
+
+    `untrusted` (the dataset's flagged payloads) rejects texts that repeat one; None filters nothing.
+    """
     missing = {"interest", "item_id"} - set(pairs.columns)
     if missing:
         raise ValueError(f"pairs table lacks columns {sorted(missing)}")
@@ -234,12 +248,18 @@ def generate_explanations(
     for (interest, iid, cat), req, res in zip(todo, requests, results, strict=True):
         text, broken = (None, "llm failure") if res.value is None else check_explanation(
             cfg, res.value.explanation, meta[iid]["title"] or "")  # fmt: skip
+        if broken is None and res.value is not None and reject_untrusted(
+                untrusted, STAGE, (text, res.value.analysis)):  # fmt: skip
+            broken = "repeats an untrusted payload"
         if broken is None and text:
             rows.append({"interest": interest, "item_id": iid, "explanation": text,
                          "template": req.template or TEMPLATE, "fallback": False})  # fmt: skip
             continue
         category = cat or next(iter(meta[iid].get("categories") or []), None) or "catalogue"
-        rows.append({"interest": interest, "item_id": iid, "explanation": pair_explanation(cfg, interest, category),
+        fallback = pair_explanation(cfg, interest, category)
+        if untrusted is not None and untrusted.hit(fallback):
+            fallback = UNTRUSTED_FALLBACK
+        rows.append({"interest": interest, "item_id": iid, "explanation": fallback,
                      "template": PAIR_RULE, "fallback": True})  # fmt: skip
     return pl.DataFrame(rows, schema=EXPLANATIONS_SCHEMA)
 
@@ -264,11 +284,14 @@ class ExplanationTable:
         items: pl.DataFrame,
         config: ExplanationsConfig | None = None,
         popularity: Mapping[str, float] | None = None,
+        untrusted: UntrustedText | None = None,
     ) -> None:
         self.config = config or ExplanationsConfig()
+        self.untrusted = untrusted  # stored texts and rule-based ones that repeat a flagged payload are not served
         self._index = {
             (phrase_key(i), iid): e
             for i, iid, e in table.select("interest", "item_id", "explanation").iter_rows()
+            if untrusted is None or not untrusted.hit(e)
         }
         cols = [c for c in ("item_id", "title", "brand", "categories") if c in items.columns]
         self._items = {r["item_id"]: r for r in items.select(cols).iter_rows(named=True)}
@@ -321,7 +344,10 @@ class ExplanationTable:
             row = self._items[item_id]
         except KeyError:
             raise KeyError(f"item {item_id!r} is not in the items table") from None
-        return item_explanation(self.config, row, popular=item_id in self._popular)
+        text = item_explanation(self.config, row, popular=item_id in self._popular)
+        if self.untrusted is not None and (self.untrusted.hit(text) or self.untrusted.is_flagged("item", item_id)):
+            return UNTRUSTED_FALLBACK
+        return text
 
 
 __all__ = [
@@ -329,6 +355,7 @@ __all__ = [
     "EXPLANATIONS_SCHEMA",
     "PAIRS_SCHEMA",
     "PAIR_RULE",
+    "UNTRUSTED_FALLBACK",
     "Explanation",
     "ExplanationTable",
     "ExplanationsConfig",

@@ -12,6 +12,8 @@ runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries
 - `interest_id` is re-numbered 1..n in answer order (the model's own ids are not trusted);
 - `kind` = "listed" when the interest is one of the user's preset pool entries (case-insensitive, or
   embedding cosine >= `listed_similarity` when an encoder is given), else "extended";
+- interests whose name or reason repeats a flagged catalogue / user payload (`recgpt.data.untrusted`)
+  are dropped like any other invalid item (prompt-injection defence; counted per stage);
 - a user whose request failed or whose interests were all dropped gets a row in `failures` and, with
   `fallback_to_pool`, their top pool entries as interests (template "pool-fallback"), so later stages
   always have something to work with. The failure stays visible either way.
@@ -30,6 +32,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import (
     UserContext,
     attribute_text,
@@ -125,7 +128,11 @@ def _matches_pool(
 
 
 def postprocess_interests(
-    cfg: InterestsConfig, ctx: UserContext, interests: Sequence[Interest], encoder: TextEncoder | None = None
+    cfg: InterestsConfig,
+    ctx: UserContext,
+    interests: Sequence[Interest],
+    encoder: TextEncoder | None = None,
+    untrusted: UntrustedText | None = None,
 ) -> list[dict[str, Any]]:
     """Tidy, filter, dedupe, number and classify one user's interests (module docstring)."""
     evidence = " ".join([ctx.history, *ctx.pool]).lower()
@@ -143,6 +150,8 @@ def postprocess_interests(
             continue
         if key not in pool_keys and (key in titles or " ".join(phrase_tokens(name)) in titles):
             continue  # one item's title, not an interest (a pool entry that happens to be a title stays)
+        if reject_untrusted(untrusted, STAGE, (name, it.reason)):
+            continue
         seen.add(key)
         kept.append(it.model_copy(update={"interest": name, "reason": clean_phrase(it.reason)}))
     pool = ctx.pool[: cfg.pool_size]
@@ -154,11 +163,14 @@ def postprocess_interests(
     ]  # fmt: skip
 
 
-def _pool_fallback(cfg: InterestsConfig, ctx: UserContext) -> list[dict[str, Any]]:
+def _pool_fallback(
+    cfg: InterestsConfig, ctx: UserContext, untrusted: UntrustedText | None = None
+) -> list[dict[str, Any]]:
+    pool = [p for p in ctx.pool if untrusted is None or not untrusted.hit(p)][: cfg.count]
     return [
         {"user_id": ctx.user_id, "interest_id": i, "interest": p, "stage": "long-term",
          "reason": "matched from the behaviour history (fallback)", "kind": "listed", "template": FALLBACK_TEMPLATE}
-        for i, p in enumerate(ctx.pool[: cfg.count], start=1)
+        for i, p in enumerate(pool, start=1)
     ]  # fmt: skip
 
 
@@ -168,8 +180,12 @@ def mine_interests(
     contexts: Sequence[UserContext],
     *,
     encoder: TextEncoder | None = None,
+    untrusted: UntrustedText | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """LLM_UI over users: (interests table INTERESTS_SCHEMA, failures table FAILURES_SCHEMA)."""
+    """LLM_UI over users: (interests table INTERESTS_SCHEMA, failures table FAILURES_SCHEMA).
+
+    `untrusted` (the dataset's flagged payloads) drops answer items that repeat one; None filters nothing.
+    """
     ids = [c.user_id for c in contexts]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate user ids in contexts")
@@ -183,14 +199,14 @@ def mine_interests(
             failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
             user_rows = []
         else:
-            user_rows = postprocess_interests(cfg, ctx, res.value.interests, encoder)
+            user_rows = postprocess_interests(cfg, ctx, res.value.interests, encoder, untrusted)
             for r in user_rows:
                 r["template"] = req.template or TEMPLATE
             if not user_rows:
                 failures.append({"user_id": ctx.user_id, "reason": "empty",
-                                 "detail": "every interest was empty, duplicate, too long or an example copy"})  # fmt: skip
+                                 "detail": "every interest was empty, duplicate, too long, an example copy or untrusted"})  # fmt: skip
         if not user_rows and cfg.fallback_to_pool:
-            user_rows = _pool_fallback(cfg, ctx)
+            user_rows = _pool_fallback(cfg, ctx, untrusted)
         rows.extend(user_rows)
     return (
         pl.DataFrame(rows, schema=INTERESTS_SCHEMA),

@@ -13,6 +13,8 @@ batch, and post-processes each answer:
   (as of the split point, from the `AsOf` history titles, years removed) is dropped. "Names" = the
   title's words appear as a contiguous run in the tag's words; a one-word title shorter than
   `min_title_chars` must equal the whole tag (so the movie "Heat" does not ban "heat gun");
+- **untrusted**: a tag whose text or rationale repeats a flagged catalogue / user payload
+  (`recgpt.data.untrusted`) is dropped (prompt-injection defence; counted per stage);
 - duplicates (case/spacing-insensitive) are dropped keeping the first;
 - **modifier + core word**: English item phrases are head-final, so the last word is taken as the
   core word and the rest as the modifier ("waterproof hiking boots" -> "waterproof hiking" + "boots");
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from recgpt.behavior.items import clean_title
 from recgpt.data.split import EvalTask
+from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import (
     UserContext,
     attribute_text,
@@ -174,7 +177,11 @@ def _round_robin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def postprocess_tags(
-    cfg: TagsConfig, ctx: UserContext, tags: Sequence[Tag], interests: Sequence[tuple[int, str]]
+    cfg: TagsConfig,
+    ctx: UserContext,
+    tags: Sequence[Tag],
+    interests: Sequence[tuple[int, str]],
+    untrusted: UntrustedText | None = None,
 ) -> list[dict[str, Any]]:
     """Tidy, filter (interest, freshness, example copies), dedupe, split and rank one user's tags."""
     names = dict(interests)
@@ -193,6 +200,8 @@ def postprocess_tags(
             continue
         if any(names_item(tag, title, cfg.min_title_chars) for title in recent):
             continue
+        if reject_untrusted(untrusted, STAGE, (tag, t.rationale)):
+            continue
         seen.add(key)
         modifier, core = split_tag(tag)
         rows.append({"user_id": ctx.user_id, "tag": tag, "modifier": modifier, "core": core,
@@ -204,9 +213,12 @@ def postprocess_tags(
     return ranked
 
 
-def _interest_fallback(ctx: UserContext, interests: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
+def _interest_fallback(
+    ctx: UserContext, interests: Sequence[tuple[int, str]], untrusted: UntrustedText | None = None
+) -> list[dict[str, Any]]:
     rows = []
-    for rank, (iid, name) in enumerate(interests, start=1):
+    safe = [(i, n) for i, n in interests if untrusted is None or not untrusted.hit(n)]
+    for rank, (iid, name) in enumerate(safe, start=1):
         modifier, core = split_tag(name)
         rows.append({"user_id": ctx.user_id, "tag": name, "modifier": modifier, "core": core, "interest_id": iid,
                      "interest": name, "rationale": FALLBACK_RATIONALE, "rank": rank})  # fmt: skip
@@ -225,9 +237,16 @@ def user_interests(interests: pl.DataFrame) -> dict[str, list[tuple[int, str]]]:
 
 
 def predict_tags(
-    cfg: TagsConfig, engine: LLMEngine, contexts: Sequence[UserContext], interests: pl.DataFrame
+    cfg: TagsConfig,
+    engine: LLMEngine,
+    contexts: Sequence[UserContext],
+    interests: pl.DataFrame,
+    untrusted: UntrustedText | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """LLM_IT over users: (tags table TAGS_SCHEMA, failures table FAILURES_SCHEMA)."""
+    """LLM_IT over users: (tags table TAGS_SCHEMA, failures table FAILURES_SCHEMA).
+
+    `untrusted` (the dataset's flagged payloads) drops tags that repeat one; None filters nothing.
+    """
     by_user = user_interests(interests)
     failures: list[dict[str, Any]] = []
     todo = []
@@ -246,12 +265,12 @@ def predict_tags(
             failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
             user_rows = []
         else:
-            user_rows = postprocess_tags(cfg, ctx, res.value.tags, mine)
+            user_rows = postprocess_tags(cfg, ctx, res.value.tags, mine, untrusted)
             if not user_rows:
                 failures.append({"user_id": ctx.user_id, "reason": "empty",
-                                 "detail": "every tag was empty, duplicate, stale, off-interest or an example copy"})  # fmt: skip
+                                 "detail": "every tag was empty, duplicate, stale, off-interest, an example copy or untrusted"})  # fmt: skip
         if not user_rows and cfg.fallback_to_interests:
-            user_rows = _interest_fallback(ctx, mine)
+            user_rows = _interest_fallback(ctx, mine, untrusted)
         rows.extend(user_rows)
     return pl.DataFrame(rows, schema=TAGS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
 

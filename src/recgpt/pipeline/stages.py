@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from recgpt.pipeline.config import RunConfig
@@ -74,7 +75,12 @@ def run_split(state: RunState) -> dict[str, Any]:
         "n_history": [len(h) for h in task.histories],
     }, schema_overrides={"target_item_id": pl.String()})  # fmt: skip
     state.write("split", "users", df)
+    flagged, report = state.untrusted.flagged, state.write("split", "untrusted", state.untrusted.report)
+    state.console.print(f"  untrusted text: {flagged} texts look like instructions to a model" + (
+        f" (redacted in prompts, output repeating them rejected; {escape(str(report))})" if flagged else ""),
+        style="yellow" if flagged else None)  # fmt: skip
     return {"dataset": state.dataset.manifest.name, "fingerprint": state.fingerprint, "split": sp.config.kind,
+            "untrusted_flagged": flagged,
             "items": int(sp.train.n_items), "train_interactions": len(sp.train.item_idx),
             "test_users": len(sp.test), "valid_users": len(sp.valid), "sampled_users": len(task),
             "sampled": len(task) < len(sp.test), "seed": state.cfg.seed}  # fmt: skip
@@ -134,11 +140,12 @@ def run_interests(state: RunState) -> dict[str, Any]:
 
     engine = state.guarded_engine("interests")
     interests, failures = mine_interests(state.cfg.interests, engine, state.contexts,  # type: ignore[arg-type]
-                                         encoder=state.encoder)  # fmt: skip
+                                         encoder=state.encoder, untrusted=state.untrusted)  # fmt: skip
     state.write("interests", "interests", interests)
     state.write("interests", "failures", failures)
     stats = _failure_stats(interests, failures, len(state.users), pl.col("template") == FALLBACK_TEMPLATE)
     stats["kinds"] = dict(interests.group_by("kind").len().rows())
+    stats["rejected_untrusted"] = state.untrusted.rejected["interests"]
     stats["prompts_guarded"] = engine.checked
     return stats
 
@@ -148,11 +155,12 @@ def run_tags(state: RunState) -> dict[str, Any]:
 
     engine = state.guarded_engine("tags")
     tags, failures = predict_tags(state.cfg.tags, engine, state.contexts,  # type: ignore[arg-type]
-                                  state.read("interests", "interests"))  # fmt: skip
+                                  state.read("interests", "interests"), state.untrusted)  # fmt: skip
     state.write("tags", "tags", tags)
     state.write("tags", "failures", failures)
     stats = _failure_stats(tags, failures, len(state.users), pl.col("rationale") == FALLBACK_RATIONALE)
     stats["distinct_tags"] = tags["tag"].n_unique()
+    stats["rejected_untrusted"] = state.untrusted.rejected["tags"]
     stats["prompts_guarded"] = engine.checked
     return stats
 
@@ -259,10 +267,12 @@ def run_explanations(state: RunState) -> dict[str, Any]:
     slots = explanation_pairs(state, top, state.read("interests", "interests"))
     pairs = slots.filter(pl.col("interest").is_not_null()).select("interest", "item_id", "category", "score")
     pairs = pairs.unique(subset=["interest", "item_id"], keep="first", maintain_order=True)
-    table = generate_explanations(cfg, state.engine_for("explanations"), pairs, state.dataset.items) if pairs.height else pl.DataFrame(
+    table = generate_explanations(cfg, state.engine_for("explanations"), pairs, state.dataset.items,
+                                  state.untrusted) if pairs.height else pl.DataFrame(
         schema={"interest": pl.String(), "item_id": pl.String(), "explanation": pl.String(),
                 "template": pl.String(), "fallback": pl.Boolean()})  # fmt: skip
-    serving = ExplanationTable(table, state.dataset.items, cfg, popularity=state.popularity)
+    serving = ExplanationTable(table, state.dataset.items, cfg, popularity=state.popularity,
+                               untrusted=state.untrusted)  # fmt: skip
     got = [serving.get(i, iid) for i, iid in slots.select("interest", "item_id").iter_rows()]
     served = top.select("user_id", "rank", "item_id", "channel", "tag", pl.col("interest").alias("producer")).join(
         slots.select("user_id", "rank", pl.col("interest").alias("explained_interest")), on=["user_id", "rank"],
@@ -273,7 +283,8 @@ def run_explanations(state: RunState) -> dict[str, Any]:
     state.write("explanations", "explanations", table)
     state.write("explanations", "served", served)
     return {"slots": top.height, "pairs": pairs.height, "llm_texts": int((~table["fallback"]).sum()),
-            "rule_fallbacks": int(table["fallback"].sum()), "item_only_slots": int(served["item_only"].sum())}
+            "rule_fallbacks": int(table["fallback"].sum()), "item_only_slots": int(served["item_only"].sum()),
+            "rejected_untrusted": state.untrusted.rejected["explanations"]}
 
 
 # ---------------------------------------------------------------- 09 eval

@@ -25,6 +25,7 @@ from recgpt.baselines.base import Recommender
 from recgpt.behavior.report import write_parquet_atomic
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import AsOf, EvalTask, LeakageError, Split, make_split
+from recgpt.data.untrusted import UntrustedText, redact_dataset
 from recgpt.intent.context import UserContext, build_contexts, guard_requests
 from recgpt.intent.pool import TextEncoder
 from recgpt.llm.types import Backend, LLMRequest, LLMResult
@@ -191,7 +192,7 @@ class RunState:
         encoder: TextEncoder | None = None,
         folders: dict[str, str] | None = None,
     ) -> None:
-        self.cfg, self.dataset, self.console, self.progress = cfg, dataset, console, progress
+        self.cfg, self.source_dataset, self.console, self.progress = cfg, dataset, console, progress
         self.run_dir = cfg.run_dir(dataset.manifest.name)
         self._backend, self._encoder = backend, encoder
         self._engines: dict[str, LLMEngine] = {}  # llm.stages overrides, by spec
@@ -229,6 +230,18 @@ class RunState:
         return pl.read_parquet(p)
 
     # ------------------------------------------------------------------ data
+
+    @cached_property
+    def untrusted(self) -> UntrustedText:
+        """Instruction-like catalogue / user text of the dataset (scanned once): the intent stages drop
+        LLM output that repeats a flagged payload (`recgpt.data.untrusted`)."""
+        return UntrustedText.of(self.source_dataset)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The dataset every stage reads: flagged spans redacted, so no prompt carries them (the same
+        object when nothing is flagged)."""
+        return redact_dataset(self.source_dataset, self.untrusted.report)
 
     @cached_property
     def fingerprint(self) -> str:
