@@ -50,8 +50,8 @@ def _execute(cfg: Any, *, until: str | None, progress: bool, title: str) -> None
 
     console = default_console()
     load = os.getloadavg()
-    own = "".join(f", {stage}: {spec}" for stage, spec in cfg.llm.stages.items())  # --stage-llm overrides
-    console.print(f"[bold]{title}[/bold]: dataset {cfg.dataset}, LLM {cfg.llm.spec}{own} "
+    own = "".join(f", {stage}: {cfg.llm.shown_spec(stage)}" for stage in cfg.llm.stages)  # --stage-llm overrides
+    console.print(f"[bold]{title}[/bold]: dataset {cfg.dataset}, LLM {cfg.llm.shown_spec()}{own} "
                   f"({cfg.llm.workers} worker(s) x {cfg.llm.threads} thread(s)), load average {load[0]:.2f}")  # fmt: skip
     t0 = time.perf_counter()
     try:
