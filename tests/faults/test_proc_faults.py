@@ -154,6 +154,7 @@ def test_llamacpp_workers_die_with_their_parent(worker_script: Path, where: str,
         info = json.loads(line)
         pids = info["pids"]
         assert len(pids) == 2 and all(_alive(p) for p in pids)
+        pids += [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if c.pid not in pids]
         assert "error" not in info["finish"], info
         if ending.startswith("SIG"):
             proc.send_signal(getattr(signal, ending))
@@ -161,7 +162,7 @@ def test_llamacpp_workers_die_with_their_parent(worker_script: Path, where: str,
             proc.stdin.write(f"{ending}\n".encode())
             proc.stdin.flush()
         proc.wait(timeout=30)
-        assert _wait_gone(pids) == [], f"worker processes outlived their parent ({ending})"
+        assert _wait_gone(pids) == [], f"child processes outlived their parent ({ending})"
     finally:
         _kill_tree(proc, pids)
 

@@ -54,6 +54,7 @@ def check(
 ) -> None:
     """Show which backends import, the default model, and run one real generation through the engine."""
     from recgpt.llm.backends import BackendUnavailable, make_backend
+    from recgpt.llm.credentials import redact
     from recgpt.llm.engine import LLMEngine
     from recgpt.llm.prompts.smoke import BASKETS, smoke_request
 
@@ -71,7 +72,8 @@ def check(
     try:
         llm = make_backend(backend, **kwargs)
     except (BackendUnavailable, FileNotFoundError, ValueError) as exc:
-        console.print(f"[bold red]error:[/bold red] cannot start backend {backend!r}: {escape(str(exc))}")
+        shown = escape(repr(redact(backend)))
+        console.print(f"[bold red]error:[/bold red] cannot start backend {shown}: {escape(redact(str(exc)))}")
         raise typer.Exit(code=1) from exc
     load_s = time.perf_counter() - started
     console.print(f"backend [bold]{escape(llm.name)}[/bold], model {escape(llm.model_id)} (loaded in {load_s:.2f} s)")
