@@ -183,5 +183,5 @@ def test_a_wildcard_bind_accepts_only_its_own_names() -> None:
     from recgpt.llm.server_app import allowed_hosts
 
     names = allowed_hosts("0.0.0.0", ["lab.example"])
-    assert {"localhost", "127.0.0.1", "lab.example"} <= set(names)
+    assert {"localhost", "127.0.0.1", "[::1]", "lab.example"} <= set(names)
     assert "evil.example" not in names

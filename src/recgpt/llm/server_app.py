@@ -41,6 +41,7 @@ def allowed_hosts(host: str, extra: list[str] | tuple[str, ...] = ()) -> list[st
             names.update(socket.gethostbyname_ex(hostname)[2])
         except OSError:
             pass
+    names |= {f"[{n.strip('[]')}]" for n in names if ":" in n}  # IPv6 literals come bracketed in Host
     return sorted(n for n in names if n)
 
 
