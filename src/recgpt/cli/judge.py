@@ -95,7 +95,7 @@ def run(
     samples = sample_per_task(samples_from_state(state, _tasks(tasks), llm_only=not include_fallbacks),
                               max_samples, seed)  # fmt: skip
     counts = dict(samples.group_by("task", maintain_order=True).len().rows())
-    console.print(f"[bold]recgpt judge[/bold] {run_dir}: judge {state.cfg.llm.spec}, samples {counts or 'none'}")
+    console.print(f"[bold]recgpt judge[/bold] {run_dir}: judge {state.cfg.llm.shown_spec()}, samples {counts or 'none'}")
     if samples.is_empty():
         console.print("[yellow]nothing to judge: the run has no LLM-written outputs for these tasks[/yellow]")
         raise typer.Exit(1)
@@ -119,12 +119,12 @@ def run(
     for f in judge.failures:
         failures[f["reason"]] = failures.get(f["reason"], 0) + 1
     write_json_atomic(out / "judge.json", {
-        "llm": state.cfg.llm.spec, "model_id": model_id, "config": config.model_dump(mode="json"),
+        "llm": state.cfg.llm.shown_spec(), "model_id": model_id, "config": config.model_dump(mode="json"),
         "samples": counts, "llm_only": not include_fallbacks, "max_samples": max_samples, "seed": seed,
         "seconds": round(seconds, 2), "failures": failures, "finished_at": time.time(),
         "ledger": None if stats is None else stats.to_json(),
     })  # fmt: skip
-    console.print(rates_table(rates, f"judge pass rates: {run_dir.name} (judge {state.cfg.llm.spec})"))
+    console.print(rates_table(rates, f"judge pass rates: {run_dir.name} (judge {state.cfg.llm.shown_spec()})"))
     if failures:
         console.print(f"[yellow]judge calls that failed (counted as not passing): {failures}[/yellow]")
     cached = f" ({stats.cache_hits} from the LLM cache, {stats.calls} model calls)" if stats is not None else ""

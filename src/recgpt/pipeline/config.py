@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from recgpt.behavior import CompressionConfig
 from recgpt.data.split import SplitConfig
@@ -22,6 +22,7 @@ from recgpt.intent.interests import InterestsConfig
 from recgpt.intent.phi import PhiConfig
 from recgpt.intent.pool import PoolConfig
 from recgpt.intent.tags import TagsConfig
+from recgpt.llm.credentials import redact, secret_digest
 from recgpt.retrieval.fusion import FusionConfig
 from recgpt.retrieval.tritower import TriTowerConfig
 
@@ -41,6 +42,9 @@ class LLMSettings(BaseModel):
     interests, LLM_IT for tags, LLM_RE for explanations), so e.g. `{"tags": "transformers:out/merged"}`
     serves an aligned LLM_IT while the other stages keep `spec`. With a shared `cache`, a run that
     changes only the tag model re-uses every interest answer of an earlier run.
+
+    A spec may carry credentials (`openai:m@http://user:pass@host/v1`): JSON dumps (config.json) and
+    `identity` (stage hashes, done.json) hold it redacted, `user:***@`, plus a digest of the secret.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,13 +65,30 @@ class LLMSettings(BaseModel):
             raise ValueError(f"llm.stages names unknown LLM stage(s) {sorted(unknown)}; valid: {', '.join(LLM_STAGES)}")
         return v
 
+    @field_serializer("spec", when_used="json")
+    def _dump_spec(self, v: str) -> str:
+        return redact(v)
+
+    @field_serializer("stages", when_used="json")
+    def _dump_stages(self, v: dict[str, str]) -> dict[str, str]:
+        return {k: redact(s) for k, s in v.items()}
+
     def spec_for(self, stage: str | None = None) -> str:
         """The backend spec that serves `stage` (its override, else `spec`)."""
         return self.stages.get(stage, self.spec) if stage else self.spec
 
+    def shown_spec(self, stage: str | None = None) -> str:
+        """`spec_for(stage)` with URL credentials redacted: the form to print or record."""
+        return redact(self.spec_for(stage))
+
     def identity(self, stage: str | None = None) -> dict[str, Any]:
-        """What decides a stage's answers (part of its hash): backend spec, context, retries."""
-        return {"spec": self.spec_for(stage), "n_ctx": self.n_ctx, "max_retries": self.max_retries}
+        """What decides a stage's answers (part of its hash): backend spec (redacted; a digest of its
+        credentials, when it has any, so a changed key is noticed), context, retries."""
+        spec = self.spec_for(stage)
+        out: dict[str, Any] = {"spec": redact(spec), "n_ctx": self.n_ctx, "max_retries": self.max_retries}
+        if digest := secret_digest(spec):
+            out["credentials_sha256"] = digest
+        return out
 
 
 class RunConfig(BaseModel):

@@ -126,7 +126,7 @@ def results_payload(state: RunState, result: ExperimentResult, phi: dict[str, An
                   if len(state.users) < len(split.test) else "all test users"},
         "split": cfg.split.kind,
         "n_items": result.n_items,
-        "llm": cfg.llm.spec,
+        "llm": cfg.llm.shown_spec(),
         "fusion": {"beta": cfg.fusion.beta, "share": cfg.share, "baseline": cfg.baseline},
         "table": [{"model": r.name, **{c: r.test.get(c) for c in HEADLINE}} for r in result.runs],
         "models": [{"name": r.name, "params": r.params, "validation": r.validation, "test": r.test,

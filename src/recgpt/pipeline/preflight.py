@@ -9,23 +9,15 @@ as many items as the longest list the run ranks (`max(ks)`, `fusion.k`). Each fa
 
 from __future__ import annotations
 
-import re
-
 from recgpt.data.dataset import Dataset
 from recgpt.llm.backends import BackendUnavailable, check_spec
+from recgpt.llm.credentials import redact
 from recgpt.pipeline.config import RunConfig
 from recgpt.pipeline.stages import STAGE_NAMES, STAGES
-
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
 
 
 class PreflightError(ValueError):
     """The run cannot start: one line naming the option and the value."""
-
-
-def redact(text: str) -> str:
-    """Credentials in a URL (`scheme://user:pass@host`) never reach the terminal: `scheme://***@host`."""
-    return _USERINFO.sub(r"\1***@", text)
 
 
 def check_until(until: str | None) -> None:
@@ -88,5 +80,4 @@ __all__ = [
     "has_categories",
     "llm_specs",
     "preflight",
-    "redact",
 ]

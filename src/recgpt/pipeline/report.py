@@ -180,7 +180,7 @@ def render_run_html(state: RunState, payload: dict[str, Any], ledger: dict[str, 
 span.best{{font-weight:bold;background:#e3f1e3}}</style></head><body>
 <h1>RecGPT chain: {_e(payload['dataset'])} (run {_e(payload['run'])})</h1>
 <p>{_e(payload['users']['note'])} (seed {cfg.seed}); split <code>{_e(payload['split'])}</code>; full ranking over
-{payload['n_items']:,} items, seen items masked. LLM <code>{_e(cfg.llm.spec)}</code>; RecGPT share of the fused list
+{payload['n_items']:,} items, seen items masked. LLM <code>{_e(cfg.llm.shown_spec())}</code>; RecGPT share of the fused list
 {cfg.share:.0%} next to <code>{_e(cfg.baseline)}</code>; β = {cfg.fusion.beta}.</p>
 <h2>Metrics</h2>{_metrics_html(payload)}
 <p>Tag HR = share of users whose held-out item's category is among φ(their tags) (top 10 / 30). Non-LLM history

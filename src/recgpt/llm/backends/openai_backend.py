@@ -13,19 +13,25 @@ so the first request probes alone and the answer picks the mode for the rest. Re
 exponential backoff (honouring Retry-After) on 429, 408/409, 5xx, timeouts and dropped connections
 are done here rather than by the client, so that a format rejection is never retried as if it were
 a transient 500. One bad request never raises: it becomes an output with `finish_reason="error"`.
+
+The API key (`$OPENAI_API_KEY`) is sent only over HTTPS or to a loopback host; to a plain-HTTP
+host elsewhere it is withheld, with one warning, unless `RECGPT_ALLOW_INSECURE_KEY=1`
+(`recgpt.llm.credentials`). Credentials written into the URL are the user's explicit choice and are
+used as given, but `model_id` and error texts carry them redacted.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
-from recgpt.llm.server import is_loopback
+from recgpt.llm.credentials import INSECURE_KEY_ENV, is_loopback, is_redacted, key_may_travel, redact
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
 
 StructuredMode = Literal["json_schema", "json_object", "auto"]
@@ -38,10 +44,41 @@ _RETRY_STATUS = frozenset({408, 409, 429})
 _FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema")
 _MAX_BACKOFF_S = 30.0
 _DUMMY_KEY = "sk-no-key-required"
+_DEFAULT_URL = "https://api.openai.com/v1"
+_WARNED: set[str] = set()
 
 
 def _is_local(url: str) -> bool:
     return is_loopback(urlparse(url).hostname or "")
+
+
+def choose_api_key(base_url: str | None, api_key_env: str = "OPENAI_API_KEY") -> str:
+    """The key to send to `base_url`: "" means no Authorization header at all.
+
+    A key from the environment is sent over HTTPS or to loopback, or anywhere with
+    `RECGPT_ALLOW_INSECURE_KEY=1`; to a plain-HTTP host elsewhere it is withheld (one warning per
+    URL): refusing would break the common case of a shell-wide key and a key-less server on the
+    LAN, and a server that does need the key answers 401, which the warning has explained.
+    """
+    url = base_url or _DEFAULT_URL
+    key = os.environ.get(api_key_env)
+    if key and not key_may_travel(url):
+        shown = redact(url)
+        if shown not in _WARNED:
+            _WARNED.add(shown)
+            print(
+                f"warning: ${api_key_env} is not sent to {shown}: plain HTTP to a host that is not this "
+                f"machine would expose it; use https://, or set {INSECURE_KEY_ENV}=1 to send it anyway",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+        return ""
+    if key:
+        return key
+    if _is_local(url):
+        return _DUMMY_KEY  # local servers ignore the key, but a header does no harm there
+    if urlparse(url).scheme.lower() == "https":
+        raise ValueError(f"no API key: set ${api_key_env} (any value works for a server that needs none)")
+    return ""  # plain HTTP elsewhere: nothing to send, nothing to leak
 
 
 def response_format(mode: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -83,18 +120,26 @@ class OpenAIBackend(Backend):
         if structured not in _LADDERS:
             raise ValueError(f"structured must be one of {sorted(_LADDERS)}, got {structured!r}")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            if base_url is None or not _is_local(base_url):
-                raise ValueError(
-                    f"no API key: set ${api_key_env} (any value works for a server that needs none)"
-                )
-            api_key = _DUMMY_KEY  # local servers ignore the key, but the client insists on one
+        if base_url and is_redacted(base_url):
+            raise ValueError(
+                f"the URL {base_url} holds a redacted credential (a spec read back from a run folder, where "
+                "secrets are never stored): pass the spec with its real credentials again, e.g. --llm"
+            )
+        api_key = choose_api_key(base_url, api_key_env)
+        query: dict[str, str] | None = None
+        if base_url and urlsplit(base_url).query:  # `...?api_key=K`: sent with every request, not glued to the path
+            parts = urlsplit(base_url)
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            base_url = urlunsplit(parts._replace(query=""))
         self._openai = openai
+        # No key: the client still insists on one, so it gets a placeholder and every request omits the header.
+        self._extra_headers: dict[str, Any] | None = None if api_key else {"Authorization": openai.Omit()}
         # The client's own retries are off: `_call` retries, knowing a format rejection from an outage.
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or _DUMMY_KEY, timeout=timeout_s, max_retries=0, default_query=query
+        )
         self.model = model
-        self.base_url = str(self._client.base_url).rstrip("/")
+        self.base_url = redact(str(self._client.base_url).rstrip("/"))
         self.concurrency = concurrency
         self.max_retries = max_retries
         self._ladder = _LADDERS[structured]
@@ -186,6 +231,8 @@ class OpenAIBackend(Backend):
         }
         if s.stop:
             kwargs["stop"] = list(s.stop)
+        if self._extra_headers:
+            kwargs["extra_headers"] = self._extra_headers
         fmt = response_format(mode, inp.json_schema)
         if fmt is not None:
             kwargs["response_format"] = fmt
@@ -217,7 +264,7 @@ class OpenAIBackend(Backend):
     @staticmethod
     def _error(detail: str, started: float) -> GenerationOutput:
         return GenerationOutput(
-            text="", finish_reason="error", latency_s=time.perf_counter() - started, error=detail
+            text="", finish_reason="error", latency_s=time.perf_counter() - started, error=redact(detail)
         )
 
 
