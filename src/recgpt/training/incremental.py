@@ -25,7 +25,6 @@ used.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from recgpt.data.atomic import write_json_atomic
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import Split
 from recgpt.training.builders.contexts import LogContext, LogsConfig
@@ -140,9 +140,7 @@ def incremental(
         "trained_on": kept.height, "start_model": str(model), "model": str(res.merged_dir),
         "complete": res.complete, "build_s": round(build_s, 1), "sft_s": round(res.wall_s, 1),
     }  # fmt: skip
-    tmp = out / "incremental.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "incremental.json")
+    write_json_atomic(out / "incremental.json", summary)
     return summary
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from recgpt.data.atomic import write_json_atomic
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import Split
 from recgpt.training.builders.contexts import LogsConfig
@@ -116,10 +117,8 @@ def _teacher(model_dir: Path, batch_size: int, cache: Path, threads: int = 1) ->
 
 
 def _write_rounds(out: Path, records: list[RoundRecord]) -> None:
-    tmp = out / "rounds.json.tmp"
     rows = [{**dataclasses.asdict(r), "pass_rate": round(r.pass_rate, 4)} for r in records]
-    tmp.write_text(json.dumps(rows, indent=2))
-    tmp.replace(out / "rounds.json")
+    write_json_atomic(out / "rounds.json", rows)
 
 
 def read_rounds(out: str | Path) -> list[RoundRecord]:

@@ -59,6 +59,7 @@ import polars as pl
 from rich import progress as rp
 
 from recgpt.behavior.report import write_parquet_atomic
+from recgpt.data.atomic import write_json_atomic
 from recgpt.training.data import LEVELS, SAMPLE_SCHEMA, SampleError, to_chat, validate_samples
 from recgpt.training.report import log_callback, loss_ends, read_log, truncate_log, write_report
 
@@ -511,7 +512,7 @@ def run_sft(
             result.merged_dir = merge_adapter(base, result.adapter_dir, out / "merged", config.dtype)
     result.wall_s = time.perf_counter() - t0
     meta["result"] = result.to_dict()
-    (out / "train_config.json").write_text(json.dumps(meta, indent=2))
+    write_json_atomic(out / "train_config.json", meta)
     write_report(out)
     return result
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recgpt.data.atomic import write_json_atomic
 from recgpt.llm.credentials import redact
 from recgpt.llm.types import Backend
 
@@ -205,9 +206,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     digest = h.hexdigest()
     try:
         sidecar.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sidecar.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**ident, "sha256": digest}))
-        tmp.replace(sidecar)
+        write_json_atomic(sidecar, {**ident, "sha256": digest})
     except OSError:
         pass  # an unwritable cache dir only costs a re-hash next time
     return digest
