@@ -49,7 +49,10 @@ class LLMSettings(BaseModel):
     workers: int = Field(default=1, ge=1)
     n_ctx: int = Field(default=4096, ge=256)
     max_retries: int = Field(default=1, ge=0)
-    chunk_size: int = Field(default=16, ge=1)
+    chunk_size: int = Field(default=16, ge=1, description="most requests per backend call (else its parallelism)")
+    max_tokens_cap: int = Field(default=1024, ge=16, description="truncated answers retried with 2x tokens up to this")
+    max_fallback_share: float | dict[str, float] = Field(default=0.2, description="an LLM stage fails when more of "
+        "its users (explanations: pairs) are on fallback; a number, or {stage: limit} (others 0.2)")  # fmt: skip
     cache: Path | None = None
     stages: dict[str, str] = Field(default_factory=dict, description="stage -> backend spec overrides")
 
@@ -60,13 +63,29 @@ class LLMSettings(BaseModel):
             raise ValueError(f"llm.stages names unknown LLM stage(s) {sorted(unknown)}; valid: {', '.join(LLM_STAGES)}")
         return v
 
+    @field_validator("max_fallback_share")
+    @classmethod
+    def _limits(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        limits = v if isinstance(v, dict) else {"*": v}
+        if unknown := set(limits) - {*LLM_STAGES, "*"}:
+            raise ValueError(f"llm.max_fallback_share names unknown LLM stage(s) {sorted(unknown)}")
+        if bad := [x for x in limits.values() if not 0.0 <= x <= 1.0]:
+            raise ValueError(f"llm.max_fallback_share must be shares in [0, 1], got {bad}")
+        return v
+
+    def fallback_limit(self, stage: str) -> float:
+        """The most of `stage`'s users (or pairs) that may be on fallback before the stage fails."""
+        v = self.max_fallback_share
+        return float(v.get(stage, 0.2)) if isinstance(v, dict) else float(v)
+
     def spec_for(self, stage: str | None = None) -> str:
         """The backend spec that serves `stage` (its override, else `spec`)."""
         return self.stages.get(stage, self.spec) if stage else self.spec
 
     def identity(self, stage: str | None = None) -> dict[str, Any]:
         """What decides a stage's answers (part of its hash): backend spec, context, retries."""
-        return {"spec": self.spec_for(stage), "n_ctx": self.n_ctx, "max_retries": self.max_retries}
+        return {"spec": self.spec_for(stage), "n_ctx": self.n_ctx, "max_retries": self.max_retries,
+                "max_tokens_cap": self.max_tokens_cap}  # fmt: skip
 
 
 class RunConfig(BaseModel):

@@ -21,6 +21,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from recgpt.eval.experiment import write_json_atomic
 from recgpt.eval.report import CSS, _plots
 from recgpt.pipeline.evaluation import HEADLINE, LOWER_BETTER, load_result, throughput
 from recgpt.pipeline.state import RunState
@@ -49,7 +50,9 @@ def results_table(payload: dict[str, Any]) -> Table:
     return t
 
 
-def print_results(payload: dict[str, Any], console: Console, stages: list[dict[str, Any]] | None = None) -> None:
+def print_results(
+    payload: dict[str, Any], console: Console, stages: list[dict[str, Any]] | None = None
+) -> None:
     """Table, tag HR of the history baseline, the issue's bar, and throughput per stage."""
     console.print(results_table(payload))
     hist = payload["tag_hr"]["history_tags"]
@@ -61,6 +64,13 @@ def print_results(payload: dict[str, Any], console: Console, stages: list[dict[s
         f"(within 5%: {b['ndcg_within_5pct']}), CatDiv up: {b['catdiv_up']}, Coverage up: {b['coverage_up']}, "
         f"Gini down: {b['gini_down']} -> bar {'MET' if b['met'] else 'NOT met'}"
     )
+    fb = Table(title="LLM fallback per stage (the LLM gave nothing usable)")
+    for c in ("stage", "on fallback", "share", "limit", "reasons"):
+        fb.add_column(c, justify="left" if c in ("stage", "reasons") else "right")
+    for name, f in (payload.get("llm_fallback") or {}).items():
+        fb.add_row(name, f"{f['fallback']} / {f['asked']}", f"{f['fallback_share']:.1%}", f"{f['limit']:.0%}",
+                   ", ".join(f"{k}={v}" for k, v in f["fallback_reasons"].items()) or "-")  # fmt: skip
+    console.print(fb)
     t = Table(title="throughput per stage (sampled users)")
     for c in ("stage", "seconds", "users/min"):
         t.add_column(c, justify="right" if c != "stage" else "left")
@@ -132,11 +142,15 @@ def _walk_one(state: RunState, user: str, titles: dict[str, str], cats: dict[str
                                                                         "interest").iter_rows():  # fmt: skip
         e = expl.get(rank)
         hit = " <b>(held-out item)</b>" if iid == target else ""
-        note = "" if e is None else f"{_e(e[0])} <small>({'item-only fallback' if e[1] else _e(e[2])})</small>"
+        note = (
+            "" if e is None else f"{_e(e[0])} <small>({'item-only fallback' if e[1] else _e(e[2])})</small>"
+        )
         rows.append([_e(rank), _e(titles.get(iid, iid)) + hit, _e(", ".join(cats.get(iid, []))), _e(channel),
                      _e(tag), _e(interest), note])  # fmt: skip
-    parts += ["<h4>4. Final list (fused) with provenance and 5. explanations (LLM_RE)</h4>",
-              _table(["rank", "item", "categories", "channel", "tag", "interest", "explanation"], rows)]
+    parts += [
+        "<h4>4. Final list (fused) with provenance and 5. explanations (LLM_RE)</h4>",
+        _table(["rank", "item", "categories", "channel", "tag", "interest", "explanation"], rows),
+    ]
     return "\n".join(parts)
 
 
@@ -173,23 +187,29 @@ def render_run_html(state: RunState, payload: dict[str, Any], ledger: dict[str, 
     led = _table(["stage", *next(iter(ledger["stages"].values()), {}).keys()],
                  [[_e(n), *(_e(json.dumps(v) if isinstance(v, dict) else v) for v in s.values())]
                   for n, s in ledger["stages"].items()])  # fmt: skip
+    fb = _table(["LLM stage", "on fallback", "share", "limit", "reasons"],
+                [[_e(n), f"{f['fallback']} / {f['asked']}", f"{f['fallback_share']:.1%}", f"{f['limit']:.0%}",
+                  _e(", ".join(f"{k}={v}" for k, v in f["fallback_reasons"].items()) or "-")]
+                 for n, f in (payload.get("llm_fallback") or {}).items()])  # fmt: skip
     b, hist = payload["bar"], payload["tag_hr"]["history_tags"]
     cfg = state.cfg
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>recgpt run {_e(payload['run'])}</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>recgpt run {_e(payload["run"])}</title>
 <style>{CSS} pre{{white-space:pre-wrap;background:#f7f7f7;padding:8px;font-size:12px}}
 span.best{{font-weight:bold;background:#e3f1e3}}</style></head><body>
-<h1>RecGPT chain: {_e(payload['dataset'])} (run {_e(payload['run'])})</h1>
-<p>{_e(payload['users']['note'])} (seed {cfg.seed}); split <code>{_e(payload['split'])}</code>; full ranking over
-{payload['n_items']:,} items, seen items masked. LLM <code>{_e(cfg.llm.spec)}</code>; RecGPT share of the fused list
+<h1>RecGPT chain: {_e(payload["dataset"])} (run {_e(payload["run"])})</h1>
+<p>{_e(payload["users"]["note"])} (seed {cfg.seed}); split <code>{_e(payload["split"])}</code>; full ranking over
+{payload["n_items"]:,} items, seen items masked. LLM <code>{_e(cfg.llm.spec)}</code>; RecGPT share of the fused list
 {cfg.share:.0%} next to <code>{_e(cfg.baseline)}</code>; β = {cfg.fusion.beta}.</p>
 <h2>Metrics</h2>{_metrics_html(payload)}
 <p>Tag HR = share of users whose held-out item's category is among φ(their tags) (top 10 / 30). Non-LLM history
-baseline tags: @10 {hist.get('TagHR@10', 0):.4f}, @30 {hist.get('TagHR@30', 0):.4f}. Fused vs best baseline
-(<code>{_e(b['best_baseline'])}</code>): NDCG@10 ratio {b['fused_over_best_ndcg']:.3f}; CatDiv up {b['catdiv_up']},
-Coverage up {b['coverage_up']}, Gini down {b['gini_down']}: bar <b>{'met' if b['met'] else 'not met'}</b>.</p>
+baseline tags: @10 {hist.get("TagHR@10", 0):.4f}, @30 {hist.get("TagHR@30", 0):.4f}. Fused vs best baseline
+(<code>{_e(b["best_baseline"])}</code>): NDCG@10 ratio {b["fused_over_best_ndcg"]:.3f}; CatDiv up {b["catdiv_up"]},
+Coverage up {b["coverage_up"]}, Gini down {b["gini_down"]}: bar <b>{"met" if b["met"] else "not met"}</b>.</p>
 <div class="plots">{plots}</div>
 {judge_html(state.run_dir)}
 <h2>Throughput</h2>{thr}
+<h2>LLM fallback</h2><p>Share of users (explanations: interest-item pairs) the LLM gave nothing usable, who
+got the rule-based fallback; a stage above its limit (<code>llm.max_fallback_share</code>) fails the run.</p>{fb}
 <h2>LLM ledger</h2>{led}
 <h2>Walkthrough</h2>{walks}
 </body></html>
@@ -198,8 +218,12 @@ Coverage up {b['coverage_up']}, Gini down {b['gini_down']}: bar <b>{'met' if b['
 
 def write_run_report(state: RunState) -> Path:
     """Write `<run>/report.html` atomically."""
-    payload = json.loads((state.run_dir / "results.json").read_text())
     from recgpt.pipeline.run import run_ledger
+    from recgpt.pipeline.stages import fallback_summary
+
+    payload = json.loads((state.run_dir / "results.json").read_text())
+    payload["llm_fallback"] = fallback_summary(state)  # now with explanations (they run after eval)
+    write_json_atomic(state.run_dir / "results.json", payload)
 
     ledger = run_ledger(state, state.run_dir.name).to_json()
     path = state.run_dir / "report.html"
@@ -210,4 +234,11 @@ def write_run_report(state: RunState) -> Path:
     return path
 
 
-__all__ = ["judge_html", "print_results", "render_run_html", "results_table", "walk_users", "write_run_report"]
+__all__ = [
+    "judge_html",
+    "print_results",
+    "render_run_html",
+    "results_table",
+    "walk_users",
+    "write_run_report",
+]
