@@ -112,9 +112,8 @@ def bar_check(rows: dict[str, dict[str, float]], baselines: list[str]) -> dict[s
     return {"best_baseline": best, "fused_over_best_ndcg": ratio, **checks, "met": all(checks.values())}
 
 
-def results_payload(
-    state: RunState, result: ExperimentResult, phi: dict[str, Any], stages: list[dict[str, Any]]
-) -> dict[str, Any]:
+def results_payload(state: RunState, result: ExperimentResult, phi: dict[str, Any],
+                    stages: list[dict[str, Any]]) -> dict[str, Any]:
     """What `results.json` holds (module docstring)."""
     from recgpt.pipeline.stages import fallback_summary
 
@@ -124,29 +123,16 @@ def results_payload(
     return {
         "dataset": result.dataset,
         "run": state.run_dir.name,
-        "users": {
-            "sampled": len(state.users),
-            "test_users": len(split.test),
-            "seed": cfg.seed,
-            "note": f"metrics on a seeded sample of {len(state.users)} of {len(split.test)} test users"
-            if len(state.users) < len(split.test)
-            else "all test users",
-        },
+        "users": {"sampled": len(state.users), "test_users": len(split.test), "seed": cfg.seed,
+                  "note": f"metrics on a seeded sample of {len(state.users)} of {len(split.test)} test users"
+                  if len(state.users) < len(split.test) else "all test users"},
         "split": cfg.split.kind,
         "n_items": result.n_items,
         "llm": cfg.llm.spec,
         "fusion": {"beta": cfg.fusion.beta, "share": cfg.share, "baseline": cfg.baseline},
         "table": [{"model": r.name, **{c: r.test.get(c) for c in HEADLINE}} for r in result.runs],
-        "models": [
-            {
-                "name": r.name,
-                "params": r.params,
-                "validation": r.validation,
-                "test": r.test,
-                "score_s": round(r.score_s, 3),
-            }
-            for r in result.runs
-        ],
+        "models": [{"name": r.name, "params": r.params, "validation": r.validation, "test": r.test,
+                    "score_s": round(r.score_s, 3)} for r in result.runs],
         "tag_hr": {"llm_tags": phi["llm_tags"], "history_tags": phi["history_tags"]},
         "bar": bar_check(rows, baselines),
         "llm_fallback": fallback_summary(state),  # explanations run later: the report stage adds them

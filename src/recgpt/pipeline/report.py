@@ -50,9 +50,7 @@ def results_table(payload: dict[str, Any]) -> Table:
     return t
 
 
-def print_results(
-    payload: dict[str, Any], console: Console, stages: list[dict[str, Any]] | None = None
-) -> None:
+def print_results(payload: dict[str, Any], console: Console, stages: list[dict[str, Any]] | None = None) -> None:
     """Table, tag HR of the history baseline, the issue's bar, and throughput per stage."""
     console.print(results_table(payload))
     hist = payload["tag_hr"]["history_tags"]
@@ -142,15 +140,11 @@ def _walk_one(state: RunState, user: str, titles: dict[str, str], cats: dict[str
                                                                         "interest").iter_rows():  # fmt: skip
         e = expl.get(rank)
         hit = " <b>(held-out item)</b>" if iid == target else ""
-        note = (
-            "" if e is None else f"{_e(e[0])} <small>({'item-only fallback' if e[1] else _e(e[2])})</small>"
-        )
+        note = "" if e is None else f"{_e(e[0])} <small>({'item-only fallback' if e[1] else _e(e[2])})</small>"
         rows.append([_e(rank), _e(titles.get(iid, iid)) + hit, _e(", ".join(cats.get(iid, []))), _e(channel),
                      _e(tag), _e(interest), note])  # fmt: skip
-    parts += [
-        "<h4>4. Final list (fused) with provenance and 5. explanations (LLM_RE)</h4>",
-        _table(["rank", "item", "categories", "channel", "tag", "interest", "explanation"], rows),
-    ]
+    parts += ["<h4>4. Final list (fused) with provenance and 5. explanations (LLM_RE)</h4>",
+              _table(["rank", "item", "categories", "channel", "tag", "interest", "explanation"], rows)]
     return "\n".join(parts)
 
 
@@ -193,18 +187,18 @@ def render_run_html(state: RunState, payload: dict[str, Any], ledger: dict[str, 
                  for n, f in (payload.get("llm_fallback") or {}).items()])  # fmt: skip
     b, hist = payload["bar"], payload["tag_hr"]["history_tags"]
     cfg = state.cfg
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>recgpt run {_e(payload["run"])}</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>recgpt run {_e(payload['run'])}</title>
 <style>{CSS} pre{{white-space:pre-wrap;background:#f7f7f7;padding:8px;font-size:12px}}
 span.best{{font-weight:bold;background:#e3f1e3}}</style></head><body>
-<h1>RecGPT chain: {_e(payload["dataset"])} (run {_e(payload["run"])})</h1>
-<p>{_e(payload["users"]["note"])} (seed {cfg.seed}); split <code>{_e(payload["split"])}</code>; full ranking over
-{payload["n_items"]:,} items, seen items masked. LLM <code>{_e(cfg.llm.spec)}</code>; RecGPT share of the fused list
+<h1>RecGPT chain: {_e(payload['dataset'])} (run {_e(payload['run'])})</h1>
+<p>{_e(payload['users']['note'])} (seed {cfg.seed}); split <code>{_e(payload['split'])}</code>; full ranking over
+{payload['n_items']:,} items, seen items masked. LLM <code>{_e(cfg.llm.spec)}</code>; RecGPT share of the fused list
 {cfg.share:.0%} next to <code>{_e(cfg.baseline)}</code>; β = {cfg.fusion.beta}.</p>
 <h2>Metrics</h2>{_metrics_html(payload)}
 <p>Tag HR = share of users whose held-out item's category is among φ(their tags) (top 10 / 30). Non-LLM history
-baseline tags: @10 {hist.get("TagHR@10", 0):.4f}, @30 {hist.get("TagHR@30", 0):.4f}. Fused vs best baseline
-(<code>{_e(b["best_baseline"])}</code>): NDCG@10 ratio {b["fused_over_best_ndcg"]:.3f}; CatDiv up {b["catdiv_up"]},
-Coverage up {b["coverage_up"]}, Gini down {b["gini_down"]}: bar <b>{"met" if b["met"] else "not met"}</b>.</p>
+baseline tags: @10 {hist.get('TagHR@10', 0):.4f}, @30 {hist.get('TagHR@30', 0):.4f}. Fused vs best baseline
+(<code>{_e(b['best_baseline'])}</code>): NDCG@10 ratio {b['fused_over_best_ndcg']:.3f}; CatDiv up {b['catdiv_up']},
+Coverage up {b['coverage_up']}, Gini down {b['gini_down']}: bar <b>{'met' if b['met'] else 'not met'}</b>.</p>
 <div class="plots">{plots}</div>
 {judge_html(state.run_dir)}
 <h2>Throughput</h2>{thr}
@@ -234,11 +228,4 @@ def write_run_report(state: RunState) -> Path:
     return path
 
 
-__all__ = [
-    "judge_html",
-    "print_results",
-    "render_run_html",
-    "results_table",
-    "walk_users",
-    "write_run_report",
-]
+__all__ = ["judge_html", "print_results", "render_run_html", "results_table", "walk_users", "write_run_report"]

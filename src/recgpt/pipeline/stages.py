@@ -118,9 +118,7 @@ def run_pool(state: RunState) -> dict[str, Any]:
 # ---------------------------------------------------------------- 03 interests, 04 tags
 
 
-def _failure_stats(
-    table: pl.DataFrame, failures: pl.DataFrame, users: int, fallback: pl.Expr
-) -> dict[str, Any]:
+def _failure_stats(table: pl.DataFrame, failures: pl.DataFrame, users: int, fallback: pl.Expr) -> dict[str, Any]:
     """Rows and failures of a per-user LLM stage; a user counts as on fallback when the LLM gave
     them nothing usable (one `failures` row each: the request failed or post-processing emptied it)."""
     per_user = table.group_by("user_id").len()["len"]
@@ -183,7 +181,7 @@ def fallback_summary(state: RunState) -> dict[str, dict[str, Any]]:
     """Fallback share of every finished LLM stage (for results.json, the report and the printed summary)."""
     out: dict[str, dict[str, Any]] = {}
     for st in STAGES:
-        stats = (state.marker(st.name) or {}).get("stats") or {} if st.llm else {}
+        stats = ((state.marker(st.name) or {}).get("stats") or {}) if st.llm else {}
         if "fallback_share" in stats:
             out[st.name] = {k: stats[k] for k in ("fallback", "asked", "fallback_share", "fallback_reasons")}
             out[st.name]["limit"] = state.cfg.llm.fallback_limit(st.name)
@@ -246,13 +244,8 @@ def run_tritower(state: RunState) -> dict[str, Any]:
     ItemIndex.build(res.model.item_vectors(), threads=1).save(state.dir("tritower") / "index")
     state.write("tritower", "history", pl.DataFrame(res.history))
     best = next((h for h in res.history if int(h["epoch"]) == res.best_epoch), res.history[-1])
-    return {
-        "epochs_run": len(res.history),
-        "best_epoch": res.best_epoch,
-        "train_s": round(res.train_s, 2),
-        "valid_NDCG@10": best.get("valid_NDCG@10"),
-        "trained_on": "split.train (validation for early stopping)",
-    }
+    return {"epochs_run": len(res.history), "best_epoch": res.best_epoch, "train_s": round(res.train_s, 2),
+            "valid_NDCG@10": best.get("valid_NDCG@10"), "trained_on": "split.train (validation for early stopping)"}
 
 
 # ---------------------------------------------------------------- 07 candidates, 08 fusion
@@ -303,7 +296,7 @@ def explanation_pairs(state: RunState, top: pl.DataFrame, interests: pl.DataFram
         mine = names.get(u, [])
         pairs = match_pairs(cfg, mine, state.phi, g["item_id"].to_list()) if mine else None
         by_item: dict[str, list[tuple[str, str, float]]] = {}
-        for interest, iid, cat, score in pairs.iter_rows() if pairs is not None else ():
+        for interest, iid, cat, score in (pairs.iter_rows() if pairs is not None else ()):
             by_item.setdefault(iid, []).append((interest, cat, score))
         for rank, iid, producer in g.select("rank", "item_id", "interest").iter_rows():
             options = by_item.get(iid, [])
@@ -312,17 +305,8 @@ def explanation_pairs(state: RunState, top: pl.DataFrame, interests: pl.DataFram
             rows.append({"user_id": u, "rank": rank, "item_id": iid,
                          "interest": best[0] if best else None, "category": best[1] if best else None,
                          "score": best[2] if best else None})  # fmt: skip
-    return pl.DataFrame(
-        rows,
-        schema={
-            "user_id": pl.String(),
-            "rank": pl.Int64(),
-            "item_id": pl.String(),
-            "interest": pl.String(),
-            "category": pl.String(),
-            "score": pl.Float64(),
-        },
-    )
+    return pl.DataFrame(rows, schema={"user_id": pl.String(), "rank": pl.Int64(), "item_id": pl.String(),
+                                      "interest": pl.String(), "category": pl.String(), "score": pl.Float64()})
 
 
 def run_explanations(state: RunState) -> dict[str, Any]:
@@ -378,120 +362,37 @@ def _llm(cfg: RunConfig, stage: str) -> dict[str, Any]:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage(
-        "split",
-        "00_split",
-        (),
-        lambda c: {"split": _dump(c.split), "users": c.users, "seed": c.seed},
-        run_split,
-        title="split and user sample",
-    ),
-    Stage(
-        "compress",
-        "01_compress",
-        ("split",),
-        lambda c: {"compression": _dump(c.compression), "tokenizer": c.tokenizer},
-        run_compress,
-        title="behaviour compression (B_u)",
-    ),
-    Stage(
-        "pool",
-        "02_pool",
-        ("split",),
-        lambda c: {"pool": _dump(c.pool), "embedder": c.embedder},
-        run_pool,
-        title="interest pool (I_m)",
-    ),
-    Stage(
-        "interests",
-        "03_interests",
-        ("compress", "pool"),
-        lambda c: {"interests": _dump(c.interests), "llm": _llm(c, "interests")},
-        run_interests,
-        llm=True,
-        title="LLM_UI interests",
-    ),
-    Stage(
-        "tags",
-        "04_tags",
-        ("interests",),
-        lambda c: {"tags": _dump(c.tags), "llm": _llm(c, "tags")},
-        run_tags,
-        llm=True,
-        title="LLM_IT tags",
-    ),
-    Stage(
-        "phi",
-        "05_phi",
-        ("tags",),
-        lambda c: {"phi": _dump(c.phi), "embedder": c.embedder},
-        run_phi,
-        title="φ tag -> category, tag HR",
-    ),
-    Stage(
-        "tritower",
-        "06_tritower",
-        ("split",),
-        lambda c: {"tritower": _dump(c.tritower), "embedder": c.embedder},
-        run_tritower,
-        title="tri-tower training (train split)",
-    ),
-    Stage(
-        "candidates",
-        "07_candidates",
-        ("tritower", "tags"),
-        lambda c: {"fusion": _dump(c.fusion)},
-        run_candidates,
-        title="RecGPT channel retrieval",
-    ),
-    Stage(
-        "fusion",
-        "08_fusion",
-        ("candidates",),
-        lambda c: {"baseline": c.baseline, "share": c.share, "ks": list(c.ks)},
-        run_fusion,
-        title="baseline channel + fused list",
-    ),
-    Stage(
-        "eval",
-        "09_eval",
-        ("fusion", "phi"),
-        lambda c: {"compare": list(c.compare), "ks": list(c.ks)},
-        run_eval,
-        title="evaluation",
-    ),
-    Stage(
-        "explanations",
-        "10_explanations",
-        ("fusion", "phi"),
-        lambda c: {
-            "explanations": _dump(c.explanations),
-            "top": c.explain_top,
-            "llm": _llm(c, "explanations"),
-        },
-        run_explanations,
-        llm=True,
-        title="LLM_RE explanations",
-    ),
-    Stage(
-        "report",
-        "11_report",
-        ("eval", "explanations", "compress"),
-        lambda c: {"users": c.report_users},
-        run_report,
-        title="HTML report",
-    ),
+    Stage("split", "00_split", (), lambda c: {"split": _dump(c.split), "users": c.users, "seed": c.seed},
+          run_split, title="split and user sample"),
+    Stage("compress", "01_compress", ("split",),
+          lambda c: {"compression": _dump(c.compression), "tokenizer": c.tokenizer}, run_compress,
+          title="behaviour compression (B_u)"),
+    Stage("pool", "02_pool", ("split",), lambda c: {"pool": _dump(c.pool), "embedder": c.embedder}, run_pool,
+          title="interest pool (I_m)"),
+    Stage("interests", "03_interests", ("compress", "pool"),
+          lambda c: {"interests": _dump(c.interests), "llm": _llm(c, "interests")}, run_interests, llm=True,
+          title="LLM_UI interests"),
+    Stage("tags", "04_tags", ("interests",), lambda c: {"tags": _dump(c.tags), "llm": _llm(c, "tags")}, run_tags,
+          llm=True, title="LLM_IT tags"),
+    Stage("phi", "05_phi", ("tags",), lambda c: {"phi": _dump(c.phi), "embedder": c.embedder}, run_phi,
+          title="φ tag -> category, tag HR"),
+    Stage("tritower", "06_tritower", ("split",),
+          lambda c: {"tritower": _dump(c.tritower), "embedder": c.embedder}, run_tritower,
+          title="tri-tower training (train split)"),
+    Stage("candidates", "07_candidates", ("tritower", "tags"), lambda c: {"fusion": _dump(c.fusion)},
+          run_candidates, title="RecGPT channel retrieval"),
+    Stage("fusion", "08_fusion", ("candidates",),
+          lambda c: {"baseline": c.baseline, "share": c.share, "ks": list(c.ks)}, run_fusion,
+          title="baseline channel + fused list"),
+    Stage("eval", "09_eval", ("fusion", "phi"), lambda c: {"compare": list(c.compare), "ks": list(c.ks)},
+          run_eval, title="evaluation"),
+    Stage("explanations", "10_explanations", ("fusion", "phi"),
+          lambda c: {"explanations": _dump(c.explanations), "top": c.explain_top, "llm": _llm(c, "explanations")},
+          run_explanations, llm=True, title="LLM_RE explanations"),
+    Stage("report", "11_report", ("eval", "explanations", "compress"), lambda c: {"users": c.report_users},
+          run_report, title="HTML report"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
-__all__ = [
-    "STAGES",
-    "STAGE_NAMES",
-    "STAGE_VERSION",
-    "Stage",
-    "StageFailed",
-    "check_llm_stage",
-    "explanation_pairs",
-    "fallback_summary",
-    "tuned_baseline",
-]
+__all__ = ["STAGES", "STAGE_NAMES", "STAGE_VERSION", "Stage", "StageFailed", "check_llm_stage", "explanation_pairs",
+           "fallback_summary", "tuned_baseline"]
