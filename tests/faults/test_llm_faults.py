@@ -42,9 +42,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _run(cfg: RunConfig, backend: Any) -> pipeline_run.RunSummary:
+def _run(cfg: RunConfig, backend: Any, until: str | None = None) -> pipeline_run.RunSummary:
     return pipeline_run.run_pipeline(
-        cfg, backend=backend, encoder=HashEncoder(), console=QUIET, progress=False
+        cfg, backend=backend, encoder=HashEncoder(), console=QUIET, progress=False, until=until
     )
 
 
@@ -259,3 +259,15 @@ def test_sigkill_mid_chunk_with_the_real_model_repeats_no_finished_answer(tmp_pa
     assert engine.ledger.stage("tags").cache_hits == kept
     assert len(set(seen)) == 6 - kept, seen  # only the unfinished requests were generated
     assert sum(r.ok for r in results) >= kept
+
+
+def test_an_answer_the_rules_empty_is_asked_again_at_a_new_seed(data: Path, tmp_path: Path) -> None:
+    def greedy_parrots(inp: GenerationInput) -> str:
+        return _parroting(inp) if inp.sampling.temperature == 0 else fake_answer(inp)
+
+    backend = FakeBackend(greedy_parrots)
+    summary = _run(fast_config(data, tmp_path / "runs"), backend, until="interests")
+    stats = summary.outcomes[-1].stats
+    assert (stats["fallback"], stats["fallback_share"]) == (0, 0.0)  # the sampled second answers were kept
+    asked = [i.sampling for i in backend.inputs if "interests" in (i.json_schema or {}).get("properties", {})]
+    assert len(asked) == 16 and len({(s.seed, s.temperature) for s in asked}) == 2

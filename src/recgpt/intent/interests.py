@@ -75,6 +75,8 @@ class InterestsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_interest: int = Field(default=60, ge=10)
     seed: int = 0
+    reask_temperature: float = Field(default=0.7, ge=0.0, description="an answer emptied by the rules is asked "
+                                     "once more at this temperature and a new seed (0: never)")  # fmt: skip
 
 
 class Interest(BaseModel):
@@ -175,15 +177,23 @@ def mine_interests(
         raise ValueError("duplicate user ids in contexts")
     requests = [interest_request(cfg, c) for c in contexts]
     results = engine.run(requests)
+    mined = [postprocess_interests(cfg, c, r.value.interests, encoder) if r.value is not None else []
+             for c, r in zip(contexts, results, strict=True)]  # fmt: skip
+    # An answer the rules emptied is asked once more, sampled at a new seed (greedy would repeat it):
+    # a user is on fallback only when the LLM contributed nothing.
+    empty = [i for i, (r, m) in enumerate(zip(results, mined, strict=True)) if r.value is not None and not m]
+    if empty and cfg.reask_temperature > 0:
+        again = cfg.model_copy(update={"seed": cfg.seed + 1, "temperature": cfg.reask_temperature})
+        for i, res in zip(empty, engine.run([interest_request(again, contexts[i]) for i in empty]), strict=True):
+            if res.value is not None:
+                mined[i] = postprocess_interests(cfg, contexts[i], res.value.interests, encoder)
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    for ctx, req, res in zip(contexts, requests, results, strict=True):
+    for ctx, req, res, user_rows in zip(contexts, requests, results, mined, strict=True):
         if res.value is None:
             assert res.failure is not None
             failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
-            user_rows = []
         else:
-            user_rows = postprocess_interests(cfg, ctx, res.value.interests, encoder)
             for r in user_rows:
                 r["template"] = req.template or TEMPLATE
             if not user_rows:
