@@ -94,7 +94,7 @@ def test_retry_uses_new_seed_repair_hint_and_nonzero_temperature() -> None:
         ("{not json", FailureReason.INVALID_JSON, 3),
         ('{"tags": []}', FailureReason.SCHEMA_MISMATCH, 3),  # min_length=1
         ('{"labels": ["x"]}', FailureReason.SCHEMA_MISMATCH, 3),
-        # 256 -> 512 -> 1024 tokens (the cap), then 2 repair retries
+        # 256 -> 512 -> 1024 tokens (4x, the cap), then 2 repair retries
         (GenerationOutput(text='{"tags": ["a", "b', finish_reason="length"), FailureReason.TRUNCATED, 5),
         # transport failures are final at once: the stage fails loudly instead
         (GenerationOutput(text="", finish_reason="error", error="HTTP 500"), FailureReason.BACKEND_ERROR, 1),
@@ -110,7 +110,7 @@ def test_typed_failure_after_bounded_retries(
 ) -> None:
     backend = FakeBackend(lambda _inp: answer)
     ledger = Ledger()
-    result = LLMEngine(backend, ledger=ledger, max_retries=2, max_tokens_cap=1024).run_one(req(1))
+    result = LLMEngine(backend, ledger=ledger, max_retries=2, max_tokens_growth=4).run_one(req(1))
     assert not result.ok and result.value is None
     assert result.failure is not None and result.failure.reason == reason
     assert result.usage.attempts == attempts and len(backend.inputs) == attempts
@@ -124,7 +124,7 @@ def test_truncated_answer_gets_a_larger_budget_before_a_repair() -> None:
         return GenerationOutput(text='{"tags": ["a", "b"]}', finish_reason="stop")
 
     backend, ledger = FakeBackend(script), Ledger()
-    result = LLMEngine(backend, ledger=ledger, max_retries=1, max_tokens_cap=2000).run_one(req(1))
+    result = LLMEngine(backend, ledger=ledger, max_retries=1, max_tokens_growth=8).run_one(req(1))
     assert result.ok and result.value.tags == ["a", "b"]
     assert [i.sampling.max_tokens for i in backend.inputs] == [256, 512, 1024]
     assert len({(i.messages, i.sampling.seed) for i in backend.inputs}) == 1  # same prompt and seed

@@ -3,7 +3,8 @@
 `LLMEngine.run(requests)` returns one `LLMResult` per request, in order: a pydantic object that
 validated, or a typed `LLMFailure`. Steps: look every request up in the cache; send the misses to
 the backend in batches of its `parallelism` (at most `chunk_size`); parse and validate each answer;
-retry a truncated answer with a doubled token budget (up to `max_tokens_cap`) before anything else,
+retry a truncated answer with a doubled token budget (up to `max_tokens_growth` times the request's)
+before anything else,
 then retry invalid ones a bounded number of times with a new seed and a repair hint; write every
 valid answer to the cache as soon as its batch returns (so a killed run loses at most what was in
 flight and a rerun repeats no finished call); account everything in the ledger. Transport failures
@@ -129,20 +130,23 @@ class LLMEngine:
         max_retries: int = 2,
         chunk_size: int = 16,
         retry_temperature: float = 0.3,
-        max_tokens_cap: int = 1024,
+        max_tokens_growth: float = 2.0,
         progress: bool = False,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if max_tokens_growth < 1:
+            raise ValueError(f"max_tokens_growth must be >= 1, got {max_tokens_growth}")
         self.backend = backend
         self.cache = cache
         self.ledger = ledger if ledger is not None else Ledger()
         self.max_retries = max_retries
         self.chunk_size = chunk_size
-        # A truncated answer is retried with twice the tokens, up to this cap (or the request's own budget).
-        self.max_tokens_cap = max_tokens_cap
+        # A truncated answer is retried with twice the tokens, up to this multiple of its own budget: a
+        # model that loops inside a string never closes it, so more growth costs time and buys nothing.
+        self.max_tokens_growth = max_tokens_growth
         # Greedy decoding ignores the seed, so a retry at temperature 0 would repeat itself.
         self.retry_temperature = retry_temperature
         self.progress = progress
@@ -272,7 +276,7 @@ class LLMEngine:
         back, backends retry transient errors themselves, and the stage then fails loudly.
         """
         stats = self.ledger.stage(job.request.stage)
-        cap = max(self.max_tokens_cap, job.request.sampling.max_tokens)
+        cap = int(job.request.sampling.max_tokens * self.max_tokens_growth)
         if failure.reason == FailureReason.TRUNCATED and job.max_tokens < cap:
             job.max_tokens = min(cap, job.max_tokens * 2)
             stats.budget_retries += 1

@@ -50,7 +50,7 @@ class LLMSettings(BaseModel):
     n_ctx: int = Field(default=4096, ge=256)
     max_retries: int = Field(default=1, ge=0)
     chunk_size: int = Field(default=16, ge=1, description="most requests per backend call (else its parallelism)")
-    max_tokens_cap: int = Field(default=1024, ge=16, description="truncated answers retried with 2x tokens up to this")
+    max_tokens_growth: float = Field(default=2.0, ge=1.0, description="a truncated answer is retried with 2x max_tokens up to this multiple")
     max_fallback_share: float | dict[str, float] = Field(default=0.2, description="an LLM stage fails when more of "
         "its users (explanations: pairs) are on fallback; a number, or {stage: limit} (others 0.2)")  # fmt: skip
     cache: Path | None = None
@@ -85,7 +85,7 @@ class LLMSettings(BaseModel):
     def identity(self, stage: str | None = None) -> dict[str, Any]:
         """What decides a stage's answers (part of its hash): backend spec, context, retries."""
         return {"spec": self.spec_for(stage), "n_ctx": self.n_ctx, "max_retries": self.max_retries,
-                "max_tokens_cap": self.max_tokens_cap}  # fmt: skip
+                "max_tokens_growth": self.max_tokens_growth}  # fmt: skip
 
 
 class RunConfig(BaseModel):
