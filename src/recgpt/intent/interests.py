@@ -75,8 +75,8 @@ class InterestsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_interest: int = Field(default=60, ge=10)
     seed: int = 0
-    reask_temperature: float = Field(default=0.7, ge=0.0, description="an answer emptied by the rules is asked "
-                                     "once more at this temperature and a new seed (0: never)")  # fmt: skip
+    reasks: int = Field(default=2, ge=0, description="an answer the rules empty is asked again, up to this often")
+    reask_temperature: float = Field(default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each")
 
 
 class Interest(BaseModel):
@@ -179,11 +179,11 @@ def mine_interests(
     results = engine.run(requests)
     mined = [postprocess_interests(cfg, c, r.value.interests, encoder) if r.value is not None else []
              for c, r in zip(contexts, results, strict=True)]  # fmt: skip
-    # An answer the rules emptied is asked once more, sampled at a new seed (greedy would repeat it):
+    # An answer the rules emptied is asked again, sampled at a new seed (greedy would repeat it):
     # a user is on fallback only when the LLM contributed nothing.
-    empty = [i for i, (r, m) in enumerate(zip(results, mined, strict=True)) if r.value is not None and not m]
-    if empty and cfg.reask_temperature > 0:
-        again = cfg.model_copy(update={"seed": cfg.seed + 1, "temperature": cfg.reask_temperature})
+    for n in range(1, cfg.reasks + 1):
+        empty = [i for i, (r, m) in enumerate(zip(results, mined, strict=True)) if r.value is not None and not m]
+        again = cfg.model_copy(update={"seed": cfg.seed + n, "temperature": cfg.reask_temperature})
         for i, res in zip(empty, engine.run([interest_request(again, contexts[i]) for i in empty]), strict=True):
             if res.value is not None:
                 mined[i] = postprocess_interests(cfg, contexts[i], res.value.interests, encoder)

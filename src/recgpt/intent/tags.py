@@ -85,8 +85,8 @@ class TagsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_tag: int = Field(default=40, ge=10)
     seed: int = 0
-    reask_temperature: float = Field(default=0.7, ge=0.0, description="an answer emptied by the rules is asked "
-                                     "once more at this temperature and a new seed (0: never)")  # fmt: skip
+    reasks: int = Field(default=2, ge=0, description="an answer the rules empty is asked again, up to this often")
+    reask_temperature: float = Field(default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each")
 
 
 class Tag(BaseModel):
@@ -242,11 +242,11 @@ def predict_tags(
     results = engine.run(requests)
     tagged = [postprocess_tags(cfg, c, r.value.tags, by_user[c.user_id]) if r.value is not None else []
               for c, r in zip(todo, results, strict=True)]  # fmt: skip
-    # An answer the rules emptied is asked once more, sampled at a new seed (greedy would repeat it):
+    # An answer the rules emptied is asked again, sampled at a new seed (greedy would repeat it):
     # a user is on fallback only when the LLM contributed nothing.
-    empty = [i for i, (r, t) in enumerate(zip(results, tagged, strict=True)) if r.value is not None and not t]
-    if empty and cfg.reask_temperature > 0:
-        again = cfg.model_copy(update={"seed": cfg.seed + 1, "temperature": cfg.reask_temperature})
+    for n in range(1, cfg.reasks + 1):
+        empty = [i for i, (r, t) in enumerate(zip(results, tagged, strict=True)) if r.value is not None and not t]
+        again = cfg.model_copy(update={"seed": cfg.seed + n, "temperature": cfg.reask_temperature})
         for i, res in zip(empty, engine.run([tag_request(again, todo[i], by_user[todo[i].user_id]) for i in empty]),
                           strict=True):  # fmt: skip
             if res.value is not None:
