@@ -271,3 +271,11 @@ def test_an_answer_the_rules_empty_is_asked_again_at_a_new_seed(data: Path, tmp_
     assert (stats["fallback"], stats["fallback_share"]) == (0, 0.0)  # the sampled second answers were kept
     asked = [i.sampling for i in backend.inputs if "interests" in (i.json_schema or {}).get("properties", {})]
     assert len(asked) == 16 and len({(s.seed, s.temperature) for s in asked}) == 2
+
+
+def test_quickstart_limits_are_explicit() -> None:
+    from recgpt.pipeline.config import quickstart_config
+
+    q = quickstart_config(users=10)
+    assert [q.llm.fallback_limit(s) for s in ("interests", "tags", "explanations")] == [0.2, 0.2, 0.35]
+    assert quickstart_config(llm={"max_fallback_share": 0.5}).llm.fallback_limit("explanations") == 0.5
