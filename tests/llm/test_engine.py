@@ -44,12 +44,21 @@ def item_of(inp: GenerationInput) -> str:
     return next(m.content for m in inp.messages if m.content.startswith("item "))
 
 
+class Parallel(FakeBackend):
+    """A fake backend that generates 4 requests at a time (like 4 workers)."""
+
+    parallelism = 4
+
+
 def test_results_in_order_and_validated() -> None:
     backend = FakeBackend(echo)
     results = LLMEngine(backend, chunk_size=3).run([req(i) for i in range(10)])
     assert [r.value.tags for r in results] == [[f"item {i}"] for i in range(10)]
     assert all(r.ok and r.failure is None and r.usage.attempts == 1 for r in results)
-    assert backend.generate_calls == 4  # chunks of 3, 3, 3, 1
+    assert backend.generate_calls == 10  # parallelism 1: one request per call, each cached when it exists
+    parallel = Parallel(echo)
+    LLMEngine(parallel, chunk_size=3).run([req(i) for i in range(10)])
+    assert parallel.generate_calls == 4  # batches of min(parallelism 4, chunk_size 3): 3, 3, 3, 1
     # the backend got the grammar-friendly schema, not pydantic's raw one
     assert backend.inputs[0].json_schema["additionalProperties"] is False
 
@@ -80,24 +89,47 @@ def test_retry_uses_new_seed_repair_hint_and_nonzero_temperature() -> None:
 
 
 @pytest.mark.parametrize(
-    ("answer", "reason"),
+    ("answer", "reason", "attempts"),
     [
-        ("{not json", FailureReason.INVALID_JSON),
-        ('{"tags": []}', FailureReason.SCHEMA_MISMATCH),  # min_length=1
-        ('{"labels": ["x"]}', FailureReason.SCHEMA_MISMATCH),
-        (GenerationOutput(text='{"tags": ["a", "b', finish_reason="length"), FailureReason.TRUNCATED),
-        (GenerationOutput(text="", finish_reason="error", error="HTTP 500"), FailureReason.BACKEND_ERROR),
-        (GenerationOutput(text="", finish_reason="error", error="timeout after 30 s"), FailureReason.TIMEOUT),
+        ("{not json", FailureReason.INVALID_JSON, 3),
+        ('{"tags": []}', FailureReason.SCHEMA_MISMATCH, 3),  # min_length=1
+        ('{"labels": ["x"]}', FailureReason.SCHEMA_MISMATCH, 3),
+        # 256 -> 512 -> 1024 tokens (4x, the cap), then 2 repair retries
+        (GenerationOutput(text='{"tags": ["a", "b', finish_reason="length"), FailureReason.TRUNCATED, 5),
+        # transport failures are final at once: the stage fails loudly instead
+        (GenerationOutput(text="", finish_reason="error", error="HTTP 500"), FailureReason.BACKEND_ERROR, 1),
+        (
+            GenerationOutput(text="", finish_reason="error", error="timeout after 30 s"),
+            FailureReason.TIMEOUT,
+            1,
+        ),
     ],
 )
-def test_typed_failure_after_bounded_retries(answer: str | GenerationOutput, reason: FailureReason) -> None:
+def test_typed_failure_after_bounded_retries(
+    answer: str | GenerationOutput, reason: FailureReason, attempts: int
+) -> None:
     backend = FakeBackend(lambda _inp: answer)
     ledger = Ledger()
-    result = LLMEngine(backend, ledger=ledger, max_retries=2).run_one(req(1))
+    result = LLMEngine(backend, ledger=ledger, max_retries=2, max_tokens_growth=4).run_one(req(1))
     assert not result.ok and result.value is None
     assert result.failure is not None and result.failure.reason == reason
-    assert result.usage.attempts == 3 and len(backend.inputs) == 3
+    assert result.usage.attempts == attempts and len(backend.inputs) == attempts
     assert ledger.stage("tags").failures == {str(reason): 1}
+
+
+def test_truncated_answer_gets_a_larger_budget_before_a_repair() -> None:
+    def script(inp: GenerationInput) -> GenerationOutput:
+        if inp.sampling.max_tokens < 600:  # the answer needs ~600 tokens to close
+            return GenerationOutput(text='{"tags": ["a", "b', finish_reason="length")
+        return GenerationOutput(text='{"tags": ["a", "b"]}', finish_reason="stop")
+
+    backend, ledger = FakeBackend(script), Ledger()
+    result = LLMEngine(backend, ledger=ledger, max_retries=1, max_tokens_growth=8).run_one(req(1))
+    assert result.ok and result.value.tags == ["a", "b"]
+    assert [i.sampling.max_tokens for i in backend.inputs] == [256, 512, 1024]
+    assert len({(i.messages, i.sampling.seed) for i in backend.inputs}) == 1  # same prompt and seed
+    stats = ledger.stage("tags")
+    assert (stats.budget_retries, stats.calls, stats.ok, stats.schema_valid_rate) == (2, 3, 1, 1.0)
 
 
 def test_valid_object_at_max_tokens_is_accepted() -> None:
@@ -176,14 +208,14 @@ def test_failures_are_not_cached(tmp_path: Path) -> None:
 
 def test_crash_mid_batch_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     requests = [req(i) for i in range(10)]
-    crashing = FakeBackend(echo, crash_on_call=3)  # chunks 1 and 2 (8 requests) finish, then it dies
+    crashing = Parallel(echo, crash_on_call=3)  # batches 1 and 2 (8 requests) finish, then it dies
     with LLMCache(tmp_path / "c.sqlite") as cache:
         with pytest.raises(FakeBackendCrash):
-            LLMEngine(crashing, cache=cache, chunk_size=4).run(requests)
+            LLMEngine(crashing, cache=cache, chunk_size=16).run(requests)
         assert len(cache) == 8
     resumed = FakeBackend(echo)
     with LLMCache(tmp_path / "c.sqlite") as cache:
-        results = LLMEngine(resumed, cache=cache, chunk_size=4).run(requests)
+        results = LLMEngine(resumed, cache=cache, chunk_size=16).run(requests)
         assert len(cache) == 10
     assert sorted(item_of(i) for i in resumed.inputs) == ["item 8", "item 9"]  # only the missing ones
     assert [r.value.tags for r in results] == [[f"item {i}"] for i in range(10)]
@@ -212,16 +244,16 @@ def _run_in_child(db: str, n_answers: int, n_requests: int) -> None:
 def test_hard_killed_process_resumes(tmp_path: Path) -> None:
     db = str(tmp_path / "c.sqlite")
     ctx = multiprocessing.get_context("fork")
-    child = ctx.Process(target=_run_in_child, args=(db, 7, 12))  # dies inside the third chunk
+    child = ctx.Process(target=_run_in_child, args=(db, 7, 12))  # dies at the 8th answer
     child.start()
     child.join(30)
     assert child.exitcode == 9
     backend = FakeBackend(echo)
     with LLMCache(db) as cache:
-        assert len(cache) == 6
+        assert len(cache) == 7  # every finished answer was committed as it came
         results = LLMEngine(backend, cache=cache, chunk_size=3).run([req(i) for i in range(12)])
         assert len(cache) == 12
-    assert len(backend.inputs) == 6 and all(r.ok for r in results)
+    assert len(backend.inputs) == 5 and all(r.ok for r in results)
 
 
 def test_concurrent_processes_share_one_cache(tmp_path: Path) -> None:
@@ -269,7 +301,7 @@ def test_bad_input_raises_clearly() -> None:
 
 
 def test_backend_returning_wrong_count_is_an_error() -> None:
-    class Short(FakeBackend):
+    class Short(Parallel):
         def generate(self, inputs: list[GenerationInput]) -> list[GenerationOutput]:
             return super().generate(inputs)[:-1]
 

@@ -76,7 +76,7 @@ def test_adversarial_titles_still_give_a_valid_object(backend: LlamaCppBackend) 
 
 
 def test_max_tokens_hit_is_a_typed_truncation(backend: LlamaCppBackend) -> None:
-    result = LLMEngine(backend, max_retries=0).run_one(smoke_request(BASKETS[0], max_tokens=6))
+    result = LLMEngine(backend, max_retries=0, max_tokens_growth=1).run_one(smoke_request(BASKETS[0], max_tokens=6))
     assert not result.ok and result.failure.reason == FailureReason.TRUNCATED
     assert result.usage.completion_tokens == 6
 

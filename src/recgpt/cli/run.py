@@ -57,11 +57,13 @@ def config_error(e: Exception) -> str:
 
 
 def _execute(cfg: Any, *, until: str | None, progress: bool, title: str) -> None:
+
     from recgpt.data.split import LeakageError
     from recgpt.folders import FolderBusy, FolderError
     from recgpt.pipeline.preflight import PreflightError
     from recgpt.pipeline.report import print_results
     from recgpt.pipeline.run import default_console, run_pipeline
+    from recgpt.pipeline.stages import StageFailed
 
     console = default_console()
     load = os.getloadavg()
@@ -81,6 +83,9 @@ def _execute(cfg: Any, *, until: str | None, progress: bool, title: str) -> None
     except LeakageError as e:
         console.print(f"[red]leakage:[/red] {e}")
         raise typer.Exit(3) from e
+    except StageFailed as e:  # an LLM stage's answers cannot be trusted (backend down, too much fallback)
+        console.print(f"[red]stage failed:[/red] {escape(str(e))}", highlight=False)
+        raise typer.Exit(4) from e
     wall = time.perf_counter() - t0
     results = summary.run_dir / "results.json"
     if results.exists() and summary.outcomes and summary.outcomes[-1].name in ("eval", "report"):

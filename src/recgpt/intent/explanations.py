@@ -84,6 +84,8 @@ class ExplanationsConfig(BaseModel):
     temperature: float = 0.0
     max_tokens: int = Field(default=160, ge=16)
     seed: int = 0
+    reasks: int = Field(default=2, ge=0, description="an answer that breaks a rule is asked again, up to this often")
+    reask_temperature: float = Field(default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each")
 
 
 class Explanation(BaseModel):
@@ -244,13 +246,28 @@ def generate_explanations(
     todo = list(zip(pairs["interest"].to_list(), pairs["item_id"].to_list(), cats, strict=True))
     requests = [explanation_request(cfg, interest, meta[iid]) for interest, iid, _ in todo]
     results = engine.run(requests)
-    rows = []
-    for (interest, iid, cat), req, res in zip(todo, requests, results, strict=True):
-        text, broken = (None, "llm failure") if res.value is None else check_explanation(
-            cfg, res.value.explanation, meta[iid]["title"] or "")  # fmt: skip
-        if broken is None and res.value is not None and reject_untrusted(
-                untrusted, STAGE, (text, res.value.analysis)):  # fmt: skip
+
+    def check(res: Any, iid: str) -> tuple[str | None, str | None]:
+        """(text, broken rule or None): the rules, then the untrusted-payload filter."""
+        if res.value is None:
+            return None, "llm failure"
+        text, broken = check_explanation(cfg, res.value.explanation, meta[iid]["title"] or "")
+        if broken is None and reject_untrusted(untrusted, STAGE, (text, res.value.analysis)):
             broken = "repeats an untrusted payload"
+        return text, broken
+
+    checked = [check(res, iid) for (_, iid, _), res in zip(todo, results, strict=True)]
+    # An answer that breaks a rule is asked again, sampled at a new seed (greedy would repeat it).
+    for n in range(1, cfg.reasks + 1):
+        redo = [i for i, (res, (text, broken)) in enumerate(zip(results, checked, strict=True))
+                if res.value is not None and (broken is not None or not text)]  # fmt: skip
+        again = cfg.model_copy(update={"seed": cfg.seed + n, "temperature": cfg.reask_temperature})
+        for i, res in zip(redo, engine.run([explanation_request(again, todo[i][0], meta[todo[i][1]]) for i in redo]),
+                          strict=True):  # fmt: skip
+            if res.value is not None:
+                checked[i] = check(res, todo[i][1])
+    rows = []
+    for (interest, iid, cat), req, (text, broken) in zip(todo, requests, checked, strict=True):
         if broken is None and text:
             rows.append({"interest": interest, "item_id": iid, "explanation": text,
                          "template": req.template or TEMPLATE, "fallback": False})  # fmt: skip

@@ -78,6 +78,8 @@ class InterestsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_interest: int = Field(default=60, ge=10)
     seed: int = 0
+    reasks: int = Field(default=2, ge=0, description="an answer the rules empty is asked again, up to this often")
+    reask_temperature: float = Field(default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each")
 
 
 class Interest(BaseModel):
@@ -191,15 +193,23 @@ def mine_interests(
         raise ValueError("duplicate user ids in contexts")
     requests = [interest_request(cfg, c) for c in contexts]
     results = engine.run(requests)
+    mined = [postprocess_interests(cfg, c, r.value.interests, encoder, untrusted) if r.value is not None else []
+             for c, r in zip(contexts, results, strict=True)]  # fmt: skip
+    # An answer the rules emptied is asked again, sampled at a new seed (greedy would repeat it):
+    # a user is on fallback only when the LLM contributed nothing.
+    for n in range(1, cfg.reasks + 1):
+        empty = [i for i, (r, m) in enumerate(zip(results, mined, strict=True)) if r.value is not None and not m]
+        again = cfg.model_copy(update={"seed": cfg.seed + n, "temperature": cfg.reask_temperature})
+        for i, res in zip(empty, engine.run([interest_request(again, contexts[i]) for i in empty]), strict=True):
+            if res.value is not None:
+                mined[i] = postprocess_interests(cfg, contexts[i], res.value.interests, encoder, untrusted)
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    for ctx, req, res in zip(contexts, requests, results, strict=True):
+    for ctx, req, res, user_rows in zip(contexts, requests, results, mined, strict=True):
         if res.value is None:
             assert res.failure is not None
             failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
-            user_rows = []
         else:
-            user_rows = postprocess_interests(cfg, ctx, res.value.interests, encoder, untrusted)
             for r in user_rows:
                 r["template"] = req.template or TEMPLATE
             if not user_rows:

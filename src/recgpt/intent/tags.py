@@ -88,6 +88,8 @@ class TagsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_tag: int = Field(default=40, ge=10)
     seed: int = 0
+    reasks: int = Field(default=2, ge=0, description="an answer the rules empty is asked again, up to this often")
+    reask_temperature: float = Field(default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each")
 
 
 class Tag(BaseModel):
@@ -257,15 +259,24 @@ def predict_tags(
             failures.append({"user_id": ctx.user_id, "reason": "no_interests", "detail": "no interests to tag"})
     requests = [tag_request(cfg, c, by_user[c.user_id]) for c in todo]
     results = engine.run(requests)
+    tagged = [postprocess_tags(cfg, c, r.value.tags, by_user[c.user_id], untrusted) if r.value is not None else []
+              for c, r in zip(todo, results, strict=True)]  # fmt: skip
+    # An answer the rules emptied is asked again, sampled at a new seed (greedy would repeat it):
+    # a user is on fallback only when the LLM contributed nothing.
+    for n in range(1, cfg.reasks + 1):
+        empty = [i for i, (r, t) in enumerate(zip(results, tagged, strict=True)) if r.value is not None and not t]
+        again = cfg.model_copy(update={"seed": cfg.seed + n, "temperature": cfg.reask_temperature})
+        for i, res in zip(empty, engine.run([tag_request(again, todo[i], by_user[todo[i].user_id]) for i in empty]),
+                          strict=True):  # fmt: skip
+            if res.value is not None:
+                tagged[i] = postprocess_tags(cfg, todo[i], res.value.tags, by_user[todo[i].user_id], untrusted)
     rows: list[dict[str, Any]] = []
-    for ctx, res in zip(todo, results, strict=True):
+    for ctx, res, user_rows in zip(todo, results, tagged, strict=True):
         mine = by_user[ctx.user_id]
         if res.value is None:
             assert res.failure is not None
             failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
-            user_rows = []
         else:
-            user_rows = postprocess_tags(cfg, ctx, res.value.tags, mine, untrusted)
             if not user_rows:
                 failures.append({"user_id": ctx.user_id, "reason": "empty",
                                  "detail": "every tag was empty, duplicate, stale, off-interest, an example copy or untrusted"})  # fmt: skip

@@ -2,18 +2,22 @@
 
 `LLMEngine.run(requests)` returns one `LLMResult` per request, in order: a pydantic object that
 validated, or a typed `LLMFailure`. Steps: look every request up in the cache; send the misses to
-the backend in chunks; parse and validate each answer; retry invalid ones a bounded number of times
-with a new seed and a repair hint; write every valid answer of a chunk to the cache as soon as the
-chunk finishes (so a killed batch resumes losing nothing and duplicating nothing); account
-everything in the ledger. Backends stay dumb: this is the only copy of these guarantees.
+the backend in batches of its `parallelism` (at most `chunk_size`); parse and validate each answer;
+retry a truncated answer with a doubled token budget (up to `max_tokens_growth` times the request's)
+before anything else,
+then retry invalid ones a bounded number of times with a new seed and a repair hint; write every
+valid answer to the cache as soon as its batch returns (so a killed run loses at most what was in
+flight and a rerun repeats no finished call); account everything in the ledger. Transport failures
+(backend error, timeout) are never cached. Backends stay dumb: this is the only copy of these
+guarantees.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +28,7 @@ from recgpt.llm.cache import CacheEntry, LLMCache, cache_key
 from recgpt.llm.ledger import Ledger
 from recgpt.llm.schema import schema_json_for
 from recgpt.llm.types import (
+    TRANSPORT_FAILURES,
     Backend,
     ChatMessage,
     FailureReason,
@@ -51,6 +56,9 @@ class _Job:
     value: BaseModel | None = None
     failure: LLMFailure | None = None
     raw_text: str | None = None
+    max_tokens: int = 0  # current token budget (grows on truncation)
+    repairs: int = 0  # retries with a new seed and a repair hint so far
+    hint: str | None = None  # the repair hint of the current retry
 
 
 def _extract_json(text: str) -> Any:
@@ -94,7 +102,9 @@ def _check(output: GenerationOutput, model: type[BaseModel]) -> BaseModel | LLMF
         # A complete, valid object is accepted even if generation stopped at max_tokens.
         return model.model_validate(data)
     except ValidationError as exc:
-        reason = FailureReason.TRUNCATED if output.finish_reason == "length" else FailureReason.SCHEMA_MISMATCH
+        reason = (
+            FailureReason.TRUNCATED if output.finish_reason == "length" else FailureReason.SCHEMA_MISMATCH
+        )
         return LLMFailure(reason=reason, detail=str(exc), last_text=output.text)
 
 
@@ -120,17 +130,23 @@ class LLMEngine:
         max_retries: int = 2,
         chunk_size: int = 16,
         retry_temperature: float = 0.3,
+        max_tokens_growth: float = 2.0,
         progress: bool = False,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if max_tokens_growth < 1:
+            raise ValueError(f"max_tokens_growth must be >= 1, got {max_tokens_growth}")
         self.backend = backend
         self.cache = cache
         self.ledger = ledger if ledger is not None else Ledger()
         self.max_retries = max_retries
         self.chunk_size = chunk_size
+        # A truncated answer is retried with twice the tokens, up to this multiple of its own budget: a
+        # model that loops inside a string never closes it, so more growth costs time and buys nothing.
+        self.max_tokens_growth = max_tokens_growth
         # Greedy decoding ignores the seed, so a retry at temperature 0 would repeat itself.
         self.retry_temperature = retry_temperature
         self.progress = progress
@@ -138,7 +154,7 @@ class LLMEngine:
     # ------------------------------------------------------------------ public API
 
     def run(self, requests: Sequence[LLMRequest[Any]]) -> list[LLMResult[Any]]:
-        """One result per request, in order; valid answers are cached as each chunk completes."""
+        """One result per request, in order; each valid answer is cached as soon as its batch returns."""
         started = time.perf_counter()
         jobs = self._plan(requests)
         results: list[LLMResult[Any] | None] = [None] * len(requests)
@@ -146,17 +162,21 @@ class LLMEngine:
         try:
             misses = self._serve_cached(jobs, results, stages)
             with self._progress_bar(len(misses)) as advance:
-                for start in range(0, len(misses), self.chunk_size):
-                    chunk = misses[start : start + self.chunk_size]
-                    self._generate_chunk(chunk)
-                    self._finish_chunk(chunk, results, stages)
-                    advance(len(chunk))
+                self._generate(misses, results, stages, advance)
         finally:
             self._account_wall(stages, time.perf_counter() - started)
         done = [r for r in results if r is not None]
         if len(done) != len(requests):
             raise RuntimeError(f"internal error: {len(requests) - len(done)} requests got no result")
         return done
+
+    @property
+    def batch_size(self) -> int:
+        """Requests per backend call: the backend's parallelism, at most `chunk_size`.
+
+        Larger batches only delay the moment an answer reaches the cache (a kill loses the batch).
+        """
+        return max(1, min(self.chunk_size, int(getattr(self.backend, "parallelism", 1) or 1)))
 
     def run_one(self, request: LLMRequest[Any]) -> LLMResult[Any]:
         return self.run([request])[0]
@@ -233,34 +253,59 @@ class LLMEngine:
                 stats.ok += 1
         return misses
 
-    def _attempt_input(self, job: _Job, attempt: int) -> GenerationInput:
+    def _attempt_input(self, job: _Job) -> GenerationInput:
         req = job.request
-        if attempt == 0:
-            return GenerationInput(messages=req.messages, json_schema=job.schema, sampling=req.sampling)
-        assert job.failure is not None
-        sampling = req.sampling.model_copy(
-            update={
-                "seed": req.sampling.seed + attempt * _SEED_STEP,
-                "temperature": max(req.sampling.temperature, self.retry_temperature),
-            }
-        )
-        hint = ChatMessage(role="user", content=_repair_hint(job.failure))
-        return GenerationInput(messages=(*req.messages, hint), json_schema=job.schema, sampling=sampling)
+        update: dict[str, Any] = {}
+        if job.max_tokens != req.sampling.max_tokens:
+            update["max_tokens"] = job.max_tokens
+        if job.repairs:
+            update["seed"] = req.sampling.seed + job.repairs * _SEED_STEP
+            update["temperature"] = max(req.sampling.temperature, self.retry_temperature)
+        sampling = req.sampling.model_copy(update=update) if update else req.sampling
+        messages = req.messages
+        if job.hint is not None:
+            messages = (*messages, ChatMessage(role="user", content=job.hint))
+        return GenerationInput(messages=messages, json_schema=job.schema, sampling=sampling)
 
-    def _generate_chunk(self, chunk: list[_Job]) -> None:
-        """Generate, validate and retry until every job in the chunk has a value or a final failure."""
-        pending = list(chunk)
-        for attempt in range(self.max_retries + 1):
-            if not pending:
-                break
-            inputs = [self._attempt_input(job, attempt) for job in pending]
-            outputs = self.backend.generate(inputs)
-            if len(outputs) != len(inputs):
+    def _retry(self, job: _Job, failure: LLMFailure) -> bool:
+        """Set `job` up for another attempt after `failure`; False when it is final.
+
+        Truncation first gets a larger token budget with the same prompt and seed (the same answer,
+        allowed to close); anything else but a transport failure gets a new seed and a repair hint,
+        `max_retries` times. A transport failure is final here: a new seed cannot bring a backend
+        back, backends retry transient errors themselves, and the stage then fails loudly.
+        """
+        stats = self.ledger.stage(job.request.stage)
+        cap = int(job.request.sampling.max_tokens * self.max_tokens_growth)
+        if failure.reason == FailureReason.TRUNCATED and job.max_tokens < cap:
+            job.max_tokens = min(cap, job.max_tokens * 2)
+            stats.budget_retries += 1
+            return True
+        if failure.reason in TRANSPORT_FAILURES or job.repairs >= self.max_retries:
+            return False
+        job.repairs += 1
+        job.hint = _repair_hint(failure)
+        return True
+
+    def _generate(
+        self, misses: list[_Job], results: list[LLMResult[Any] | None], stages: list[str],
+        advance: Callable[[int], None],
+    ) -> None:  # fmt: skip
+        """Generate until every job has a value or a final failure; publish each as soon as it is final."""
+        queue = deque(misses)
+        for job in misses:
+            job.max_tokens = job.request.sampling.max_tokens
+        size = self.batch_size
+        while queue:
+            batch = [queue.popleft() for _ in range(min(size, len(queue)))]
+            outputs = self.backend.generate([self._attempt_input(job) for job in batch])
+            if len(outputs) != len(batch):
                 raise RuntimeError(
-                    f"backend {self.backend.name!r} returned {len(outputs)} outputs for {len(inputs)} inputs"
+                    f"backend {self.backend.name!r} returned {len(outputs)} outputs for {len(batch)} inputs"
                 )
-            still = []
-            for job, out in zip(pending, outputs, strict=True):
+            final: list[_Job] = []
+            again: list[_Job] = []
+            for job, out in zip(batch, outputs, strict=True):
                 job.usage.prompt_tokens += out.prompt_tokens
                 job.usage.completion_tokens += out.completion_tokens
                 job.usage.latency_s += out.latency_s
@@ -274,16 +319,17 @@ class LLMEngine:
                 stats.backend_s += out.latency_s
                 if isinstance(checked, LLMFailure):
                     job.failure = checked
-                    still.append(job)
+                    (again if self._retry(job, checked) else final).append(job)
                 else:
                     stats.valid_calls += 1
                     job.value, job.failure = checked, None
-            pending = still
+                    final.append(job)
+            queue.extendleft(reversed(again))  # retries first: results complete in request order
+            self._finish(final, results, stages)
+            advance(len(final))
 
-    def _finish_chunk(
-        self, chunk: list[_Job], results: list[LLMResult[Any] | None], stages: list[str]
-    ) -> None:
-        """Persist the chunk's valid answers, then publish its results and ledger counts."""
+    def _finish(self, jobs: list[_Job], results: list[LLMResult[Any] | None], stages: list[str]) -> None:
+        """Persist the valid answers (one cheap WAL commit), then publish results and ledger counts."""
         if self.cache is not None:
             self.cache.put_many(
                 CacheEntry(
@@ -292,10 +338,10 @@ class LLMEngine:
                     prompt_tokens=job.usage.prompt_tokens, completion_tokens=job.usage.completion_tokens,
                     latency_s=job.usage.latency_s, attempts=job.usage.attempts,
                 )
-                for job in chunk
+                for job in jobs
                 if job.value is not None
-            )
-        for job in chunk:
+            )  # fmt: skip
+        for job in jobs:
             for i in job.indices:
                 stats = self.ledger.stage(stages[i])
                 stats.requests += 1
@@ -305,6 +351,8 @@ class LLMEngine:
                 else:
                     assert job.failure is not None
                     stats.failures[str(job.failure.reason)] += 1
+                    if job.failure.reason in TRANSPORT_FAILURES and not stats.first_error:
+                        stats.first_error = f"{job.failure.reason}: {job.failure.detail}"[:200]
                     results[i] = LLMResult(failure=job.failure, usage=job.usage, raw_text=job.raw_text)
 
     # ------------------------------------------------------------------ helpers
@@ -322,7 +370,10 @@ class LLMEngine:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         with Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
         ) as bar:
             task = bar.add_task(f"LLM {self.backend.name}", total=total)
             yield lambda n: bar.advance(task, n)

@@ -25,12 +25,14 @@ class StageStats:
     cache_hits: int = 0
     calls: int = 0  # backend generations, retries included
     valid_calls: int = 0  # generations whose text validated
+    budget_retries: int = 0  # truncated answers asked again with a larger max_tokens
     ok: int = 0  # results holding a valid object
     prompt_tokens: int = 0  # fresh generations only: a cache hit costs no tokens
     completion_tokens: int = 0
     backend_s: float = 0.0  # summed per-request generation latency
     wall_s: float = 0.0
     failures: Counter[str] = field(default_factory=Counter)
+    first_error: str = ""  # the first transport failure's detail (backend error, timeout)
 
     @property
     def schema_valid_rate(self) -> float:
@@ -46,6 +48,8 @@ class StageStats:
         for f in fields(self):
             if f.name == "failures":
                 self.failures.update(other.failures)
+            elif f.name == "first_error":
+                self.first_error = self.first_error or other.first_error
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
@@ -54,8 +58,10 @@ class StageStats:
             "requests": self.requests,
             "cache_hits": self.cache_hits,
             "calls": self.calls,
+            "budget_retries": self.budget_retries,
             "ok": self.ok,
             "failures": dict(sorted(self.failures.items())),
+            "first_error": self.first_error,
             "schema_valid_rate": round(self.schema_valid_rate, 6),
             "call_valid_rate": round(self.call_valid_rate, 6),
             "prompt_tokens": self.prompt_tokens,
@@ -121,6 +127,7 @@ class Ledger:
             ("requests", lambda s: s.requests),
             ("cache hits", lambda s: s.cache_hits),
             ("model calls", lambda s: s.calls),
+            ("budget retries", lambda s: s.budget_retries),
             ("valid objects", lambda s: s.ok),
             ("schema_valid_rate", lambda s: f"{s.schema_valid_rate:.1%}"),
             ("valid per call", lambda s: f"{s.call_valid_rate:.1%}"),

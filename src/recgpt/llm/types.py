@@ -70,6 +70,10 @@ class FailureReason(StrEnum):
     TIMEOUT = "timeout"
 
 
+TRANSPORT_FAILURES = frozenset({FailureReason.BACKEND_ERROR, FailureReason.TIMEOUT})
+"""The backend did not answer: never cached, never retried by the engine, never a finished stage."""
+
+
 class LLMFailure(BaseModel):
     """A typed failure record: never a silent None."""
 
@@ -128,6 +132,20 @@ class Backend(ABC):
 
         Must not raise for a single bad request: return an output with finish_reason="error".
         """
+
+    @property
+    def parallelism(self) -> int:
+        """Requests this backend generates at the same time (worker processes, connections, batch).
+
+        The engine sends batches of this size, so every answer reaches the cache as soon as it
+        exists and a kill loses only what was in flight. A backend may override it; the default
+        reads the usual knobs (`n_workers`, `concurrency`, `batch_size`), else 1.
+        """
+        for attr in ("n_workers", "concurrency", "batch_size"):
+            value = getattr(self, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+                return value
+        return 1
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release model memory / connections."""

@@ -115,6 +115,8 @@ def bar_check(rows: dict[str, dict[str, float]], baselines: list[str]) -> dict[s
 def results_payload(state: RunState, result: ExperimentResult, phi: dict[str, Any],
                     stages: list[dict[str, Any]]) -> dict[str, Any]:
     """What `results.json` holds (module docstring)."""
+    from recgpt.pipeline.stages import fallback_summary
+
     cfg, split = state.cfg, state.split
     rows = {r.name: r.test for r in result.runs}
     baselines = [r.name for r in result.runs if r.name not in CHANNEL_ROWS]
@@ -133,6 +135,7 @@ def results_payload(state: RunState, result: ExperimentResult, phi: dict[str, An
                     "score_s": round(r.score_s, 3)} for r in result.runs],
         "tag_hr": {"llm_tags": phi["llm_tags"], "history_tags": phi["history_tags"]},
         "bar": bar_check(rows, baselines),
+        "llm_fallback": fallback_summary(state),  # explanations run later: the report stage adds them
         "throughput": stages,
         "env": result.env,
     }

@@ -21,6 +21,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from recgpt.eval.experiment import write_json_atomic
 from recgpt.eval.report import CSS, _plots
 from recgpt.pipeline.evaluation import HEADLINE, LOWER_BETTER, load_result, throughput
 from recgpt.pipeline.state import RunState
@@ -61,6 +62,13 @@ def print_results(payload: dict[str, Any], console: Console, stages: list[dict[s
         f"(within 5%: {b['ndcg_within_5pct']}), CatDiv up: {b['catdiv_up']}, Coverage up: {b['coverage_up']}, "
         f"Gini down: {b['gini_down']} -> bar {'MET' if b['met'] else 'NOT met'}"
     )
+    fb = Table(title="LLM fallback per stage (the LLM gave nothing usable)")
+    for c in ("stage", "on fallback", "share", "limit", "reasons"):
+        fb.add_column(c, justify="left" if c in ("stage", "reasons") else "right")
+    for name, f in (payload.get("llm_fallback") or {}).items():
+        fb.add_row(name, f"{f['fallback']} / {f['asked']}", f"{f['fallback_share']:.1%}", f"{f['limit']:.0%}",
+                   ", ".join(f"{k}={v}" for k, v in f["fallback_reasons"].items()) or "-")  # fmt: skip
+    console.print(fb)
     t = Table(title="throughput per stage (sampled users)")
     for c in ("stage", "seconds", "users/min"):
         t.add_column(c, justify="right" if c != "stage" else "left")
@@ -173,6 +181,10 @@ def render_run_html(state: RunState, payload: dict[str, Any], ledger: dict[str, 
     led = _table(["stage", *next(iter(ledger["stages"].values()), {}).keys()],
                  [[_e(n), *(_e(json.dumps(v) if isinstance(v, dict) else v) for v in s.values())]
                   for n, s in ledger["stages"].items()])  # fmt: skip
+    fb = _table(["LLM stage", "on fallback", "share", "limit", "reasons"],
+                [[_e(n), f"{f['fallback']} / {f['asked']}", f"{f['fallback_share']:.1%}", f"{f['limit']:.0%}",
+                  _e(", ".join(f"{k}={v}" for k, v in f["fallback_reasons"].items()) or "-")]
+                 for n, f in (payload.get("llm_fallback") or {}).items()])  # fmt: skip
     b, hist = payload["bar"], payload["tag_hr"]["history_tags"]
     cfg = state.cfg
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>recgpt run {_e(payload['run'])}</title>
@@ -190,6 +202,8 @@ Coverage up {b['coverage_up']}, Gini down {b['gini_down']}: bar <b>{'met' if b['
 <div class="plots">{plots}</div>
 {judge_html(state.run_dir)}
 <h2>Throughput</h2>{thr}
+<h2>LLM fallback</h2><p>Share of users (explanations: interest-item pairs) the LLM gave nothing usable, who
+got the rule-based fallback; a stage above its limit (<code>llm.max_fallback_share</code>) fails the run.</p>{fb}
 <h2>LLM ledger</h2>{led}
 <h2>Walkthrough</h2>{walks}
 </body></html>
@@ -198,8 +212,12 @@ Coverage up {b['coverage_up']}, Gini down {b['gini_down']}: bar <b>{'met' if b['
 
 def write_run_report(state: RunState) -> Path:
     """Write `<run>/report.html` atomically."""
-    payload = json.loads((state.run_dir / "results.json").read_text())
     from recgpt.pipeline.run import run_ledger
+    from recgpt.pipeline.stages import fallback_summary
+
+    payload = json.loads((state.run_dir / "results.json").read_text())
+    payload["llm_fallback"] = fallback_summary(state)  # now with explanations (they run after eval)
+    write_json_atomic(state.run_dir / "results.json", payload)
 
     ledger = run_ledger(state, state.run_dir.name).to_json()
     path = state.run_dir / "report.html"

@@ -29,7 +29,7 @@ from recgpt.llm.ledger import Ledger, StageStats
 from recgpt.llm.types import Backend
 from recgpt.pipeline.config import RunConfig
 from recgpt.pipeline.preflight import check_until, preflight
-from recgpt.pipeline.stages import STAGE_VERSION, STAGES, Stage
+from recgpt.pipeline.stages import STAGE_VERSION, STAGES, Stage, check_llm_stage
 from recgpt.pipeline.state import MARKER, RunState, load_dataset
 
 
@@ -149,6 +149,8 @@ def run_pipeline(
                 seconds = time.perf_counter() - t0
                 engine = state.__dict__.get("engine")  # built only if the stage had anything to ask
                 llm = _stats_of(engine.ledger.stages.get(stage.name)) if stage.llm and engine else None
+                if stage.llm and (line := check_llm_stage(stage.name, stats, llm, cfg.llm.fallback_limit(stage.name))):
+                    console.print(f"  {line}")  # StageFailed above (no marker) on transport failures or too much fallback
                 write_json_atomic(state.dir(stage.name) / MARKER, {
                     "stage": stage.name, "hash": h, "config": stage.config(cfg), "needs": list(stage.needs),
                     "seconds": seconds, "users": len(state.users), "finished_at": time.time(),

@@ -125,14 +125,73 @@ def run_pool(state: RunState) -> dict[str, Any]:
 
 
 def _failure_stats(table: pl.DataFrame, failures: pl.DataFrame, users: int, fallback: pl.Expr) -> dict[str, Any]:
+    """Rows and failures of a per-user LLM stage; a user counts as on fallback when the LLM gave
+    them nothing usable (one `failures` row each: the request failed or post-processing emptied it)."""
     per_user = table.group_by("user_id").len()["len"]
+    failed = failures.unique("user_id", keep="first")
     return {
         "users": users,
         "rows": table.height,
         "mean_per_user": float(per_user.mean()) if per_user.len() else 0.0,  # type: ignore[arg-type]
         "failures": failures.group_by("reason").len().sort("reason").rows(),
         "fallback_users": table.filter(fallback)["user_id"].n_unique(),
+        **_fallback(failed.height, users, dict(failed.group_by("reason").len().sort("reason").rows())),
     }
+
+
+def _fallback(n: int, asked: int, reasons: dict[str, int]) -> dict[str, Any]:
+    return {"fallback": n, "asked": asked, "fallback_share": round(n / asked, 4) if asked else 0.0,
+            "fallback_reasons": reasons}  # fmt: skip
+
+
+class StageFailed(RuntimeError):
+    """An LLM stage whose output cannot be trusted: the run stops and the stage is not marked done."""
+
+
+def check_llm_stage(name: str, stats: dict[str, Any], llm: dict[str, Any] | None, limit: float) -> str:
+    """Raise `StageFailed` on any transport failure or a fallback share above `limit`; else the line to print.
+
+    Answers already generated stay in the LLM cache, so the rerun after a fix asks only what failed.
+    """
+    from recgpt.llm.types import TRANSPORT_FAILURES
+
+    failures = (llm or {}).get("failures") or {}
+    lost = {r: n for r, n in sorted(failures.items()) if r in TRANSPORT_FAILURES and n}
+    keep = "the stage is not marked done; answers already generated are cached"
+    if lost:
+        first = (llm or {}).get("first_error") or "-"
+        raise StageFailed(
+            f"stage '{name}': {sum(lost.values())} of {(llm or {}).get('requests', '?')} LLM requests got no "
+            f"answer from the backend ({_counts(lost)}; first: {first}); {keep}. Once the backend is back, run "
+            f"the same command again: only the failed requests are sent."
+        )
+    if "fallback_share" not in stats:
+        return ""
+    share, unit = stats["fallback_share"], "pairs" if name == "explanations" else "users"
+    line = (f"{stats['fallback']} of {stats['asked']} {unit} ({share:.0%}) on fallback, limit {limit:.0%}"
+            + (f" ({_counts(stats['fallback_reasons'])})" if stats["fallback_reasons"] else ""))  # fmt: skip
+    if share > limit:
+        raise StageFailed(
+            f"stage '{name}': {line}; {keep}. If the model cannot do better, raise the limit: "
+            f"--set llm.max_fallback_share={min(1.0, round(share + 0.05, 2))} (all LLM stages) or "
+            f"--set 'llm.max_fallback_share={{\"{name}\": {min(1.0, round(share + 0.05, 2))}}}' (this stage only)."
+        )
+    return line
+
+
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def fallback_summary(state: RunState) -> dict[str, dict[str, Any]]:
+    """Fallback share of every finished LLM stage (for results.json, the report and the printed summary)."""
+    out: dict[str, dict[str, Any]] = {}
+    for st in STAGES:
+        stats = ((state.marker(st.name) or {}).get("stats") or {}) if st.llm else {}
+        if "fallback_share" in stats:
+            out[st.name] = {k: stats[k] for k in ("fallback", "asked", "fallback_share", "fallback_reasons")}
+            out[st.name]["limit"] = state.cfg.llm.fallback_limit(st.name)
+    return out
 
 
 def run_interests(state: RunState) -> dict[str, Any]:
@@ -282,9 +341,15 @@ def run_explanations(state: RunState) -> dict[str, Any]:
     state.write("explanations", "pairs", pairs)
     state.write("explanations", "explanations", table)
     state.write("explanations", "served", served)
+    n_fallback = int(table["fallback"].sum())
+    ledger = state.engine_for("explanations").ledger.stages.get("explanations") if pairs.height else None
+    reasons = dict(sorted(ledger.failures.items())) if ledger else {}
+    if n_fallback - sum(reasons.values()) > 0:
+        reasons["rule_broken"] = n_fallback - sum(reasons.values())
     return {"slots": top.height, "pairs": pairs.height, "llm_texts": int((~table["fallback"]).sum()),
-            "rule_fallbacks": int(table["fallback"].sum()), "item_only_slots": int(served["item_only"].sum()),
-            "rejected_untrusted": state.untrusted.rejected["explanations"]}
+            "rule_fallbacks": n_fallback, "item_only_slots": int(served["item_only"].sum()),
+            "rejected_untrusted": state.untrusted.rejected["explanations"],
+            **_fallback(n_fallback, pairs.height, reasons)}  # fmt: skip
 
 
 # ---------------------------------------------------------------- 09 eval
@@ -340,4 +405,5 @@ STAGES: tuple[Stage, ...] = (
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
-__all__ = ["STAGES", "STAGE_NAMES", "STAGE_VERSION", "Stage", "explanation_pairs", "tuned_baseline"]
+__all__ = ["STAGES", "STAGE_NAMES", "STAGE_VERSION", "Stage", "StageFailed", "check_llm_stage", "explanation_pairs",
+           "fallback_summary", "tuned_baseline"]

@@ -312,7 +312,7 @@ class RunState:
             backend = make_backend(spec, **kwargs)
         cache = LLMCache(llm.cache or self.run_dir / "llm-cache.sqlite")
         return LLMEngine(backend, cache=cache, ledger=ledger, max_retries=llm.max_retries,
-                         chunk_size=llm.chunk_size, progress=self.progress)  # fmt: skip
+                         chunk_size=llm.chunk_size, max_tokens_growth=llm.max_tokens_growth, progress=self.progress)  # fmt: skip
 
     def engine_for(self, stage: str) -> LLMEngine:
         """The engine serving one LLM stage: `llm.stages[stage]` when set, else the run's engine.
