@@ -149,7 +149,7 @@ def test_explanations_and_served_texts_never_carry_a_payload() -> None:
     )
     table = generate_explanations(ExplanationsConfig(), engine, pairs, items, guard)
     assert table["fallback"].to_list() == [True] and TAG_PAYLOAD not in table["explanation"][0]
-    assert guard.rejected["explanations"] == 1
+    assert guard.rejected["explanations"] == 1 + ExplanationsConfig().reasks  # the answer and each re-ask
     unguarded = generate_explanations(
         ExplanationsConfig(), LLMEngine(FakeBackend(lambda _i: answer)), pairs, items
     )
