@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -247,13 +248,13 @@ def test_sigkill_mid_chunk_with_the_real_model_repeats_no_finished_answer(tmp_pa
         assert 2 <= kept < 6
         backend = LlamaCppBackend(n_threads=1)
         seen: list[str] = []
-        real = backend.generate
+        real = backend.generate_iter
 
-        def counting(inputs: list[GenerationInput]) -> list[GenerationOutput]:
+        def counting(inputs: list[GenerationInput]) -> Iterator[tuple[int, GenerationOutput]]:
             seen.extend(i.messages[1].content for i in inputs)
             return real(inputs)
 
-        backend.generate = counting  # type: ignore[method-assign]
+        backend.generate_iter = counting  # type: ignore[method-assign]
         with LLMEngine(backend, cache=cache) as engine:
             results = engine.run(review_requests())
     assert engine.ledger.stage("tags").cache_hits == kept

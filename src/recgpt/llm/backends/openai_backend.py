@@ -27,10 +27,12 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
+from recgpt.llm.backends.streaming import completed
 from recgpt.llm.credentials import INSECURE_KEY_ENV, is_loopback, is_redacted, key_may_travel, redact
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
 
@@ -172,6 +174,23 @@ class OpenAIBackend(Backend):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="recgpt-openai")
         return outputs + list(self._pool.map(self._one, rest))
+
+    streams = True
+
+    def generate_iter(self, inputs: list[GenerationInput]) -> Iterator[tuple[int, GenerationOutput]]:
+        """Each answer as soon as its request returns (the engine caches it at once)."""
+        rest = list(enumerate(inputs))
+        while rest and not self._mode_settled and rest[0][1].json_schema is not None:
+            i, inp = rest.pop(0)  # the structured-output mode is probed with one request alone
+            yield i, self._one(inp)
+        if len(rest) <= 1 or self.concurrency == 1:
+            for i, inp in rest:
+                yield i, self._one(inp)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="recgpt-openai")
+        for j, out in completed(self._pool, self._one, [inp for _, inp in rest]):
+            yield rest[j][0], out
 
     def close(self) -> None:
         if self._pool is not None:

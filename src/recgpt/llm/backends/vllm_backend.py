@@ -54,6 +54,11 @@ class VLLMBackend(Backend):
     def model_id(self) -> str:
         return self._model_id
 
+    @property
+    def parallelism(self) -> int:
+        """vLLM batches continuously on the GPU: the engine may send it whole chunks (`llm.chunk_size`)."""
+        return 1024
+
     def _params(self, inp: GenerationInput) -> Any:
         s = inp.sampling
         kwargs: dict[str, Any] = {
