@@ -150,3 +150,27 @@ def test_outputs_follow_the_umask(tmp_path: Path, umask: int, file_mode: int, di
     assert oct(stat.S_IMODE(out.stat().st_mode)) == oct(dir_mode)
     assert Dataset.load(out).manifest.counts["events"] == 3
     assert '"hr": 0.5' in (tmp_path / "results.json").read_text()
+
+
+def test_a_whole_run_folder_follows_the_umask(tmp_path: Path) -> None:
+    """Every file of a finished chain run (tables, markers, results, report, ledger) gets the umask's mode."""
+    from rich.console import Console
+
+    from recgpt.pipeline.run import run_pipeline
+    from tests.intent.conftest import HashEncoder
+    from tests.pipeline.conftest import fake_backend, fast_config, slice_dataset
+
+    data = tmp_path / "slice"
+    slice_dataset(n_users=12, n_items=80).save(data)
+    old = os.umask(0o027)
+    try:
+        run_pipeline(fast_config(data, tmp_path / "runs", users=4), backend=fake_backend(), encoder=HashEncoder(),
+                     console=Console(quiet=True), progress=False)  # fmt: skip
+    finally:
+        os.umask(old)
+    run_dir = next((tmp_path / "runs").rglob("report.html")).parent
+    files = [p for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert {"report.html", "results.json", "ledger.json", "config.json", "done.json"} <= {p.name for p in files}
+    wrong = {str(p.relative_to(run_dir)): oct(p.stat().st_mode & 0o777) for p in files
+             if p.stat().st_mode & 0o777 != 0o640}  # fmt: skip
+    assert wrong == {}

@@ -76,7 +76,7 @@ def test_backend_down_exits_non_zero_leaves_no_marker_and_rerun_sends_the_reques
     spec = f"openai:m@http://127.0.0.1:{_closed_port()}/v1"
     r = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "cfg.json"), "--llm", spec, "--no-progress",
                                  "--set", "llm.chunk_size=4"])  # fmt: skip
-    assert r.exit_code == 4, r.output
+    assert r.exit_code == 5, r.output
     assert "stage failed" in r.output and "stage 'interests'" in r.output and "Traceback" not in r.output
     assert "8 of 8 LLM requests got no answer" in r.output and "backend_error=8" in r.output
     run_dir = tmp_path / "runs" / "t"

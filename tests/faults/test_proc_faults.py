@@ -296,3 +296,14 @@ def test_kill_9_of_recgpt_run_with_two_llm_workers_leaves_no_process(tmp_path: P
         assert _wait_gone(pids) == [], "recgpt run's child processes outlived it"
     finally:
         _kill_tree(proc, pids)
+
+
+def test_the_llm_layer_does_not_start_polars_threads() -> None:
+    """Polars starts worker threads at import; a SIGINT the kernel hands to one of them never wakes a
+    main thread blocked in a read, so Ctrl-C would not stop a script that only uses the LLM layer."""
+    code = (
+        "import sys, recgpt.llm.engine, recgpt.llm.cache, recgpt.llm.backends.llamacpp_backend, "
+        "recgpt.llm.backends.openai_backend; print('polars' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -137,7 +137,9 @@ def test_config_json_and_stage_identity_never_hold_the_secret() -> None:
     assert PASSWORD not in cfg.llm.shown_spec() and cfg.llm.spec == spec  # the run itself still has it
     other = LLMSettings(spec=spec.replace(PASSWORD, "another-password"))
     assert other.identity() != cfg.llm.identity(), "a changed password must not silently reuse answers"
-    assert LLMSettings(spec="llamacpp").identity() == {"spec": "llamacpp", "n_ctx": 4096, "max_retries": 1}
+    assert LLMSettings(spec="llamacpp").identity() == {
+        "spec": "llamacpp", "n_ctx": 4096, "max_retries": 1, "max_tokens_growth": 2.0,
+    }  # fmt: skip
 
 
 def test_a_url_with_credentials_is_parsed_as_one_url() -> None:

@@ -57,7 +57,8 @@ def interests(engine: LLMEngine, setup: tuple[Split, list[UserContext]]) -> pl.D
 
 def test_interests_on_the_real_model(engine: LLMEngine, interests: pl.DataFrame) -> None:
     stats = engine.ledger.stage("interests")
-    assert stats.requests == 2 and stats.ok >= 1  # grammar-constrained: schema-valid JSON
+    # one request per user, plus re-asks of answers the rules emptied; grammar-constrained: schema-valid JSON
+    assert 2 <= stats.requests <= 2 * 3 and stats.ok >= 1
     assert interests.columns == list(INTERESTS_SCHEMA)
     for (_,), g in interests.group_by("user_id"):  # every user has interests (LLM or pool fallback)
         assert g["interest_id"].sort().to_list() == list(range(1, g.height + 1))

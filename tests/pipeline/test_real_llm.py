@@ -43,7 +43,9 @@ def _check_run(run: Path, output: str) -> dict[str, object]:
     for stage in STAGE_NAMES:
         assert (next(run.glob(f"*_{stage}")) / "done.json").exists(), stage
     ledger = json.loads((run / "ledger.json").read_text())["stages"]
-    assert ledger["interests"]["requests"] == 2 and ledger["tags"]["requests"] == 2
+    # one request per sampled user, plus re-asks of answers the rules emptied (at most `reasks` each)
+    for stage in ("interests", "tags"):
+        assert 2 <= ledger[stage]["requests"] <= 2 * 3, (stage, ledger[stage])
     assert ledger["interests"]["calls"] >= 2  # the real model was asked
     results = json.loads((run / "results.json").read_text())
     assert {r["model"] for r in results["table"]} >= {"recgpt", "fused", "itemknn", "mostpop"}

@@ -85,7 +85,7 @@ def _execute(cfg: Any, *, until: str | None, progress: bool, title: str) -> None
         raise typer.Exit(3) from e
     except StageFailed as e:  # an LLM stage's answers cannot be trusted (backend down, too much fallback)
         console.print(f"[red]stage failed:[/red] {escape(str(e))}", highlight=False)
-        raise typer.Exit(4) from e
+        raise typer.Exit(5) from e
     wall = time.perf_counter() - t0
     results = summary.run_dir / "results.json"
     if results.exists() and summary.outcomes and summary.outcomes[-1].name in ("eval", "report"):

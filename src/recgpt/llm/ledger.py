@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -106,7 +107,9 @@ class Ledger:
         """Write the ledger as JSON (atomically, so a crash never leaves half a file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
+        # named like recgpt.data.atomic's temps (not imported: the LLM layer stays free of polars), so
+        # the next run's clean-up recognises one a killed writer left behind
+        tmp = path.with_name(f".tmp-recgpt-{os.getpid()}-{secrets.token_hex(4)}.{path.name}")
         tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
         tmp.replace(path)
         return path

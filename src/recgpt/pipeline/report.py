@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from recgpt.eval.experiment import write_json_atomic
+from recgpt.data.atomic import write_json_atomic, write_text_atomic
 from recgpt.eval.report import CSS, _plots
 from recgpt.pipeline.evaluation import HEADLINE, LOWER_BETTER, load_result, throughput
 from recgpt.pipeline.state import RunState
@@ -221,11 +219,7 @@ def write_run_report(state: RunState) -> Path:
 
     ledger = run_ledger(state, state.run_dir.name).to_json()
     path = state.run_dir / "report.html"
-    fd, tmp = tempfile.mkstemp(prefix=".report.html.", dir=state.run_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render_run_html(state, payload, ledger))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, render_run_html(state, payload, ledger))  # umask mode, cleanable temp
 
 
 __all__ = ["judge_html", "print_results", "render_run_html", "results_table", "walk_users", "write_run_report"]

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recgpt.data.atomic import write_json_atomic
 from recgpt.llm.credentials import redact
 from recgpt.llm.types import Backend
 
@@ -206,7 +205,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     digest = h.hexdigest()
     try:
         sidecar.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(sidecar, {**ident, "sha256": digest})
+        # a plain temp + rename, not recgpt.data.atomic: the LLM layer must not import polars, whose
+        # threads would take the SIGINT meant for a main thread blocked in a read
+        tmp = sidecar.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**ident, "sha256": digest}))
+        tmp.replace(sidecar)
     except OSError:
         pass  # an unwritable cache dir only costs a re-hash next time
     return digest
