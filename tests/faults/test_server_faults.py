@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from recgpt.llm.server import LlamaServer, free_port
+from tests.faults.conftest import serve_argv
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
 
@@ -143,16 +143,7 @@ def test_cli_serve_defaults_to_no_cors_and_keeps_the_key_secret() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}/v1"
     env = {**os.environ, "RECGPT_SERVER_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
-    argv = [
-        sys.executable,
-        "-c",
-        "from recgpt.cli.app import main; main()",
-        "llm",
-        "serve",
-        "--port",
-        str(port),
-    ]
-    argv += ["--n-ctx", "512"]
+    argv = serve_argv(port, "--n-ctx", "512")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_listening(f"{base}/models", proc)

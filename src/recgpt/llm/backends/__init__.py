@@ -96,15 +96,20 @@ def _load_class(name: str) -> type[Backend]:
     return getattr(module, entry.cls)
 
 
-def make_backend(spec: str, **kwargs: Any) -> Backend:
-    """Build a backend from a spec; extra keywords go to its constructor (and win over the spec)."""
-    name, spec_kwargs = parse_spec(spec)
+def _require(name: str) -> None:
+    """`BackendUnavailable` naming the extra to install when a backend's library is missing."""
     entry = _REGISTRY[name]
     for mod in entry.requires:
         if importlib.util.find_spec(mod) is None:
             raise BackendUnavailable(
                 f"backend {name!r} needs the optional dependency {mod!r}: pip install 'recgpt[{entry.extra}]'"
             )
+
+
+def make_backend(spec: str, **kwargs: Any) -> Backend:
+    """Build a backend from a spec; extra keywords go to its constructor (and win over the spec)."""
+    name, spec_kwargs = parse_spec(spec)
+    _require(name)
     cls = _load_class(name)
     return cls(**{**spec_kwargs, **kwargs})
 
@@ -118,12 +123,7 @@ def check_spec(spec: str) -> None:
     from urllib.parse import urlsplit
 
     name, kwargs = parse_spec(spec)
-    entry = _REGISTRY[name]
-    for mod in entry.requires:
-        if importlib.util.find_spec(mod) is None:
-            raise BackendUnavailable(
-                f"backend {name!r} needs the optional dependency {mod!r}: pip install 'recgpt[{entry.extra}]'"
-            )
+    _require(name)
     if name == "llamacpp":
         path = kwargs.get("model_path")
         if path is None:
