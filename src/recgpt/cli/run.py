@@ -1,7 +1,7 @@
 """`recgpt run` and `recgpt quickstart`: the RecGPT chain end to end, resumable, one folder per run.
 
 `run` takes any dataset folder (or `bundled:ml-latest-small`), `quickstart` is the preset that fits
-in 15 minutes on 2 cores: the bundled MovieLens latest-small, the embedded SmolLM2, a seeded sample
+in about 20 minutes on 2 cores: the bundled MovieLens latest-small, the embedded SmolLM2, a seeded sample
 of test users and small counts. Both print the sample, per-stage progress, one metrics table, the
 throughput per stage and the LLM ledger, and write `runs/<name>/` (tables, results.json,
 report.html, ledger.json). Re-running the same command skips finished stages.
@@ -162,7 +162,7 @@ def quickstart(
     assignments: list[str] = typer.Option([], "--set", help=SET_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """The whole RecGPT chain on the bundled MovieLens latest-small with the embedded model (< 15 min, 2 cores)."""
+    """The whole RecGPT chain on the bundled MovieLens latest-small with the embedded model (about 20 min on 2 cores)."""
     from recgpt.pipeline.config import quickstart_config
 
     over = _overrides({"users": users, "llm.spec": llm, "llm.workers": llm_workers,

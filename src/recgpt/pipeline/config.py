@@ -196,8 +196,9 @@ class RunConfig(BaseModel):
 def quickstart_config(**overrides: Any) -> RunConfig:
     """The `recgpt quickstart` run: bundled ml-latest-small, embedded SmolLM2, small counts.
 
-    Sized to finish in under 15 minutes on 2 cores: the LLM is about 80% of the time (two
-    generations per user plus one per explained item, ~10 s each for SmolLM2 on one busy core), so
+    Sized to finish in about 20 minutes on 2 cores: the LLM is about 80% of the time (two
+    generations per user plus one per explained item, ~10 s each for SmolLM2 on one busy core, plus
+    re-asks and budget retries), so
     the user sample, the counts and the prompt lengths (`history_chars`) are what is cut.
     """
     base: dict[str, Any] = {
