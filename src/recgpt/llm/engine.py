@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,15 +43,6 @@ from recgpt.llm.types import (
 
 _SEED_STEP = 1_000_003  # retry seeds: seed + attempt * step (a prime, so retries never collide)
 _DETAIL_CHARS = 300  # how much of a parse/validation error goes into a repair hint
-_LOOP_TAIL = 400  # characters at the end of a truncated answer examined for a loop
-_LOOP_RATIO = 0.3  # the tail compresses below this share of its size: it repeats itself (prose: ~0.6)
-
-
-def _looping(text: str | None) -> bool:
-    """Whether a truncated answer is stuck repeating itself: a larger budget would only buy more repeats
-    (the same prompt and seed regenerate the same loop), so it goes straight to a repair at a new seed."""
-    tail = (text or "")[-_LOOP_TAIL:].encode()
-    return len(tail) >= _LOOP_TAIL // 2 and len(zlib.compress(tail, 9)) < _LOOP_RATIO * len(tail)
 
 
 @dataclass
@@ -286,17 +276,13 @@ class LLMEngine:
         """Set `job` up for another attempt after `failure`; False when it is final.
 
         Truncation first gets a larger token budget with the same prompt and seed (the same answer,
-        allowed to close), unless the answer is looping; anything else but a transport failure gets a new seed and a repair hint,
+        allowed to close); anything else but a transport failure gets a new seed and a repair hint,
         `max_retries` times. A transport failure is final here: a new seed cannot bring a backend
         back, backends retry transient errors themselves, and the stage then fails loudly.
         """
         stats = self.ledger.stage(job.request.stage)
         cap = int(job.request.sampling.max_tokens * self.max_tokens_growth)
-        if (
-            failure.reason == FailureReason.TRUNCATED
-            and job.max_tokens < cap
-            and not _looping(failure.last_text)
-        ):
+        if failure.reason == FailureReason.TRUNCATED and job.max_tokens < cap:
             job.max_tokens = min(cap, job.max_tokens * 2)
             stats.budget_retries += 1
             return True
