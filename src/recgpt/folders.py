@@ -27,6 +27,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from recgpt.data.atomic import write_json_atomic
+
 SLUG_MAX = 100
 LOCK_NAME = ".lock"
 HOLDER_NAME = ".lock.holder.json"
@@ -114,9 +116,7 @@ class FolderLock:
             raise FolderError(f"cannot use {self.what} {self.folder}: {e.strerror or e}") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": " ".join(sys.argv)}  # fmt: skip
-        tmp = self._holder.with_name(f"{HOLDER_NAME}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self._holder)
+        write_json_atomic(self._holder, info)  # a temp the next run's clean-up recognises
         return self
 
     def release(self) -> None:
