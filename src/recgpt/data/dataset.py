@@ -7,6 +7,7 @@ so a crash never leaves a half-written dataset behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -360,3 +361,13 @@ def _unique(df: pl.DataFrame, col: str, file: str) -> None:
         idx = int(dup.arg_max())
         line = int(df["_line"][idx]) if "_line" in df.columns else None
         raise DataError(f"duplicate id {df[col][idx]!r}", file=file, line=line, field=col)
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """Content hash of a dataset's tables (not its import time): the split stage's identity."""
+    h = hashlib.sha256(dataset.manifest.name.encode())
+    for name in ("items", "users", "events"):
+        table: pl.DataFrame = getattr(dataset, name)
+        h.update(f"{name}:{table.height}:{','.join(table.columns)}".encode())
+        h.update(table.hash_rows(seed=0).to_numpy().tobytes())
+    return h.hexdigest()[:16]

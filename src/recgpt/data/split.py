@@ -19,15 +19,16 @@ Protocols:
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import polars as pl
 
-from recgpt.baselines.base import Interactions
+from recgpt.data.interactions import Interactions
 from recgpt.data.dataset import Dataset
 
 POINT_SCHEMA = {"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()}
@@ -294,3 +295,35 @@ def make_split(dataset: Dataset, config: SplitConfig | None = None) -> Split:
         test=task("test", test_points, test_targets),
         item_pos=item_pos,
     )
+
+
+def sample_users(task: EvalTask, n: int | None, seed: int) -> list[str]:
+    """A seeded sample of a task's users, sorted (all of them when n is None or too large)."""
+    ids = list(task.user_ids)
+    if n is None or n >= len(ids):
+        return ids
+    return sorted(random.Random(seed).sample(ids, n))
+
+
+def subtask(task: EvalTask, events: pl.DataFrame, users: Sequence[str]) -> EvalTask:
+    """The task restricted to `users` (same split points, histories and targets)."""
+    pos = {u: i for i, u in enumerate(task.user_ids)}
+    missing = [u for u in users if u not in pos]
+    if missing:
+        raise ValueError(f"users not in the {task.name} task: {missing[:5]}")
+    idx = [pos[u] for u in users]
+    points = pl.DataFrame(
+        {"user_id": list(users), "point_ts": [task.asof.point(u)[0] for u in users],
+         "point_eid": [task.asof.point(u)[1] for u in users]},
+        schema={"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()},
+    )  # fmt: skip
+    return EvalTask(
+        name=task.name,
+        user_ids=list(users),
+        user_idx=task.user_idx[idx],
+        asof=AsOf(events, points),
+        histories=[task.histories[i] for i in idx],
+        targets=[task.targets[i] for i in idx],
+    )
+
+

@@ -12,6 +12,7 @@ from recgpt.data.dataset import Dataset
 
 BUNDLED = ("ml-latest-small",)
 BUNDLED_DEFAULT = "ml-latest-small"
+BUNDLED_PREFIX = "bundled:"
 
 
 def load_bundled(name: str = BUNDLED_DEFAULT) -> Dataset:
@@ -22,3 +23,10 @@ def load_bundled(name: str = BUNDLED_DEFAULT) -> Dataset:
 
     with as_file(files("recgpt.datasets") / name) as path:
         return import_dataset("movielens-latest-small", path)
+
+
+def load_dataset(spec: str) -> Dataset:
+    """A dataset folder (from `recgpt data import`) or `bundled:<name>` (shipped with recgpt)."""
+    if spec.startswith(BUNDLED_PREFIX):
+        return load_bundled(spec[len(BUNDLED_PREFIX) :])
+    return Dataset.load(spec)

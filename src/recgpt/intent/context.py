@@ -11,7 +11,7 @@ to every user-specific LLM input.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,6 +21,7 @@ import polars as pl
 from recgpt.behavior import BehaviorCompressor
 from recgpt.behavior.items import clean_title
 from recgpt.data.dataset import Dataset
+from recgpt.data.leakage import guard_user_texts
 from recgpt.data.split import EvalTask, Split
 from recgpt.intent.pool import InterestPool
 from recgpt.llm.types import LLMRequest
@@ -143,34 +144,15 @@ def prompt_text(request: LLMRequest[Any]) -> str:
     return "\n".join(m.content for m in request.messages)
 
 
-def guard_requests(split: Split, task: EvalTask, requests: Sequence[LLMRequest[Any]]) -> None:
+def guard_requests(split: Split, task: EvalTask, requests: Sequence[LLMRequest[Any]]) -> int:
     """Raise `LeakageError` if a user's rendered prompt names an item they only meet at/after the point.
 
-    Each request's `key` is its user id (as the intent stages set it). Besides raw titles, the check
+    Each request's `key` is its user id (as the intent stages set it). The check is
+    `recgpt.data.leakage.guard_user_texts` (with its duplicate-title exemption); besides raw titles it
     looks for the cleaned titles the compressor writes ("American President, The (1995)" is written
-    "The American President (1995)").
+    "The American President (1995)"). Returns how many prompts were checked.
     """
-    aliases = _CleanTitles(split.dataset.items)
-    for req in requests:
-        if req.key is None:
-            raise ValueError("request has no key: cannot tell whose prompt it is")
-        split.guard_text(req.key, prompt_text(req), task, aliases=aliases)
-
-
-class _CleanTitles(Mapping[str, list[str]]):
-    """item_id -> [cleaned title], computed only for the ids `guard_text` asks about."""
-
-    def __init__(self, items: pl.DataFrame) -> None:
-        self._titles = dict(zip(items["item_id"].to_list(), items["title"].to_list(), strict=True))
-
-    def __getitem__(self, item_id: str) -> list[str]:
-        return [clean_title(self._titles[item_id] or "")]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._titles)
-
-    def __len__(self) -> int:
-        return len(self._titles)
+    return guard_user_texts(split, task, [(r.key, prompt_text(r)) for r in requests], alias=clean_title)
 
 
 __all__ = [

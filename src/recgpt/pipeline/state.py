@@ -21,15 +21,17 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
-from recgpt.baselines.base import Recommender
+from recgpt.data.interactions import Recommender
 from recgpt.behavior.report import write_parquet_atomic
-from recgpt.data.dataset import Dataset
-from recgpt.data.split import AsOf, EvalTask, LeakageError, Split, make_split
+from recgpt.data.dataset import Dataset, fingerprint
+from recgpt.data.leakage import shadowed_items as _shadowed_items
+from recgpt.data.split import EvalTask, LeakageError, Split, make_split, sample_users, subtask
 from recgpt.data.untrusted import UntrustedText, redact_dataset
 from recgpt.intent.context import UserContext, build_contexts, guard_requests
 from recgpt.intent.pool import TextEncoder
 from recgpt.llm.types import Backend, LLMRequest, LLMResult
-from recgpt.pipeline.config import BUNDLED_PREFIX, RunConfig
+from recgpt.datasets import load_dataset
+from recgpt.pipeline.config import RunConfig
 
 MARKER = "done.json"
 
@@ -37,55 +39,6 @@ if TYPE_CHECKING:  # these pull in torch / faiss / llama.cpp
     from recgpt.intent.phi import TagToCategory
     from recgpt.llm.engine import LLMEngine
     from recgpt.retrieval.channel import FusedChannel, RecGPTChannel
-
-
-def load_dataset(spec: str) -> Dataset:
-    """A dataset folder (from `recgpt data import`) or `bundled:<name>` (shipped with recgpt)."""
-    if spec.startswith(BUNDLED_PREFIX):
-        from recgpt.datasets import load_bundled
-
-        return load_bundled(spec[len(BUNDLED_PREFIX) :])
-    return Dataset.load(spec)
-
-
-def fingerprint(dataset: Dataset) -> str:
-    """Content hash of a dataset's tables (not its import time): the split stage's identity."""
-    h = hashlib.sha256(dataset.manifest.name.encode())
-    for name in ("items", "users", "events"):
-        table: pl.DataFrame = getattr(dataset, name)
-        h.update(f"{name}:{table.height}:{','.join(table.columns)}".encode())
-        h.update(table.hash_rows(seed=0).to_numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def sample_users(task: EvalTask, n: int | None, seed: int) -> list[str]:
-    """A seeded sample of a task's users, sorted (all of them when n is None or too large)."""
-    ids = list(task.user_ids)
-    if n is None or n >= len(ids):
-        return ids
-    return sorted(random.Random(seed).sample(ids, n))
-
-
-def subtask(task: EvalTask, events: pl.DataFrame, users: Sequence[str]) -> EvalTask:
-    """The task restricted to `users` (same split points, histories and targets)."""
-    pos = {u: i for i, u in enumerate(task.user_ids)}
-    missing = [u for u in users if u not in pos]
-    if missing:
-        raise ValueError(f"users not in the {task.name} task: {missing[:5]}")
-    idx = [pos[u] for u in users]
-    points = pl.DataFrame(
-        {"user_id": list(users), "point_ts": [task.asof.point(u)[0] for u in users],
-         "point_eid": [task.asof.point(u)[1] for u in users]},
-        schema={"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()},
-    )  # fmt: skip
-    return EvalTask(
-        name=task.name,
-        user_ids=list(users),
-        user_idx=task.user_idx[idx],
-        asof=AsOf(events, points),
-        histories=[task.histories[i] for i in idx],
-        targets=[task.targets[i] for i in idx],
-    )
 
 
 class MemoEncoder:
@@ -110,56 +63,22 @@ class MemoEncoder:
         return np.stack([self._memo[t] for t in texts])
 
 
-def _names(title: str | None) -> set[str]:
-    """How a text can name an item: its raw and its cleaned title, lower-cased (8+ characters, as the guard)."""
+def shadowed_items(split: Split, task: EvalTask, user_id: str, titles: dict[str, str | None]) -> set[str]:
+    """`recgpt.data.leakage.shadowed_items` with the compressor's cleaned titles as aliases."""
     from recgpt.behavior.items import clean_title
 
-    return {n.lower() for n in (title or "", clean_title(title or "")) if len(n) >= 8}
-
-
-def shadowed_items(split: Split, task: EvalTask, user_id: str, titles: dict[str, str | None]) -> set[str]:
-    """The user's unseen held-out items with a name that is part of a name of an item they had seen.
-
-    Catalogues hold duplicates (ml-100k lists 18 films twice under one title) and variants whose
-    compressed text is identical (Amazon product titles cut to the same 80 characters). A prompt
-    that names the seen copy then "names" the held-out one too, and no text check can tell the
-    two apart.
-    """
-    seen = set(task.asof.history(user_id)["item_id"].drop_nulls().to_list())
-    seen_names = [n for i in seen for n in _names(titles.get(i))]
-    out = set()
-    for item in split.heldout_item_ids(user_id) - seen:
-        names = _names(titles.get(item))
-        if any(n in s for n in names for s in seen_names):
-            out.add(item)
-    return out
+    return _shadowed_items(split, task, user_id, titles, alias=clean_title)
 
 
 def guard_user_prompts(split: Split, task: EvalTask, requests: Sequence[LLMRequest[Any]]) -> None:
-    """`guard_requests`, minus the false alarms of `shadowed_items`: for those items only the id check
-    (non-numeric ids) remains, every other held-out item is checked by title as usual.
-
-    (The exemption belongs in `Split.guard_text`; it lives here until the guard has it.)
-    """
-    titles = dict(zip(split.dataset.items["item_id"].to_list(), split.dataset.items["title"].to_list(), strict=True))
-    by_user: dict[str | None, list[LLMRequest[Any]]] = {}
-    for r in requests:
-        by_user.setdefault(r.key, []).append(r)
-    for user, reqs in by_user.items():
-        shadow = shadowed_items(split, task, user, titles) if user is not None and task.asof.has_point(user) else set()
-        if not shadow:
-            guard_requests(split, task, reqs)
-            continue
-        items = split.dataset.items.with_columns(
-            pl.when(pl.col("item_id").is_in(list(shadow))).then(pl.lit("")).otherwise(pl.col("title")).alias("title"))
-        blanked = dataclasses.replace(split, dataset=dataclasses.replace(split.dataset, items=items))
-        guard_requests(blanked, task, reqs)
+    """`recgpt.intent.context.guard_requests` (the exemption now lives in `recgpt.data.leakage`)."""
+    guard_requests(split, task, requests)
 
 
 class GuardedEngine:
     """An LLM engine that checks every user-keyed prompt against held-out items before generating.
 
-    The intent stages' requests are keyed by user id; `guard_user_prompts` raises `LeakageError` when
+    The intent stages' requests are keyed by user id; `guard_requests` raises `LeakageError` when
     a rendered prompt names an item the user only meets at or after their split point, so a leaky
     context aborts the stage before a single token is generated.
     """
@@ -173,7 +92,7 @@ class GuardedEngine:
         return self.engine.ledger
 
     def run(self, requests: Sequence[LLMRequest[Any]]) -> list[LLMResult[Any]]:
-        guard_user_prompts(self.split, self.task, requests)
+        guard_requests(self.split, self.task, requests)
         self.checked += len(requests)
         return self.engine.run(requests)
 

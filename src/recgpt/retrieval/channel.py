@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recgpt.baselines.base import Interactions, Recommender
+from recgpt.data.interactions import Interactions, Recommender
 from recgpt.eval.ranking import mask_seen, topk
 from recgpt.retrieval.fusion import (
     CANDIDATE_SCHEMA,

@@ -32,7 +32,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from recgpt.baselines.base import Interactions
+from recgpt.data.interactions import Interactions
 from recgpt.data.split import EvalTask, Split
 from recgpt.eval.metrics import evaluate_lists
 from recgpt.eval.ranking import mask_seen, topk

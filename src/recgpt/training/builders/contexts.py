@@ -148,7 +148,7 @@ class LogSource:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from recgpt.pipeline.state import fingerprint
+            from recgpt.data.dataset import fingerprint
 
             self._fingerprint = fingerprint(self.dataset)
         return self._fingerprint
@@ -176,7 +176,7 @@ _EXAMPLES = frozenset(phrase_key(e) for e in EXAMPLE_TAGS)
 
 def eval_users(split: Split, users: int | None = 200, seed: int = 0) -> list[str]:
     """The chain's evaluation users (its seeded test-user sample): pass them as `exclude_users`."""
-    from recgpt.pipeline.state import sample_users
+    from recgpt.data.split import sample_users
 
     return sample_users(split.test, users, seed)
 

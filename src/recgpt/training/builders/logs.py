@@ -345,7 +345,7 @@ def guard_samples(
     """Raise `LeakageError` if a user sample's prompt names one of its target items or a held-out item
     of the evaluation split, belongs to an excluded user, or has an as-of at/after the user's
     validation point."""
-    from recgpt.pipeline.state import guard_user_prompts  # pulls in the chain (torch): only when guarding
+    from recgpt.intent.context import guard_requests as guard_user_prompts
 
     excluded = set(exclude_users)
     by_task: dict[str, list[LLMRequest[Any]]] = {}
