@@ -13,8 +13,8 @@ from typing import Any
 
 import polars as pl
 
-# written per invocation, not by the chain's logic: excluded from parity
-VOLATILE_TABLES = {"01_compress/report"}  # holds no timings today; listed here if one ever does
+# wall-clock columns: the only values that differ between two runs of the same code
+VOLATILE_COLUMNS = {"seconds", "train_s", "score_s"}
 
 
 def table_digests(run_dir: Path) -> dict[str, Any]:
@@ -24,6 +24,7 @@ def table_digests(run_dir: Path) -> dict[str, Any]:
     for p in sorted(run_dir.glob("*/*.parquet")):
         key = f"{p.parent.name}/{p.stem}"
         df = pl.read_parquet(p)
+        df = df.drop([c for c in df.columns if c in VOLATILE_COLUMNS])
         out[key] = {"rows": df.height, "columns": df.columns,
                     "sha256": hashlib.sha256(df.write_csv().encode()).hexdigest()}  # fmt: skip
     results = run_dir / "results.json"
