@@ -31,9 +31,9 @@ REAL_MODEL_FIXTURES = frozenset({"smollm2_gguf", "llama_server", "hf_smollm2_fol
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that loads the real small model as `slow` and `llm`."""
+    """Mark every test that loads the real small model (or is marked `llm`) as `slow` and `llm`."""
     for item in items:
-        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("llm"):
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.llm)
 
