@@ -23,7 +23,7 @@ from recgpt.data.atomic import write_json_atomic as write_json_atomic  # re-expo
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import EvalTask, Split, SplitConfig, make_split
 from recgpt.eval.metrics import evaluate_lists
-from recgpt.eval.ranking import mask_seen, topk
+from recgpt.data.ranking import mask_seen, topk
 
 
 @dataclass

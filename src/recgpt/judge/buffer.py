@@ -20,7 +20,6 @@ criteria left blank then count as passing ("mark what fails"); otherwise the sam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -31,7 +30,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from recgpt.behavior.report import write_parquet_atomic
+from recgpt.data.atomic import write_parquet_atomic
+from recgpt.data.sft import SAMPLE_SCHEMA, sample_row, samples_frame, validate_samples
 from recgpt.judge.criteria import criteria
 from recgpt.judge.judge import JudgeConfig, judge_request, verdict_json
 from recgpt.judge.samples import SAMPLES_SCHEMA, facts_of
@@ -44,8 +44,7 @@ BUFFER_SCHEMA: dict[str, pl.DataType] = {
     "annotator": pl.String(),
     "labelled_at": pl.Int64(),
 }
-SFT_COLUMNS = ("sample_id", "task", "level", "messages", "completion", "source", "user_id", "as_of", "lineage")
-SFT_SCHEMA: dict[str, pl.DataType] = {c: pl.Int64() if c == "as_of" else pl.String() for c in SFT_COLUMNS}
+SFT_COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA)  # judge SFT examples are rows of the SFT sample table
 
 
 def _fold(sid: str, task: str, rows: list[dict[str, Any]]) -> tuple[bool | None, dict[str, bool]]:
@@ -182,22 +181,8 @@ def label_verdicts(task: str, label: bool | None, crit: Mapping[str, bool]) -> d
     return None
 
 
-def _sft_row(messages: str, completion: str, user_id: str | None, as_of: int | None,
-             lineage: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """One SFT row through `recgpt.training.data.sample_row` (the contract's own id), else the same columns."""
-    try:
-        from recgpt.training.data import sample_row
-    except ImportError:
-        sid = hashlib.sha1(json.dumps(["judge", user_id, as_of, messages, completion]).encode()).hexdigest()
-        return {"sample_id": sid, "task": "judge", "level": "advanced", "messages": messages, "completion": completion,
-                "source": "labels", "user_id": user_id, "as_of": as_of,
-                "lineage": json.dumps(lineage, sort_keys=True, default=str)}  # fmt: skip
-    return sample_row("judge", "advanced", messages, completion, "labels", user_id=user_id, as_of=as_of,
-                      lineage=lineage)  # fmt: skip
-
-
 def judge_sft_samples(buffer_rows: pl.DataFrame, config: JudgeConfig | None = None) -> pl.DataFrame:
-    """Judge SFT examples (the SFT sample table contract, task "judge") from buffer rows."""
+    """Judge SFT examples (`recgpt.data.sft`'s sample table, task "judge") from buffer rows."""
     cfg = config or JudgeConfig()
     out = []
     for r in buffer_rows.iter_rows(named=True):
@@ -205,19 +190,14 @@ def judge_sft_samples(buffer_rows: pl.DataFrame, config: JudgeConfig | None = No
         if verdicts is None:
             continue
         req = judge_request(cfg, r)
-        messages = json.dumps([{"role": m.role, "content": m.content} for m in req.messages], ensure_ascii=False)
         lineage = {"judged_task": r["task"], "judged_sample": r["sample_id"], "round": r["round"],
                    "annotator": r["annotator"], "labelled_at": r["labelled_at"], "template": req.template,
                    "sample_source": r["source"]}  # fmt: skip
         as_of = facts_of(r).get("as_of")
-        out.append(_sft_row(messages, verdict_json(r["task"], verdicts, cfg.reason_chars), r["user_id"],
-                            None if as_of is None else int(as_of), lineage))  # fmt: skip
-    df = pl.DataFrame(out, schema=SFT_SCHEMA).unique(subset=["sample_id"], keep="first", maintain_order=True)
-    try:
-        from recgpt.training.data import validate_samples  # the SFT table contract, when present
-    except ImportError:
-        return df
-    return validate_samples(df)
+        completion = verdict_json(r["task"], verdicts, cfg.reason_chars)
+        out.append(sample_row("judge", "advanced", req.messages, completion, "labels", user_id=r["user_id"],
+                              as_of=None if as_of is None else int(as_of), lineage=lineage))  # fmt: skip
+    return validate_samples(samples_frame(out))
 
 
 __all__ = [
