@@ -55,7 +55,9 @@ def _fold(sid: str, task: str, rows: list[dict[str, Any]]) -> tuple[bool | None,
     if set(crit) - names:
         raise ValueError(f"sample {sid}: task {task!r} has no criterion {sorted(set(crit) - names)}")
     if overall is True and not all(crit.values()):
-        raise ValueError(f"sample {sid}: labelled acceptable overall but failing {[c for c, v in crit.items() if not v]}")
+        raise ValueError(
+            f"sample {sid}: labelled acceptable overall but failing {[c for c, v in crit.items() if not v]}"
+        )
     if overall is None and crit and (not all(crit.values()) or set(crit) == names):
         overall = all(crit.values())
     return overall, crit
@@ -87,16 +89,27 @@ class JudgeBuffer:
             grouped.setdefault(r["sample_id"], []).append(r)
         unknown = [sid for sid in grouped if sid not in by_id]
         if unknown:
-            raise ValueError(f"{len(unknown)} labelled sample(s) are not among the samples given, e.g. {unknown[:3]}")
+            raise ValueError(
+                f"{len(unknown)} labelled sample(s) are not among the samples given, e.g. {unknown[:3]}"
+            )
         new = []
         for sid, rows in grouped.items():
             s = by_id[sid]
             if not s.get("context") or not s.get("output"):
-                raise ValueError(f"sample {sid}: no context/output to train the judge on (export it with context)")
+                raise ValueError(
+                    f"sample {sid}: no context/output to train the judge on (export it with context)"
+                )
             overall, crit = _fold(sid, s["task"], rows)
-            new.append({**{k: s.get(k) for k in SAMPLES_SCHEMA}, "round": round, "label": overall,
-                        "criteria_labels": json.dumps(crit, sort_keys=True),
-                        "annotator": rows[-1]["annotator"], "labelled_at": rows[-1]["labelled_at"]})  # fmt: skip
+            new.append(
+                {
+                    **{k: s.get(k) for k in SAMPLES_SCHEMA},
+                    "round": round,
+                    "label": overall,
+                    "criteria_labels": json.dumps(crit, sort_keys=True),
+                    "annotator": rows[-1]["annotator"],
+                    "labelled_at": rows[-1]["labelled_at"],
+                }
+            )
         added = pl.DataFrame(new, schema=BUFFER_SCHEMA)
         old = self.rows().filter(~pl.col("sample_id").is_in(added["sample_id"].implode()))
         write_parquet_atomic(pl.concat([old, added]).sort("round", maintain_order=True), self.path)
@@ -129,13 +142,17 @@ class JudgeBuffer:
             n_maj = min(major.height, math.ceil(majority_ratio * max(n_min, 1)))
             if cap is not None:
                 n_maj = min(n_maj, cap - n_min)
-            parts += [_recent_sample(minor, n_min, latest, half_life_rounds, rng),
-                      _recent_sample(major, n_maj, latest, half_life_rounds, rng)]  # fmt: skip
+            parts += [
+                _recent_sample(minor, n_min, latest, half_life_rounds, rng),
+                _recent_sample(major, n_maj, latest, half_life_rounds, rng),
+            ]
         out = pl.concat(parts)
         return rows.filter(pl.col("sample_id").is_in(out["sample_id"].implode()))
 
 
-def _recent_sample(df: pl.DataFrame, k: int, latest: int, half_life: float, rng: np.random.Generator) -> pl.DataFrame:
+def _recent_sample(
+    df: pl.DataFrame, k: int, latest: int, half_life: float, rng: np.random.Generator
+) -> pl.DataFrame:
     """`k` rows without replacement, weight 0.5 ** ((latest - round) / half_life) (Efraimidis-Spirakis keys)."""
     if k >= df.height:
         return df
@@ -190,13 +207,29 @@ def judge_sft_samples(buffer_rows: pl.DataFrame, config: JudgeConfig | None = No
         if verdicts is None:
             continue
         req = judge_request(cfg, r)
-        lineage = {"judged_task": r["task"], "judged_sample": r["sample_id"], "round": r["round"],
-                   "annotator": r["annotator"], "labelled_at": r["labelled_at"], "template": req.template,
-                   "sample_source": r["source"]}  # fmt: skip
+        lineage = {
+            "judged_task": r["task"],
+            "judged_sample": r["sample_id"],
+            "round": r["round"],
+            "annotator": r["annotator"],
+            "labelled_at": r["labelled_at"],
+            "template": req.template,
+            "sample_source": r["source"],
+        }
         as_of = facts_of(r).get("as_of")
         completion = verdict_json(r["task"], verdicts, cfg.reason_chars)
-        out.append(sample_row("judge", "advanced", req.messages, completion, "labels", user_id=r["user_id"],
-                              as_of=None if as_of is None else int(as_of), lineage=lineage))  # fmt: skip
+        out.append(
+            sample_row(
+                "judge",
+                "advanced",
+                req.messages,
+                completion,
+                "labels",
+                user_id=r["user_id"],
+                as_of=None if as_of is None else int(as_of),
+                lineage=lineage,
+            )
+        )
     return validate_samples(samples_frame(out))
 
 

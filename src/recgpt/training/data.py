@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from recgpt.data.sft import (
     LEVELS,
+    MAX_ERRORS,
     ROLES,
     SAMPLE_SCHEMA,
     SOURCES,
@@ -135,6 +136,7 @@ def balance(df: pl.DataFrame, by: str | Sequence[str], cap: int, seed: int = 0) 
 __all__ = [
     "CHAIN_TASKS",
     "LEVELS",
+    "MAX_ERRORS",
     "ROLES",
     "SAMPLE_SCHEMA",
     "SOURCES",

@@ -29,7 +29,6 @@ from recgpt.llm.backends.streaming import completed
 from recgpt.llm.models import default_model_path as default_model_path  # re-export: its old home
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
 
-
 _LOOSE_CHAR = r'char ::= [^"\\]'
 _STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
 
