@@ -58,30 +58,43 @@ class UnknownUser(ServingError):
     """The user is not among the run's users."""
 
 
-def _finish_hint(run_dir: Path) -> str:
-    return (
-        f"finish it with `recgpt run --config {run_dir / CONFIG}` (it resumes from the last finished stage)"
-    )
+def _finish_hint(run_dir: Path, config: dict[str, Any]) -> str:
+    """The command that resumes this run in place (naming the folder when it was moved since it ran)."""
+    cmd = f"recgpt run --config {run_dir / CONFIG}"
+    written = Path(str(config.get("runs_dir", ""))) / str(config.get("name", ""))
+    if written.resolve() != run_dir.resolve():
+        cmd += f" --runs-dir {run_dir.parent} --name {run_dir.name}"
+    return f"finish it with `{cmd}` (it resumes from the last finished stage)"
 
 
-def _read_tables(store: RunStore) -> dict[str, pl.DataFrame]:
-    """The tables of `TABLES` by stage name, or `NotARun` naming the first unfinished stage."""
+def _read_config(store: RunStore) -> dict[str, Any]:
+    """The run's config.json, or `NotARun` when the folder is no run folder at all."""
     root = store.run_dir
-    if not root.is_dir():
-        raise NotARun(f"no such run folder: {root}")
     if not (root / CONFIG).is_file():
         raise NotARun(
             f"{root} is not a run folder (no {CONFIG}); runs are written by `recgpt run` and "
-            "`recgpt quickstart` as runs/<name>/",
-            file=root,
+            "`recgpt quickstart` as runs/<name>/"
         )
+    try:
+        config = store.read_json(CONFIG)
+    except ValueError as e:
+        raise NotARun(f"{CONFIG} is not valid JSON: {e}", file=root) from e
+    if not isinstance(config.get("dataset"), str):
+        raise NotARun(f"{CONFIG} names no dataset", file=root)
+    return config
+
+
+def _read_tables(store: RunStore, config: dict[str, Any]) -> dict[str, pl.DataFrame]:
+    """The tables of `TABLES` by stage name, or `NotARun` naming the first unfinished stage."""
+    root = store.run_dir
     tables: dict[str, pl.DataFrame] = {}
     for stage, table in TABLES:
         folder = store.folders.get(stage)
         if folder is None or store.marker(stage) is None:
             where = f"{folder}/done.json" if folder else f"<NN>_{stage}/ folder"
             raise NotARun(
-                f"the run has not finished: stage {stage!r} is not done (no {where}); {_finish_hint(root)}",
+                f"the run has not finished: stage {stage!r} is not done (no {where}); "
+                + _finish_hint(root, config),
                 file=root,
             )
         try:
@@ -89,7 +102,7 @@ def _read_tables(store: RunStore) -> dict[str, pl.DataFrame]:
         except RunNotFinished:
             raise NotARun(
                 f"table {folder}/{table}.parquet is missing although stage {stage!r} is marked done; "
-                f"delete {folder}/done.json and {_finish_hint(root)}",
+                f"delete {folder}/done.json and {_finish_hint(root, config)}",
                 file=root,
             ) from None
     return tables
@@ -133,11 +146,8 @@ class RecommendationService:
             store = RunStore.open(run_dir)
         except RunNotFinished as e:
             raise NotARun(str(e)) from None
-        tables = _read_tables(store)
-        config = store.read_json(CONFIG)
-        if not isinstance(config.get("dataset"), str):
-            raise NotARun(f"{CONFIG} names no dataset", file=store.run_dir)
-        return cls(store.run_dir, config, tables)
+        config = _read_config(store)
+        return cls(store.run_dir, config, _read_tables(store, config))
 
     # ------------------------------------------------------------ facts about the run
 
@@ -161,7 +171,7 @@ class RecommendationService:
     def recommend(self, user_id: str, k: int = DEFAULT_K) -> list[Recommendation]:
         """The user's top `k` of the run's final list, with channel, tag, interest and explanation per item."""
         if k < 1:
-            raise ServingError(f"k must be at least 1, got {k}", field="k")
+            raise ServingError(f"k must be at least 1, got {k}")
         user = self._known(user_id)
         rows = self._lists.get(user)
         if rows is None:
@@ -193,9 +203,7 @@ class RecommendationService:
         if user not in self._targets:
             few = ", ".join(self._users[:EXAMPLE_USERS])
             raise UnknownUser(
-                f"user {user!r} is not in run {self.run_dir}: it holds {len(self._users)} users "
-                f"(e.g. {few}); `recgpt recommend --run DIR --user ID` takes one of them",
-                field="user",
+                f"user {user!r} is not in run {self.run_dir}: it holds {len(self._users)} users (e.g. {few})"
             )
         return user
 
