@@ -14,7 +14,7 @@ runner = CliRunner()
 
 
 def _invoke(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["recommend", *args], env={"COLUMNS": "120"})
+    result = runner.invoke(app, ["recommend", *args], env={"COLUMNS": "80"})
     return result.exit_code, result.output
 
 
@@ -30,6 +30,7 @@ def test_table_shows_item_channel_tag_interest_and_explanation(finished_run: Pat
     assert recs[0].explanation and recs[0].explanation[:12] in out
     assert all(r.channel in out for r in recs)
     assert f"{svc.explain_top} of 5 items explained" in out
+    assert all(len(line) <= 80 for line in out.splitlines())  # readable at 80 columns
 
 
 def test_json_is_the_services_answer(finished_run: Path) -> None:

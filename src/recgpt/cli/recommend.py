@@ -22,12 +22,22 @@ if TYPE_CHECKING:
 DEFAULT_K = 10  # = recgpt.serving.DEFAULT_K, repeated so `--help` does not import the service
 
 
-def _table(run: Path, user: str, recs: list[Recommendation]) -> Table:
-    """One row per item; the explanation notes which interest it speaks to (or that it is about the item only)."""
+def _table(run: Path, user: str, recs: list[Recommendation], width: int) -> Table:
+    """One row per item; the explanation notes which interest it speaks to (or that it is about the item only).
+
+    The text columns share the terminal's width (explanation 36%, item 24%, tag and interest 20% each),
+    so a long explanation stays readable at 80 columns.
+    """
+    channel = max([len("channel"), *(len(r.channel) for r in recs)])
+    free = max(40, width - 4 - channel - 6 * 3 - 1)  # rank, channel, per column 2 padding + 1 border, edge
+    item, tag = free * 24 // 100, free * 20 // 100
     t = Table(title=f"user {escape(user)}, run {escape(str(run))}: top {len(recs)} of the final list")
-    t.add_column("rank", justify="right")
-    for c in ("item", "channel", "tag", "interest", "explanation"):
-        t.add_column(c, overflow="fold")
+    t.add_column("rank", justify="right", width=4)
+    t.add_column("item", width=item, overflow="fold")
+    t.add_column("channel", width=channel, overflow="fold")
+    t.add_column("tag", width=tag, overflow="fold")
+    t.add_column("interest", width=tag, overflow="fold")
+    t.add_column("explanation", width=free - item - 2 * tag, overflow="fold")
     for r in recs:
         note = ""
         if r.explanation is not None:
@@ -63,7 +73,7 @@ def recommend(
     try:
         recs = RecommendationService.open(run).recommend(user, k)
     except ServingError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from e
     if as_json:
         payload = {
@@ -75,7 +85,7 @@ def recommend(
         typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
     console = Console()
-    console.print(_table(run, user, recs))
+    console.print(_table(run, user, recs, console.width))
     shown = sum(r.explanation is not None for r in recs)
     console.print(
         f"[dim]{shown} of {len(recs)} items explained (the run explains the top of each list); "
