@@ -64,6 +64,7 @@ class StageStats:
             "requests": self.requests,
             "cache_hits": self.cache_hits,
             "calls": self.calls,
+            "valid_calls": self.valid_calls,
             "budget_retries": self.budget_retries,
             "ok": self.ok,
             "reasks": self.reasks,
@@ -117,6 +118,8 @@ class Ledger:
         names = {f.name for f in fields(StageStats)}
         for name, d in (data.get("stages") or {}).items():
             counts = {k: v for k, v in d.items() if k in names and k != "failures"}
+            if "valid_calls" not in counts:  # written before valid_calls was: back from the rate
+                counts["valid_calls"] = round(d.get("call_valid_rate", 1.0) * d.get("calls", 0))
             ledger.stages[name] = StageStats(**counts, failures=Counter(d.get("failures") or {}))
         return ledger
 
