@@ -4,6 +4,7 @@ answer with its own cache and counts and hand both back to the run."""
 from __future__ import annotations
 
 import json
+import pickle
 import sqlite3
 from pathlib import Path
 
@@ -66,6 +67,21 @@ def test_merging_a_worker_cache_file_is_idempotent_and_keeps_existing_answers(tm
         backend = FakeBackend(echo)
         LLMEngine(backend, cache=run).run(requests)
         assert backend.inputs == []  # every answer is served from the merged cache
+
+
+def test_a_cache_and_a_ledger_travel_to_a_worker(tmp_path: Path) -> None:
+    """Pickled (as Ray ships a task's arguments), the cache reopens its file and the ledger keeps counting."""
+    with LLMCache(tmp_path / "run.sqlite") as cache:
+        cache.put_many([entry("a")])
+        ledger = Ledger("run")
+        ledger.stage("tags").requests = 2
+        worker_cache, worker_ledger = pickle.loads(pickle.dumps((cache, ledger)))
+        assert worker_cache.path == cache.path and worker_cache.get("a") == cache.get("a")
+        worker_cache.put_many([entry("b")])
+        assert len(cache) == 2  # the same file
+        worker_ledger.stage("tags").requests += 1
+        assert ledger.merge(worker_ledger).stage("tags").requests == 5
+        worker_cache.close()
 
 
 def test_merging_cache_objects(tmp_path: Path) -> None:

@@ -170,6 +170,14 @@ class LLMCache:
         self._pid = -1
         self._connect()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its path (a Ray task, a spawned process): the copy opens its own connection."""
+        return {"path": self.path, "busy_timeout_s": self._busy_timeout_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self._busy_timeout_s = state["path"], state["busy_timeout_s"]
+        self._lock, self._conn, self._pid = threading.Lock(), None, -1
+
     def _connect(self) -> sqlite3.Connection:
         # A connection must not cross a fork: reopen when used from a child process.
         if self._conn is None or self._pid != os.getpid():

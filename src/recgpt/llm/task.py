@@ -13,7 +13,8 @@ and give every item the LLM contributed nothing to a rule-based fallback, record
 - `fallback(item, reason)`: the rows of an item the LLM contributed nothing to (default: none);
 - `reasks`: how often an emptied answer is asked again.
 
-A new task (a SerenGPT-style "surprise" stage, say) is a class and a call:
+A new task (a SerenGPT-style "surprise" stage, say, with its `seren_surprise.j2` template and a
+`SurpriseConfig`) is a class and a call:
 
     class Surprise(BaseModel):
         item: str = Field(description="one item the user has not met, 2 to 6 words")
