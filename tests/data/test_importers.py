@@ -231,7 +231,7 @@ def test_generic_toml_epoch_ms_constant_behavior_and_missing_items(tmp_path: Pat
         '[events.columns]\nuser_id = "user"\nitem_id = "item"\ntimestamp = "ms"\n')
     with pytest.raises(DataError) as err:
         import_dataset("generic", tmp_path / "ev.tsv", mapping=tmp_path / "m.toml")
-    assert where(err) == ("ev.tsv", 2, "item") and "create_missing_items" in str(err.value)
+    assert where(err) == ("ev.tsv", 2, "item") and "--create-missing-items" in str(err.value)
     ds = import_dataset("generic", tmp_path / "ev.tsv", mapping=tmp_path / "m.toml", create_missing_items=True)
     assert ds.events["timestamp"].to_list() == [1700000000, 1700000001]
     assert ds.manifest.behaviors == {"purchase": 2}
