@@ -21,7 +21,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -78,7 +77,7 @@ def cli_errors(*bad_input: type[BaseException]) -> Callable[[F], F]:
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors and exits: typer's own
                 raise
             except Exception as exc:
                 found = classify(exc, bad_input)
