@@ -48,7 +48,9 @@ def task_samples(
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if task == "judge" and buffer is None:
-        raise ValueError("--task judge trains on a judge data buffer: pass --buffer DIR (recgpt label import)")
+        raise ValueError(
+            "--task judge trains on a judge data buffer: pass --buffer DIR (recgpt label import)"
+        )
     if dataset is None and (task in LOG_TASKS or foundation):
         also = " and the foundation tasks" if foundation else ""
         raise ValueError(f"--dataset is needed for task {task!r}{also}")
@@ -70,7 +72,9 @@ def task_samples(
 
         assert buffer is not None  # checked above
         if not (Path(buffer) / "buffer.parquet").is_file():
-            raise FileNotFoundError(f"no judge buffer at {buffer} (buffer.parquet): fill it with `recgpt label import`")
+            raise FileNotFoundError(
+                f"no judge buffer at {buffer} (buffer.parquet): fill it with `recgpt label import`"
+            )
         parts.append(judge_sft_samples(JudgeBuffer(buffer).training_set(max_size=users, seed=seed)))
     samples = concat_samples(*parts)
     info["task_samples"] = int(samples.filter(samples["task"] == task).height)
