@@ -283,3 +283,17 @@ def test_evaluate_prints_progress_lines_into_a_log(tmp_path: Path) -> None:
 def test_llm_option_help_names_the_specs(cmd: str) -> None:
     r = runner.invoke(app, [*cmd.split(), "--help"], env={"COLUMNS": "80"}, terminal_width=80)
     assert "openai:MODEL@URL" in " ".join(r.output.split())
+
+
+def test_settings_read_the_environment_in_one_place(tmp_path: Path) -> None:
+    from recgpt.settings import Settings, SettingsError
+
+    s = Settings.from_env({"RECGPT_CACHE_DIR": str(tmp_path), "RECGPT_LLM_THREADS": "3"})
+    assert s.cache_dir == tmp_path and s.llm_threads == 3 and s.embed_threads == 1
+    assert not s.allow_insecure_key and s.openai_base_url is None
+    assert Settings.from_env({"XDG_CACHE_HOME": str(tmp_path)}).cache_dir == tmp_path / "recgpt"
+    assert Settings.from_env({"RECGPT_ALLOW_INSECURE_KEY": "Yes"}).allow_insecure_key
+    with pytest.raises(SettingsError, match="RECGPT_EMBED_THREADS must be >= 1"):
+        Settings.from_env({"RECGPT_EMBED_THREADS": "0"})
+    with pytest.raises(SettingsError, match="RECGPT_LLM_THREADS must be an integer"):
+        Settings.from_env({"RECGPT_LLM_THREADS": "two"})
