@@ -13,7 +13,9 @@ from recgpt.cli.app import app
 def test_evaluate_on_bundled_data(tmp_path: Path) -> None:
     out = tmp_path / "res"
     r = CliRunner().invoke(
-        app, ["evaluate", "--models", "mostpop,markov", "--no-tune", "--out", str(out)], catch_exceptions=False
+        app,
+        ["evaluate", "--models", "mostpop,markov", "--no-tune", "--out", str(out)],
+        catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output
     assert "ml-latest-small" in r.output and "masked" in r.output

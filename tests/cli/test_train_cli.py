@@ -27,12 +27,14 @@ root.add_typer(train_app, name="train")  # the same sub-app `recgpt` mounts as `
 
 def test_bad_arguments_fail_clearly(tmp_path: Path) -> None:
     r = CliRunner().invoke(root, ["train", "sft", "--task", "poems", "--dataset", "bundled:ml-latest-small"])
-    assert r.exit_code == 2 and "unknown task 'poems'" in r.output
+    assert r.exit_code == 2 and "'poems' is not one of" in r.output and "'tags'" in r.output
     r = CliRunner().invoke(root, ["train", "sft", "--task", "judge", "--no-foundation"])
     assert r.exit_code == 2 and "--buffer" in r.output
     r = CliRunner().invoke(root, ["train", "sft", "--task", "tags"])
     assert r.exit_code == 2 and "--dataset is needed" in r.output
-    r = CliRunner().invoke(root, ["train", "sft", "--task", "judge", "--no-foundation", "--buffer", str(tmp_path)])
+    r = CliRunner().invoke(
+        root, ["train", "sft", "--task", "judge", "--no-foundation", "--buffer", str(tmp_path)]
+    )
     assert r.exit_code == 2 and "no judge buffer" in r.output
     r = CliRunner().invoke(root, ["train", "sft", "--task", "tags", "--dataset", str(tmp_path / "nope")])
     assert r.exit_code == 2
@@ -46,9 +48,29 @@ def test_train_sft_tags_tiny(tmp_path: Path) -> None:
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"needs {mod!r}: pip install 'recgpt[train,llm,retrieval]'")
     out = tmp_path / "sft"
-    args = ["train", "sft", "--task", "tags", "--dataset", "bundled:ml-latest-small", "--users", "3",
-            "--catalogue-per-task", "2", "--max-steps", "1", "--batch-size", "1", "--grad-accum", "1",
-            "--threads", "1", "--out", str(out), "--no-progress"]  # fmt: skip
+    args = [
+        "train",
+        "sft",
+        "--task",
+        "tags",
+        "--dataset",
+        "bundled:ml-latest-small",
+        "--users",
+        "3",
+        "--catalogue-per-task",
+        "2",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     r = CliRunner().invoke(root, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     cmd = re.search(r"recgpt run --dataset bundled:ml-latest-small --llm transformers:(\S+)", r.output)
@@ -57,7 +79,10 @@ def test_train_sft_tags_tiny(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     meta = json.loads((out / "train_config.json").read_text())
     assert meta["result"]["complete"] and [lv["level"] for lv in meta["result"]["levels"]] == [
-        "foundation", "intermediate", "advanced"]  # fmt: skip
+        "foundation",
+        "intermediate",
+        "advanced",
+    ]
     assert all(lv["steps"] == 1 for lv in meta["result"]["levels"])
     samples = pl.read_parquet(out / "samples.parquet")
     assert set(samples["task"]) == {"tags", "category", "key_info", "what_to_buy", "induction"}
@@ -73,11 +98,20 @@ def test_train_sft_tags_tiny(tmp_path: Path) -> None:
     again = CliRunner().invoke(root, args, catch_exceptions=False)  # finished: resumes, trains nothing
     assert again.exit_code == 0 and len((out / "log.jsonl").read_text().splitlines()) == 3
 
-
     # one self-training round from it: the trained model answers 2 users' prompts, the rules filter,
     # SFT again on the grown set; the round is recorded and a re-run does not redo it
-    st = ["train", "self-train", str(out), "--dataset", "bundled:ml-latest-small", "--users", "2",
-          "--threads", "1", "--no-progress"]  # fmt: skip
+    st = [
+        "train",
+        "self-train",
+        str(out),
+        "--dataset",
+        "bundled:ml-latest-small",
+        "--users",
+        "2",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     r = CliRunner().invoke(root, st, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     rounds = json.loads((out / "self-train" / "rounds.json").read_text())
@@ -92,8 +126,22 @@ def test_train_sft_tags_tiny(tmp_path: Path) -> None:
 
     # incremental learning on the last 120 days of the training logs, from the SFT model
     inc_out = tmp_path / "inc"
-    inc = ["train", "incremental", str(out / "merged"), "--dataset", "bundled:ml-latest-small", "--window-days",
-           "120", "--users", "2", "--threads", "1", "--out", str(inc_out), "--no-progress"]  # fmt: skip
+    inc = [
+        "train",
+        "incremental",
+        str(out / "merged"),
+        "--dataset",
+        "bundled:ml-latest-small",
+        "--window-days",
+        "120",
+        "--users",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(inc_out),
+        "--no-progress",
+    ]
     r = CliRunner().invoke(root, inc, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     summary = json.loads((inc_out / "incremental.json").read_text())

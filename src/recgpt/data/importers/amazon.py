@@ -44,8 +44,9 @@ def detect_prefix(src: Path) -> str:
     found = sorted(p.name.removesuffix(".text") for p in Path(src).glob("*.text"))
     if len(found) != 1:
         what = f"several: {found}" if found else "none"
-        raise DataError(f"need exactly one '<prefix>.text' file ({what}); pass prefix=...", file=src,
-                        field="prefix")
+        raise DataError(
+            f"need exactly one '<prefix>.text' file ({what}); pass --prefix", file=src, field="prefix"
+        )
     return found[0]
 
 
@@ -78,8 +79,9 @@ def _read_index(path: Path, key: str) -> dict[int, str]:
     bad = idx.is_null()
     if bad.any():
         i = int(bad.arg_max())  # type: ignore[arg-type]
-        raise DataError(f"cannot read {df['index'][i]!r} as an integer", file=path,
-                        line=int(df[LINE][i]), field="index")
+        raise DataError(
+            f"cannot read {df['index'][i]!r} as an integer", file=path, line=int(df[LINE][i]), field="index"
+        )
     check_unique(df.with_columns(idx), "index", path)
     return dict(zip(idx.to_list(), df[key].to_list(), strict=True))
 
@@ -88,7 +90,9 @@ def _ints(value: str, path: Path, line: int, field: str) -> list[int]:
     try:
         return [int(x) for x in value.split()]
     except ValueError:
-        raise DataError(f"expected integer indices, found {value!r}", file=path, line=line, field=field) from None
+        raise DataError(
+            f"expected integer indices, found {value!r}", file=path, line=line, field=field
+        ) from None
 
 
 def _read_inter(path: Path) -> list[tuple[int, int, list[int], int]]:
@@ -116,8 +120,12 @@ def rebuild_sequences(train: Path, valid: Path, test: Path) -> dict[int, list[in
         tail[f] = {}
         for line, u, hist, t in _read_inter(f):
             if u in tail[f]:
-                raise DataError(f"user index {u} has a second row (first on line {tail[f][u][0]})", file=f,
-                                line=line, field="user_id:token")
+                raise DataError(
+                    f"user index {u} has a second row (first on line {tail[f][u][0]})",
+                    file=f,
+                    line=line,
+                    field="user_id:token",
+                )
             tail[f][u] = (line, hist, t)
     all_rows = [r[2] for r in train_rows] + [r[1] for f in tail for r in tail[f].values()]
     max_len = max((len(h) for h in all_rows), default=0)
@@ -137,37 +145,51 @@ def rebuild_sequences(train: Path, valid: Path, test: Path) -> dict[int, list[in
             if hist != expected:
                 raise DataError(
                     f"user index {u}: history {hist[-5:]}... disagrees with the sequence rebuilt from the "
-                    f"earlier prefixes ({expected[-5:]}...)", file=f, line=line, field="item_id_list:token_seq")
+                    f"earlier prefixes ({expected[-5:]}...)",
+                    file=f,
+                    line=line,
+                    field="item_id_list:token_seq",
+                )
             seq.append(target)
         seqs[u] = seq
     return seqs
 
 
-def import_unisrec(src: Path, *, name: str | None = None, prefix: str | None = None,
-                   top_level: str = TOP_LEVEL) -> Dataset:
+def import_unisrec(
+    src: Path, *, name: str | None = None, prefix: str | None = None, top_level: str = TOP_LEVEL
+) -> Dataset:
     """A UniSRec-format folder (default: the Amazon *Scientific* release) -> a Dataset."""
     src = Path(src)
     prefix = prefix or detect_prefix(src)
-    f = {k: src / f"{prefix}.{k}" for k in ("text", "item2index", "user2index", "train.inter",
-                                            "valid.inter", "test.inter")}
+    f = {
+        k: src / f"{prefix}.{k}"
+        for k in ("text", "item2index", "user2index", "train.inter", "valid.inter", "test.inter")
+    }
 
     raw = read_delimited(f["text"], sep="\t", quoting=False, required=("item_id:token", "text:token_seq"))
     raw = raw.with_columns(as_str(raw, "item_id:token", f["text"], required=True))
     check_unique(raw, "item_id:token", f["text"])
     parsed = [split_text(t, top_level) for t in raw["text:token_seq"].fill_null("").to_list()]
     cats = [c.removeprefix(top_level).strip() for _, c, _, _ in parsed]
-    items = pl.DataFrame({
-        "item_id": raw["item_id:token"],
-        "title": [p[0].strip() or None for p in parsed],
-        "categories": [[c] if c else [] for c in cats],
-        "brand": [p[2] for p in parsed],
-        "attributes": attributes(raw.with_columns(pl.col("text:token_seq").str.strip_chars()),
-                                 {"unisrec_text": "text:token_seq"}),
-        LINE: raw[LINE],
-    }, schema_overrides={"categories": pl.List(pl.String())})
+    items = pl.DataFrame(
+        {
+            "item_id": raw["item_id:token"],
+            "title": [p[0].strip() or None for p in parsed],
+            "categories": [[c] if c else [] for c in cats],
+            "brand": [p[2] for p in parsed],
+            "attributes": attributes(
+                raw.with_columns(pl.col("text:token_seq").str.strip_chars()),
+                {"unisrec_text": "text:token_seq"},
+            ),
+            LINE: raw[LINE],
+        },
+        schema_overrides={"categories": pl.List(pl.String())},
+    )
     # UniSRec blanks any field over 2,000 characters, so a title can be empty: fall back to the raw text
     items = items.with_columns(pl.col("title").fill_null(raw["text:token_seq"].str.strip_chars()))
-    naive_clean = sum(len(t.strip().removesuffix(".").split(". ")) == 3 for t in raw["text:token_seq"].fill_null(""))
+    naive_clean = sum(
+        len(t.strip().removesuffix(".").split(". ")) == 3 for t in raw["text:token_seq"].fill_null("")
+    )
     ambiguous = sum(p[3] for p in parsed)
 
     item_of = _read_index(f["item2index"], "item_id")
@@ -175,23 +197,35 @@ def import_unisrec(src: Path, *, name: str | None = None, prefix: str | None = N
     known = set(items["item_id"].to_list())
     for index, asin in item_of.items():
         if asin not in known:
-            raise DataError(f"item {asin!r} (index {index}) has no row in {f['text'].name}", file=f["item2index"],
-                            field="item_id")
+            raise DataError(
+                f"item {asin!r} (index {index}) has no row in {f['text'].name}",
+                file=f["item2index"],
+                field="item_id",
+            )
 
     seqs = rebuild_sequences(f["train.inter"], f["valid.inter"], f["test.inter"])
     for u, seq in seqs.items():
         if u not in user_of:
-            raise DataError(f"user index {u} is not in {f['user2index'].name}", file=f["test.inter"],
-                            field="user_id:token")
+            raise DataError(
+                f"user index {u} is not in {f['user2index'].name}",
+                file=f["test.inter"],
+                field="user_id:token",
+            )
         unknown = [i for i in seq if i not in item_of]
         if unknown:
-            raise DataError(f"item index {unknown[0]} of user index {u} is not in {f['item2index'].name}",
-                            file=f["test.inter"], field="item_id:token")
+            raise DataError(
+                f"item index {unknown[0]} of user index {u} is not in {f['item2index'].name}",
+                file=f["test.inter"],
+                field="item_id:token",
+            )
     users = pl.DataFrame({"user_id": [user_of[u] for u in sorted(user_of)]})
     missing = set(user_of) - set(seqs)
     if missing:
-        raise DataError(f"{len(missing)} users have no interactions, e.g. index {min(missing)}",
-                        file=f["user2index"], field="user_id")
+        raise DataError(
+            f"{len(missing)} users have no interactions, e.g. index {min(missing)}",
+            file=f["user2index"],
+            field="user_id",
+        )
 
     user_col, item_col, ts_col = [], [], []
     for u in sorted(seqs):
@@ -199,13 +233,15 @@ def import_unisrec(src: Path, *, name: str | None = None, prefix: str | None = N
         user_col += [user_of[u]] * len(seq)
         item_col += [item_of[i] for i in seq]
         ts_col += [SYNTH_EPOCH + k * DAY for k in range(len(seq))]
-    events = pl.DataFrame({
-        "event_id": pl.int_range(0, len(user_col), dtype=pl.Int64(), eager=True),
-        "user_id": user_col,
-        "item_id": item_col,
-        "behavior": [Behavior.REVIEW.value] * len(user_col),
-        "timestamp": ts_col,
-    })
+    events = pl.DataFrame(
+        {
+            "event_id": pl.int_range(0, len(user_col), dtype=pl.Int64(), eager=True),
+            "user_id": user_col,
+            "item_id": item_col,
+            "behavior": [Behavior.REVIEW.value] * len(user_col),
+            "timestamp": ts_col,
+        }
+    )
 
     manifest = Manifest(
         name=name or f"amazon-{prefix.lower()}",
@@ -222,12 +258,20 @@ def import_unisrec(src: Path, *, name: str | None = None, prefix: str | None = N
         extra={
             "format": "unisrec",
             "prefix": prefix,
-            "text_split": {"rows": raw.height, "naive_three_parts": naive_clean, "ambiguous": ambiguous,
-                           "empty_category": sum(not c for c in cats)},
+            "text_split": {
+                "rows": raw.height,
+                "naive_three_parts": naive_clean,
+                "ambiguous": ambiguous,
+                "empty_category": sum(not c for c in cats),
+            },
             "max_sequence_length": max(len(s) for s in seqs.values()) if seqs else 0,
         },
     )
-    ds = Dataset.build(items, users, events, manifest,
-                       source_files={"items": str(f["text"]), "users": str(f["user2index"]),
-                                     "events": str(f["test.inter"])})
+    ds = Dataset.build(
+        items,
+        users,
+        events,
+        manifest,
+        source_files={"items": str(f["text"]), "users": str(f["user2index"]), "events": str(f["test.inter"])},
+    )
     return with_time_range(ds)

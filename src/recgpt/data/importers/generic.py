@@ -1,30 +1,11 @@
 """Generic importer: CSV / TSV / Parquet / JSONL files described by a column mapping.
 
-A mapping (a dict, or a JSON / TOML file) names, per table, the file and `target column -> source
-column`; a target left out is read from a source column of the same name when there is one::
-
-    [events]
-    file = "events.csv"            # relative to <src> (a folder); default: <src> itself if it is a file
-    timestamp_format = "epoch_s"   # epoch_s | epoch_ms | iso8601 | a strptime pattern like "%d/%m/%Y %H:%M"
-    behavior = "purchase"          # constant behaviour when there is no behavior column
-    columns = { user_id = "uid", item_id = "sku", timestamp = "ts", value = "rating" }
-
-    [items]                        # optional; without it use create_missing_items
-    file = "items.jsonl"
-    list_separator = "|"           # splits a text categories column (a JSON / Parquet list is used as is)
-    columns = { item_id = "sku", title = "name", categories = "path" }
-    attributes = ["color", "size"] # extra source columns kept in the attributes map
-
-    [users]                        # optional; without it users = the distinct user ids of the events
-    file = "users.csv"
-
-With <src> a folder, an unmapped table is read from `events.*` / `items.*` / `users.*` there, so a
-folder of same-named columns needs no mapping at all.
-
-Per table: `format` (csv, tsv, parquet, jsonl; default from the suffix), `delimiter`, `encoding`.
+The mapping format is `MAPPING_DOC` below: one text shown by `recgpt data import --help` and copied
+into the README (a test checks both, and imports its example), so the three cannot drift apart.
 Events are numbered (`event_id`) in file order. An event whose item (user) is not in the items
-(users) file is a `DataError` naming its line, unless `create_missing_items` (`create_missing_users`)
-is set, which adds a bare row (title = the id) and says so in the manifest.
+(users) file is a `DataError` naming its line, unless `create_missing_items` (`create_missing_users`;
+on the command line `--create-missing-items` / `--create-missing-users`) is set, which adds a bare
+row (title = the id) and says so in the manifest.
 """
 
 from __future__ import annotations
@@ -52,6 +33,54 @@ from recgpt.data.importers._io import (
     read_table,
     with_time_range,
 )
+
+MAPPING_DOC = """\
+A mapping file (--mapping, .toml or .json) names, per table, the file to
+read and which source column feeds each recgpt column. A recgpt column left
+out is read from a source column of the same name, so files whose headers
+already use the recgpt names need no mapping at all.
+
+Defaults: SRC is the events file, or a folder holding events.*, items.* and
+users.* (csv, tsv, parquet or jsonl; the format comes from the suffix).
+Without an items table, pass --create-missing-items to add every item the
+events name (title = its id). Without a users table, the users are the
+events' distinct user ids. Timestamps are epoch seconds. The dataset name
+(--name) defaults to the stem of SRC: events.csv is imported as "events".
+
+Required: events need user_id, timestamp, behavior (or a constant
+events.behavior) and item_id (or query, for searches); items need item_id
+and title (title is required: it is what the LLM reads); users need user_id.
+
+Example: recgpt data import generic shop/ --mapping shop.toml --out data/shop
+with shop.toml:
+
+    [events]
+    file = "orders.csv"           # relative to SRC (default: SRC itself)
+    timestamp_format = "iso8601"  # epoch_s (default), epoch_ms, iso8601,
+                                  # or a strptime pattern: "%d/%m/%Y %H:%M"
+    behavior = "purchase"         # constant: the file has no behavior column
+
+    [events.columns]              # also: query, value, text
+    user_id = "customer"
+    item_id = "sku"
+    timestamp = "ordered_at"
+
+    [items]                       # optional
+    file = "products.csv"
+    list_separator = ">"          # splits a text categories column ("|")
+    attributes = ["color", "size"]  # extra columns kept as attributes
+
+    [items.columns]               # also: brand, merchant, price, description
+    item_id = "sku"
+    title = "name"                # required
+    categories = "path"           # most general first: "Home>Lighting>Lamps"
+
+    [users]                       # optional; also: age, gender, location,
+    file = "customers.csv"        # occupation
+    columns = { user_id = "customer" }
+
+Any table also takes format (csv, tsv, parquet, jsonl), delimiter and
+encoding (default utf-8)."""
 
 EVENT_TARGETS = ("user_id", "item_id", "query", "behavior", "timestamp", "value", "text")
 ITEM_TARGETS = ("item_id", "title", "categories", "brand", "merchant", "price", "description")
@@ -297,9 +326,9 @@ def import_generic(
         ""
         if create_missing_items
         else (
-            "; add it to the items file or pass create_missing_items"
+            "; add it to the items file or pass --create-missing-items"
             if it_path
-            else "; no items file is mapped: set items.file or pass create_missing_items"
+            else "; no items file is mapped: set items.file in the mapping or pass --create-missing-items"
         )
     )
     check_known(
@@ -325,7 +354,7 @@ def import_generic(
             ev_path,
             field=ev_cols.get("user_id", "user_id"),
             what="user",
-            hint="" if create_missing_users else "; or pass create_missing_users",
+            hint="" if create_missing_users else "; add it to the users file or pass --create-missing-users",
         )
     else:
         users = pl.DataFrame({"user_id": events["user_id"].unique(maintain_order=True)})
