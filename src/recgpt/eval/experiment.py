@@ -7,7 +7,6 @@ the validation item. Seeds, versions and every validation candidate are recorded
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import time
@@ -24,6 +23,7 @@ from recgpt.data.interactions import Recommender
 from recgpt.data.ranking import mask_seen, topk
 from recgpt.data.split import EvalTask, Split, SplitConfig, make_split
 from recgpt.eval.metrics import evaluate_lists
+from recgpt.settings import settings
 
 
 @dataclass
@@ -200,7 +200,7 @@ def environment(seed: int) -> dict[str, Any]:
         "numpy": np.__version__,
         "polars": pl.__version__,
         "seed": seed,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "omp_num_threads": settings().omp_num_threads,
     }
     try:
         import torch

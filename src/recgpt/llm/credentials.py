@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import re
 from urllib.parse import urlparse
 
+from recgpt.settings import INSECURE_KEY_ENV as INSECURE_KEY_ENV  # re-export: callers import it here
+from recgpt.settings import settings
+
 REDACTED = "***"
-INSECURE_KEY_ENV = "RECGPT_ALLOW_INSECURE_KEY"
 
 # scheme://userinfo@ : greedy up to the last '@' before the path, as urllib splits a netloc.
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s?#]*)@")
@@ -88,7 +89,7 @@ def key_may_travel(url: str) -> bool:
     parsed = urlparse(url)
     if parsed.scheme.lower() == "https" or is_loopback(parsed.hostname or ""):
         return True
-    return os.environ.get(INSECURE_KEY_ENV, "").strip().lower() in ("1", "true", "yes")
+    return settings().allow_insecure_key
 
 
 __all__ = [

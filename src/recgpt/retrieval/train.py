@@ -279,15 +279,16 @@ def _fit_loop(
     valid: EvalTask | None, valid_labels: BehaviorLabels | None, progress: bool,
 ) -> tuple[list[dict[str, float]], dict[str, Any] | None, int]:
     """Epochs with a progress bar; returns the log, the best validation state (if any) and its epoch."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
+
+    from recgpt.progress import make_progress
 
     cfg, net = model.config, model.net
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(batches.train.item_idx)
     history: list[dict[str, float]] = []
     best, best_state, best_epoch, bad = -1.0, None, cfg.epochs, 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress, transient=False) as bar:
+    with make_progress(Console(), progress) as bar:
         task_id = bar.add_task("tri-tower", total=cfg.epochs)
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()

@@ -56,10 +56,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from rich import progress as rp
+from rich.console import Console
 
 from recgpt.behavior.report import write_parquet_atomic
 from recgpt.data.atomic import write_json_atomic
+from recgpt.progress import make_progress
 from recgpt.training.data import LEVELS, SAMPLE_SCHEMA, SampleError, to_chat, validate_samples
 from recgpt.training.report import log_callback, loss_ends, read_log, truncate_log, write_report
 
@@ -484,8 +485,7 @@ def run_sft(
     meta = _prepare_out(out, config, samples, base, resume)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(base))
     result = SFTResult(out_dir=out, base_model=base, adapter_dir=out / "adapter", merged_dir=None)
-    bar = rp.Progress(rp.TextColumn("  {task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                      rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), console=console, disable=not progress)
+    bar = make_progress(console or Console(), progress)
     adapter: Path | None = None
     with bar, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 deprecation chatter

@@ -28,21 +28,16 @@ from recgpt.llm.backends import file_sha256
 from recgpt.llm.backends.streaming import completed
 from recgpt.llm.models import default_model_path as default_model_path  # re-export: its old home
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
+from recgpt.settings import settings
 
 _LOOSE_CHAR = r'char ::= [^"\\]'
 _STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
 
 
 def default_threads() -> int:
-    """`RECGPT_LLM_THREADS` if set, else 1 (safe when other processes share the cores)."""
-    raw = os.environ.get("RECGPT_LLM_THREADS", "1")
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"RECGPT_LLM_THREADS must be an integer, got {raw!r}") from None
-    if n < 1:
-        raise ValueError(f"RECGPT_LLM_THREADS must be >= 1, got {n}")
-    return n
+    """`RECGPT_LLM_THREADS` if set, else 1 (safe when other processes share the cores); `recgpt.settings`
+    parses it (a bad value is a `SettingsError`, a `ValueError`, naming the variable)."""
+    return settings().llm_threads
 
 
 class _Runner:

@@ -22,7 +22,6 @@ used as given, but `model_id` and error texts carry them redacted.
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import threading
@@ -35,6 +34,7 @@ from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 from recgpt.llm.backends.streaming import completed
 from recgpt.llm.credentials import INSECURE_KEY_ENV, is_loopback, is_redacted, key_may_travel, redact
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
+from recgpt.settings import api_key, settings
 
 StructuredMode = Literal["json_schema", "json_object", "auto"]
 _LADDERS: dict[str, tuple[str, ...]] = {
@@ -63,7 +63,7 @@ def choose_api_key(base_url: str | None, api_key_env: str = "OPENAI_API_KEY") ->
     LAN, and a server that does need the key answers 401, which the warning has explained.
     """
     url = base_url or _DEFAULT_URL
-    key = os.environ.get(api_key_env)
+    key = api_key(api_key_env)
     if key and not key_may_travel(url):
         shown = redact(url)
         if shown not in _WARNED:
@@ -121,7 +121,7 @@ class OpenAIBackend(Backend):
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if structured not in _LADDERS:
             raise ValueError(f"structured must be one of {sorted(_LADDERS)}, got {structured!r}")
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        base_url = base_url or settings().openai_base_url
         if base_url and is_redacted(base_url):
             raise ValueError(
                 f"the URL {base_url} holds a redacted credential (a spec read back from a run folder, where "

@@ -34,6 +34,7 @@ from typing import Any
 
 from recgpt.llm.backends import file_sha256
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput, SamplingParams
+from recgpt.settings import settings
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _MARKER = "recgpt-gguf-source.json"  # written last into a converted folder: its presence means complete
@@ -42,10 +43,7 @@ _HASH_SKIP_SUFFIXES = (".md", ".txt", ".lock")
 
 def recgpt_cache_dir() -> Path:
     """`RECGPT_CACHE_DIR`, else `$XDG_CACHE_HOME/recgpt`, else `~/.cache/recgpt`."""
-    base = os.environ.get("RECGPT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "recgpt"
-    )
-    return Path(base)
+    return settings().cache_dir
 
 
 def folder_digest(folder: str | os.PathLike[str]) -> str:

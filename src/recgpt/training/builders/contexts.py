@@ -186,10 +186,11 @@ def progress_bar(enabled: bool, what: str, total: int) -> Iterator[Any]:
     if not enabled:
         yield lambda n=1: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
 
-    with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:  # fmt: skip
+    from recgpt.progress import make_progress
+
+    with make_progress(Console(), transient=True) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n=1: bar.advance(task, n)
 
