@@ -1,6 +1,6 @@
 """`RunConfig`: everything that shapes one run of the RecGPT chain, in one validated object.
 
-Each stage hashes only the parts of the config it reads (see `stages.STAGES`), so changing, say,
+Each stage's key covers only the config fields it declares (see `stages.RECGPT`), so changing, say,
 `tags.count` re-runs LLM_IT and what follows it but keeps the tri-tower. Runtime-only choices
 (progress bars, which console, an injected backend) are arguments of `run_pipeline`, not config:
 they never change an artifact.
@@ -36,8 +36,8 @@ class LLMSettings(BaseModel):
     """Which LLM backend serves the intent stages, and how hard it may use the machine.
 
     `spec` follows `recgpt.llm.make_backend` (`llamacpp`, `llamacpp:/m.gguf`, `openai:MODEL@URL`,
-    `transformers:PATH`, `fake`). `threads` / `workers` / `n_ctx` apply to the embedded llama.cpp
-    backend only. `cache`: a shared SQLite cache path (default `runs/<name>/llm-cache.sqlite`).
+    `transformers:PATH`, `fake`). `threads` / `workers` / `n_ctx` are generic backend options: each
+    backend takes those it understands (llama.cpp all three, transformers `threads`). `cache`: a shared SQLite cache path (default `runs/<name>/llm-cache.sqlite`).
     `stages` gives one LLM stage its own backend: the paper's chain has three models (LLM_UI for
     interests, LLM_IT for tags, LLM_RE for explanations), so e.g. `{"tags": "transformers:out/merged"}`
     serves an aligned LLM_IT while the other stages keep `spec`. With a shared `cache`, a run that
@@ -90,6 +90,10 @@ class LLMSettings(BaseModel):
         """The most of `stage`'s users (or pairs) that may be on fallback before the stage fails."""
         v = self.max_fallback_share
         return float(v.get(stage, 0.2)) if isinstance(v, dict) else float(v)
+
+    def backend_options(self) -> dict[str, Any]:
+        """The generic options of `recgpt.llm.make_backend` (each backend keeps those it understands)."""
+        return {"threads": self.threads, "workers": self.workers, "n_ctx": self.n_ctx}
 
     def spec_for(self, stage: str | None = None) -> str:
         """The backend spec that serves `stage` (its override, else `spec`)."""

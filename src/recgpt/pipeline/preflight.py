@@ -13,7 +13,7 @@ from recgpt.data.dataset import Dataset
 from recgpt.llm.backends import BackendUnavailable, check_spec
 from recgpt.llm.credentials import redact
 from recgpt.pipeline.config import RunConfig
-from recgpt.pipeline.stages import STAGE_NAMES, STAGES
+from recgpt.pipeline.stages import RECGPT
 
 
 class PreflightError(ValueError):
@@ -21,19 +21,13 @@ class PreflightError(ValueError):
 
 
 def check_until(until: str | None) -> None:
-    if until is not None and until not in STAGE_NAMES:
-        raise PreflightError(f"--until {until!r}: not a stage; stages: {', '.join(STAGE_NAMES)}")
+    if until is not None and until not in RECGPT.names:
+        raise PreflightError(f"--until {until!r}: not a stage; stages: {', '.join(RECGPT.names)}")
 
 
 def llm_specs(cfg: RunConfig, until: str | None = None) -> dict[str, str]:
     """LLM stage -> backend spec, for the LLM stages this run reaches (none with `--until split`)."""
-    out: dict[str, str] = {}
-    for stage in STAGES:
-        if stage.llm:
-            out[stage.name] = cfg.llm.spec_for(stage.name)
-        if stage.name == until:
-            break
-    return out
+    return {stage.name: cfg.llm.spec_for(stage.name) for stage in RECGPT.until(until) if stage.llm}
 
 
 def check_catalogue(cfg: RunConfig, n_items: int) -> None:
@@ -62,8 +56,7 @@ def preflight(cfg: RunConfig, dataset: Dataset, *, until: str | None = None, che
 
 def reached(until: str | None) -> list[str]:
     """The stages a run with this `until` runs or skips, in order."""
-    names = list(STAGE_NAMES)
-    return names[: names.index(until) + 1] if until else names
+    return [s.name for s in RECGPT.until(until)]
 
 
 def has_categories(dataset: Dataset) -> bool:
