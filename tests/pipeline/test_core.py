@@ -42,12 +42,20 @@ class _Res:
         pass
 
 
-def _toy(first: Any, second: Any, second_config: tuple[str, ...] = ("ks",),
-         second_reads: tuple[str, ...] = ("a/t",)) -> Pipeline:  # fmt: skip
-    return Pipeline("toy", RunConfig, (
-        Stage("a", "00_a", first, config=("seed",)),
-        Stage("b", "01_b", second, reads=second_reads, config=second_config),
-    ))  # fmt: skip
+def _toy(
+    first: Any,
+    second: Any,
+    second_config: tuple[str, ...] = ("ks",),
+    second_reads: tuple[str, ...] = ("a/t",),
+) -> Pipeline:
+    return Pipeline(
+        "toy",
+        RunConfig,
+        (
+            Stage("a", "00_a", first, config=("seed",)),
+            Stage("b", "01_b", second, reads=second_reads, config=second_config),
+        ),
+    )
 
 
 def _write_t(ctx: StageContext) -> dict[str, Any]:
@@ -87,7 +95,7 @@ def test_an_undeclared_config_field_or_input_fails_loudly(tmp_path: Path) -> Non
 def test_a_dotted_declaration_opens_that_field_only(tmp_path: Path) -> None:
     def reads_fusion(ctx: StageContext) -> dict[str, Any]:
         k = ctx.config.fusion.k
-        with pytest.raises(UndeclaredConfig, match="fusion.beta"):
+        with pytest.raises(UndeclaredConfig, match=r"fusion\.beta"):
             ctx.config.fusion.beta  # noqa: B018
         return {"k": k}
 
@@ -112,7 +120,9 @@ def test_keys_are_derived_from_the_declarations(tmp_path: Path) -> None:
     rec = RECGPT.keys(cfg, "fp")
     assert RECGPT.keys(k2, "fp")["fusion"] != rec["fusion"]
     epochs = cfg.model_copy(update={"tritower": dataclasses.replace(cfg.tritower, epochs=1)})
-    assert RECGPT.keys(epochs, "fp")["tags"] == rec["tags"] and RECGPT.keys(epochs, "fp")["eval"] != rec["eval"]
+    assert (
+        RECGPT.keys(epochs, "fp")["tags"] == rec["tags"] and RECGPT.keys(epochs, "fp")["eval"] != rec["eval"]
+    )
 
 
 def test_a_pipeline_checks_its_order() -> None:
@@ -130,22 +140,32 @@ def test_every_recgpt_stage_fails_without_its_declarations(slice_path: Path, tmp
     from recgpt.pipeline import run as run_mod
 
     cfg = fast_config(slice_path, tmp_path)
-    run_mod.run_pipeline(cfg, backend=fake_backend(), encoder=HashEncoder(), console=QUIET, progress=False,
-                         until="interests")  # fmt: skip
+    run_mod.run_pipeline(
+        cfg, backend=fake_backend(), encoder=HashEncoder(), console=QUIET, progress=False, until="interests"
+    )
     tags = RECGPT.stage("tags")
-    for broken in (dataclasses.replace(tags, config=("llm:tags",)),
-                   dataclasses.replace(tags, config=("tags",)),
-                   dataclasses.replace(tags, reads=("interests/interests", "compress/compressed"))):  # fmt: skip
+    for broken in (
+        dataclasses.replace(tags, config=("llm:tags",)),
+        dataclasses.replace(tags, config=("tags",)),
+        dataclasses.replace(tags, reads=("interests/interests", "compress/compressed")),
+    ):
         pipe = Pipeline("recgpt", RunConfig, tuple(broken if s.name == "tags" else s for s in RECGPT.stages))
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(run_mod, "RECGPT", pipe)
             with pytest.raises((UndeclaredConfig, UndeclaredInput)):
-                run_mod.run_pipeline(cfg, backend=fake_backend(), encoder=HashEncoder(), console=QUIET,
-                                     progress=False, until="tags")  # fmt: skip
+                run_mod.run_pipeline(
+                    cfg,
+                    backend=fake_backend(),
+                    encoder=HashEncoder(),
+                    console=QUIET,
+                    progress=False,
+                    until="tags",
+                )
 
 
-def test_no_stage_recomputes_an_upstream_output(slice_path: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_no_stage_recomputes_an_upstream_output(
+    slice_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The compressor runs once (stage 01); eval scores the very lists stages 07 and 08 wrote."""
     from recgpt.behavior import BehaviorCompressor
     from recgpt.pipeline import run_pipeline
@@ -166,7 +186,9 @@ def test_no_stage_recomputes_an_upstream_output(slice_path: Path, tmp_path: Path
     monkeypatch.setattr(RecGPTChannel, "candidates", candidates)
     cfg = fast_config(slice_path, tmp_path)
     console = Console(record=True, width=200)
-    summary = run_pipeline(cfg, backend=fake_backend(), encoder=HashEncoder(), console=console, progress=False)
+    summary = run_pipeline(
+        cfg, backend=fake_backend(), encoder=HashEncoder(), console=console, progress=False
+    )
     assert calls == {"compress": 1, "candidates": 1}
     run = summary.run_dir
     lists = pl.read_parquet(run / "09_eval/lists.parquet")
@@ -182,7 +204,11 @@ def test_no_stage_recomputes_an_upstream_output(slice_path: Path, tmp_path: Path
 
 
 def test_import_recgpt_pipeline_loads_no_heavy_library() -> None:
-    code = ("import sys, recgpt.pipeline; heavy = ('torch', 'faiss', 'transformers', 'llama_cpp', "
-            "'sentence_transformers'); print(json.dumps([m for m in heavy if m in sys.modules]))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    code = (
+        "import sys, recgpt.pipeline; heavy = ('torch', 'faiss', 'transformers', 'llama_cpp', "
+        "'sentence_transformers'); print(json.dumps([m for m in heavy if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout) == []

@@ -25,8 +25,9 @@ def test_a_fresh_run_writes_the_golden_tables(slice_path: Path, tmp_path: Path) 
     if not GOLDEN.exists():
         pytest.skip(f"{GOLDEN.name} is not stored yet (the digests of the pre-change code)")
     cfg = fast_config(slice_path, tmp_path)
-    summary = run_pipeline(cfg, backend=fake_backend(), encoder=HashEncoder(), console=Console(quiet=True),
-                           progress=False)  # fmt: skip
+    summary = run_pipeline(
+        cfg, backend=fake_backend(), encoder=HashEncoder(), console=Console(quiet=True), progress=False
+    )
     golden = json.loads(GOLDEN.read_text())
     got = table_digests(summary.run_dir)
     assert same_tables(golden, got) == []

@@ -36,7 +36,9 @@ def _run(cfg: RunConfig, backend: Any) -> RunSummary:
 
 
 @pytest.fixture(scope="module")
-def first_run(slice_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, RunSummary, Any]:
+def first_run(
+    slice_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[RunConfig, RunSummary, Any]:
     cfg = fast_config(slice_path, tmp_path_factory.mktemp("runs"))
     backend = fake_backend()
     return cfg, _run(cfg, backend), backend
@@ -48,11 +50,14 @@ def test_every_stage_writes_its_contract_tables(first_run: tuple[RunConfig, RunS
     assert all(o.status == "ran" for o in summary.outcomes) and backend.generate_calls > 0
     run = summary.run_dir
     contracts = {
-        "03_interests/interests": INTERESTS_SCHEMA, "03_interests/failures": FAILURES_SCHEMA,
-        "04_tags/tags": TAGS_SCHEMA, "05_phi/tag_categories": TAG_CATEGORY_SCHEMA,
-        "07_candidates/candidates": CANDIDATE_SCHEMA, "08_fusion/fused": CANDIDATE_SCHEMA,
+        "03_interests/interests": INTERESTS_SCHEMA,
+        "03_interests/failures": FAILURES_SCHEMA,
+        "04_tags/tags": TAGS_SCHEMA,
+        "05_phi/tag_categories": TAG_CATEGORY_SCHEMA,
+        "07_candidates/candidates": CANDIDATE_SCHEMA,
+        "08_fusion/fused": CANDIDATE_SCHEMA,
         "10_explanations/explanations": EXPLANATIONS_SCHEMA,
-    }  # fmt: skip
+    }
     for name, schema in contracts.items():
         assert pl.read_parquet(run / f"{name}.parquet").columns == list(schema), name
     for stage in STAGE_NAMES:
@@ -60,7 +65,12 @@ def test_every_stage_writes_its_contract_tables(first_run: tuple[RunConfig, RunS
     users = pl.read_parquet(run / "00_split/users.parquet")["user_id"].to_list()
     assert len(users) == cfg.users
     # every user-specific table covers exactly the sampled users
-    for name in ("01_compress/compressed", "03_interests/interests", "04_tags/tags", "07_candidates/candidates"):
+    for name in (
+        "01_compress/compressed",
+        "03_interests/interests",
+        "04_tags/tags",
+        "07_candidates/candidates",
+    ):
         assert sorted(pl.read_parquet(run / f"{name}.parquet")["user_id"].unique()) == users, name
     cand = pl.read_parquet(run / "07_candidates/candidates.parquet")
     assert cand["tag"].is_not_null().all() and cand["interest"].is_not_null().all()  # provenance kept
@@ -116,8 +126,9 @@ def test_a_killed_llm_stage_resumes_from_the_cache(slice_path: Path, tmp_path: P
     assert (interests_dir / "done.json").exists()
 
 
-def test_a_leaky_context_aborts_the_llm_stage(slice_path: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_leaky_context_aborts_the_llm_stage(
+    slice_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import recgpt.pipeline.stages as stages_mod
 
     real = stages_mod.contexts_from_tables
@@ -147,7 +158,10 @@ def test_config_is_validated(slice_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="beta"):
         fast_config(slice_path, tmp_path, fusion={"beta": 2.0})
     assert parse_assignments(["tags.count=5", "fusion.beta=0.7", "llm.spec=openai:m@http://x/v1"]) == {
-        "tags": {"count": 5}, "fusion": {"beta": 0.7}, "llm": {"spec": "openai:m@http://x/v1"}}
+        "tags": {"count": 5},
+        "fusion": {"beta": 0.7},
+        "llm": {"spec": "openai:m@http://x/v1"},
+    }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_assignments(["tags.count"])
     q = quickstart_config(users=10)
@@ -158,10 +172,14 @@ def test_unknown_dataset_folder_is_a_clear_error(tmp_path: Path) -> None:
     from recgpt.data.errors import DataError
 
     with pytest.raises(DataError):
-        run_pipeline(RunConfig(dataset=str(tmp_path / "missing"), runs_dir=tmp_path), console=QUIET, progress=False)
+        run_pipeline(
+            RunConfig(dataset=str(tmp_path / "missing"), runs_dir=tmp_path), console=QUIET, progress=False
+        )
 
 
-def test_the_guard_tolerates_duplicate_titles_but_still_catches_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_guard_tolerates_duplicate_titles_but_still_catches_leaks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A held-out item whose title is also the title of an item the user saw (ml-100k lists 18 films
     twice; Amazon variants share their cut titles) cannot be told apart from it: not a leak. Any other
     held-out title still is."""
@@ -175,7 +193,9 @@ def test_the_guard_tolerates_duplicate_titles_but_still_catches_leaks(monkeypatc
     twin = toy_mod.ITEMS["s3"][0]  # u1's held-out test item
     monkeypatch.setitem(toy_mod.ITEMS, "s1", (twin, ["Sci-Fi"]))  # u1 saw a twin listing of it
     sp = make_split(toy_mod.toy_dataset())
-    titles = dict(zip(sp.dataset.items["item_id"].to_list(), sp.dataset.items["title"].to_list(), strict=True))
+    titles = dict(
+        zip(sp.dataset.items["item_id"].to_list(), sp.dataset.items["title"].to_list(), strict=True)
+    )
     assert shadowed_items(sp, sp.test, "u1", titles, alias=clean_title) == {"s3"}
 
     def request(user: str, history: str) -> Any:
@@ -210,8 +230,14 @@ def test_one_llm_stage_can_have_its_own_backend(slice_path: Path, tmp_path: Path
 
     res = Resources(tuned, Dataset.load(slice_path), RunStore(tmp_path / "r"))
     made: list[str] = []
-    res.make_engine = lambda spec, ledger=None: made.append(spec) or type(  # type: ignore[method-assign]
-        "E", (), {"spec": spec, "ledger": ledger if ledger is not None else object(), "close": lambda self: None})()
+    res.make_engine = lambda spec, ledger=None: (
+        made.append(spec)
+        or type(  # type: ignore[method-assign]
+            "E",
+            (),
+            {"spec": spec, "ledger": ledger if ledger is not None else object(), "close": lambda self: None},
+        )()
+    )
     interests = res.engine("interests")
     assert res.engine("explanations") is interests and interests.spec == "fake"
     tags_engine = res.engine("tags")

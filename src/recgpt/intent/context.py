@@ -106,7 +106,9 @@ def build_contexts(
     out = []
     for u in user_ids:
         hist = task.asof.history(u).filter(pl.col("item_id").is_not_null())
-        seen = tuple((clean_title(titles[i] or ""), int(t)) for i, t in hist.select("item_id", "timestamp").iter_rows())
+        seen = tuple(
+            (clean_title(titles[i] or ""), int(t)) for i, t in hist.select("item_id", "timestamp").iter_rows()
+        )
         out.append(UserContext(
             user_id=u, asof_ts=task.asof.point(u)[0], attributes=attrs.get(u, {}), history=compressed[u],
             pool=tuple(matched.get(u, ())), items=seen,
@@ -128,7 +130,9 @@ def contexts_from_tables(
 ) -> list[UserContext]:
     """Contexts built from a run's stored tables (compressed histories, pool matches): what the intent
     stages and the judge use, so no one runs the compressor a second time."""
-    return build_contexts(task, dataset, user_ids, histories=stored_histories(compressed), pool_matches=pool_matches)
+    return build_contexts(
+        task, dataset, user_ids, histories=stored_histories(compressed), pool_matches=pool_matches
+    )
 
 
 def history_tail(text: str, max_chars: int | None) -> str:

@@ -132,13 +132,17 @@ def make_samples(
     for i, row in enumerate(rows):
         unknown = set(row) - ROW_KEYS
         if unknown:
-            raise ValueError(f"{task} sample row {i}: unknown field(s) {sorted(unknown)}; valid: {sorted(ROW_KEYS)}")
+            raise ValueError(
+                f"{task} sample row {i}: unknown field(s) {sorted(unknown)}; valid: {sorted(ROW_KEYS)}"
+            )
         output = row.get("output")
         if not isinstance(output, str) or not output.strip():
             raise ValueError(f"{task} sample row {i}: 'output' must be a non-empty string, got {output!r}")
         if task == "tags" and not row.get("interest"):
             raise ValueError(f"tags sample row {i}: a tag needs its linked 'interest'")
-        if task == "explanations" and not (row.get("interest") and (row.get("item") or row.get("item_title"))):
+        if task == "explanations" and not (
+            row.get("interest") and (row.get("item") or row.get("item_title"))
+        ):
             raise ValueError(f"explanations sample row {i}: needs 'interest' and 'item' (or 'item_title')")
         as_of = None if row.get("as_of") is None else int(row["as_of"])
         sid = sample_id(task, row.get("user_id"), as_of, row.get("interest"), row.get("item_id"), output)
@@ -246,11 +250,11 @@ class OpenedRun:
             from recgpt.llm import LLMCache, LLMEngine, make_backend
 
             llm = self.llm
-            backend = make_backend(str(llm.get("spec", "llamacpp")),
-                                   options={k: llm[k] for k in ("threads", "workers", "n_ctx") if k in llm})  # fmt: skip
+            options = {k: llm[k] for k in ("threads", "workers", "n_ctx") if k in llm}
+            backend = make_backend(str(llm.get("spec", "llamacpp")), options=options)
             extra = {k: llm[k] for k in ("max_retries", "chunk_size", "max_tokens_growth") if k in llm}
-            self._engine = LLMEngine(backend, cache=LLMCache(llm.get("cache") or self.run_dir / "llm-cache.sqlite"),
-                                     progress=self.progress, **extra)  # fmt: skip
+            cache = LLMCache(llm.get("cache") or self.run_dir / "llm-cache.sqlite")
+            self._engine = LLMEngine(backend, cache=cache, progress=self.progress, **extra)
         return self._engine
 
     def close(self) -> None:
@@ -259,15 +263,22 @@ class OpenedRun:
             self._engine = None
 
 
-def open_run(run_dir: str | Path, *, llm: Mapping[str, Any] | None = None, progress: bool = False,
-             console: Console | None = None) -> OpenedRun:  # fmt: skip
+def open_run(
+    run_dir: str | Path,
+    *,
+    llm: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    console: Console | None = None,
+) -> OpenedRun:
     """An existing run folder (wherever it now lives); `llm` overrides fields of the run's LLM settings
     (e.g. {"spec": "llamacpp", "workers": 2}) to judge with another model. `console` is unused (kept for
     callers that pass one)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} is missing: {run_dir} is not a run folder (run `recgpt run` first)")
+        raise FileNotFoundError(
+            f"{cfg_path} is missing: {run_dir} is not a run folder (run `recgpt run` first)"
+        )
     config = dict(json.loads(cfg_path.read_text()))
     if llm:
         config["llm"] = {**(config.get("llm") or {}), **llm}
@@ -321,8 +332,13 @@ def samples_from_state(
         _guard(state, fields)
     parts = []
     if "interests" in tables:
-        rows = [{**fields[u], "output": name} for u, name in tables["interests"].select("user_id", "interest").iter_rows()]
-        parts.append(make_samples("interests", rows, source=source, created_at=_finished_at(state, "interests")))
+        rows = [
+            {**fields[u], "output": name}
+            for u, name in tables["interests"].select("user_id", "interest").iter_rows()
+        ]
+        parts.append(
+            make_samples("interests", rows, source=source, created_at=_finished_at(state, "interests"))
+        )
     if "tags" in tables:
         rows = [{**fields[u], "output": tag, "interest": interest}
                 for u, tag, interest in tables["tags"].select("user_id", "tag", "interest").iter_rows()]  # fmt: skip
@@ -334,11 +350,15 @@ def samples_from_state(
         rows = [{"output": text, "interest": interest, "item_id": iid, "item": item_label(meta[iid]),
                  "item_title": meta[iid]["title"]}
                 for interest, iid, text in tables["explanations"].select("interest", "item_id", "explanation").iter_rows()]  # fmt: skip
-        parts.append(make_samples("explanations", rows, source=source, created_at=_finished_at(state, "explanations")))
+        parts.append(
+            make_samples("explanations", rows, source=source, created_at=_finished_at(state, "explanations"))
+        )
     return pl.concat(parts) if parts else pl.DataFrame(schema=SAMPLES_SCHEMA)
 
 
-def samples_from_run(run_dir: str | Path, tasks: Sequence[str] = TASKS, *, llm_only: bool = True) -> pl.DataFrame:
+def samples_from_run(
+    run_dir: str | Path, tasks: Sequence[str] = TASKS, *, llm_only: bool = True
+) -> pl.DataFrame:
     """Judge samples of a finished run folder (`runs/<name>`)."""
     state = open_run(run_dir)
     return samples_from_state(state, tasks, llm_only=llm_only)
@@ -355,12 +375,12 @@ def sample_per_task(samples: pl.DataFrame, n: int | None, seed: int = 0) -> pl.D
 
 __all__ = [
     "SAMPLES_SCHEMA",
+    "OpenedRun",
     "build_context",
     "check_samples",
     "context_fields",
     "facts_of",
     "make_samples",
-    "OpenedRun",
     "open_run",
     "sample_id",
     "sample_per_task",

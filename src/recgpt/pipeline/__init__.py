@@ -28,17 +28,36 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from recgpt.pipeline.config import LLMSettings, RunConfig, load_config, parse_assignments, quickstart_config
+    from recgpt.pipeline.config import (
+        LLMSettings,
+        RunConfig,
+        load_config,
+        parse_assignments,
+        quickstart_config,
+    )
     from recgpt.pipeline.core import Pipeline, Stage, StageContext
+    from recgpt.pipeline.report import print_results
     from recgpt.pipeline.run import RunSummary, StageOutcome, default_console, run_pipeline
     from recgpt.pipeline.stages import RECGPT, STAGE_NAMES, STAGES
 
 _EXPORTS = {
-    "LLMSettings": "config", "RunConfig": "config", "load_config": "config", "parse_assignments": "config",
-    "quickstart_config": "config", "Pipeline": "core", "Stage": "core", "StageContext": "core",
-    "RunSummary": "run", "StageOutcome": "run", "default_console": "run", "run_pipeline": "run",
-    "RECGPT": "stages", "STAGES": "stages", "STAGE_NAMES": "stages", "print_results": "report",
-}  # fmt: skip
+    "LLMSettings": "config",
+    "RunConfig": "config",
+    "load_config": "config",
+    "parse_assignments": "config",
+    "quickstart_config": "config",
+    "Pipeline": "core",
+    "Stage": "core",
+    "StageContext": "core",
+    "RunSummary": "run",
+    "StageOutcome": "run",
+    "default_console": "run",
+    "run_pipeline": "run",
+    "RECGPT": "stages",
+    "STAGES": "stages",
+    "STAGE_NAMES": "stages",
+    "print_results": "report",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -47,4 +66,21 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"recgpt.pipeline.{_EXPORTS[name]}"), name)
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "RECGPT",
+    "STAGES",
+    "STAGE_NAMES",
+    "LLMSettings",
+    "Pipeline",
+    "RunConfig",
+    "RunSummary",
+    "Stage",
+    "StageContext",
+    "StageOutcome",
+    "default_console",
+    "load_config",
+    "parse_assignments",
+    "print_results",
+    "quickstart_config",
+    "run_pipeline",
+]

@@ -93,10 +93,13 @@ class Pipeline:
         folders: set[str] = set()
         for st in self.stages:
             if st.name in seen or st.folder in folders:
-                raise ValueError(f"pipeline {self.name!r}: stage {st.name!r} / folder {st.folder!r} is not unique")
+                raise ValueError(
+                    f"pipeline {self.name!r}: stage {st.name!r} / folder {st.folder!r} is not unique"
+                )
             if missing := [n for n in st.needs if n not in seen]:
-                raise ValueError(f"pipeline {self.name!r}: stage {st.name!r} reads {missing}, which do not run "
-                                 f"before it")  # fmt: skip
+                raise ValueError(
+                    f"pipeline {self.name!r}: stage {st.name!r} reads {missing}, which do not run before it"
+                )
             seen.add(st.name)
             folders.add(st.folder)
 
@@ -156,9 +159,12 @@ def config_values(cfg: Any, paths: Iterable[str]) -> dict[str, Any]:
 
 def stage_key(stage: Stage, cfg: Any, upstream: Mapping[str, str], fingerprint: str) -> str:
     """A stage's cache key, derived from its declarations (see the module docstring)."""
-    payload: dict[str, Any] = {"stage": stage.name, "version": stage.version,
-                               "config": config_values(cfg, stage.config),
-                               "needs": {n: upstream[n] for n in stage.needs}}  # fmt: skip
+    payload: dict[str, Any] = {
+        "stage": stage.name,
+        "version": stage.version,
+        "config": config_values(cfg, stage.config),
+        "needs": {n: upstream[n] for n in stage.needs},
+    }
     if not stage.needs:
         payload["dataset"] = fingerprint
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
@@ -168,7 +174,7 @@ def stage_key(stage: Stage, cfg: Any, upstream: Mapping[str, str], fingerprint: 
 class ConfigView:
     """Read-only view of a config that lets a stage read only what it declared."""
 
-    __slots__ = ("_obj", "_allowed", "_stage", "_prefix")
+    __slots__ = ("_allowed", "_obj", "_prefix", "_stage")
 
     def __init__(self, obj: Any, allowed: Iterable[str], stage: str, prefix: str = "") -> None:
         object.__setattr__(self, "_obj", obj)
@@ -182,8 +188,10 @@ class ConfigView:
             return getattr(self._obj, name)
         if any(a.startswith(path + ".") for a in self._allowed):
             return ConfigView(getattr(self._obj, name), self._allowed, self._stage, path + ".")
-        raise UndeclaredConfig(f"stage {self._stage!r} reads config {path!r} without declaring it: add it to "
-                               f"the stage's `config` (it is part of the stage's cache key)")  # fmt: skip
+        raise UndeclaredConfig(
+            f"stage {self._stage!r} reads config {path!r} without declaring it: add it to "
+            f"the stage's `config` (it is part of the stage's cache key)"
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("the config of a stage is read-only")
@@ -195,8 +203,16 @@ class ConfigView:
 class StageContext:
     """What one stage function sees: its config view, declared inputs, its own folder, resources."""
 
-    def __init__(self, stage: Stage, cfg: Any, store: RunStore, resources: Any, *,
-                 console: Console | None = None, progress: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stage: Stage,
+        cfg: Any,
+        store: RunStore,
+        resources: Any,
+        *,
+        console: Console | None = None,
+        progress: bool = False,
+    ) -> None:
         self.stage, self.store, self.resources = stage, store, resources
         self.config = ConfigView(cfg, stage.config, stage.name)
         self._cfg = cfg
@@ -210,8 +226,10 @@ class StageContext:
 
     def _check(self, stage: str, table: str) -> None:
         if stage != self.stage.name and not self.stage.reads_table(stage, table):
-            raise UndeclaredInput(f"stage {self.stage.name!r} reads {stage}/{table} without declaring it: add "
-                                  f"'{stage}/{table}' to the stage's `reads`")  # fmt: skip
+            raise UndeclaredInput(
+                f"stage {self.stage.name!r} reads {stage}/{table} without declaring it: add "
+                f"'{stage}/{table}' to the stage's `reads`"
+            )
 
     def read(self, stage: str, table: str) -> pl.DataFrame:
         self._check(stage, table)
@@ -234,14 +252,18 @@ class StageContext:
         """The LLM engine serving `key` (default: this stage); needs the `"llm:<key>"` declaration."""
         key = key or self.stage.name
         if f"llm:{key}" not in self.stage.config:
-            raise UndeclaredConfig(f"stage {self.stage.name!r} asks the LLM of {key!r} without declaring "
-                                   f"'llm:{key}' in its `config`")  # fmt: skip
+            raise UndeclaredConfig(
+                f"stage {self.stage.name!r} asks the LLM of {key!r} without declaring "
+                f"'llm:{key}' in its `config`"
+            )
         return self.resources.engine(key)
 
     def declared(self, path: str) -> Any:
         """The value at a declared config path, including `"section:key"` identities (as in the key)."""
         if path not in self.stage.config:
-            raise UndeclaredConfig(f"stage {self.stage.name!r} reads {path!r} without declaring it in its `config`")
+            raise UndeclaredConfig(
+                f"stage {self.stage.name!r} reads {path!r} without declaring it in its `config`"
+            )
         return resolve(self._cfg, path)
 
     def finished(self) -> dict[str, dict[str, Any]]:

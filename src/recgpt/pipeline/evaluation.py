@@ -35,8 +35,19 @@ from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.runner import fallback_from_markers
 from recgpt.pipeline.tables import fill_lists, table_lists
 
-HEADLINE = ("NDCG@10", "HR@10", "MRR@10", "HR@50", "CatDiv@10", "Coverage@10", "Gini@10", "Novelty@10",
-            "ILD@10", "TagHR@10", "TagHR@30")  # fmt: skip
+HEADLINE = (
+    "NDCG@10",
+    "HR@10",
+    "MRR@10",
+    "HR@50",
+    "CatDiv@10",
+    "Coverage@10",
+    "Gini@10",
+    "Novelty@10",
+    "ILD@10",
+    "TagHR@10",
+    "TagHR@30",
+)
 LOWER_BETTER = frozenset({"Gini@10"})
 CHANNEL_ROWS = ("recgpt", "fused", "user-tower")
 
@@ -46,8 +57,14 @@ def throughput(markers: dict[str, dict[str, Any]], users: int) -> list[dict[str,
     out = []
     for name, m in markers.items():
         s = float(m["seconds"])
-        out.append({"stage": name, "seconds": round(s, 2), "users": users,
-                    "users_per_min": round(users / s * 60, 1) if s > 0 else None})  # fmt: skip
+        out.append(
+            {
+                "stage": name,
+                "seconds": round(s, 2),
+                "users": users,
+                "users_per_min": round(users / s * 60, 1) if s > 0 else None,
+            }
+        )
     return out
 
 
@@ -63,8 +80,9 @@ class _TowerCosine:
         return hu @ self.model.item_vectors().T
 
 
-def _stored_run(name: str, params: dict[str, Any], recs: np.ndarray, res: Resources, ks: tuple[int, ...],
-                seconds: float) -> ModelRun:  # fmt: skip
+def _stored_run(
+    name: str, params: dict[str, Any], recs: np.ndarray, res: Resources, ks: tuple[int, ...], seconds: float
+) -> ModelRun:
     return ModelRun(name, params, [], list_metrics(res.split, res.task, recs, ks), 0.0, seconds, recs)
 
 
@@ -81,19 +99,34 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
     tuned = ctx.stats("fusion")
     params, validation = tuned["baseline_params"], tuned["validation"]
     models = list(dict.fromkeys([cfg.baseline, *cfg.compare]))
-    exp_cfg = ExperimentConfig(models=models, split=cfg.split, ks=cfg.ks, seed=cfg.seed, tune=True,
-                               model_params={cfg.baseline: params})  # fmt: skip
+    exp_cfg = ExperimentConfig(
+        models=models,
+        split=cfg.split,
+        ks=cfg.ks,
+        seed=cfg.seed,
+        tune=True,
+        model_params={cfg.baseline: params},
+    )
     with Progress(console=ctx.console, disable=not ctx.progress) as bar:
         base = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar)
     baseline_recs = next(r.recs for r in base.runs if r.name == cfg.baseline)
     t0 = time.perf_counter()
     cosine = recommend(cast(Any, _TowerCosine(user_tower)), task, k_max, mask=True)
-    stored = fill_lists(table_lists(ctx.read("candidates", "candidates"), task.user_ids, split.item_pos), cosine, k_max)
-    runs = [_stored_run("recgpt", dataclasses.asdict(cfg.fusion), stored, res, cfg.ks, time.perf_counter() - t0)]
+    stored = fill_lists(
+        table_lists(ctx.read("candidates", "candidates"), task.user_ids, split.item_pos), cosine, k_max
+    )
+    runs = [
+        _stored_run("recgpt", dataclasses.asdict(cfg.fusion), stored, res, cfg.ks, time.perf_counter() - t0)
+    ]
     t0 = time.perf_counter()
-    fused = fill_lists(table_lists(ctx.read("fusion", "fused"), task.user_ids, split.item_pos), baseline_recs, k_max)
-    runs.append(_stored_run("fused", {"share": cfg.share, "k": cfg.fusion.k}, fused, res, cfg.ks,
-                            time.perf_counter() - t0))  # fmt: skip
+    fused = fill_lists(
+        table_lists(ctx.read("fusion", "fused"), task.user_ids, split.item_pos), baseline_recs, k_max
+    )
+    runs.append(
+        _stored_run(
+            "fused", {"share": cfg.share, "k": cfg.fusion.k}, fused, res, cfg.ks, time.perf_counter() - t0
+        )
+    )
     t0 = time.perf_counter()
     recs = recommend(user_tower, task, k_max, mask=True)
     runs.append(_stored_run("user-tower", user_tower.params, recs, res, cfg.ks, time.perf_counter() - t0))
@@ -104,12 +137,21 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
         if r.name in ("recgpt", "fused"):
             r.test.update({k: v for k, v in phi["llm_tags"].items() if k.startswith("TagHR@")})
     ctx.write("lists", lists_frame(runs, task.user_ids, split.item_ids))
-    result = ExperimentResult(dataset=res.dataset.manifest.name, config=exp_cfg, runs=runs,
-                              n_users_test=len(task), n_items=split.train.n_items,
-                              item_exposure_base=split.train.item_popularity, env=environment(cfg.seed))  # fmt: skip
+    result = ExperimentResult(
+        dataset=res.dataset.manifest.name,
+        config=exp_cfg,
+        runs=runs,
+        n_users_test=len(task),
+        n_items=split.train.n_items,
+        item_exposure_base=split.train.item_popularity,
+        env=environment(cfg.seed),
+    )
     markers = ctx.finished()
     payload = results_payload(
-        ctx, result, phi, throughput({n: m for n, m in markers.items() if n != ctx.stage.name}, len(res.users))
+        ctx,
+        result,
+        phi,
+        throughput({n: m for n, m in markers.items() if n != ctx.stage.name}, len(res.users)),
     )
     path = ctx.store.run_dir / "results.json"
     write_json_atomic(path, payload)
@@ -122,12 +164,22 @@ def lists_frame(runs: list[ModelRun], user_ids: list[str], item_ids: np.ndarray)
     for r in runs:
         n, k = r.recs.shape
         valid = r.recs >= 0
-        frames.append(pl.DataFrame({
-            "model": [r.name] * int(valid.sum()),
-            "user_id": np.repeat(np.asarray(user_ids, dtype=object), k)[valid.ravel()].tolist(),
-            "rank": np.tile(np.arange(1, k + 1), n)[valid.ravel()].tolist(),
-            "item_id": item_ids[r.recs[valid]].tolist(),
-        }, schema={"model": pl.String(), "user_id": pl.String(), "rank": pl.Int64(), "item_id": pl.String()}))  # fmt: skip
+        frames.append(
+            pl.DataFrame(
+                {
+                    "model": [r.name] * int(valid.sum()),
+                    "user_id": np.repeat(np.asarray(user_ids, dtype=object), k)[valid.ravel()].tolist(),
+                    "rank": np.tile(np.arange(1, k + 1), n)[valid.ravel()].tolist(),
+                    "item_id": item_ids[r.recs[valid]].tolist(),
+                },
+                schema={
+                    "model": pl.String(),
+                    "user_id": pl.String(),
+                    "rank": pl.Int64(),
+                    "item_id": pl.String(),
+                },
+            )
+        )
     return pl.concat(frames)
 
 
@@ -137,19 +189,28 @@ def bar_check(rows: dict[str, dict[str, float]], baselines: list[str]) -> dict[s
     best = max(baselines, key=lambda b: rows[b]["NDCG@10"])
     f, b = rows["fused"], rows[best]
     ratio = f["NDCG@10"] / b["NDCG@10"] if b["NDCG@10"] > 0 else float("nan")
-    checks = {"ndcg_within_5pct": bool(ratio >= 0.95), "catdiv_up": f["CatDiv@10"] > b["CatDiv@10"],
-              "coverage_up": f["Coverage@10"] > b["Coverage@10"], "gini_down": f["Gini@10"] < b["Gini@10"]}  # fmt: skip
+    checks = {
+        "ndcg_within_5pct": bool(ratio >= 0.95),
+        "catdiv_up": f["CatDiv@10"] > b["CatDiv@10"],
+        "coverage_up": f["Coverage@10"] > b["Coverage@10"],
+        "gini_down": f["Gini@10"] < b["Gini@10"],
+    }
     return {"best_baseline": best, "fused_over_best_ndcg": ratio, **checks, "met": all(checks.values())}
 
 
-def results_payload(ctx: StageContext, result: ExperimentResult, phi: dict[str, Any],
-                    stages: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+def results_payload(
+    ctx: StageContext, result: ExperimentResult, phi: dict[str, Any], stages: list[dict[str, Any]]
+) -> dict[str, Any]:
     """What `results.json` holds (module docstring)."""
     res, cfg = cast(Resources, ctx.resources), ctx.config
     split, n = res.split, len(res.users)
     rows = {r.name: r.test for r in result.runs}
     baselines = [r.name for r in result.runs if r.name not in CHANNEL_ROWS]
-    note = f"metrics on a seeded sample of {n} of {len(split.test)} test users" if n < len(split.test) else "all test users"
+    note = (
+        f"metrics on a seeded sample of {n} of {len(split.test)} test users"
+        if n < len(split.test)
+        else "all test users"
+    )
     return {
         "dataset": result.dataset,
         "run": ctx.store.run_dir.name,
@@ -159,15 +220,23 @@ def results_payload(ctx: StageContext, result: ExperimentResult, phi: dict[str, 
         "llm": ctx.declared("llm:")["spec"],
         "fusion": {"beta": cfg.fusion.beta, "share": cfg.share, "baseline": cfg.baseline},
         "table": [{"model": r.name, **{c: r.test.get(c) for c in HEADLINE}} for r in result.runs],
-        "models": [{"name": r.name, "params": r.params, "validation": r.validation, "test": r.test,
-                    "score_s": round(r.score_s, 3)} for r in result.runs],
+        "models": [
+            {
+                "name": r.name,
+                "params": r.params,
+                "validation": r.validation,
+                "test": r.test,
+                "score_s": round(r.score_s, 3),
+            }
+            for r in result.runs
+        ],
         "tag_hr": {"llm_tags": phi["llm_tags"], "history_tags": phi["history_tags"]},
         "bar": bar_check(rows, baselines),
         # explanations run later: the report stage adds them
         "llm_fallback": fallback_from_markers(ctx.finished(), ctx.resources.cfg),
         "throughput": stages,
         "env": result.env,
-    }  # fmt: skip
+    }
 
 
 def load_result(lists: pl.DataFrame, res: Resources, payload: dict[str, Any]) -> ExperimentResult:
@@ -184,10 +253,24 @@ def load_result(lists: pl.DataFrame, res: Resources, payload: dict[str, Any]) ->
         recs[rows, cols] = [res.split.item_pos[i] for i in g["item_id"]]
         runs.append(ModelRun(m["name"], m["params"], m["validation"], m["test"], 0.0, m["score_s"], recs))
     exp_cfg = ExperimentConfig(models=[r.name for r in runs], split=cfg.split, ks=cfg.ks, seed=cfg.seed)
-    return ExperimentResult(dataset=payload["dataset"], config=exp_cfg, runs=runs, n_users_test=len(users),
-                            n_items=res.split.train.n_items, item_exposure_base=res.split.train.item_popularity,
-                            env=payload.get("env", {}))  # fmt: skip
+    return ExperimentResult(
+        dataset=payload["dataset"],
+        config=exp_cfg,
+        runs=runs,
+        n_users_test=len(users),
+        n_items=res.split.train.n_items,
+        item_exposure_base=res.split.train.item_popularity,
+        env=payload.get("env", {}),
+    )
 
 
-__all__ = ["HEADLINE", "LOWER_BETTER", "bar_check", "evaluate_channels", "lists_frame", "load_result",
-           "results_payload", "throughput"]  # fmt: skip
+__all__ = [
+    "HEADLINE",
+    "LOWER_BETTER",
+    "bar_check",
+    "evaluate_channels",
+    "lists_frame",
+    "load_result",
+    "results_payload",
+    "throughput",
+]

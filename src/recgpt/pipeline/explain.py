@@ -15,10 +15,21 @@ from recgpt.pipeline.core import StageContext
 from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.runner import fallback_stats
 
-PAIR_SCHEMA = {"user_id": pl.String(), "rank": pl.Int64(), "item_id": pl.String(), "interest": pl.String(),
-               "category": pl.String(), "score": pl.Float64()}  # fmt: skip
-EMPTY_EXPLANATIONS = {"interest": pl.String(), "item_id": pl.String(), "explanation": pl.String(),
-                      "template": pl.String(), "fallback": pl.Boolean()}  # fmt: skip
+PAIR_SCHEMA = {
+    "user_id": pl.String(),
+    "rank": pl.Int64(),
+    "item_id": pl.String(),
+    "interest": pl.String(),
+    "category": pl.String(),
+    "score": pl.Float64(),
+}
+EMPTY_EXPLANATIONS = {
+    "interest": pl.String(),
+    "item_id": pl.String(),
+    "explanation": pl.String(),
+    "template": pl.String(),
+    "fallback": pl.Boolean(),
+}
 
 
 def explanation_pairs(config: Any, phi: Any, top: pl.DataFrame, interests: pl.DataFrame) -> pl.DataFrame:
@@ -37,8 +48,16 @@ def explanation_pairs(config: Any, phi: Any, top: pl.DataFrame, interests: pl.Da
             options = by_item.get(iid, [])
             own = [o for o in options if producer is not None and o[0] == producer]
             best = own[0] if own else max(options, key=lambda o: o[2], default=None)
-            rows.append({"user_id": u, "rank": rank, "item_id": iid, "interest": best[0] if best else None,
-                         "category": best[1] if best else None, "score": best[2] if best else None})  # fmt: skip
+            rows.append(
+                {
+                    "user_id": u,
+                    "rank": rank,
+                    "item_id": iid,
+                    "interest": best[0] if best else None,
+                    "category": best[1] if best else None,
+                    "score": best[2] if best else None,
+                }
+            )
     return pl.DataFrame(rows, schema=PAIR_SCHEMA)
 
 
@@ -52,17 +71,26 @@ def run_explanations(ctx: StageContext) -> dict[str, Any]:
     pairs = slots.filter(pl.col("interest").is_not_null()).select("interest", "item_id", "category", "score")
     pairs = pairs.unique(subset=["interest", "item_id"], keep="first", maintain_order=True)
     items = res.dataset.items
-    table = (generate_explanations(config, ctx.engine(), pairs, items, res.untrusted) if pairs.height
-             else pl.DataFrame(schema=EMPTY_EXPLANATIONS))  # fmt: skip
+    table = (
+        generate_explanations(config, ctx.engine(), pairs, items, res.untrusted)
+        if pairs.height
+        else pl.DataFrame(schema=EMPTY_EXPLANATIONS)
+    )
     serving = ExplanationTable(table, items, config, popularity=res.popularity, untrusted=res.untrusted)
     got = [serving.get(i, iid) for i, iid in slots.select("interest", "item_id").iter_rows()]
     served = (
         top.select("user_id", "rank", "item_id", "channel", "tag", pl.col("interest").alias("producer"))
-        .join(slots.select("user_id", "rank", pl.col("interest").alias("explained_interest")),
-              on=["user_id", "rank"], how="left", maintain_order="left")
-        .with_columns(pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
-                      pl.Series("item_only", [g[1] for g in got], dtype=pl.Boolean()))
-    )  # fmt: skip
+        .join(
+            slots.select("user_id", "rank", pl.col("interest").alias("explained_interest")),
+            on=["user_id", "rank"],
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns(
+            pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
+            pl.Series("item_only", [g[1] for g in got], dtype=pl.Boolean()),
+        )
+    )
     ctx.write("pairs", pairs)
     ctx.write("explanations", table)
     ctx.write("served", served)

@@ -34,8 +34,10 @@ def check_catalogue(cfg: RunConfig, n_items: int) -> None:
     """The lists the run ranks (`ks`, `fusion.k`) must fit in the catalogue; a clear error names both."""
     for option, k in (("ks", max(cfg.ks)), ("fusion.k", cfg.fusion.k)):
         if k > n_items:
-            raise PreflightError(f"{option}: cut-off K={k} is larger than the catalogue ({n_items} items); "
-                                 f"use --set {option}=... with values <= {n_items}")  # fmt: skip
+            raise PreflightError(
+                f"{option}: cut-off K={k} is larger than the catalogue ({n_items} items); "
+                f"use --set {option}=... with values <= {n_items}"
+            )
 
 
 def preflight(cfg: RunConfig, dataset: Dataset, *, until: str | None = None, check_llm: bool = True) -> None:
@@ -50,8 +52,10 @@ def preflight(cfg: RunConfig, dataset: Dataset, *, until: str | None = None, che
                 raise PreflightError(redact(f"{option} {spec!r}: {e}")) from None
     check_catalogue(cfg, dataset.items.height)
     if "phi" in reached(until) and not has_categories(dataset):
-        raise PreflightError(f"dataset {cfg.dataset}: no item has a category; stage 'phi' (tag -> category) needs "
-                             f"them (map an items column to 'categories' at import, or stop with --until tags)")  # fmt: skip
+        raise PreflightError(
+            f"dataset {cfg.dataset}: no item has a category; stage 'phi' (tag -> category) needs "
+            f"them (map an items column to 'categories' at import, or stop with --until tags)"
+        )
 
 
 def reached(until: str | None) -> list[str]:

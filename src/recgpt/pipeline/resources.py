@@ -198,9 +198,15 @@ class Resources:
         llm = self.cfg.llm
         backend = self._backend or make_backend(spec, options=llm.backend_options())
         cache = LLMCache(llm.cache or self.store.run_dir / "llm-cache.sqlite")
-        return LLMEngine(backend, cache=cache, ledger=ledger, max_retries=llm.max_retries,
-                         chunk_size=llm.chunk_size, max_tokens_growth=llm.max_tokens_growth,
-                         progress=self.progress)  # fmt: skip
+        return LLMEngine(
+            backend,
+            cache=cache,
+            ledger=ledger,
+            max_retries=llm.max_retries,
+            chunk_size=llm.chunk_size,
+            max_tokens_growth=llm.max_tokens_growth,
+            progress=self.progress,
+        )
 
     def llm_stats(self, stage: str) -> StageStats | None:
         first = next(iter(self._engines.values()), None)

@@ -44,15 +44,25 @@ def run_pipeline(
     preflight(cfg, dataset, until=until, check_llm=backend is None)
     store = RunStore(cfg.run_dir(dataset.manifest.name), RECGPT.folders)
     res = Resources(cfg, dataset, store, progress=progress, backend=backend, encoder=encoder)
-    return run_stages(RECGPT, cfg, store, res, console=console, progress=progress, until=until,
-                      on_start=lambda: _announce_sample(res, console))  # fmt: skip
+    return run_stages(
+        RECGPT,
+        cfg,
+        store,
+        res,
+        console=console,
+        progress=progress,
+        until=until,
+        on_start=lambda: _announce_sample(res, console),
+    )
 
 
 def _announce_sample(res: Resources, console: Console) -> None:
     n, total = len(res.users), len(res.split.test)
     if n < total:
-        console.print(f"[yellow]sampled {n:,} of {total:,} test users (seed {res.cfg.seed}); "
-                      f"every metric below is on this sample[/yellow]")  # fmt: skip
+        console.print(
+            f"[yellow]sampled {n:,} of {total:,} test users (seed {res.cfg.seed}); "
+            f"every metric below is on this sample[/yellow]"
+        )
     else:
         console.print(f"all {total:,} test users")
 

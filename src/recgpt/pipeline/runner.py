@@ -71,9 +71,15 @@ class RunSummary:
 
     def throughput(self) -> list[dict[str, Any]]:
         """Seconds and sampled users per minute of every stage (a skipped stage: its last run)."""
-        return [{"stage": o.name, "seconds": round(o.seconds, 2), "users": self.users,
-                 "users_per_min": round(self.users / o.seconds * 60, 1) if o.seconds > 0 else None}
-                for o in self.outcomes]  # fmt: skip
+        return [
+            {
+                "stage": o.name,
+                "seconds": round(o.seconds, 2),
+                "users": self.users,
+                "users_per_min": round(self.users / o.seconds * 60, 1) if o.seconds > 0 else None,
+            }
+            for o in self.outcomes
+        ]
 
 
 class StageFailed(RuntimeError):
@@ -138,7 +144,9 @@ def fallback_from_markers(markers: dict[str, dict[str, Any]], cfg: Any) -> dict[
     return out
 
 
-def finished_markers(pipeline: Pipeline, store: RunStore, llm_only: bool = False) -> dict[str, dict[str, Any]]:
+def finished_markers(
+    pipeline: Pipeline, store: RunStore, llm_only: bool = False
+) -> dict[str, dict[str, Any]]:
     """The markers of the pipeline's finished stages, in order."""
     stages = [s for s in pipeline.stages if s.llm or not llm_only]
     return {s.name: m for s in stages if (m := store.marker(s.name)) is not None}
@@ -155,8 +163,13 @@ def fallback_table(fallback: dict[str, dict[str, Any]]) -> Table:
     for c in ("stage", "on fallback", "share", "limit", "reasons"):
         t.add_column(c, justify="left" if c in ("stage", "reasons") else "right")
     for name, f in fallback.items():
-        t.add_row(name, f"{f['fallback']} / {f['asked']}", f"{f['fallback_share']:.1%}", f"{f['limit']:.0%}",
-                  _counts(f["fallback_reasons"]) or "-")  # fmt: skip
+        t.add_row(
+            name,
+            f"{f['fallback']} / {f['asked']}",
+            f"{f['fallback_share']:.1%}",
+            f"{f['limit']:.0%}",
+            _counts(f["fallback_reasons"]) or "-",
+        )
     return t
 
 
@@ -223,11 +236,20 @@ def run_stages(
     finally:
         resources.close()
         lock.release()
-    return RunSummary(run_dir, outcomes, ledger, calls, time.perf_counter() - started, resources.units(), fallback)
+    return RunSummary(
+        run_dir, outcomes, ledger, calls, time.perf_counter() - started, resources.units(), fallback
+    )
 
 
-def _run_one(stage: Stage, key: str, cfg: Any, store: RunStore, resources: RunResources, console: Console,
-             progress: bool) -> StageOutcome:  # fmt: skip
+def _run_one(
+    stage: Stage,
+    key: str,
+    cfg: Any,
+    store: RunStore,
+    resources: RunResources,
+    console: Console,
+    progress: bool,
+) -> StageOutcome:
     head = f"[bold]{stage.folder}[/bold] {stage.title}"
     marker = store.marker(stage.name)
     if marker is not None and marker.get("hash") == key:
@@ -242,12 +264,25 @@ def _run_one(stage: Stage, key: str, cfg: Any, store: RunStore, resources: RunRe
     if stage.llm and (line := check_llm_stage(stage.name, stats, llm, cfg.llm.fallback_limit(stage.name))):
         console.print(f"  {line}")  # StageFailed above (no marker) on transport failures or too much fallback
     n = resources.units()
-    store.write_marker(stage.name, {
-        "stage": stage.name, "hash": key, "version": stage.version, "config": config_values(cfg, stage.config),
-        "needs": list(stage.needs), "reads": list(stage.reads), "seconds": seconds, "users": n,
-        "finished_at": time.time(), "stats": stats, "llm": llm,
-    })  # fmt: skip
-    console.print(f"  done in {seconds:.1f} s ({n / seconds * 60:,.0f} users/min)" if seconds > 0 else "  done")
+    store.write_marker(
+        stage.name,
+        {
+            "stage": stage.name,
+            "hash": key,
+            "version": stage.version,
+            "config": config_values(cfg, stage.config),
+            "needs": list(stage.needs),
+            "reads": list(stage.reads),
+            "seconds": seconds,
+            "users": n,
+            "finished_at": time.time(),
+            "stats": stats,
+            "llm": llm,
+        },
+    )
+    console.print(
+        f"  done in {seconds:.1f} s ({n / seconds * 60:,.0f} users/min)" if seconds > 0 else "  done"
+    )
     return StageOutcome(stage.name, stage.folder, "ran", seconds, stats)
 
 

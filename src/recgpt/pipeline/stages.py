@@ -107,7 +107,16 @@ def run_compress(ctx: StageContext) -> dict[str, Any]:
         t = bar.add_task("compressing histories", total=len(res.users))
         results = comp.compress_many(view, res.users, on_done=lambda n: bar.advance(t, n))
     report = compression_report(view, results, comp)
-    columns = ("user_id", "asof_ts", "text", "tokens", "full_tokens", "n_events", "n_reliable", "dropped_events")
+    columns = (
+        "user_id",
+        "asof_ts",
+        "text",
+        "tokens",
+        "full_tokens",
+        "n_events",
+        "n_reliable",
+        "dropped_events",
+    )
     ctx.write("compressed", pl.DataFrame({c: [getattr(r, c) for r in results] for c in columns}))
     ctx.write("report", report)
     return summarize(report, [cfg.compression.budget])
@@ -141,7 +150,9 @@ def guarded_engine(ctx: StageContext) -> GuardedEngine:
     return GuardedEngine(ctx.engine(), res.split, res.task)
 
 
-def failure_stats(table: pl.DataFrame, failures: pl.DataFrame, users: int, fallback: pl.Expr) -> dict[str, Any]:
+def failure_stats(
+    table: pl.DataFrame, failures: pl.DataFrame, users: int, fallback: pl.Expr
+) -> dict[str, Any]:
     """Rows and failures of a per-user LLM stage; a user counts as on fallback when the LLM gave
     them nothing usable (one `failures` row each: the request failed or post-processing emptied it)."""
     per_user = table.group_by("user_id").len()["len"]
@@ -212,7 +223,9 @@ def run_tritower(ctx: StageContext) -> dict[str, Any]:
     from recgpt.retrieval.train import train_on_split
 
     res, cfg = _res(ctx), ctx.config
-    out = train_on_split(res.split, cfg.tritower, embed=res.encoder(cfg.embedder).encode, progress=ctx.progress)
+    out = train_on_split(
+        res.split, cfg.tritower, embed=res.encoder(cfg.embedder).encode, progress=ctx.progress
+    )
     out.model.save(ctx.out_dir / "model")
     ItemIndex.build(out.model.item_vectors(), threads=1).save(ctx.out_dir / "index")
     ctx.write("history", pl.DataFrame(out.history))
@@ -299,37 +312,112 @@ RECGPT = Pipeline(
     "recgpt",
     RunConfig,
     (
-        Stage("split", "00_split", run_split, config=("split", "users", "seed"), title="split and user sample"),
-        Stage("compress", "01_compress", run_compress, reads=("split/users",),
-              config=("compression", "tokenizer"), title="behaviour compression (B_u)"),
-        Stage("pool", "02_pool", run_pool, reads=("split/users",), config=("pool", "embedder"),
-              title="interest pool (I_m)"),
-        Stage("interests", "03_interests", run_interests, reads=("compress/compressed", "pool/matches"),
-              config=("interests", "embedder", "llm:interests"), llm=True, title="LLM_UI interests"),
-        Stage("tags", "04_tags", run_tags, reads=("interests/interests", "compress/compressed", "pool/matches"),
-              config=("tags", "llm:tags"), llm=True, title="LLM_IT tags"),
-        Stage("phi", "05_phi", run_phi, reads=("tags/tags",), config=("phi", "embedder"),
-              title="φ tag -> category, tag HR"),
-        Stage("tritower", "06_tritower", run_tritower, reads=("split/users",), config=("tritower", "embedder"),
-              title="tri-tower training (train split)"),
-        Stage("candidates", "07_candidates", run_candidates, reads=("tritower/*", "tags/tags"),
-              config=("fusion", "embedder"), title="RecGPT channel retrieval"),
-        Stage("fusion", "08_fusion", run_fusion, reads=("candidates/candidates",),
-              config=("baseline", "share", "ks", "split", "seed", "fusion.k"), title="baseline channel + fused list"),
-        Stage("eval", "09_eval", run_eval,
-              reads=("fusion/*", "candidates/candidates", "tritower/*", "phi/*"),
-              config=("compare", "ks", "baseline", "split", "seed", "fusion", "embedder", "share", "llm:"),
-              title="evaluation"),
-        Stage("explanations", "10_explanations", run_explanations, reads=("fusion/fused", "interests/interests"),
-              config=("explanations", "explain_top", "llm:explanations", "phi", "embedder"), llm=True,
-              title="LLM_RE explanations"),
-        Stage("report", "11_report", run_report,
-              reads=("eval/*", "explanations/served", "compress/compressed", "pool/matches",
-                     "interests/interests", "tags/tags", "phi/tag_categories", "fusion/fused", "split/users"),
-              config=("report_users", "seed", "share", "baseline", "fusion.beta", "ks", "split"),
-              title="HTML report"),
+        Stage(
+            "split", "00_split", run_split, config=("split", "users", "seed"), title="split and user sample"
+        ),
+        Stage(
+            "compress",
+            "01_compress",
+            run_compress,
+            reads=("split/users",),
+            config=("compression", "tokenizer"),
+            title="behaviour compression (B_u)",
+        ),
+        Stage(
+            "pool",
+            "02_pool",
+            run_pool,
+            reads=("split/users",),
+            config=("pool", "embedder"),
+            title="interest pool (I_m)",
+        ),
+        Stage(
+            "interests",
+            "03_interests",
+            run_interests,
+            reads=("compress/compressed", "pool/matches"),
+            config=("interests", "embedder", "llm:interests"),
+            llm=True,
+            title="LLM_UI interests",
+        ),
+        Stage(
+            "tags",
+            "04_tags",
+            run_tags,
+            reads=("interests/interests", "compress/compressed", "pool/matches"),
+            config=("tags", "llm:tags"),
+            llm=True,
+            title="LLM_IT tags",
+        ),
+        Stage(
+            "phi",
+            "05_phi",
+            run_phi,
+            reads=("tags/tags",),
+            config=("phi", "embedder"),
+            title="φ tag -> category, tag HR",
+        ),
+        Stage(
+            "tritower",
+            "06_tritower",
+            run_tritower,
+            reads=("split/users",),
+            config=("tritower", "embedder"),
+            title="tri-tower training (train split)",
+        ),
+        Stage(
+            "candidates",
+            "07_candidates",
+            run_candidates,
+            reads=("tritower/*", "tags/tags"),
+            config=("fusion", "embedder"),
+            title="RecGPT channel retrieval",
+        ),
+        Stage(
+            "fusion",
+            "08_fusion",
+            run_fusion,
+            reads=("candidates/candidates",),
+            config=("baseline", "share", "ks", "split", "seed", "fusion.k"),
+            title="baseline channel + fused list",
+        ),
+        Stage(
+            "eval",
+            "09_eval",
+            run_eval,
+            reads=("fusion/*", "candidates/candidates", "tritower/*", "phi/*"),
+            config=("compare", "ks", "baseline", "split", "seed", "fusion", "embedder", "share", "llm:"),
+            title="evaluation",
+        ),
+        Stage(
+            "explanations",
+            "10_explanations",
+            run_explanations,
+            reads=("fusion/fused", "interests/interests"),
+            config=("explanations", "explain_top", "llm:explanations", "phi", "embedder"),
+            llm=True,
+            title="LLM_RE explanations",
+        ),
+        Stage(
+            "report",
+            "11_report",
+            run_report,
+            reads=(
+                "eval/*",
+                "explanations/served",
+                "compress/compressed",
+                "pool/matches",
+                "interests/interests",
+                "tags/tags",
+                "phi/tag_categories",
+                "fusion/fused",
+                "split/users",
+            ),
+            config=("report_users", "seed", "share", "baseline", "fusion.beta", "ks", "split"),
+            title="HTML report",
+        ),
     ),
-)  # fmt: skip
+)
 STAGES = RECGPT.stages
 STAGE_NAMES = RECGPT.names
 

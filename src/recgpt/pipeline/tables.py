@@ -41,7 +41,9 @@ class StoredCandidates:
         self.model = _Ids(np.asarray(split.user_ids).astype(str), np.asarray(split.item_ids).astype(str))
         pos = split.item_pos
         self._lists: dict[str, list[Any]] = {}
-        rows = table.sort("user_id", "rank").select("user_id", "item_id", "score", "tag", "interest_id", "interest")
+        rows = table.sort("user_id", "rank").select(
+            "user_id", "item_id", "score", "tag", "interest_id", "interest"
+        )
         for u, iid, score, tag, interest_id, interest in rows.iter_rows():
             self._lists.setdefault(u, []).append(Candidate(pos[iid], score, tag, interest_id, interest))
 
