@@ -18,7 +18,7 @@ from recgpt.baselines.base import Interactions, Recommender
 from recgpt.baselines.itemknn import history_matrix, top_neighbors
 from recgpt.baselines.markov import MarkovChain
 from recgpt.baselines.registry import RECOMMENDERS, get_recommender, is_available, load_recommender_class
-from recgpt.eval.ranking import mask_seen, topk
+from recgpt.data.ranking import mask_seen, topk
 
 N_USERS, GROUPS, GROUP_SIZE = 60, 4, 10
 N_ITEMS = GROUPS * GROUP_SIZE

@@ -8,7 +8,7 @@ import torch
 
 from recgpt.baselines.base import Interactions
 from recgpt.baselines.sasrec import SASRec, _seen_mask, _use_prefixes, _windows
-from recgpt.eval.ranking import mask_seen, topk
+from recgpt.data.ranking import mask_seen, topk
 
 N_ITEMS = 30
 TINY = {
@@ -122,7 +122,7 @@ def test_loss_mask_seen_trains_for_the_masked_protocol() -> None:
     hists = [s[:-1] for s in _cyclic(n_users=60, seed=1)]
     targets = np.array([s[-1] for s in _cyclic(n_users=60, seed=1)])
     scores = model.score(np.arange(60), hists)
-    assert np.isfinite(scores).all()  # masking stays with recgpt.eval.ranking
+    assert np.isfinite(scores).all()  # masking stays with recgpt.data.ranking
     top5 = topk(mask_seen(scores, hists), 5)
     assert (top5 == targets[:, None]).any(axis=1).mean() > 0.8
 

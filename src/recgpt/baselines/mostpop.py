@@ -57,7 +57,7 @@ def check_train(train: Interactions) -> None:
 class MostPop(Recommender):
     """Score = number of training interactions of the item, the same list for every user.
 
-    Ties are left to the central ranking (`recgpt.eval.ranking.topk`, lower item index first).
+    Ties are left to the central ranking (`recgpt.data.ranking.topk`, lower item index first).
     """
 
     name = "mostpop"

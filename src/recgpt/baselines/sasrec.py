@@ -19,7 +19,7 @@ ranking. Other choices, each for a reason:
   (`seen_bias`): with tied embeddings the attention output resembles the history items, so plain
   SASRec ranks them high although repeats are rare (0.6% of Amazon test targets); one learned
   offset fixes that without forbidding repeats, and without masking in the model — masking stays
-  a protocol choice made in `recgpt.eval.ranking`;
+  a protocol choice made in `recgpt.data.ranking`;
 * batches are bucketed by length and sized in supervised positions (`batch_targets`), so a step
   carries a similar signal whatever the sequence lengths;
 * early stopping without seeing the caller's validation split: each user's last *training* item is
@@ -43,7 +43,7 @@ from torch import nn
 
 from recgpt.baselines.base import Interactions, Recommender
 from recgpt.baselines.mostpop import check_batch, check_params, check_train, require_fitted
-from recgpt.eval.ranking import mask_seen
+from recgpt.data.ranking import mask_seen
 
 
 class _Dropout(nn.Module):
@@ -389,7 +389,7 @@ class SASRec(Recommender):
         """Logits over the catalogue for the last `max_len` items of each history (float32).
 
         An empty history is encoded as a single padding token, so it gets a fixed, learned-context
-        score vector. Seen items are *not* masked here (that is `recgpt.eval.ranking`'s job, the
+        score vector. Seen items are *not* masked here (that is `recgpt.data.ranking`'s job, the
         same for every model); a model fitted with `loss_mask_seen` never learned to rank seen
         items, so it only makes sense under a protocol that masks them.
         """

@@ -52,7 +52,7 @@ class LlamaTokenCounter:
         except ImportError as e:
             raise ImportError("counting with a GGUF tokenizer needs llama-cpp-python: pip install 'recgpt[llm]'") from e
         if model_path is None:
-            from recgpt.llm.backends.llamacpp_backend import default_model_path
+            from recgpt.llm.models import default_model_path
 
             model_path = default_model_path()
         path = Path(model_path)

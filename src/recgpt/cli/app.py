@@ -9,6 +9,7 @@ from recgpt.cli import data as data_cli
 from recgpt.cli import evaluate as evaluate_cli
 from recgpt.cli import judge as judge_cli
 from recgpt.cli import llm as llm_cli
+from recgpt.cli import recommend as recommend_cli
 from recgpt.cli import run as run_cli
 from recgpt.cli import train as train_cli
 
@@ -27,6 +28,7 @@ app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compress")(compress_cli.compress)
 app.command("run")(run_cli.run)
 app.command("quickstart")(run_cli.quickstart)
+app.command("recommend")(recommend_cli.recommend)
 
 
 @app.callback()

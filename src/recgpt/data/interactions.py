@@ -6,7 +6,7 @@ without importing one another. The interface is small on purpose:
 A recommender is fitted on training interactions (integer-indexed) and then asked for full-catalogue
 scores for a batch of users, given each user's history *as of the split point*. Masking of seen
 items, deterministic tie-breaking and top-K selection happen once, centrally, in
-`recgpt.eval.ranking`, so every model is ranked the same way.
+`recgpt.data.ranking`, so every model is ranked the same way.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def guard_user_texts(
     by_user: dict[str, list[str]] = {}
     for user, text in keyed_texts:
         if user is None:
-            raise ValueError("text has no user key: cannot tell whose prompt it is")
+            raise ValueError("request or text has no key: cannot tell whose prompt it is")
         by_user.setdefault(user, []).append(text)
     if not by_user:
         return 0

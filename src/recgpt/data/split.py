@@ -28,8 +28,8 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from recgpt.data.interactions import Interactions
 from recgpt.data.dataset import Dataset
+from recgpt.data.interactions import Interactions
 
 POINT_SCHEMA = {"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()}
 

@@ -18,12 +18,12 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recgpt.data.interactions import Recommender
 from recgpt.data.atomic import write_json_atomic as write_json_atomic  # re-export: callers import it here
 from recgpt.data.dataset import Dataset
+from recgpt.data.interactions import Recommender
+from recgpt.data.ranking import mask_seen, topk
 from recgpt.data.split import EvalTask, Split, SplitConfig, make_split
 from recgpt.eval.metrics import evaluate_lists
-from recgpt.eval.ranking import mask_seen, topk
 
 
 @dataclass

@@ -19,11 +19,14 @@ An explanation (or its analysis) that repeats a flagged catalogue / user payload
 that would repeat one (built from a flagged title) is replaced by `UNTRUSTED_FALLBACK`, so no served
 text carries a payload.
 
-A text that breaks a rule is replaced by a rule-based pair explanation (`pair_fallback`, built from
-the interest and the matched category) and flagged `fallback=True`. At serving time
+A text that breaks a rule is asked again (`reasks`, a new seed each); one that still breaks it is
+replaced by a rule-based pair explanation (`pair_fallback`, built from the interest and the matched
+category) and flagged `fallback=True`. At serving time
 `ExplanationTable.explain(interests, item_id)` returns the first of the user's interests that has an
 entry for the item, else an **item-only** explanation built from item data alone ("Popular in
 <category>" when training popularity says so, else `item_fallback`).
+
+Generation is `ExplanationsTask`, a `recgpt.llm.task.LLMTask` over (interest, item, category) pairs.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import clean_phrase, phrase_key
 from recgpt.intent.phi import TagToCategory
 from recgpt.intent.pool import STOP_WORDS, phrase_tokens
-from recgpt.llm.engine import LLMEngine
-from recgpt.llm.prompts import make_request
+from recgpt.llm.prompts import make_request, template_id
+from recgpt.llm.task import LLMTask, TaskEngine, run_task
 from recgpt.llm.types import LLMRequest, SamplingParams
 
 TEMPLATE = "recgpt_explanation"
@@ -55,7 +58,12 @@ EXPLANATIONS_SCHEMA = {
     "template": pl.String(),
     "fallback": pl.Boolean(),
 }
-PAIRS_SCHEMA = {"interest": pl.String(), "item_id": pl.String(), "category": pl.String(), "score": pl.Float64()}
+PAIRS_SCHEMA = {
+    "interest": pl.String(),
+    "item_id": pl.String(),
+    "category": pl.String(),
+    "score": pl.Float64(),
+}
 DEFAULT_PROHIBITED: tuple[str, ...] = (
     "practical", "versatile", "elegant", "essential", "must-have", "must have", "must-see", "must see",
     "must-watch", "must watch", "perfect", "best ever",
@@ -84,8 +92,12 @@ class ExplanationsConfig(BaseModel):
     temperature: float = 0.0
     max_tokens: int = Field(default=160, ge=16)
     seed: int = 0
-    reasks: int = Field(default=2, ge=0, description="an answer that breaks a rule is asked again, up to this often")
-    reask_temperature: float = Field(default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each")
+    reasks: int = Field(
+        default=2, ge=0, description="an answer that breaks a rule is asked again, up to this often"
+    )
+    reask_temperature: float = Field(
+        default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
+    )
 
 
 class Explanation(BaseModel):
@@ -171,7 +183,9 @@ def check_explanation(cfg: ExplanationsConfig, text: str, title: str) -> tuple[s
     title_words = phrase_tokens(title)
     text_words = f" {' '.join(phrase_tokens(t))} "
     full_title = " ".join(clean_title(title).lower().split())
-    if (len(title_words) >= 2 and f" {' '.join(title_words)} " in text_words) or (full_title and full_title in low):
+    if (len(title_words) >= 2 and f" {' '.join(title_words)} " in text_words) or (
+        full_title and full_title in low
+    ):
         return t, "repeats the item title"
     if len(t.split()) > cfg.max_words or len(t) > cfg.max_chars:
         if cfg.on_too_long == "fallback":
@@ -221,9 +235,69 @@ def explanation_request(cfg: ExplanationsConfig, interest: str, row: Mapping[str
     )
 
 
+Pair = tuple[str, str, str | None]  # (interest, item_id, matched category or None)
+
+
+class ExplanationsTask(LLMTask[Pair]):
+    """LLM_RE as an `LLMTask` over matched pairs (rows: EXPLANATIONS_SCHEMA; fallback: `pair_explanation`).
+
+    `meta` = item_id -> item row (title, brand, categories) for every item of the pairs.
+    """
+
+    name = STAGE
+    empty_detail = "the explanation broke a rule"
+
+    def __init__(
+        self,
+        cfg: ExplanationsConfig,
+        meta: Mapping[str, Mapping[str, Any]],
+        untrusted: UntrustedText | None = None,
+    ) -> None:
+        self.cfg, self.meta, self.untrusted = cfg, meta, untrusted
+        self.reasks, self.reask_temperature = cfg.reasks, cfg.reask_temperature
+        self.template = template_id(TEMPLATE)
+
+    def prompt(self, item: Pair) -> LLMRequest[Any]:
+        return explanation_request(self.cfg, item[0], self.meta[item[1]])
+
+    def postprocess(self, item: Pair, value: Any) -> list[dict[str, Any]]:
+        """The rules (`check_explanation`), then the untrusted-payload filter: one row, or none."""
+        interest, iid, _ = item
+        text, broken = check_explanation(self.cfg, value.explanation, self.meta[iid]["title"] or "")
+        if broken is None and reject_untrusted(self.untrusted, STAGE, (text, value.analysis)):
+            broken = "repeats an untrusted payload"
+        if broken is not None or not text:
+            return []
+        return [
+            {
+                "interest": interest,
+                "item_id": iid,
+                "explanation": text,
+                "template": self.template,
+                "fallback": False,
+            }
+        ]
+
+    def fallback(self, item: Pair, reason: str) -> list[dict[str, Any]]:
+        interest, iid, cat = item
+        category = cat or next(iter(self.meta[iid].get("categories") or []), None) or "catalogue"
+        text = pair_explanation(self.cfg, interest, category)
+        if self.untrusted is not None and self.untrusted.hit(text):
+            text = UNTRUSTED_FALLBACK
+        return [
+            {
+                "interest": interest,
+                "item_id": iid,
+                "explanation": text,
+                "template": PAIR_RULE,
+                "fallback": True,
+            }
+        ]
+
+
 def generate_explanations(
     cfg: ExplanationsConfig,
-    engine: LLMEngine,
+    engine: TaskEngine,
     pairs: pl.DataFrame,
     items: pl.DataFrame,
     untrusted: UntrustedText | None = None,
@@ -231,54 +305,22 @@ def generate_explanations(
     """LLM_RE over matched pairs -> the interest-item-explanation table (EXPLANATIONS_SCHEMA).
 
     `untrusted` (the dataset's flagged payloads) rejects texts that repeat one; None filters nothing.
+    An answer that breaks a rule is asked again (`cfg.reasks`) before the rule-based text replaces it.
     """
     missing = {"interest", "item_id"} - set(pairs.columns)
     if missing:
         raise ValueError(f"pairs table lacks columns {sorted(missing)}")
     pairs = pairs.unique(subset=["interest", "item_id"], keep="first", maintain_order=True)
-    meta = {r["item_id"]: r for r in items.filter(pl.col("item_id").is_in(pairs["item_id"].implode()))
-            .select([c for c in ("item_id", "title", "brand", "categories") if c in items.columns])
-            .iter_rows(named=True)}  # fmt: skip
+    cols = [c for c in ("item_id", "title", "brand", "categories") if c in items.columns]
+    wanted = items.filter(pl.col("item_id").is_in(pairs["item_id"].implode())).select(cols)
+    meta = {r["item_id"]: r for r in wanted.iter_rows(named=True)}
     unknown = [i for i in pairs["item_id"].to_list() if i not in meta]
     if unknown:
         raise KeyError(f"pairs name items not in the items table: {unknown[:5]}")
     cats = pairs["category"].to_list() if "category" in pairs.columns else [None] * pairs.height
     todo = list(zip(pairs["interest"].to_list(), pairs["item_id"].to_list(), cats, strict=True))
-    requests = [explanation_request(cfg, interest, meta[iid]) for interest, iid, _ in todo]
-    results = engine.run(requests)
-
-    def check(res: Any, iid: str) -> tuple[str | None, str | None]:
-        """(text, broken rule or None): the rules, then the untrusted-payload filter."""
-        if res.value is None:
-            return None, "llm failure"
-        text, broken = check_explanation(cfg, res.value.explanation, meta[iid]["title"] or "")
-        if broken is None and reject_untrusted(untrusted, STAGE, (text, res.value.analysis)):
-            broken = "repeats an untrusted payload"
-        return text, broken
-
-    checked = [check(res, iid) for (_, iid, _), res in zip(todo, results, strict=True)]
-    # An answer that breaks a rule is asked again, sampled at a new seed (greedy would repeat it).
-    for n in range(1, cfg.reasks + 1):
-        redo = [i for i, (res, (text, broken)) in enumerate(zip(results, checked, strict=True))
-                if res.value is not None and (broken is not None or not text)]  # fmt: skip
-        again = cfg.model_copy(update={"seed": cfg.seed + n, "temperature": cfg.reask_temperature})
-        for i, res in zip(redo, engine.run([explanation_request(again, todo[i][0], meta[todo[i][1]]) for i in redo]),
-                          strict=True):  # fmt: skip
-            if res.value is not None:
-                checked[i] = check(res, todo[i][1])
-    rows = []
-    for (interest, iid, cat), req, (text, broken) in zip(todo, requests, checked, strict=True):
-        if broken is None and text:
-            rows.append({"interest": interest, "item_id": iid, "explanation": text,
-                         "template": req.template or TEMPLATE, "fallback": False})  # fmt: skip
-            continue
-        category = cat or next(iter(meta[iid].get("categories") or []), None) or "catalogue"
-        fallback = pair_explanation(cfg, interest, category)
-        if untrusted is not None and untrusted.hit(fallback):
-            fallback = UNTRUSTED_FALLBACK
-        rows.append({"interest": interest, "item_id": iid, "explanation": fallback,
-                     "template": PAIR_RULE, "fallback": True})  # fmt: skip
-    return pl.DataFrame(rows, schema=EXPLANATIONS_SCHEMA)
+    out = run_task(ExplanationsTask(cfg, meta, untrusted), engine, todo)
+    return pl.DataFrame(out.rows, schema=EXPLANATIONS_SCHEMA)
 
 
 # ---------------------------------------------------------------- serving
@@ -304,7 +346,9 @@ class ExplanationTable:
         untrusted: UntrustedText | None = None,
     ) -> None:
         self.config = config or ExplanationsConfig()
-        self.untrusted = untrusted  # stored texts and rule-based ones that repeat a flagged payload are not served
+        self.untrusted = (
+            untrusted  # stored texts and rule-based ones that repeat a flagged payload are not served
+        )
         self._index = {
             (phrase_key(i), iid): e
             for i, iid, e in table.select("interest", "item_id", "explanation").iter_rows()
@@ -348,7 +392,11 @@ class ExplanationTable:
         """Add `explanation` and `explanation_fallback` to a candidates table (by its `interest` column)."""
         if "item_id" not in candidates.columns:
             raise ValueError("candidates table lacks an 'item_id' column")
-        interests = candidates["interest"].to_list() if "interest" in candidates.columns else [None] * candidates.height
+        interests = (
+            candidates["interest"].to_list()
+            if "interest" in candidates.columns
+            else [None] * candidates.height
+        )
         got = [self.get(i, iid) for i, iid in zip(interests, candidates["item_id"].to_list(), strict=True)]
         return candidates.with_columns(
             pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
@@ -362,7 +410,9 @@ class ExplanationTable:
         except KeyError:
             raise KeyError(f"item {item_id!r} is not in the items table") from None
         text = item_explanation(self.config, row, popular=item_id in self._popular)
-        if self.untrusted is not None and (self.untrusted.hit(text) or self.untrusted.is_flagged("item", item_id)):
+        if self.untrusted is not None and (
+            self.untrusted.hit(text) or self.untrusted.is_flagged("item", item_id)
+        ):
             return UNTRUSTED_FALLBACK
         return text
 
@@ -376,6 +426,7 @@ __all__ = [
     "Explanation",
     "ExplanationTable",
     "ExplanationsConfig",
+    "ExplanationsTask",
     "check_explanation",
     "explanation_request",
     "generate_explanations",

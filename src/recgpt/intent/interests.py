@@ -18,6 +18,9 @@ runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries
   `fallback_to_pool`, their top pool entries as interests (template "pool-fallback"), so later stages
   always have something to work with. The failure stays visible either way.
 
+The stage is `InterestsTask`, a `recgpt.llm.task.LLMTask`: `run_task` does the asking, the re-asks of
+answers the rules emptied (`reasks`, sampled at a new seed), the failures and the fallback.
+
 The paper's "Stage" field is undefined [GAP]; here it is the time horizon, "long-term" or
 "short-term" (principle 1 of the prompt), constrained by the grammar.
 """
@@ -42,8 +45,8 @@ from recgpt.intent.context import (
     phrase_key,
 )
 from recgpt.intent.pool import TextEncoder, phrase_tokens
-from recgpt.llm.engine import LLMEngine
-from recgpt.llm.prompts import make_request
+from recgpt.llm.prompts import make_request, template_id
+from recgpt.llm.task import LLMTask, TaskEngine, run_task
 from recgpt.llm.types import LLMRequest, SamplingParams
 
 TEMPLATE = "recgpt_interests"
@@ -78,8 +81,12 @@ class InterestsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_interest: int = Field(default=60, ge=10)
     seed: int = 0
-    reasks: int = Field(default=2, ge=0, description="an answer the rules empty is asked again, up to this often")
-    reask_temperature: float = Field(default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each")
+    reasks: int = Field(
+        default=2, ge=0, description="an answer the rules empty is asked again, up to this often"
+    )
+    reask_temperature: float = Field(
+        default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
+    )
 
 
 class Interest(BaseModel):
@@ -176,9 +183,33 @@ def _pool_fallback(
     ]  # fmt: skip
 
 
+class InterestsTask(LLMTask[UserContext]):
+    """LLM_UI as an `LLMTask` over user contexts (rows: INTERESTS_SCHEMA; fallback: the preset pool)."""
+
+    name = STAGE
+    empty_detail = "every interest was empty, duplicate, too long, an example copy or untrusted"
+
+    def __init__(
+        self, cfg: InterestsConfig, encoder: TextEncoder | None = None, untrusted: UntrustedText | None = None
+    ) -> None:
+        self.cfg, self.encoder, self.untrusted = cfg, encoder, untrusted
+        self.reasks, self.reask_temperature = cfg.reasks, cfg.reask_temperature
+        self.template = template_id(TEMPLATE)
+
+    def prompt(self, item: UserContext) -> LLMRequest[Any]:
+        return interest_request(self.cfg, item)
+
+    def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
+        rows = postprocess_interests(self.cfg, item, value.interests, self.encoder, self.untrusted)
+        return [{**r, "template": self.template} for r in rows]
+
+    def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
+        return _pool_fallback(self.cfg, item, self.untrusted) if self.cfg.fallback_to_pool else []
+
+
 def mine_interests(
     cfg: InterestsConfig,
-    engine: LLMEngine,
+    engine: TaskEngine,
     contexts: Sequence[UserContext],
     *,
     encoder: TextEncoder | None = None,
@@ -187,40 +218,16 @@ def mine_interests(
     """LLM_UI over users: (interests table INTERESTS_SCHEMA, failures table FAILURES_SCHEMA).
 
     `untrusted` (the dataset's flagged payloads) drops answer items that repeat one; None filters nothing.
+    An answer the rules emptied is asked again (`cfg.reasks`): a user is on fallback only when the
+    LLM contributed nothing.
     """
     ids = [c.user_id for c in contexts]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate user ids in contexts")
-    requests = [interest_request(cfg, c) for c in contexts]
-    results = engine.run(requests)
-    mined = [postprocess_interests(cfg, c, r.value.interests, encoder, untrusted) if r.value is not None else []
-             for c, r in zip(contexts, results, strict=True)]  # fmt: skip
-    # An answer the rules emptied is asked again, sampled at a new seed (greedy would repeat it):
-    # a user is on fallback only when the LLM contributed nothing.
-    for n in range(1, cfg.reasks + 1):
-        empty = [i for i, (r, m) in enumerate(zip(results, mined, strict=True)) if r.value is not None and not m]
-        again = cfg.model_copy(update={"seed": cfg.seed + n, "temperature": cfg.reask_temperature})
-        for i, res in zip(empty, engine.run([interest_request(again, contexts[i]) for i in empty]), strict=True):
-            if res.value is not None:
-                mined[i] = postprocess_interests(cfg, contexts[i], res.value.interests, encoder, untrusted)
-    rows: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    for ctx, req, res, user_rows in zip(contexts, requests, results, mined, strict=True):
-        if res.value is None:
-            assert res.failure is not None
-            failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
-        else:
-            for r in user_rows:
-                r["template"] = req.template or TEMPLATE
-            if not user_rows:
-                failures.append({"user_id": ctx.user_id, "reason": "empty",
-                                 "detail": "every interest was empty, duplicate, too long, an example copy or untrusted"})  # fmt: skip
-        if not user_rows and cfg.fallback_to_pool:
-            user_rows = _pool_fallback(cfg, ctx, untrusted)
-        rows.extend(user_rows)
+    out = run_task(InterestsTask(cfg, encoder, untrusted), engine, contexts)
     return (
-        pl.DataFrame(rows, schema=INTERESTS_SCHEMA),
-        pl.DataFrame(failures, schema=FAILURES_SCHEMA),
+        pl.DataFrame(out.rows, schema=INTERESTS_SCHEMA),
+        pl.DataFrame(out.failure_rows("user_id"), schema=FAILURES_SCHEMA),
     )
 
 
@@ -230,6 +237,7 @@ __all__ = [
     "INTERESTS_SCHEMA",
     "Interest",
     "InterestsConfig",
+    "InterestsTask",
     "interest_request",
     "interests_model",
     "mine_interests",

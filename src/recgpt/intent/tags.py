@@ -23,11 +23,13 @@ batch, and post-processes each answer:
 
 A user whose request failed or whose tags were all dropped gets a `failures` row and, with
 `fallback_to_interests`, their interests as tags (rationale "fallback: interest used as tag").
+The stage is `TagsTask`, a `recgpt.llm.task.LLMTask` run by `run_task` (asks, re-asks of emptied
+answers, failures, fallback).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -47,8 +49,8 @@ from recgpt.intent.context import (
 )
 from recgpt.intent.interests import FAILURES_SCHEMA
 from recgpt.intent.pool import phrase_tokens
-from recgpt.llm.engine import LLMEngine
 from recgpt.llm.prompts import make_request
+from recgpt.llm.task import LLMTask, TaskEngine, run_task
 from recgpt.llm.types import LLMRequest, SamplingParams
 
 TEMPLATE = "recgpt_tags"
@@ -65,7 +67,11 @@ TAGS_SCHEMA = {
     "rank": pl.Int64(),
 }
 # The worked example's tags and rationales (recgpt_tags.j2): tags that merely copy them are dropped.
-EXAMPLE_TAGS = ("lightweight trail running jacket", "spring marathon energy gels", "cast iron bread baking pot")
+EXAMPLE_TAGS = (
+    "lightweight trail running jacket",
+    "spring marathon energy gels",
+    "cast iron bread baking pot",
+)
 EXAMPLE_RATIONALES = (
     "spring trail runs after buying running shoes", "marathon plan searched this week", "next step after the sourdough kit",
 )  # fmt: skip
@@ -88,8 +94,12 @@ class TagsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_tag: int = Field(default=40, ge=10)
     seed: int = 0
-    reasks: int = Field(default=2, ge=0, description="an answer the rules empty is asked again, up to this often")
-    reask_temperature: float = Field(default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each")
+    reasks: int = Field(
+        default=2, ge=0, description="an answer the rules empty is asked again, up to this often"
+    )
+    reask_temperature: float = Field(
+        default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
+    )
 
 
 class Tag(BaseModel):
@@ -119,7 +129,9 @@ def tags_model(count: int, interest_ids: tuple[int, ...] | None = None) -> type[
             __base__=Tag,
             interest_id=(int, Field(json_schema_extra={"enum": list(interest_ids)})),
         )
-        return create_model(f"Tags{count}_{suffix}", tags=(list[item], Field(min_length=count, max_length=count)))
+        return create_model(
+            f"Tags{count}_{suffix}", tags=(list[item], Field(min_length=count, max_length=count))
+        )
     return create_model(f"Tags{count}", tags=(list[item], Field(min_length=count, max_length=count)))
 
 
@@ -233,14 +245,47 @@ def user_interests(interests: pl.DataFrame) -> dict[str, list[tuple[int, str]]]:
     if missing:
         raise ValueError(f"interests table lacks columns {sorted(missing)}")
     out: dict[str, list[tuple[int, str]]] = {}
-    for u, i, name in interests.sort("user_id", "interest_id").select("user_id", "interest_id", "interest").iter_rows():
+    for u, i, name in (
+        interests.sort("user_id", "interest_id").select("user_id", "interest_id", "interest").iter_rows()
+    ):
         out.setdefault(u, []).append((int(i), name))
     return out
 
 
+class TagsTask(LLMTask[UserContext]):
+    """LLM_IT as an `LLMTask` over user contexts (rows: TAGS_SCHEMA; fallback: the user's interests).
+
+    `interests` = user_id -> [(interest_id, interest)] (`user_interests`); every context run through
+    the task must have an entry.
+    """
+
+    name = STAGE
+    empty_detail = "every tag was empty, duplicate, stale, off-interest, an example copy or untrusted"
+
+    def __init__(
+        self,
+        cfg: TagsConfig,
+        interests: Mapping[str, Sequence[tuple[int, str]]],
+        untrusted: UntrustedText | None = None,
+    ) -> None:
+        self.cfg, self.interests, self.untrusted = cfg, interests, untrusted
+        self.reasks, self.reask_temperature = cfg.reasks, cfg.reask_temperature
+
+    def prompt(self, item: UserContext) -> LLMRequest[Any]:
+        return tag_request(self.cfg, item, self.interests[item.user_id])
+
+    def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
+        return postprocess_tags(self.cfg, item, value.tags, self.interests[item.user_id], self.untrusted)
+
+    def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
+        if not self.cfg.fallback_to_interests:
+            return []
+        return _interest_fallback(item, self.interests[item.user_id], self.untrusted)
+
+
 def predict_tags(
     cfg: TagsConfig,
-    engine: LLMEngine,
+    engine: TaskEngine,
     contexts: Sequence[UserContext],
     interests: pl.DataFrame,
     untrusted: UntrustedText | None = None,
@@ -248,42 +293,18 @@ def predict_tags(
     """LLM_IT over users: (tags table TAGS_SCHEMA, failures table FAILURES_SCHEMA).
 
     `untrusted` (the dataset's flagged payloads) drops tags that repeat one; None filters nothing.
+    A user without interests is a failure ("no_interests") and is not asked; an answer the rules
+    emptied is asked again (`cfg.reasks`).
     """
     by_user = user_interests(interests)
-    failures: list[dict[str, Any]] = []
-    todo = []
-    for ctx in contexts:
-        if by_user.get(ctx.user_id):
-            todo.append(ctx)
-        else:
-            failures.append({"user_id": ctx.user_id, "reason": "no_interests", "detail": "no interests to tag"})
-    requests = [tag_request(cfg, c, by_user[c.user_id]) for c in todo]
-    results = engine.run(requests)
-    tagged = [postprocess_tags(cfg, c, r.value.tags, by_user[c.user_id], untrusted) if r.value is not None else []
-              for c, r in zip(todo, results, strict=True)]  # fmt: skip
-    # An answer the rules emptied is asked again, sampled at a new seed (greedy would repeat it):
-    # a user is on fallback only when the LLM contributed nothing.
-    for n in range(1, cfg.reasks + 1):
-        empty = [i for i, (r, t) in enumerate(zip(results, tagged, strict=True)) if r.value is not None and not t]
-        again = cfg.model_copy(update={"seed": cfg.seed + n, "temperature": cfg.reask_temperature})
-        for i, res in zip(empty, engine.run([tag_request(again, todo[i], by_user[todo[i].user_id]) for i in empty]),
-                          strict=True):  # fmt: skip
-            if res.value is not None:
-                tagged[i] = postprocess_tags(cfg, todo[i], res.value.tags, by_user[todo[i].user_id], untrusted)
-    rows: list[dict[str, Any]] = []
-    for ctx, res, user_rows in zip(todo, results, tagged, strict=True):
-        mine = by_user[ctx.user_id]
-        if res.value is None:
-            assert res.failure is not None
-            failures.append({"user_id": ctx.user_id, "reason": str(res.failure.reason), "detail": res.failure.detail})
-        else:
-            if not user_rows:
-                failures.append({"user_id": ctx.user_id, "reason": "empty",
-                                 "detail": "every tag was empty, duplicate, stale, off-interest, an example copy or untrusted"})  # fmt: skip
-        if not user_rows and cfg.fallback_to_interests:
-            user_rows = _interest_fallback(ctx, mine, untrusted)
-        rows.extend(user_rows)
-    return pl.DataFrame(rows, schema=TAGS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
+    todo = [c for c in contexts if by_user.get(c.user_id)]
+    no_interests = [c.user_id for c in contexts if not by_user.get(c.user_id)]
+    failures = [
+        {"user_id": u, "reason": "no_interests", "detail": "no interests to tag"} for u in no_interests
+    ]
+    out = run_task(TagsTask(cfg, by_user, untrusted), engine, todo)
+    failures += out.failure_rows("user_id")
+    return pl.DataFrame(out.rows, schema=TAGS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
 
 
 def history_baseline_tags(
@@ -316,6 +337,7 @@ __all__ = [
     "TAGS_SCHEMA",
     "Tag",
     "TagsConfig",
+    "TagsTask",
     "history_baseline_tags",
     "names_item",
     "postprocess_tags",

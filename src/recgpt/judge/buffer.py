@@ -20,7 +20,6 @@ criteria left blank then count as passing ("mark what fails"); otherwise the sam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -31,7 +30,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from recgpt.behavior.report import write_parquet_atomic
+from recgpt.data.atomic import write_parquet_atomic
+from recgpt.data.sft import SAMPLE_SCHEMA, sample_row, samples_frame, validate_samples
 from recgpt.judge.criteria import criteria
 from recgpt.judge.judge import JudgeConfig, judge_request, verdict_json
 from recgpt.judge.samples import SAMPLES_SCHEMA, facts_of
@@ -44,8 +44,7 @@ BUFFER_SCHEMA: dict[str, pl.DataType] = {
     "annotator": pl.String(),
     "labelled_at": pl.Int64(),
 }
-SFT_COLUMNS = ("sample_id", "task", "level", "messages", "completion", "source", "user_id", "as_of", "lineage")
-SFT_SCHEMA: dict[str, pl.DataType] = {c: pl.Int64() if c == "as_of" else pl.String() for c in SFT_COLUMNS}
+SFT_COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA)  # judge SFT examples are rows of the SFT sample table
 
 
 def _fold(sid: str, task: str, rows: list[dict[str, Any]]) -> tuple[bool | None, dict[str, bool]]:
@@ -56,7 +55,9 @@ def _fold(sid: str, task: str, rows: list[dict[str, Any]]) -> tuple[bool | None,
     if set(crit) - names:
         raise ValueError(f"sample {sid}: task {task!r} has no criterion {sorted(set(crit) - names)}")
     if overall is True and not all(crit.values()):
-        raise ValueError(f"sample {sid}: labelled acceptable overall but failing {[c for c, v in crit.items() if not v]}")
+        raise ValueError(
+            f"sample {sid}: labelled acceptable overall but failing {[c for c, v in crit.items() if not v]}"
+        )
     if overall is None and crit and (not all(crit.values()) or set(crit) == names):
         overall = all(crit.values())
     return overall, crit
@@ -88,16 +89,27 @@ class JudgeBuffer:
             grouped.setdefault(r["sample_id"], []).append(r)
         unknown = [sid for sid in grouped if sid not in by_id]
         if unknown:
-            raise ValueError(f"{len(unknown)} labelled sample(s) are not among the samples given, e.g. {unknown[:3]}")
+            raise ValueError(
+                f"{len(unknown)} labelled sample(s) are not among the samples given, e.g. {unknown[:3]}"
+            )
         new = []
         for sid, rows in grouped.items():
             s = by_id[sid]
             if not s.get("context") or not s.get("output"):
-                raise ValueError(f"sample {sid}: no context/output to train the judge on (export it with context)")
+                raise ValueError(
+                    f"sample {sid}: no context/output to train the judge on (export it with context)"
+                )
             overall, crit = _fold(sid, s["task"], rows)
-            new.append({**{k: s.get(k) for k in SAMPLES_SCHEMA}, "round": round, "label": overall,
-                        "criteria_labels": json.dumps(crit, sort_keys=True),
-                        "annotator": rows[-1]["annotator"], "labelled_at": rows[-1]["labelled_at"]})  # fmt: skip
+            new.append(
+                {
+                    **{k: s.get(k) for k in SAMPLES_SCHEMA},
+                    "round": round,
+                    "label": overall,
+                    "criteria_labels": json.dumps(crit, sort_keys=True),
+                    "annotator": rows[-1]["annotator"],
+                    "labelled_at": rows[-1]["labelled_at"],
+                }
+            )
         added = pl.DataFrame(new, schema=BUFFER_SCHEMA)
         old = self.rows().filter(~pl.col("sample_id").is_in(added["sample_id"].implode()))
         write_parquet_atomic(pl.concat([old, added]).sort("round", maintain_order=True), self.path)
@@ -130,13 +142,17 @@ class JudgeBuffer:
             n_maj = min(major.height, math.ceil(majority_ratio * max(n_min, 1)))
             if cap is not None:
                 n_maj = min(n_maj, cap - n_min)
-            parts += [_recent_sample(minor, n_min, latest, half_life_rounds, rng),
-                      _recent_sample(major, n_maj, latest, half_life_rounds, rng)]  # fmt: skip
+            parts += [
+                _recent_sample(minor, n_min, latest, half_life_rounds, rng),
+                _recent_sample(major, n_maj, latest, half_life_rounds, rng),
+            ]
         out = pl.concat(parts)
         return rows.filter(pl.col("sample_id").is_in(out["sample_id"].implode()))
 
 
-def _recent_sample(df: pl.DataFrame, k: int, latest: int, half_life: float, rng: np.random.Generator) -> pl.DataFrame:
+def _recent_sample(
+    df: pl.DataFrame, k: int, latest: int, half_life: float, rng: np.random.Generator
+) -> pl.DataFrame:
     """`k` rows without replacement, weight 0.5 ** ((latest - round) / half_life) (Efraimidis-Spirakis keys)."""
     if k >= df.height:
         return df
@@ -182,22 +198,8 @@ def label_verdicts(task: str, label: bool | None, crit: Mapping[str, bool]) -> d
     return None
 
 
-def _sft_row(messages: str, completion: str, user_id: str | None, as_of: int | None,
-             lineage: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """One SFT row through `recgpt.training.data.sample_row` (the contract's own id), else the same columns."""
-    try:
-        from recgpt.training.data import sample_row
-    except ImportError:
-        sid = hashlib.sha1(json.dumps(["judge", user_id, as_of, messages, completion]).encode()).hexdigest()
-        return {"sample_id": sid, "task": "judge", "level": "advanced", "messages": messages, "completion": completion,
-                "source": "labels", "user_id": user_id, "as_of": as_of,
-                "lineage": json.dumps(lineage, sort_keys=True, default=str)}  # fmt: skip
-    return sample_row("judge", "advanced", messages, completion, "labels", user_id=user_id, as_of=as_of,
-                      lineage=lineage)  # fmt: skip
-
-
 def judge_sft_samples(buffer_rows: pl.DataFrame, config: JudgeConfig | None = None) -> pl.DataFrame:
-    """Judge SFT examples (the SFT sample table contract, task "judge") from buffer rows."""
+    """Judge SFT examples (`recgpt.data.sft`'s sample table, task "judge") from buffer rows."""
     cfg = config or JudgeConfig()
     out = []
     for r in buffer_rows.iter_rows(named=True):
@@ -205,19 +207,30 @@ def judge_sft_samples(buffer_rows: pl.DataFrame, config: JudgeConfig | None = No
         if verdicts is None:
             continue
         req = judge_request(cfg, r)
-        messages = json.dumps([{"role": m.role, "content": m.content} for m in req.messages], ensure_ascii=False)
-        lineage = {"judged_task": r["task"], "judged_sample": r["sample_id"], "round": r["round"],
-                   "annotator": r["annotator"], "labelled_at": r["labelled_at"], "template": req.template,
-                   "sample_source": r["source"]}  # fmt: skip
+        lineage = {
+            "judged_task": r["task"],
+            "judged_sample": r["sample_id"],
+            "round": r["round"],
+            "annotator": r["annotator"],
+            "labelled_at": r["labelled_at"],
+            "template": req.template,
+            "sample_source": r["source"],
+        }
         as_of = facts_of(r).get("as_of")
-        out.append(_sft_row(messages, verdict_json(r["task"], verdicts, cfg.reason_chars), r["user_id"],
-                            None if as_of is None else int(as_of), lineage))  # fmt: skip
-    df = pl.DataFrame(out, schema=SFT_SCHEMA).unique(subset=["sample_id"], keep="first", maintain_order=True)
-    try:
-        from recgpt.training.data import validate_samples  # the SFT table contract, when present
-    except ImportError:
-        return df
-    return validate_samples(df)
+        completion = verdict_json(r["task"], verdicts, cfg.reason_chars)
+        out.append(
+            sample_row(
+                "judge",
+                "advanced",
+                req.messages,
+                completion,
+                "labels",
+                user_id=r["user_id"],
+                as_of=None if as_of is None else int(as_of),
+                lineage=lineage,
+            )
+        )
+    return validate_samples(samples_frame(out))
 
 
 __all__ = [

@@ -12,7 +12,8 @@ A sample whose judge call failed (a typed `LLMFailure`: truncated, invalid JSON,
 gets verdict "error" and passed=False on every judge criterion: a failure is never a pass, and
 `pass_rates` counts it under "errors". `overall` folds the rows per sample (passed = every
 criterion and rule passed) and `Judge.filter` keeps the samples that pass: reject sampling by
-judge and rules in one step.
+judge and rules in one step. The LLM half is `JudgeTask`, a `recgpt.llm.task.LLMTask` (its
+fallback is the "error" verdicts) run by `run_task`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from recgpt.judge.criteria import ERROR, criteria, is_rule, verdict_model, verdicts_of
 from recgpt.judge.rules import VERDICTS_SCHEMA, RulesConfig, apply_rules
 from recgpt.judge.samples import check_samples
-from recgpt.llm.engine import LLMEngine
 from recgpt.llm.prompts import make_request
+from recgpt.llm.task import LLMTask, TaskEngine, run_task
 from recgpt.llm.types import LLMRequest, SamplingParams
 
 STAGE = "judge"
@@ -87,13 +88,51 @@ def verdict_json(task: str, verdicts: Mapping[str, str], reason_chars: int = 0, 
     """A verdict object as the judge writes it (the judge SFT target), validated by the verdict model."""
     fields: dict[str, Any] = {"reason": reason[:reason_chars]} if reason_chars > 0 else {}
     fields.update({c.name: verdicts[c.name] for c in criteria(task)})
-    return json.dumps(verdict_model(task, reason_chars).model_validate(fields).model_dump(), ensure_ascii=False)
+    return json.dumps(
+        verdict_model(task, reason_chars).model_validate(fields).model_dump(), ensure_ascii=False
+    )
+
+
+class JudgeTask(LLMTask[Mapping[str, Any]]):
+    """The judge as an `LLMTask` over sample rows: one verdict row per criterion; a failed call gets
+    `ERROR` on every criterion (its fallback), never a pass."""
+
+    name = STAGE
+
+    def __init__(self, cfg: JudgeConfig) -> None:
+        self.cfg = cfg
+
+    def prompt(self, item: Mapping[str, Any]) -> LLMRequest[Any]:
+        return judge_request(self.cfg, item)
+
+    def postprocess(self, item: Mapping[str, Any], value: Any) -> list[dict[str, Any]]:
+        return _verdict_rows(item, verdicts_of(item["task"], value))
+
+    def fallback(self, item: Mapping[str, Any], reason: str) -> list[dict[str, Any]]:
+        return _verdict_rows(item, {c.name: ERROR for c in criteria(item["task"])})
+
+
+def _verdict_rows(sample: Mapping[str, Any], verdicts: Mapping[str, str]) -> list[dict[str, Any]]:
+    sid, task = sample["sample_id"], sample["task"]
+    rows = []
+    for c in criteria(task):
+        v = verdicts[c.name]
+        rows.append(
+            {
+                "sample_id": sid,
+                "task": task,
+                "criterion": c.name,
+                "verdict": v,
+                "passed": v != ERROR and c.passes(v),
+            }
+        )
+    return rows
 
 
 class Judge:
     """LLM judge + rules over judge samples (module docstring)."""
 
-    def __init__(self, engine: LLMEngine, config: JudgeConfig | None = None) -> None:
+    def __init__(self, engine: TaskEngine, config: JudgeConfig | None = None) -> None:
         self.engine = engine
         self.config = config or JudgeConfig()
         self.failures: list[dict[str, str]] = []  # sample_id, reason, detail of the last run's failed calls
@@ -111,24 +150,9 @@ class Judge:
         if not cfg.judge_rule_failures and rules.height:
             broken = rules.filter(~pl.col("passed"))["sample_id"].unique()
             todo = samples.filter(~pl.col("sample_id").is_in(broken.implode()))
-        rows = list(todo.iter_rows(named=True))
-        results = self.engine.run([judge_request(cfg, s) for s in rows])
-        self.failures = []
-        out: list[dict[str, Any]] = []
-        for s, res in zip(rows, results, strict=True):
-            task = s["task"]
-            if res.value is None:
-                assert res.failure is not None
-                self.failures.append({"sample_id": s["sample_id"], "reason": str(res.failure.reason),
-                                      "detail": res.failure.detail[:300]})  # fmt: skip
-                got = {c.name: ERROR for c in criteria(task)}
-            else:
-                got = verdicts_of(task, res.value)
-            for c in criteria(task):
-                v = got[c.name]
-                out.append({"sample_id": s["sample_id"], "task": task, "criterion": c.name, "verdict": v,
-                            "passed": v != ERROR and c.passes(v)})  # fmt: skip
-        verdicts = pl.concat([pl.DataFrame(out, schema=VERDICTS_SCHEMA), rules])
+        out = run_task(JudgeTask(cfg), self.engine, list(todo.iter_rows(named=True)))
+        self.failures = [{**f.row("sample_id"), "detail": f.detail[:300]} for f in out.failures]
+        verdicts = pl.concat([pl.DataFrame(out.rows, schema=VERDICTS_SCHEMA), rules])
         order = pl.DataFrame({"sample_id": samples["sample_id"], "_i": range(samples.height)})
         return verdicts.join(order, on="sample_id", how="left").sort("_i", maintain_order=True).drop("_i")
 
@@ -144,7 +168,9 @@ def overall(verdicts: pl.DataFrame) -> pl.DataFrame:
     for (sid, task), g in verdicts.group_by("sample_id", "task", maintain_order=True):
         failed = [ERROR if v == ERROR else c for c, v, p in g.select("criterion", "verdict", "passed").iter_rows()
                   if not p]  # fmt: skip
-        rows.append({"sample_id": sid, "task": task, "passed": not failed, "failed": list(dict.fromkeys(failed))})
+        rows.append(
+            {"sample_id": sid, "task": task, "passed": not failed, "failed": list(dict.fromkeys(failed))}
+        )
     return pl.DataFrame(rows, schema=OVERALL_SCHEMA)
 
 
@@ -182,6 +208,7 @@ __all__ = [
     "VERDICTS_SCHEMA",
     "Judge",
     "JudgeConfig",
+    "JudgeTask",
     "answer_format",
     "judge_request",
     "overall",

@@ -4,16 +4,21 @@
     engine = LLMEngine(make_backend("llamacpp"), cache=LLMCache("runs/llm-cache.sqlite"))
     results = engine.run([make_request("smoke_interests", SmokeInterests, items=[...])])
 
+A stage that turns answers into rows under rules (re-asks, failures, fallbacks) is an `LLMTask`
+run by `run_task` (see `recgpt.llm.task`). The cache is any `AnswerCache`; `LLMCache.merge` and
+`Ledger.merge` fold a worker's cache and counts into a run's.
+
 Importing this package stays cheap: backends (llama.cpp, torch, vLLM, openai) load only when
 `make_backend` builds one.
 """
 
 from recgpt.llm.backends import BackendUnavailable, available_backends, make_backend
-from recgpt.llm.cache import LLMCache, cache_key
+from recgpt.llm.cache import AnswerCache, LLMCache, MemoryCache, cache_key
 from recgpt.llm.engine import LLMEngine
 from recgpt.llm.ledger import Ledger, StageStats
 from recgpt.llm.prompts import PromptError, make_request, render, template_id
 from recgpt.llm.schema import SchemaError, json_schema_for
+from recgpt.llm.task import LLMTask, TaskEngine, TaskFailure, TaskOutput, run_task
 from recgpt.llm.types import (
     Backend,
     ChatMessage,
@@ -28,6 +33,7 @@ from recgpt.llm.types import (
 )
 
 __all__ = [
+    "AnswerCache",
     "Backend",
     "BackendUnavailable",
     "ChatMessage",
@@ -39,11 +45,16 @@ __all__ = [
     "LLMFailure",
     "LLMRequest",
     "LLMResult",
+    "LLMTask",
     "Ledger",
+    "MemoryCache",
     "PromptError",
     "SamplingParams",
     "SchemaError",
     "StageStats",
+    "TaskEngine",
+    "TaskFailure",
+    "TaskOutput",
     "Usage",
     "available_backends",
     "cache_key",
@@ -51,5 +62,6 @@ __all__ = [
     "make_backend",
     "make_request",
     "render",
+    "run_task",
     "template_id",
 ]

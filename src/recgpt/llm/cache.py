@@ -1,4 +1,9 @@
-"""Persistent, content-addressed cache of validated LLM answers (SQLite, WAL).
+"""Content-addressed caches of validated LLM answers: the `AnswerCache` protocol and its stores.
+
+The engine needs only `AnswerCache` (get and put entries by request key), so any store fits: the
+persistent `LLMCache` (SQLite, WAL) of a run, or a `MemoryCache` (a worker without a disk, a test).
+`LLMCache.merge(other)` copies another cache file's answers in (a Ray worker's cache after its
+partition), keeping what is already there, so merging twice changes nothing.
 
 The key is a hash of everything that determines an answer (backend, model identity, template
 version, rendered messages, output schema, sampling), so a changed prompt or model can never be
@@ -9,16 +14,17 @@ answer. WAL mode lets several processes read while one writes; writers wait on a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from recgpt.llm.types import ChatMessage, SamplingParams
 
@@ -100,6 +106,58 @@ _COLUMNS = (
 )
 
 
+@runtime_checkable
+class AnswerCache(Protocol):
+    """What `LLMEngine` needs of a cache: entries by request key, inserts that never overwrite."""
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
+        """The cached entries among `keys` (missing keys are absent from the result)."""
+        ...
+
+    def put_many(self, entries: Iterable[CacheEntry]) -> int:
+        """Insert entries; an existing key keeps its answer. Returns how many were new."""
+        ...
+
+    def close(self) -> None:
+        """Release the store (the engine closes the cache it owns)."""
+        ...
+
+
+class MemoryCache:
+    """An `AnswerCache` in a dict: for a worker without a disk, or a test. Same insert-only rule."""
+
+    def __init__(self, entries: Iterable[CacheEntry] = ()) -> None:
+        self._entries: dict[str, CacheEntry] = {}
+        self.put_many(entries)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
+        return {k: self._entries[k] for k in dict.fromkeys(keys) if k in self._entries}
+
+    def get(self, key: str) -> CacheEntry | None:
+        return self._entries.get(key)
+
+    def put_many(self, entries: Iterable[CacheEntry]) -> int:
+        now, before = time.time(), len(self._entries)
+        for e in entries:
+            if e.key not in self._entries:
+                self._entries[e.key] = e if e.created_at else dataclasses.replace(e, created_at=now)
+        return len(self._entries) - before
+
+    def entries(self) -> Iterator[CacheEntry]:
+        """Every entry, in insertion order (what a worker ships back to be merged)."""
+        return iter(list(self._entries.values()))
+
+    def merge(self, other: LLMCache | MemoryCache) -> int:
+        """Copy another cache's answers in (insert-only, so idempotent); returns entries added."""
+        return self.put_many(other.entries())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def close(self) -> None:
+        """Nothing to release: the entries stay readable."""
+
+
 class LLMCache:
     """SQLite-backed answer cache, safe to share between threads and processes."""
 
@@ -111,6 +169,14 @@ class LLMCache:
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self._connect()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its path (a Ray task, a spawned process): the copy opens its own connection."""
+        return {"path": self.path, "busy_timeout_s": self._busy_timeout_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self._busy_timeout_s = state["path"], state["busy_timeout_s"]
+        self._lock, self._conn, self._pid = threading.Lock(), None, -1
 
     def _connect(self) -> sqlite3.Connection:
         # A connection must not cross a fork: reopen when used from a child process.
@@ -176,6 +242,54 @@ class LLMCache:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        return inserted
+
+    def entries(self) -> Iterator[CacheEntry]:
+        """Every entry, oldest first (read in one go: safe while others write)."""
+        with self._lock:
+            rows = (
+                self._connect()
+                .execute(f"SELECT {_COLUMNS} FROM llm_cache ORDER BY created_at, key")
+                .fetchall()
+            )
+        return iter([CacheEntry(*row) for row in rows])
+
+    def merge(self, other: LLMCache | MemoryCache | str | os.PathLike[str]) -> int:
+        """Copy another cache's answers in (a worker's cache file or cache object); returns rows added.
+
+        Insert-only like every write: a key already here keeps its answer, so merging the same cache
+        twice (or a cache into itself) adds nothing. A file is read by SQLite directly, in one
+        transaction; it must exist and be an answer cache.
+        """
+        if not isinstance(other, (LLMCache, str, os.PathLike)):
+            return self.put_many(other.entries())
+        path = Path(other.path if isinstance(other, LLMCache) else other)
+        if not path.is_file():
+            raise FileNotFoundError(f"no LLM cache file at {path}")
+        if path.resolve() == self.path.resolve():
+            return 0
+        with self._lock:
+            conn = self._connect()
+            conn.execute("ATTACH DATABASE ? AS other", (str(path),))
+            try:
+                found = conn.execute(
+                    "SELECT 1 FROM other.sqlite_master WHERE type = 'table' AND name = 'llm_cache'"
+                ).fetchone()
+                if found is None:
+                    raise ValueError(f"{path} is not an LLM cache (no llm_cache table)")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    before = conn.total_changes
+                    conn.execute(
+                        f"INSERT OR IGNORE INTO main.llm_cache ({_COLUMNS}) SELECT {_COLUMNS} FROM other.llm_cache"
+                    )
+                    inserted = conn.total_changes - before
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.execute("DETACH DATABASE other")
         return inserted
 
     def __len__(self) -> int:

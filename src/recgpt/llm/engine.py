@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from recgpt.llm.cache import CacheEntry, LLMCache, cache_key
+from recgpt.llm.cache import AnswerCache, CacheEntry, cache_key
 from recgpt.llm.ledger import Ledger
 from recgpt.llm.schema import schema_json_for
 from recgpt.llm.types import (
@@ -120,13 +120,17 @@ def _repair_hint(failure: LLMFailure) -> str:
 
 
 class LLMEngine:
-    """Cache + backend + validation + retries + ledger, behind `run(requests)`."""
+    """Cache + backend + validation + retries + ledger, behind `run(requests)`.
+
+    `cache` is any `AnswerCache` (the run's `LLMCache` file, a worker's `MemoryCache`) and `ledger`
+    any `Ledger` the caller wants the counts in; both can be merged into the run's afterwards.
+    """
 
     def __init__(
         self,
         backend: Backend,
         *,
-        cache: LLMCache | None = None,
+        cache: AnswerCache | None = None,
         ledger: Ledger | None = None,
         max_retries: int = 2,
         chunk_size: int = 16,

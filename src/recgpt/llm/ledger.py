@@ -1,7 +1,10 @@
 """Accounting of LLM work per stage and per run: what was asked, what it cost, what failed.
 
 The engine records into a `Ledger` as each chunk finishes, so even an interrupted run leaves an
-honest account. A run saves `ledger.to_json()` next to its results and prints `ledger.print()`.
+honest account; `recgpt.llm.task.run_task` adds what the rules did with the answers (re-asks, items
+left on their fallback). A run saves `ledger.to_json()` next to its results and prints `ledger.print()`.
+Ledgers add up: `merge` folds a worker's counts (the object, or its saved JSON via `from_json`) into
+the run's, stage by stage.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class StageStats:
     valid_calls: int = 0  # generations whose text validated
     budget_retries: int = 0  # truncated answers asked again with a larger max_tokens
     ok: int = 0  # results holding a valid object
+    reasks: int = 0  # valid answers the task's rules emptied, asked again (recgpt.llm.task)
+    fallbacks: int = 0  # task items the LLM contributed nothing to (failed or emptied): rule-based output
     prompt_tokens: int = 0  # fresh generations only: a cache hit costs no tokens
     completion_tokens: int = 0
     backend_s: float = 0.0  # summed per-request generation latency
@@ -59,8 +64,11 @@ class StageStats:
             "requests": self.requests,
             "cache_hits": self.cache_hits,
             "calls": self.calls,
+            "valid_calls": self.valid_calls,
             "budget_retries": self.budget_retries,
             "ok": self.ok,
+            "reasks": self.reasks,
+            "fallbacks": self.fallbacks,
             "failures": dict(sorted(self.failures.items())),
             "first_error": self.first_error,
             "schema_valid_rate": round(self.schema_valid_rate, 6),
@@ -88,6 +96,32 @@ class Ledger:
 
     def record_failure(self, stage: str, reason: FailureReason | str) -> None:
         self.stage(stage).failures[str(reason)] += 1
+
+    def merge(self, other: Ledger) -> Ledger:
+        """Add `other`'s counters to this ledger's, stage by stage (a worker's ledger into the run's).
+
+        Counts add up, so merging the same ledger twice counts its work twice; the run keeps its own
+        id and the earlier start time. Returns self.
+        """
+        if other is self:
+            raise ValueError("cannot merge a ledger into itself")
+        for name, stats in other.stages.items():
+            self.stage(name).add(stats)
+        self.started_at = min(self.started_at, other.started_at)
+        return self
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ledger:
+        """The ledger `to_json` wrote (derived rates and the total are recomputed, not read)."""
+        ledger = cls(data.get("run_id"))
+        ledger.started_at = float(data.get("started_at", ledger.started_at))
+        names = {f.name for f in fields(StageStats)}
+        for name, d in (data.get("stages") or {}).items():
+            counts = {k: v for k, v in d.items() if k in names and k != "failures"}
+            if "valid_calls" not in counts:  # written before valid_calls was: back from the rate
+                counts["valid_calls"] = round(d.get("call_valid_rate", 1.0) * d.get("calls", 0))
+            ledger.stages[name] = StageStats(**counts, failures=Counter(d.get("failures") or {}))
+        return ledger
 
     def total(self) -> StageStats:
         out = StageStats()
@@ -132,6 +166,8 @@ class Ledger:
             ("model calls", lambda s: s.calls),
             ("budget retries", lambda s: s.budget_retries),
             ("valid objects", lambda s: s.ok),
+            ("re-asks", lambda s: s.reasks),
+            ("fallbacks", lambda s: s.fallbacks),
             ("schema_valid_rate", lambda s: f"{s.schema_valid_rate:.1%}"),
             ("valid per call", lambda s: f"{s.call_valid_rate:.1%}"),
             ("prompt tokens", lambda s: s.prompt_tokens),

@@ -24,7 +24,7 @@ from recgpt.intent.pool import PoolConfig
 from recgpt.intent.tags import TagsConfig
 from recgpt.llm.credentials import redact, secret_digest
 from recgpt.retrieval.fusion import FusionConfig
-from recgpt.retrieval.tritower import TriTowerConfig
+from recgpt.retrieval.config import TriTowerConfig
 
 BUNDLED_PREFIX = "bundled:"
 DEFAULT_DATASET = "bundled:ml-latest-small"

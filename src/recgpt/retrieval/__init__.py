@@ -26,7 +26,7 @@ from typing import Any
 
 _EXPORTS = {
     "Embedder": "embeddings",
-    "TriTowerConfig": "tritower",
+    "TriTowerConfig": "config",
     "TriTower": "tritower",
     "train_on_split": "train",
     "train_tritower": "train",

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from recgpt.data.interactions import Interactions, Recommender
-from recgpt.eval.ranking import mask_seen, topk
+from recgpt.data.ranking import mask_seen, topk
 from recgpt.retrieval.fusion import (
     CANDIDATE_SCHEMA,
     Candidate,

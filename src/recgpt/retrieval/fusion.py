@@ -26,13 +26,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from recgpt.retrieval.index import ItemIndex
-from recgpt.retrieval.tritower import BehaviorLabels, TriTower
+
+if TYPE_CHECKING:  # annotations only: fusing lists must not load torch
+    from recgpt.retrieval.tritower import BehaviorLabels, TriTower
 
 CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(),

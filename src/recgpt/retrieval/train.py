@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from recgpt.data.interactions import Interactions
+from recgpt.data.ranking import mask_seen, topk
 from recgpt.data.split import EvalTask, Split
 from recgpt.eval.metrics import evaluate_lists
-from recgpt.eval.ranking import mask_seen, topk
 from recgpt.retrieval.tritower import (
     BehaviorLabels,
     EmbedFn,

@@ -228,7 +228,7 @@ def resolve_base(base: str | os.PathLike[str] | None) -> Path:
     from recgpt.llm.backends.transformers_backend import gguf_to_hf_folder
 
     if base is None:
-        from recgpt.llm.backends.llamacpp_backend import default_model_path
+        from recgpt.llm.models import default_model_path
 
         return gguf_to_hf_folder(default_model_path())
     p = Path(base).expanduser()

