@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import polars as pl
 
 from recgpt.data.atomic import write_json_atomic, write_parquet_atomic
-from recgpt.folders import PathEscape, inside
 
 MARKER = "done.json"
 _STAGE_DIR = re.compile(r"^(\d\d)_(.+)$")
@@ -78,18 +76,6 @@ class RunStore:
 
     def write_marker(self, stage: str, payload: dict[str, Any]) -> Path:
         return write_json_atomic(self.dir(stage) / MARKER, payload)
-
-    def reset(self, stage: str) -> Path:
-        """Empty a stage's folder, its marker first (a crash never leaves a marker beside half-written
-        tables); the folder must resolve inside the run folder, never the run folder itself."""
-        folder = inside(self.run_dir, self.dir(stage))
-        if folder.resolve() == self.run_dir.resolve():
-            raise PathEscape(f"stage folder {folder} is the run folder itself; refusing to delete it")
-        (folder / MARKER).unlink(missing_ok=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        return folder
 
     def read_json(self, name: str) -> dict[str, Any]:
         p = self.run_dir / name

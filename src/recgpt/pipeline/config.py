@@ -23,8 +23,8 @@ from recgpt.intent.phi import PhiConfig
 from recgpt.intent.pool import PoolConfig
 from recgpt.intent.tags import TagsConfig
 from recgpt.llm.credentials import redact, secret_digest
-from recgpt.retrieval.fusion import FusionConfig
 from recgpt.retrieval.config import TriTowerConfig
+from recgpt.retrieval.fusion import FusionConfig
 
 BUNDLED_PREFIX = "bundled:"
 DEFAULT_DATASET = "bundled:ml-latest-small"

@@ -11,6 +11,7 @@ asks an LLM.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from recgpt.data.atomic import clean_stale_temps, write_json_atomic
-from recgpt.data.runstore import RunStore
-from recgpt.folders import FolderLock
+from recgpt.data.runstore import MARKER, RunStore
+from recgpt.folders import FolderLock, PathEscape, inside
 from recgpt.llm.ledger import Ledger, StageStats
 from recgpt.pipeline.core import Pipeline, Stage, StageContext, config_values
 
@@ -189,6 +190,18 @@ def run_ledger(pipeline: Pipeline, store: RunStore, run_id: str) -> Ledger:
     return ledger_from_markers(finished_markers(pipeline, store, llm_only=True), run_id)
 
 
+def _reset(store: RunStore, stage: str) -> None:
+    """Empty a stage's folder, its marker first (a crash never leaves a marker beside half-written
+    tables); the folder must resolve inside the run folder, and never be the run folder itself."""
+    folder = inside(store.run_dir, store.dir(stage))
+    if folder.resolve() == store.run_dir.resolve():
+        raise PathEscape(f"stage folder {folder} is the run folder itself; refusing to delete it")
+    (folder / MARKER).unlink(missing_ok=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
 def _stats_of(stats: StageStats | None) -> dict[str, Any] | None:
     if stats is None:
         return None
@@ -256,7 +269,7 @@ def _run_one(
         console.print(f"{head}: [green]up to date[/green] (ran in {marker['seconds']:.1f} s), skipped")
         return StageOutcome(stage.name, stage.folder, "skipped", marker["seconds"], marker["stats"])
     console.print(f"{head} ...")
-    store.reset(stage.name)
+    _reset(store, stage.name)
     t0 = time.perf_counter()
     stats = stage.run(StageContext(stage, cfg, store, resources, console=console, progress=progress))
     seconds = time.perf_counter() - t0
