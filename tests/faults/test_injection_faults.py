@@ -36,7 +36,7 @@ from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.engine import LLMEngine
 from recgpt.llm.types import GenerationInput
 from recgpt.pipeline import run_pipeline
-from recgpt.pipeline.state import RunState
+from recgpt.pipeline.resources import Resources as RunState
 from tests.intent.conftest import HashEncoder
 from tests.pipeline.conftest import INTERESTS, TAGS, _interest_ids, fast_config, slice_dataset
 

@@ -23,10 +23,27 @@ from recgpt.pipeline.config import RunConfig
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 INTERESTS = ("Space adventure", "Romantic comedy", "Crime thriller", "Animated family films", "War drama")
-TAGS = ("epic space battle", "witty romance comedy", "gritty crime thriller", "animated family adventure",
-        "historical war drama", "dark psychological thriller")  # fmt: skip
-TINY_TOWER = {"dim": 16, "id_dim": 16, "cat_dim": 8, "brand_dim": 4, "text_dim": 8, "hidden": 32,
-              "batch_size": 256, "n_negatives": 32, "epochs": 2, "max_history": 10, "patience": 1}  # fmt: skip
+TAGS = (
+    "epic space battle",
+    "witty romance comedy",
+    "gritty crime thriller",
+    "animated family adventure",
+    "historical war drama",
+    "dark psychological thriller",
+)
+TINY_TOWER = {
+    "dim": 16,
+    "id_dim": 16,
+    "cat_dim": 8,
+    "brand_dim": 4,
+    "text_dim": 8,
+    "hidden": 32,
+    "batch_size": 256,
+    "n_negatives": 32,
+    "epochs": 2,
+    "max_history": 10,
+    "patience": 1,
+}
 
 
 def _interest_ids(schema: dict[str, Any]) -> list[int]:
@@ -45,15 +62,36 @@ def fake_answer(inp: GenerationInput) -> str:
     props = schema.get("properties", {})
     if "interests" in props:
         n = props["interests"]["minItems"]
-        return json.dumps({"interests": [
-            {"id": i + 1, "interest": INTERESTS[i % len(INTERESTS)], "stage": "long-term",
-             "reason": "several films of this kind rated highly"} for i in range(n)]})  # fmt: skip
+        return json.dumps(
+            {
+                "interests": [
+                    {
+                        "id": i + 1,
+                        "interest": INTERESTS[i % len(INTERESTS)],
+                        "stage": "long-term",
+                        "reason": "several films of this kind rated highly",
+                    }
+                    for i in range(n)
+                ]
+            }
+        )
     if "tags" in props:
         n, ids = props["tags"]["minItems"], _interest_ids(schema)
-        return json.dumps({"tags": [
-            {"tag": TAGS[i % len(TAGS)] + ("" if i < len(TAGS) else f" {i}"), "interest_id": ids[i % len(ids)],
-             "rationale": "fits the interest"} for i in range(n)]})  # fmt: skip
-    return json.dumps({"analysis": "the film matches the interest", "explanation": "A fresh pick for your evenings"})
+        return json.dumps(
+            {
+                "tags": [
+                    {
+                        "tag": TAGS[i % len(TAGS)] + ("" if i < len(TAGS) else f" {i}"),
+                        "interest_id": ids[i % len(ids)],
+                        "rationale": "fits the interest",
+                    }
+                    for i in range(n)
+                ]
+            }
+        )
+    return json.dumps(
+        {"analysis": "the film matches the interest", "explanation": "A fresh pick for your evenings"}
+    )
 
 
 def fake_backend(**kwargs: Any) -> FakeBackend:
@@ -66,11 +104,19 @@ def slice_dataset(n_users: int = 60, n_items: int = 500) -> Dataset:
 
     ds = load_bundled()
     users = sorted(ds.users["user_id"].to_list(), key=int)[:n_users]
-    top = ds.events.group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])["item_id"][:n_items]
+    top = (
+        ds.events.group_by("item_id")
+        .len()
+        .sort(["len", "item_id"], descending=[True, False])["item_id"][:n_items]
+    )
     events = ds.events.filter(pl.col("user_id").is_in(users) & pl.col("item_id").is_in(top.implode()))
     items = ds.items.filter(pl.col("item_id").is_in(events["item_id"].unique().implode()))
-    return Dataset.build(items, ds.users.filter(pl.col("user_id").is_in(users)), events,
-                         Manifest(name="mls-slice", source="tests: bundled ml-latest-small slice"))  # fmt: skip
+    return Dataset.build(
+        items,
+        ds.users.filter(pl.col("user_id").is_in(users)),
+        events,
+        Manifest(name="mls-slice", source="tests: bundled ml-latest-small slice"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +129,21 @@ def slice_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fast_config(slice_path: Path, runs_dir: Path, **overrides: Any) -> RunConfig:
     """A config that runs the whole chain in seconds: fake LLM, regex tokens, tiny tri-tower."""
     base: dict[str, Any] = {
-        "dataset": str(slice_path), "runs_dir": str(runs_dir), "name": "t", "users": 8,
-        "llm": {"spec": "fake", "chunk_size": 4}, "tokenizer": "regex",
-        "compression": {"budget": 300}, "pool": {"min_support": 3, "centroid_sample": 50},
-        "interests": {"count": 3}, "tags": {"count": 4}, "tritower": TINY_TOWER,
-        "explain_top": 3, "compare": ["mostpop"], "report_users": 2,
-    }  # fmt: skip
+        "dataset": str(slice_path),
+        "runs_dir": str(runs_dir),
+        "name": "t",
+        "users": 8,
+        "llm": {"spec": "fake", "chunk_size": 4},
+        "tokenizer": "regex",
+        "compression": {"budget": 300},
+        "pool": {"min_support": 3, "centroid_sample": 50},
+        "interests": {"count": 3},
+        "tags": {"count": 4},
+        "tritower": TINY_TOWER,
+        "explain_top": 3,
+        "compare": ["mostpop"],
+        "report_users": 2,
+    }
     from recgpt.pipeline.config import merge
 
     return RunConfig.model_validate(merge(base, overrides))

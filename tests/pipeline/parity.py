@@ -25,11 +25,16 @@ def table_digests(run_dir: Path) -> dict[str, Any]:
         key = f"{p.parent.name}/{p.stem}"
         df = pl.read_parquet(p)
         df = df.drop([c for c in df.columns if c in VOLATILE_COLUMNS])
-        out[key] = {"rows": df.height, "columns": df.columns,
-                    "sha256": hashlib.sha256(df.write_csv().encode()).hexdigest()}  # fmt: skip
+        out[key] = {
+            "rows": df.height,
+            "columns": df.columns,
+            "sha256": hashlib.sha256(df.write_csv().encode()).hexdigest(),
+        }
     results = run_dir / "results.json"
     if results.exists():
         table = json.loads(results.read_text())["table"]
-        out["results.json"] = {r["model"]: {k: (round(v, 10) if isinstance(v, float) else v) for k, v in r.items()}
-                               for r in table}  # fmt: skip
+        out["results.json"] = {
+            r["model"]: {k: (round(v, 10) if isinstance(v, float) else v) for k, v in r.items()}
+            for r in table
+        }
     return out

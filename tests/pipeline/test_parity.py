@@ -23,8 +23,9 @@ GOLDEN = Path(__file__).with_name("parity_golden.json")
 
 def test_tables_match_the_pre_refactor_run(slice_path: Path, tmp_path: Path) -> None:
     cfg = fast_config(slice_path, tmp_path / "runs")
-    summary = run_pipeline(cfg, backend=fake_backend(), encoder=HashEncoder(), console=Console(quiet=True),
-                           progress=False)
+    summary = run_pipeline(
+        cfg, backend=fake_backend(), encoder=HashEncoder(), console=Console(quiet=True), progress=False
+    )
     got, want = table_digests(summary.run_dir), json.loads(GOLDEN.read_text())
     assert sorted(got) == sorted(want)
     differ = [name for name in want if got[name] != want[name]]

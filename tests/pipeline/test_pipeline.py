@@ -36,7 +36,9 @@ def _run(cfg: RunConfig, backend: Any) -> RunSummary:
 
 
 @pytest.fixture(scope="module")
-def first_run(slice_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, RunSummary, Any]:
+def first_run(
+    slice_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[RunConfig, RunSummary, Any]:
     cfg = fast_config(slice_path, tmp_path_factory.mktemp("runs"))
     backend = fake_backend()
     return cfg, _run(cfg, backend), backend
@@ -48,11 +50,14 @@ def test_every_stage_writes_its_contract_tables(first_run: tuple[RunConfig, RunS
     assert all(o.status == "ran" for o in summary.outcomes) and backend.generate_calls > 0
     run = summary.run_dir
     contracts = {
-        "03_interests/interests": INTERESTS_SCHEMA, "03_interests/failures": FAILURES_SCHEMA,
-        "04_tags/tags": TAGS_SCHEMA, "05_phi/tag_categories": TAG_CATEGORY_SCHEMA,
-        "07_candidates/candidates": CANDIDATE_SCHEMA, "08_fusion/fused": CANDIDATE_SCHEMA,
+        "03_interests/interests": INTERESTS_SCHEMA,
+        "03_interests/failures": FAILURES_SCHEMA,
+        "04_tags/tags": TAGS_SCHEMA,
+        "05_phi/tag_categories": TAG_CATEGORY_SCHEMA,
+        "07_candidates/candidates": CANDIDATE_SCHEMA,
+        "08_fusion/fused": CANDIDATE_SCHEMA,
         "10_explanations/explanations": EXPLANATIONS_SCHEMA,
-    }  # fmt: skip
+    }
     for name, schema in contracts.items():
         assert pl.read_parquet(run / f"{name}.parquet").columns == list(schema), name
     for stage in STAGE_NAMES:
@@ -60,7 +65,12 @@ def test_every_stage_writes_its_contract_tables(first_run: tuple[RunConfig, RunS
     users = pl.read_parquet(run / "00_split/users.parquet")["user_id"].to_list()
     assert len(users) == cfg.users
     # every user-specific table covers exactly the sampled users
-    for name in ("01_compress/compressed", "03_interests/interests", "04_tags/tags", "07_candidates/candidates"):
+    for name in (
+        "01_compress/compressed",
+        "03_interests/interests",
+        "04_tags/tags",
+        "07_candidates/candidates",
+    ):
         assert sorted(pl.read_parquet(run / f"{name}.parquet")["user_id"].unique()) == users, name
     cand = pl.read_parquet(run / "07_candidates/candidates.parquet")
     assert cand["tag"].is_not_null().all() and cand["interest"].is_not_null().all()  # provenance kept
@@ -116,21 +126,22 @@ def test_a_killed_llm_stage_resumes_from_the_cache(slice_path: Path, tmp_path: P
     assert (interests_dir / "done.json").exists()
 
 
-def test_a_leaky_context_aborts_the_llm_stage(slice_path: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import recgpt.pipeline.state as state_mod
+def test_a_leaky_context_aborts_the_llm_stage(
+    slice_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recgpt.pipeline.stages as stages_mod
 
-    real = state_mod.build_contexts
+    real = stages_mod.contexts_from_tables
 
-    def leaky(task: EvalTask, dataset: Any, users: Sequence[str], **kw: Any) -> list[UserContext]:
-        ctxs = real(task, dataset, users, **kw)
+    def leaky(task: EvalTask, dataset: Any, users: Sequence[str], *args: Any) -> list[UserContext]:
+        ctxs = real(task, dataset, users, *args)
         titles = dataset.items["title"].to_list()
         i = next(i for i, t in enumerate(task.targets) if len(titles[int(t[0])]) >= 8)
         leaked = f"{ctxs[i].history}\ntoday (rated) | {titles[int(task.targets[i][0])]}"
         ctxs[i] = dataclasses.replace(ctxs[i], history=leaked)
         return ctxs
 
-    monkeypatch.setattr(state_mod, "build_contexts", leaky)
+    monkeypatch.setattr(stages_mod, "contexts_from_tables", leaky)
     backend = fake_backend()
     with pytest.raises(LeakageError, match="held-out item"):
         _run(fast_config(slice_path, tmp_path), backend)
@@ -147,7 +158,10 @@ def test_config_is_validated(slice_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="beta"):
         fast_config(slice_path, tmp_path, fusion={"beta": 2.0})
     assert parse_assignments(["tags.count=5", "fusion.beta=0.7", "llm.spec=openai:m@http://x/v1"]) == {
-        "tags": {"count": 5}, "fusion": {"beta": 0.7}, "llm": {"spec": "openai:m@http://x/v1"}}
+        "tags": {"count": 5},
+        "fusion": {"beta": 0.7},
+        "llm": {"spec": "openai:m@http://x/v1"},
+    }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_assignments(["tags.count"])
     q = quickstart_config(users=10)
@@ -158,63 +172,75 @@ def test_unknown_dataset_folder_is_a_clear_error(tmp_path: Path) -> None:
     from recgpt.data.errors import DataError
 
     with pytest.raises(DataError):
-        run_pipeline(RunConfig(dataset=str(tmp_path / "missing"), runs_dir=tmp_path), console=QUIET, progress=False)
+        run_pipeline(
+            RunConfig(dataset=str(tmp_path / "missing"), runs_dir=tmp_path), console=QUIET, progress=False
+        )
 
 
-def test_the_guard_tolerates_duplicate_titles_but_still_catches_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_guard_tolerates_duplicate_titles_but_still_catches_leaks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A held-out item whose title is also the title of an item the user saw (ml-100k lists 18 films
     twice; Amazon variants share their cut titles) cannot be told apart from it: not a leak. Any other
     held-out title still is."""
     import tests.intent.conftest as toy_mod
+    from recgpt.behavior.items import clean_title
+    from recgpt.data.leakage import shadowed_items
     from recgpt.data.split import make_split
-    from recgpt.intent.context import guard_requests
+    from recgpt.intent.context import guard_requests, prompt_text
     from recgpt.intent.interests import InterestsConfig, interest_request
-    from recgpt.pipeline.state import guard_user_prompts, shadowed_items
 
     twin = toy_mod.ITEMS["s3"][0]  # u1's held-out test item
     monkeypatch.setitem(toy_mod.ITEMS, "s1", (twin, ["Sci-Fi"]))  # u1 saw a twin listing of it
     sp = make_split(toy_mod.toy_dataset())
-    titles = dict(zip(sp.dataset.items["item_id"].to_list(), sp.dataset.items["title"].to_list(), strict=True))
-    assert shadowed_items(sp, sp.test, "u1", titles) == {"s3"}
+    titles = dict(
+        zip(sp.dataset.items["item_id"].to_list(), sp.dataset.items["title"].to_list(), strict=True)
+    )
+    assert shadowed_items(sp, sp.test, "u1", titles, alias=clean_title) == {"s3"}
 
     def request(user: str, history: str) -> Any:
         ctx = UserContext(user_id=user, asof_ts=sp.test.asof.point(user)[0], history=history)
         return interest_request(InterestsConfig(), ctx)
 
     twin_mention = request("u1", f"1 year ago (rated) | {twin}")
-    guard_requests(sp, sp.test, [twin_mention])  # the one guard (recgpt.data.leakage) exempts the twin
-    guard_user_prompts(sp, sp.test, [twin_mention])
+    with pytest.raises(LeakageError):  # the plain split guard cannot tell the twins apart
+        sp.guard_text("u1", prompt_text(twin_mention), sp.test)
+    guard_requests(sp, sp.test, [twin_mention])  # the exemption (recgpt.data.leakage) can
     leak = request("u2", f"today (rated) | {toy_mod.ITEMS['r3'][0]}")  # u2's held-out item, no twin
     with pytest.raises(LeakageError, match="r3"):
-        guard_user_prompts(sp, sp.test, [twin_mention, leak])
+        guard_requests(sp, sp.test, [twin_mention, leak])
 
 
 def test_one_llm_stage_can_have_its_own_backend(slice_path: Path, tmp_path: Path) -> None:
     """`llm.stages` (`recgpt run --stage-llm tags=SPEC`): an aligned LLM_IT serves the tags stage only;
     only the stages it serves change identity, and its engine shares the run's ledger."""
     from recgpt.data.dataset import Dataset
-    from recgpt.pipeline.run import stage_hash
-    from recgpt.pipeline.stages import STAGES
-    from recgpt.pipeline.state import RunState
+    from recgpt.data.runstore import RunStore
+    from recgpt.pipeline.resources import Resources
+    from recgpt.pipeline.stages import RECGPT
 
     cfg = RunConfig(dataset=str(slice_path), runs_dir=tmp_path, llm={"spec": "fake"})
     tuned = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"stages": {"tags": "fake:aligned"}})})
-    hashes: dict[str, dict[str, str]] = {"base": {}, "tuned": {}}
-    for label, c in (("base", cfg), ("tuned", tuned)):
-        for st in STAGES:
-            hashes[label][st.name] = stage_hash(st, c, hashes[label], "fp")
-    changed = {n for n in hashes["base"] if hashes["base"][n] != hashes["tuned"][n]}
+    base_keys, tuned_keys = RECGPT.keys(cfg, "fp"), RECGPT.keys(tuned, "fp")
+    changed = {n for n in base_keys if base_keys[n] != tuned_keys[n]}
     assert "tags" in changed and not changed & {"split", "compress", "pool", "interests", "tritower"}
     assert tuned.llm.spec_for("tags") == "fake:aligned" and tuned.llm.spec_for("interests") == "fake"
     with pytest.raises(ValueError, match="unknown LLM stage"):
         RunConfig(llm={"stages": {"tagz": "fake"}})
 
-    state = RunState(tuned, Dataset.load(slice_path), console=None)  # type: ignore[arg-type]
+    res = Resources(tuned, Dataset.load(slice_path), RunStore(tmp_path / "r"))
     made: list[str] = []
-    state._make_engine = lambda spec, backend=None, ledger=None: made.append(spec) or type(  # type: ignore[method-assign]
-        "E", (), {"spec": spec, "ledger": ledger if ledger is not None else object(), "close": lambda self: None})()
-    assert state.engine_for("interests") is state.engine and state.engine_for("explanations") is state.engine
-    tags_engine = state.engine_for("tags")
-    assert tags_engine.spec == "fake:aligned" and tags_engine.ledger is state.engine.ledger
-    assert state.engine_for("tags") is tags_engine and made == ["fake", "fake:aligned"]
-    state.close()
+    res.make_engine = lambda spec, ledger=None: (
+        made.append(spec)
+        or type(  # type: ignore[method-assign]
+            "E",
+            (),
+            {"spec": spec, "ledger": ledger if ledger is not None else object(), "close": lambda self: None},
+        )()
+    )
+    interests = res.engine("interests")
+    assert res.engine("explanations") is interests and interests.spec == "fake"
+    tags_engine = res.engine("tags")
+    assert tags_engine.spec == "fake:aligned" and tags_engine.ledger is interests.ledger
+    assert res.engine("tags") is tags_engine and made == ["fake", "fake:aligned"]
+    res.close()

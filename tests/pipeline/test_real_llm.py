@@ -21,12 +21,36 @@ from tests.pipeline.conftest import TINY_TOWER
 
 pytestmark = pytest.mark.llm
 SMALL = [
-    "--users", "2", "--llm-threads", "1", "--no-progress",
-    "--set", "interests.count=2", "--set", "interests.history_chars=500", "--set", "interests.pool_size=5",
-    "--set", "tags.count=3", "--set", "tags.history_chars=300", "--set", "tags.max_recent_items=4",
-    "--set", "explain_top=1", "--set", "explanations.max_tokens=80", "--set", "tokenizer=regex",
-    "--set", "compare=[\"mostpop\"]", "--set", f"tritower={json.dumps(TINY_TOWER)}", "--set", "report_users=1",
-]  # fmt: skip
+    "--users",
+    "2",
+    "--llm-threads",
+    "1",
+    "--no-progress",
+    "--set",
+    "interests.count=2",
+    "--set",
+    "interests.history_chars=500",
+    "--set",
+    "interests.pool_size=5",
+    "--set",
+    "tags.count=3",
+    "--set",
+    "tags.history_chars=300",
+    "--set",
+    "tags.max_recent_items=4",
+    "--set",
+    "explain_top=1",
+    "--set",
+    "explanations.max_tokens=80",
+    "--set",
+    "tokenizer=regex",
+    "--set",
+    'compare=["mostpop"]',
+    "--set",
+    f"tritower={json.dumps(TINY_TOWER)}",
+    "--set",
+    "report_users=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +78,38 @@ def _check_run(run: Path, output: str) -> dict[str, object]:
 
 
 def test_recgpt_run_on_the_embedded_model(gguf: Path, slice_path: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["run", "--dataset", str(slice_path), "--name", "real", "--runs-dir",
-                                      str(tmp_path), "--llm", f"llamacpp:{gguf}", *SMALL])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--dataset",
+            str(slice_path),
+            "--name",
+            "real",
+            "--runs-dir",
+            str(tmp_path),
+            "--llm",
+            f"llamacpp:{gguf}",
+            *SMALL,
+        ],
+    )
     assert result.exit_code == 0, result.output[-3000:]
     _check_run(tmp_path / "real", result.output)
-    again = CliRunner().invoke(app, ["run", "--dataset", str(slice_path), "--name", "real", "--runs-dir",
-                                     str(tmp_path), "--llm", f"llamacpp:{gguf}", *SMALL])  # fmt: skip
+    again = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--dataset",
+            str(slice_path),
+            "--name",
+            "real",
+            "--runs-dir",
+            str(tmp_path),
+            "--llm",
+            f"llamacpp:{gguf}",
+            *SMALL,
+        ],
+    )
     assert again.exit_code == 0 and "all up to date" in again.output and "model calls now: 0" in again.output
 
 
@@ -68,8 +118,21 @@ def test_recgpt_run_against_an_openai_compatible_server(gguf: Path, slice_path: 
 
     with LlamaServer(gguf, n_threads=1, n_ctx=4096) as server:
         spec = f"openai:{server.model}@{server.base_url}"
-        result = CliRunner().invoke(app, ["run", "--dataset", str(slice_path), "--name", "served", "--runs-dir",
-                                          str(tmp_path), "--llm", spec, *SMALL])  # fmt: skip
+        result = CliRunner().invoke(
+            app,
+            [
+                "run",
+                "--dataset",
+                str(slice_path),
+                "--name",
+                "served",
+                "--runs-dir",
+                str(tmp_path),
+                "--llm",
+                spec,
+                *SMALL,
+            ],
+        )
     assert result.exit_code == 0, result.output[-3000:]
     results = _check_run(tmp_path / "served", result.output)
     assert str(results["llm"]).startswith("openai:")

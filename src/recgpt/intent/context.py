@@ -11,7 +11,7 @@ to every user-specific LLM input.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -74,15 +74,27 @@ def build_contexts(
     dataset: Dataset,
     user_ids: Sequence[str],
     *,
-    compressor: BehaviorCompressor,
+    compressor: BehaviorCompressor | None = None,
+    histories: Mapping[str, str] | None = None,
     pool: InterestPool | None = None,
     pool_matches: pl.DataFrame | None = None,
 ) -> list[UserContext]:
-    """Contexts of `user_ids` from the task's `AsOf` view (pool from `pool_matches`, else `pool.match`)."""
+    """Contexts of `user_ids` from the task's `AsOf` view.
+
+    B_u comes from `histories` (stored texts by user, e.g. `stored_histories` of a compress table)
+    or else from running `compressor`; I_m from `pool_matches`, else `pool.match`.
+    """
     missing = [u for u in user_ids if not task.asof.has_point(u)]
     if missing:
         raise ValueError(f"users without a split point in the {task.name} task: {missing[:5]}")
-    compressed = {c.user_id: c.text for c in compressor.compress_many(task.asof, user_ids)}
+    if histories is not None:
+        if lacking := [u for u in user_ids if u not in histories]:
+            raise ValueError(f"the stored compressed histories lack users {lacking[:5]}")
+        compressed = {u: histories[u] for u in user_ids}
+    elif compressor is not None:
+        compressed = {c.user_id: c.text for c in compressor.compress_many(task.asof, user_ids)}
+    else:
+        raise ValueError("build_contexts needs the users' compressed histories or a compressor")
     if pool_matches is None and pool is not None:
         pool_matches = pool.match(task.asof, user_ids)
     matched: dict[str, list[str]] = {}
@@ -94,12 +106,33 @@ def build_contexts(
     out = []
     for u in user_ids:
         hist = task.asof.history(u).filter(pl.col("item_id").is_not_null())
-        seen = tuple((clean_title(titles[i] or ""), int(t)) for i, t in hist.select("item_id", "timestamp").iter_rows())
+        seen = tuple(
+            (clean_title(titles[i] or ""), int(t)) for i, t in hist.select("item_id", "timestamp").iter_rows()
+        )
         out.append(UserContext(
             user_id=u, asof_ts=task.asof.point(u)[0], attributes=attrs.get(u, {}), history=compressed[u],
             pool=tuple(matched.get(u, ())), items=seen,
         ))  # fmt: skip
     return out
+
+
+def stored_histories(compressed: pl.DataFrame) -> dict[str, str]:
+    """user_id -> B_u text of a compress stage table (`user_id`, `text`)."""
+    return dict(compressed.select("user_id", "text").iter_rows())
+
+
+def contexts_from_tables(
+    task: EvalTask,
+    dataset: Dataset,
+    user_ids: Sequence[str],
+    compressed: pl.DataFrame,
+    pool_matches: pl.DataFrame | None = None,
+) -> list[UserContext]:
+    """Contexts built from a run's stored tables (compressed histories, pool matches): what the intent
+    stages and the judge use, so no one runs the compressor a second time."""
+    return build_contexts(
+        task, dataset, user_ids, histories=stored_histories(compressed), pool_matches=pool_matches
+    )
 
 
 def history_tail(text: str, max_chars: int | None) -> str:
@@ -161,9 +194,11 @@ __all__ = [
     "attribute_text",
     "build_contexts",
     "clean_phrase",
+    "contexts_from_tables",
     "describe_date",
     "guard_requests",
     "history_tail",
     "phrase_key",
     "prompt_text",
+    "stored_histories",
 ]

@@ -7,7 +7,8 @@ Two doors in:
   model's output), and rebuilds each user's context from what the chain itself showed the model:
   the stored compressed history (`01_compress`), the dataset's user attributes, the as-of date, and
   the items engaged in the freshness window, all from the run's test `AsOf` view. Held-out items
-  never enter: every user context is checked with the pipeline's leakage guard.
+  never enter: every user context is checked with the leakage guard (`intent.context.guard_requests`).
+  The run is opened through `RunStore` and its `config.json`, never through the pipeline package.
 - `make_samples(task, rows)` turns freshly generated outputs (training builders, self-training)
   into the same table, from plain fields (`context_fields(ctx)` gives them for a `UserContext`).
 
@@ -22,21 +23,32 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from rich.console import Console
 
-from recgpt.intent.context import UserContext, attribute_text, build_contexts, describe_date, history_tail
-from recgpt.intent.tags import recent_titles
+from recgpt.data.dataset import Dataset
+from recgpt.data.runstore import RunStore
+from recgpt.data.split import EvalTask, Split, SplitConfig, make_split, sample_users, subtask
+from recgpt.intent.context import (
+    UserContext,
+    attribute_text,
+    contexts_from_tables,
+    describe_date,
+    guard_requests,
+    history_tail,
+)
+from recgpt.intent.tags import TagsConfig, recent_titles
 from recgpt.judge.criteria import TASKS, check_task
 from recgpt.llm.types import ChatMessage, LLMRequest
 
-if TYPE_CHECKING:  # the pipeline pulls in the whole chain
-    from recgpt.pipeline.state import RunState
+if TYPE_CHECKING:
+    from recgpt.llm.engine import LLMEngine
 
 SAMPLES_SCHEMA: dict[str, pl.DataType] = {
     "sample_id": pl.String(),
@@ -120,13 +132,17 @@ def make_samples(
     for i, row in enumerate(rows):
         unknown = set(row) - ROW_KEYS
         if unknown:
-            raise ValueError(f"{task} sample row {i}: unknown field(s) {sorted(unknown)}; valid: {sorted(ROW_KEYS)}")
+            raise ValueError(
+                f"{task} sample row {i}: unknown field(s) {sorted(unknown)}; valid: {sorted(ROW_KEYS)}"
+            )
         output = row.get("output")
         if not isinstance(output, str) or not output.strip():
             raise ValueError(f"{task} sample row {i}: 'output' must be a non-empty string, got {output!r}")
         if task == "tags" and not row.get("interest"):
             raise ValueError(f"tags sample row {i}: a tag needs its linked 'interest'")
-        if task == "explanations" and not (row.get("interest") and (row.get("item") or row.get("item_title"))):
+        if task == "explanations" and not (
+            row.get("interest") and (row.get("item") or row.get("item_title"))
+        ):
             raise ValueError(f"explanations sample row {i}: needs 'interest' and 'item' (or 'item_title')")
         as_of = None if row.get("as_of") is None else int(row["as_of"])
         sid = sample_id(task, row.get("user_id"), as_of, row.get("interest"), row.get("item_id"), output)
@@ -163,75 +179,126 @@ def check_samples(samples: pl.DataFrame) -> pl.DataFrame:
 
 
 def stage_folders(run_dir: Path) -> dict[str, str]:
-    """stage name -> folder, from the `done.json` markers on disk (folder numbering changes between
-    versions of the chain; the newest finished folder wins when two claim one stage)."""
-    found: dict[str, tuple[float, str]] = {}
-    for marker in sorted(Path(run_dir).glob("*/done.json")):
-        try:
-            m = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            continue
-        stage, when = m.get("stage"), float(m.get("finished_at") or 0.0)
-        if stage and (stage not in found or when > found[stage][0]):
-            found[stage] = (when, marker.parent.name)
-    return {s: f for s, (_, f) in found.items()}
+    """stage name -> folder of a run folder (`03_interests` -> `interests`)."""
+    return dict(RunStore.open(run_dir).folders)
 
 
-def open_run(run_dir: str | Path, *, llm: Mapping[str, Any] | None = None, progress: bool = False,
-             console: Console | None = None) -> RunState:  # fmt: skip
-    """A `RunState` over an existing run folder (wherever it now lives); `llm` overrides fields of the
-    run's `LLMSettings` (e.g. {"spec": "llamacpp", "workers": 2}) to judge with another model."""
-    from recgpt.pipeline.config import RunConfig
-    from recgpt.pipeline.state import RunState, load_dataset
+class OpenedRun:
+    """A finished run folder as the judge reads it: its tables, config, dataset view and test task.
 
+    Built from `RunStore.open`, the run's `config.json` and the dataset (with the same redaction of
+    instruction-like text the run applied), so judging never imports the pipeline. `engine` is the
+    LLM of the run's `llm` settings (or the overrides given to `open_run`).
+    """
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, progress: bool = False) -> None:
+        self.run_dir, self.config, self.progress = Path(run_dir), config, progress
+        self.store = RunStore.open(run_dir)
+        self._engine: LLMEngine | None = None
+
+    @property
+    def llm(self) -> dict[str, Any]:
+        return dict(self.config.get("llm") or {})
+
+    @property
+    def llm_spec(self) -> str:
+        """The judge backend spec as it may be printed (the run's config.json holds it redacted)."""
+        from recgpt.llm.credentials import redact
+
+        return redact(str(self.llm.get("spec", "llamacpp")))
+
+    @property
+    def cfg(self) -> Any:
+        """`cfg.llm.shown_spec()` for callers written against the old `RunState` (prefer `llm_spec`)."""
+        return SimpleNamespace(llm=SimpleNamespace(shown_spec=lambda stage=None: self.llm_spec))
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        from recgpt.data.untrusted import UntrustedText, redact_dataset
+        from recgpt.datasets import load_dataset
+
+        source = load_dataset(self.config["dataset"])
+        return redact_dataset(source, UntrustedText.of(source).report)
+
+    @cached_property
+    def split(self) -> Split:
+        config = TypeAdapter(SplitConfig).validate_python(self.config.get("split") or {})
+        return make_split(self.dataset, config)
+
+    @cached_property
+    def users(self) -> list[str]:
+        return sample_users(self.split.test, self.config.get("users"), int(self.config.get("seed", 0)))
+
+    @cached_property
+    def task(self) -> EvalTask:
+        return subtask(self.split.test, self.dataset.events, self.users)
+
+    @cached_property
+    def tags_config(self) -> TagsConfig:
+        return TagsConfig.model_validate(self.config.get("tags") or {})
+
+    def read(self, stage: str, table: str) -> pl.DataFrame:
+        return self.store.read(stage, table)
+
+    def marker(self, stage: str) -> dict[str, Any] | None:
+        return self.store.marker(stage)
+
+    @property
+    def engine(self) -> LLMEngine:
+        """The judge's engine: the run's LLM settings, its cache (`llm.cache`, else the run's cache)."""
+        if self._engine is None:
+            from recgpt.llm import LLMCache, LLMEngine, make_backend
+
+            llm = self.llm
+            options = {k: llm[k] for k in ("threads", "workers", "n_ctx") if k in llm}
+            backend = make_backend(str(llm.get("spec", "llamacpp")), options=options)
+            extra = {k: llm[k] for k in ("max_retries", "chunk_size", "max_tokens_growth") if k in llm}
+            cache = LLMCache(llm.get("cache") or self.run_dir / "llm-cache.sqlite")
+            self._engine = LLMEngine(backend, cache=cache, progress=self.progress, **extra)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def open_run(
+    run_dir: str | Path,
+    *,
+    llm: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    console: Console | None = None,
+) -> OpenedRun:
+    """An existing run folder (wherever it now lives); `llm` overrides fields of the run's LLM settings
+    (e.g. {"spec": "llamacpp", "workers": 2}) to judge with another model. `console` is unused (kept for
+    callers that pass one)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} is missing: {run_dir} is not a run folder (run `recgpt run` first)")
-    cfg = RunConfig.model_validate(json.loads(cfg_path.read_text()))
-    update: dict[str, Any] = {"runs_dir": run_dir.parent, "name": run_dir.name}
+        raise FileNotFoundError(
+            f"{cfg_path} is missing: {run_dir} is not a run folder (run `recgpt run` first)"
+        )
+    config = dict(json.loads(cfg_path.read_text()))
     if llm:
-        update["llm"] = cfg.llm.model_validate({**cfg.llm.model_dump(), **llm})
-    cfg = cfg.model_copy(update=update)
-    return RunState(cfg, load_dataset(cfg.dataset), console=console or Console(quiet=True), progress=progress,
-                    folders=stage_folders(run_dir))  # fmt: skip
+        config["llm"] = {**(config.get("llm") or {}), **llm}
+    return OpenedRun(run_dir, config, progress=progress)
 
 
-class _StoredCompression:
-    """The run's stored B_u texts behind the compressor interface `build_contexts` calls."""
-
-    def __init__(self, table: pl.DataFrame) -> None:
-        self._rows = {r["user_id"]: r for r in table.iter_rows(named=True)}
-
-    def compress_many(self, view: Any, user_ids: Sequence[str]) -> list[Any]:
-        missing = [u for u in user_ids if u not in self._rows]
-        if missing:
-            raise ValueError(f"the run's compressed histories lack users {missing[:5]}")
-        return [_Text(u, self._rows[u]["text"]) for u in user_ids]
-
-
-@dataclass(frozen=True)
-class _Text:
-    user_id: str
-    text: str
-
-
-def _guard(state: RunState, fields: Mapping[str, dict[str, Any]]) -> None:
+def _guard(run: OpenedRun, fields: Mapping[str, dict[str, Any]]) -> None:
     """Raise `LeakageError` if a user's dataset-derived context names one of their held-out items."""
-    from recgpt.pipeline.state import guard_user_prompts
-
     reqs = [LLMRequest(messages=(ChatMessage(role="user", content=user_context_text(f)),), output_model=BaseModel,
                        key=u) for u, f in fields.items()]  # fmt: skip
-    guard_user_prompts(state.split, state.task, reqs)
+    guard_requests(run.split, run.task, reqs)
 
 
-def _finished_at(state: RunState, stage: str) -> int:
-    m = state.marker(stage)
+def _finished_at(run: OpenedRun, stage: str) -> int:
+    m = run.marker(stage)
     return int(m.get("finished_at") or time.time()) if m else int(time.time())
 
 
 def samples_from_state(
-    state: RunState,
+    state: OpenedRun,
     tasks: Sequence[str] = TASKS,
     *,
     llm_only: bool = True,
@@ -257,17 +324,21 @@ def samples_from_state(
     users = sorted({u for t in ("interests", "tags") if t in tables for u in tables[t]["user_id"].to_list()})
     fields: dict[str, dict[str, Any]] = {}
     if users:
-        ctxs = build_contexts(state.task, state.dataset, users,
-                              compressor=_StoredCompression(state.read("compress", "compressed")))  # type: ignore[arg-type]  # fmt: skip
-        cfg = state.cfg
-        fields = {c.user_id: context_fields(c, history_chars=history_chars, freshness_days=cfg.tags.freshness_days,
-                                            max_recent=max_recent, hemisphere=cfg.tags.hemisphere)
+        ctxs = contexts_from_tables(state.task, state.dataset, users, state.read("compress", "compressed"))
+        tags_cfg = state.tags_config
+        fields = {c.user_id: context_fields(c, history_chars=history_chars, freshness_days=tags_cfg.freshness_days,
+                                            max_recent=max_recent, hemisphere=tags_cfg.hemisphere)
                   for c in ctxs}  # fmt: skip
         _guard(state, fields)
     parts = []
     if "interests" in tables:
-        rows = [{**fields[u], "output": name} for u, name in tables["interests"].select("user_id", "interest").iter_rows()]
-        parts.append(make_samples("interests", rows, source=source, created_at=_finished_at(state, "interests")))
+        rows = [
+            {**fields[u], "output": name}
+            for u, name in tables["interests"].select("user_id", "interest").iter_rows()
+        ]
+        parts.append(
+            make_samples("interests", rows, source=source, created_at=_finished_at(state, "interests"))
+        )
     if "tags" in tables:
         rows = [{**fields[u], "output": tag, "interest": interest}
                 for u, tag, interest in tables["tags"].select("user_id", "tag", "interest").iter_rows()]  # fmt: skip
@@ -279,11 +350,15 @@ def samples_from_state(
         rows = [{"output": text, "interest": interest, "item_id": iid, "item": item_label(meta[iid]),
                  "item_title": meta[iid]["title"]}
                 for interest, iid, text in tables["explanations"].select("interest", "item_id", "explanation").iter_rows()]  # fmt: skip
-        parts.append(make_samples("explanations", rows, source=source, created_at=_finished_at(state, "explanations")))
+        parts.append(
+            make_samples("explanations", rows, source=source, created_at=_finished_at(state, "explanations"))
+        )
     return pl.concat(parts) if parts else pl.DataFrame(schema=SAMPLES_SCHEMA)
 
 
-def samples_from_run(run_dir: str | Path, tasks: Sequence[str] = TASKS, *, llm_only: bool = True) -> pl.DataFrame:
+def samples_from_run(
+    run_dir: str | Path, tasks: Sequence[str] = TASKS, *, llm_only: bool = True
+) -> pl.DataFrame:
     """Judge samples of a finished run folder (`runs/<name>`)."""
     state = open_run(run_dir)
     return samples_from_state(state, tasks, llm_only=llm_only)
@@ -300,6 +375,7 @@ def sample_per_task(samples: pl.DataFrame, n: int | None, seed: int = 0) -> pl.D
 
 __all__ = [
     "SAMPLES_SCHEMA",
+    "OpenedRun",
     "build_context",
     "check_samples",
     "context_fields",

@@ -12,26 +12,75 @@ does not read the explanations, so it runs first: the metrics are there before t
 
 Every user-specific LLM prompt is built from the `AsOf` view of the test task and checked with
 `recgpt.intent.guard_requests` before generation: a leak aborts the stage with `LeakageError`.
-Modules: `config` (RunConfig, quickstart preset), `state` (shared lazily built objects, tables),
-`stages` (the stage functions and their hashes), `run` (the resumable runner), `evaluation`
-(harness rows, results.json), `report` (terminal table, HTML report).
+
+Modules, bottom up (no module imports one above it): `config` (RunConfig, quickstart preset),
+`core` (Stage, Pipeline, StageContext: declarations and derived keys), `runner` (the generic
+resumable runner), `resources` (lazily built encoder, engines, split), `tables` (stored lists as
+channels), `evaluation` (harness rows, results.json), `report` (terminal table, HTML report),
+`explain` and `stages` (the RecGPT stages, `RECGPT`), `preflight`, `run` (`run_pipeline`).
+
+The names below load on first use, so `import recgpt.pipeline` stays cheap (no torch).
 """
 
 from __future__ import annotations
 
-from recgpt.pipeline.config import LLMSettings, RunConfig, load_config, parse_assignments, quickstart_config
-from recgpt.pipeline.run import RunSummary, StageOutcome, run_pipeline
-from recgpt.pipeline.stages import STAGE_NAMES, STAGES
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from recgpt.pipeline.config import (
+        LLMSettings,
+        RunConfig,
+        load_config,
+        parse_assignments,
+        quickstart_config,
+    )
+    from recgpt.pipeline.core import Pipeline, Stage, StageContext
+    from recgpt.pipeline.report import print_results
+    from recgpt.pipeline.run import RunSummary, StageOutcome, default_console, run_pipeline
+    from recgpt.pipeline.stages import RECGPT, STAGE_NAMES, STAGES
+
+_EXPORTS = {
+    "LLMSettings": "config",
+    "RunConfig": "config",
+    "load_config": "config",
+    "parse_assignments": "config",
+    "quickstart_config": "config",
+    "Pipeline": "core",
+    "Stage": "core",
+    "StageContext": "core",
+    "RunSummary": "run",
+    "StageOutcome": "run",
+    "default_console": "run",
+    "run_pipeline": "run",
+    "RECGPT": "stages",
+    "STAGES": "stages",
+    "STAGE_NAMES": "stages",
+    "print_results": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'recgpt.pipeline' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"recgpt.pipeline.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
+    "RECGPT",
     "STAGES",
     "STAGE_NAMES",
     "LLMSettings",
+    "Pipeline",
     "RunConfig",
     "RunSummary",
+    "Stage",
+    "StageContext",
     "StageOutcome",
+    "default_console",
     "load_config",
     "parse_assignments",
+    "print_results",
     "quickstart_config",
     "run_pipeline",
 ]

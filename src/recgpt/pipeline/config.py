@@ -1,6 +1,6 @@
 """`RunConfig`: everything that shapes one run of the RecGPT chain, in one validated object.
 
-Each stage hashes only the parts of the config it reads (see `stages.STAGES`), so changing, say,
+Each stage's key covers only the config fields it declares (see `stages.RECGPT`), so changing, say,
 `tags.count` re-runs LLM_IT and what follows it but keeps the tri-tower. Runtime-only choices
 (progress bars, which console, an injected backend) are arguments of `run_pipeline`, not config:
 they never change an artifact.
@@ -36,8 +36,8 @@ class LLMSettings(BaseModel):
     """Which LLM backend serves the intent stages, and how hard it may use the machine.
 
     `spec` follows `recgpt.llm.make_backend` (`llamacpp`, `llamacpp:/m.gguf`, `openai:MODEL@URL`,
-    `transformers:PATH`, `fake`). `threads` / `workers` / `n_ctx` apply to the embedded llama.cpp
-    backend only. `cache`: a shared SQLite cache path (default `runs/<name>/llm-cache.sqlite`).
+    `transformers:PATH`, `fake`). `threads` / `workers` / `n_ctx` are generic backend options: each
+    backend takes those it understands (llama.cpp all three, transformers `threads`). `cache`: a shared SQLite cache path (default `runs/<name>/llm-cache.sqlite`).
     `stages` gives one LLM stage its own backend: the paper's chain has three models (LLM_UI for
     interests, LLM_IT for tags, LLM_RE for explanations), so e.g. `{"tags": "transformers:out/merged"}`
     serves an aligned LLM_IT while the other stages keep `spec`. With a shared `cache`, a run that
@@ -54,10 +54,19 @@ class LLMSettings(BaseModel):
     workers: int = Field(default=1, ge=1)
     n_ctx: int = Field(default=4096, ge=256)
     max_retries: int = Field(default=1, ge=0)
-    chunk_size: int = Field(default=16, ge=1, description="most requests per backend call (else its parallelism)")
-    max_tokens_growth: float = Field(default=2.0, ge=1.0, description="a truncated answer is retried with 2x max_tokens up to this multiple")
-    max_fallback_share: float | dict[str, float] = Field(default=0.2, description="an LLM stage fails when more of "
-        "its users (explanations: pairs) are on fallback; a number, or {stage: limit} (others 0.2)")  # fmt: skip
+    chunk_size: int = Field(
+        default=16, ge=1, description="most requests per backend call (else its parallelism)"
+    )
+    max_tokens_growth: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="a truncated answer is retried with 2x max_tokens up to this multiple",
+    )
+    max_fallback_share: float | dict[str, float] = Field(
+        default=0.2,
+        description="an LLM stage fails when more of "
+        "its users (explanations: pairs) are on fallback; a number, or {stage: limit} (others 0.2)",
+    )
     cache: Path | None = None
     stages: dict[str, str] = Field(default_factory=dict, description="stage -> backend spec overrides")
 
@@ -65,7 +74,9 @@ class LLMSettings(BaseModel):
     @classmethod
     def _stages(cls, v: dict[str, str]) -> dict[str, str]:
         if unknown := set(v) - set(LLM_STAGES):
-            raise ValueError(f"llm.stages names unknown LLM stage(s) {sorted(unknown)}; valid: {', '.join(LLM_STAGES)}")
+            raise ValueError(
+                f"llm.stages names unknown LLM stage(s) {sorted(unknown)}; valid: {', '.join(LLM_STAGES)}"
+            )
         return v
 
     @field_serializer("spec", when_used="json")
@@ -91,6 +102,10 @@ class LLMSettings(BaseModel):
         v = self.max_fallback_share
         return float(v.get(stage, 0.2)) if isinstance(v, dict) else float(v)
 
+    def backend_options(self) -> dict[str, Any]:
+        """The generic options of `recgpt.llm.make_backend` (each backend keeps those it understands)."""
+        return {"threads": self.threads, "workers": self.workers, "n_ctx": self.n_ctx}
+
     def spec_for(self, stage: str | None = None) -> str:
         """The backend spec that serves `stage` (its override, else `spec`)."""
         return self.stages.get(stage, self.spec) if stage else self.spec
@@ -103,8 +118,12 @@ class LLMSettings(BaseModel):
         """What decides a stage's answers (part of its hash): backend spec (redacted; a digest of its
         credentials, when it has any, so a changed key is noticed), context, retries, budget growth."""
         spec = self.spec_for(stage)
-        out: dict[str, Any] = {"spec": redact(spec), "n_ctx": self.n_ctx, "max_retries": self.max_retries,
-                               "max_tokens_growth": self.max_tokens_growth}  # fmt: skip
+        out: dict[str, Any] = {
+            "spec": redact(spec),
+            "n_ctx": self.n_ctx,
+            "max_retries": self.max_retries,
+            "max_tokens_growth": self.max_tokens_growth,
+        }
         if digest := secret_digest(spec):
             out["credentials_sha256"] = digest
         return out
@@ -133,7 +152,9 @@ class RunConfig(BaseModel):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     explanations: ExplanationsConfig = Field(default_factory=ExplanationsConfig)
     explain_top: int = Field(default=5, ge=0, description="explain the top N items of each final list")
-    baseline: str = Field(default="itemknn", description="classic channel fused with RecGPT (tuned on validation)")
+    baseline: str = Field(
+        default="itemknn", description="classic channel fused with RecGPT (tuned on validation)"
+    )
     share: float = Field(default=0.3, ge=0.0, le=1.0, description="RecGPT's share of the fused list")
     compare: tuple[str, ...] = Field(default=("mostpop", "markov"), description="extra baseline rows")
     ks: tuple[int, ...] = (5, 10, 20, 50)
@@ -151,7 +172,9 @@ class RunConfig(BaseModel):
             if isinstance(value, dict) and isinstance(section, type) and issubclass(section, BaseModel):
                 unknown = set(value) - set(section.model_fields)
                 if unknown:
-                    raise ValueError(f"unknown {name} setting(s) {sorted(unknown)}; valid: {sorted(section.model_fields)}")
+                    raise ValueError(
+                        f"unknown {name} setting(s) {sorted(unknown)}; valid: {sorted(section.model_fields)}"
+                    )
         return data
 
     @field_validator("ks", mode="before")
@@ -246,8 +269,9 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None,
-                base: Literal["run", "quickstart"] = "run") -> RunConfig:
+def load_config(
+    path: Path | None, overrides: dict[str, Any] | None = None, base: Literal["run", "quickstart"] = "run"
+) -> RunConfig:
     """A RunConfig from an optional JSON file plus overrides (CLI flags, `--set` assignments)."""
     data: dict[str, Any] = {}
     if path is not None:

@@ -11,8 +11,10 @@ and the throughput of every stage so far (users per minute on the sampled users)
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -28,62 +30,132 @@ from recgpt.eval.experiment import (
     run_experiment,
     write_json_atomic,
 )
-from recgpt.pipeline.state import RunState
+from recgpt.pipeline.core import StageContext
+from recgpt.pipeline.resources import Resources
+from recgpt.pipeline.runner import fallback_from_markers
+from recgpt.pipeline.tables import fill_lists, table_lists
 
-HEADLINE = ("NDCG@10", "HR@10", "MRR@10", "HR@50", "CatDiv@10", "Coverage@10", "Gini@10", "Novelty@10",
-            "ILD@10", "TagHR@10", "TagHR@30")  # fmt: skip
+HEADLINE = (
+    "NDCG@10",
+    "HR@10",
+    "MRR@10",
+    "HR@50",
+    "CatDiv@10",
+    "Coverage@10",
+    "Gini@10",
+    "Novelty@10",
+    "ILD@10",
+    "TagHR@10",
+    "TagHR@30",
+)
 LOWER_BETTER = frozenset({"Gini@10"})
 CHANNEL_ROWS = ("recgpt", "fused", "user-tower")
 
 
-def throughput(state: RunState, stages: list[str]) -> list[dict[str, Any]]:
+def throughput(markers: dict[str, dict[str, Any]], users: int) -> list[dict[str, Any]]:
     """Seconds and sampled users per minute of each finished stage (from its marker)."""
-    n = len(state.users)
     out = []
-    for name in stages:
-        m = state.marker(name)
-        if m is None:
-            continue
+    for name, m in markers.items():
         s = float(m["seconds"])
-        out.append({"stage": name, "seconds": round(s, 2), "users": n,
-                    "users_per_min": round(n / s * 60, 1) if s > 0 else None})  # fmt: skip
+        out.append(
+            {
+                "stage": name,
+                "seconds": round(s, 2),
+                "users": users,
+                "users_per_min": round(users / s * 60, 1) if s > 0 else None,
+            }
+        )
     return out
 
 
-def evaluate_channels(state: RunState) -> dict[str, Any]:
-    """Score every row on the sampled users; write `lists` and `results.json` (see module docstring)."""
-    from recgpt.pipeline.stages import STAGE_NAMES, tuned_baseline
+class _TowerCosine:
+    """The user tower's cosine over the catalogue: the order a RecGPT list falls back to past its end."""
 
-    cfg, task, split = state.cfg, state.task, state.split
+    def __init__(self, channel: Any) -> None:
+        self.model, self.labels = channel.model, channel.labels
+
+    def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+        hists = [np.asarray(h, dtype=np.int64).reshape(-1) for h in histories]
+        hu = self.model.user_vectors(np.asarray(users, dtype=np.int64).reshape(-1), hists, self.labels)
+        return hu @ self.model.item_vectors().T
+
+
+def _stored_run(
+    name: str, params: dict[str, Any], recs: np.ndarray, res: Resources, ks: tuple[int, ...], seconds: float
+) -> ModelRun:
+    return ModelRun(name, params, [], list_metrics(res.split, res.task, recs, ks), 0.0, seconds, recs)
+
+
+def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
+    """Score every row on the sampled users; write `lists` and `results.json` (see module docstring).
+
+    The `recgpt` and `fused` rows are the stored `07_candidates` / `08_fusion` lists (past a list's end,
+    the channel's own fallback order: the user tower's cosine, the baseline's ranking); the user tower
+    and the baselines are computed here.
+    """
+    res, cfg = cast(Resources, ctx.resources), ctx.config
+    task, split = res.task, res.split
     k_max = max(cfg.ks)
-    params, validation = tuned_baseline(state)
+    tuned = ctx.stats("fusion")
+    params, validation = tuned["baseline_params"], tuned["validation"]
     models = list(dict.fromkeys([cfg.baseline, *cfg.compare]))
-    exp_cfg = ExperimentConfig(models=models, split=cfg.split, ks=cfg.ks, seed=cfg.seed, tune=True,
-                               model_params={cfg.baseline: params})  # fmt: skip
-    with Progress(console=state.console, disable=not state.progress) as bar:
-        base = run_experiment(state.dataset, exp_cfg, split=state.eval_split, progress=bar)
-    channels = {"recgpt": state.recgpt_channel, "fused": state.fused_channel(params),
-                "user-tower": state.user_tower_channel()}  # fmt: skip
-    runs: list[ModelRun] = []
-    for name, channel in channels.items():
-        t0 = time.perf_counter()
-        recs = recommend(channel, task, k_max, mask=True)
-        runs.append(ModelRun(name, channel.params, [], list_metrics(split, task, recs, cfg.ks), 0.0,
-                             time.perf_counter() - t0, recs))  # fmt: skip
+    exp_cfg = ExperimentConfig(
+        models=models,
+        split=cfg.split,
+        ks=cfg.ks,
+        seed=cfg.seed,
+        tune=True,
+        model_params={cfg.baseline: params},
+    )
+    with Progress(console=ctx.console, disable=not ctx.progress) as bar:
+        base = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar)
+    baseline_recs = next(r.recs for r in base.runs if r.name == cfg.baseline)
+    t0 = time.perf_counter()
+    cosine = recommend(cast(Any, _TowerCosine(user_tower)), task, k_max, mask=True)
+    stored = fill_lists(
+        table_lists(ctx.read("candidates", "candidates"), task.user_ids, split.item_pos), cosine, k_max
+    )
+    runs = [
+        _stored_run("recgpt", dataclasses.asdict(cfg.fusion), stored, res, cfg.ks, time.perf_counter() - t0)
+    ]
+    t0 = time.perf_counter()
+    fused = fill_lists(
+        table_lists(ctx.read("fusion", "fused"), task.user_ids, split.item_pos), baseline_recs, k_max
+    )
+    runs.append(
+        _stored_run(
+            "fused", {"share": cfg.share, "k": cfg.fusion.k}, fused, res, cfg.ks, time.perf_counter() - t0
+        )
+    )
+    t0 = time.perf_counter()
+    recs = recommend(user_tower, task, k_max, mask=True)
+    runs.append(_stored_run("user-tower", user_tower.params, recs, res, cfg.ks, time.perf_counter() - t0))
     runs.extend(base.runs)
     runs[[r.name for r in runs].index(cfg.baseline)].validation = validation
-    phi = state.read_stats("phi")
+    phi = ctx.stats("phi")
     for r in runs:
         if r.name in ("recgpt", "fused"):
             r.test.update({k: v for k, v in phi["llm_tags"].items() if k.startswith("TagHR@")})
-    state.write("eval", "lists", lists_frame(runs, task.user_ids, split.item_ids))
-    result = ExperimentResult(dataset=state.dataset.manifest.name, config=exp_cfg, runs=runs,
-                              n_users_test=len(task), n_items=split.train.n_items,
-                              item_exposure_base=split.train.item_popularity, env=environment(cfg.seed))  # fmt: skip
-    payload = results_payload(state, result, phi, throughput(state, [s for s in STAGE_NAMES if s != "eval"]))
-    write_json_atomic(state.run_dir / "results.json", payload)
-    return {"results": str(state.run_dir / "results.json"), "rows": [r.name for r in runs],
-            "bar": payload["bar"]}  # fmt: skip
+    ctx.write("lists", lists_frame(runs, task.user_ids, split.item_ids))
+    result = ExperimentResult(
+        dataset=res.dataset.manifest.name,
+        config=exp_cfg,
+        runs=runs,
+        n_users_test=len(task),
+        n_items=split.train.n_items,
+        item_exposure_base=split.train.item_popularity,
+        env=environment(cfg.seed),
+    )
+    markers = ctx.finished()
+    payload = results_payload(
+        ctx,
+        result,
+        phi,
+        throughput({n: m for n, m in markers.items() if n != ctx.stage.name}, len(res.users)),
+    )
+    path = ctx.store.run_dir / "results.json"
+    write_json_atomic(path, payload)
+    return {"results": str(path), "rows": [r.name for r in runs], "bar": payload["bar"]}
 
 
 def lists_frame(runs: list[ModelRun], user_ids: list[str], item_ids: np.ndarray) -> pl.DataFrame:
@@ -92,12 +164,22 @@ def lists_frame(runs: list[ModelRun], user_ids: list[str], item_ids: np.ndarray)
     for r in runs:
         n, k = r.recs.shape
         valid = r.recs >= 0
-        frames.append(pl.DataFrame({
-            "model": [r.name] * int(valid.sum()),
-            "user_id": np.repeat(np.asarray(user_ids, dtype=object), k)[valid.ravel()].tolist(),
-            "rank": np.tile(np.arange(1, k + 1), n)[valid.ravel()].tolist(),
-            "item_id": item_ids[r.recs[valid]].tolist(),
-        }, schema={"model": pl.String(), "user_id": pl.String(), "rank": pl.Int64(), "item_id": pl.String()}))  # fmt: skip
+        frames.append(
+            pl.DataFrame(
+                {
+                    "model": [r.name] * int(valid.sum()),
+                    "user_id": np.repeat(np.asarray(user_ids, dtype=object), k)[valid.ravel()].tolist(),
+                    "rank": np.tile(np.arange(1, k + 1), n)[valid.ravel()].tolist(),
+                    "item_id": item_ids[r.recs[valid]].tolist(),
+                },
+                schema={
+                    "model": pl.String(),
+                    "user_id": pl.String(),
+                    "rank": pl.Int64(),
+                    "item_id": pl.String(),
+                },
+            )
+        )
     return pl.concat(frames)
 
 
@@ -107,61 +189,88 @@ def bar_check(rows: dict[str, dict[str, float]], baselines: list[str]) -> dict[s
     best = max(baselines, key=lambda b: rows[b]["NDCG@10"])
     f, b = rows["fused"], rows[best]
     ratio = f["NDCG@10"] / b["NDCG@10"] if b["NDCG@10"] > 0 else float("nan")
-    checks = {"ndcg_within_5pct": bool(ratio >= 0.95), "catdiv_up": f["CatDiv@10"] > b["CatDiv@10"],
-              "coverage_up": f["Coverage@10"] > b["Coverage@10"], "gini_down": f["Gini@10"] < b["Gini@10"]}  # fmt: skip
+    checks = {
+        "ndcg_within_5pct": bool(ratio >= 0.95),
+        "catdiv_up": f["CatDiv@10"] > b["CatDiv@10"],
+        "coverage_up": f["Coverage@10"] > b["Coverage@10"],
+        "gini_down": f["Gini@10"] < b["Gini@10"],
+    }
     return {"best_baseline": best, "fused_over_best_ndcg": ratio, **checks, "met": all(checks.values())}
 
 
-def results_payload(state: RunState, result: ExperimentResult, phi: dict[str, Any],
-                    stages: list[dict[str, Any]]) -> dict[str, Any]:
+def results_payload(
+    ctx: StageContext, result: ExperimentResult, phi: dict[str, Any], stages: list[dict[str, Any]]
+) -> dict[str, Any]:
     """What `results.json` holds (module docstring)."""
-    from recgpt.pipeline.stages import fallback_summary
-
-    cfg, split = state.cfg, state.split
+    res, cfg = cast(Resources, ctx.resources), ctx.config
+    split, n = res.split, len(res.users)
     rows = {r.name: r.test for r in result.runs}
     baselines = [r.name for r in result.runs if r.name not in CHANNEL_ROWS]
+    note = (
+        f"metrics on a seeded sample of {n} of {len(split.test)} test users"
+        if n < len(split.test)
+        else "all test users"
+    )
     return {
         "dataset": result.dataset,
-        "run": state.run_dir.name,
-        "users": {"sampled": len(state.users), "test_users": len(split.test), "seed": cfg.seed,
-                  "note": f"metrics on a seeded sample of {len(state.users)} of {len(split.test)} test users"
-                  if len(state.users) < len(split.test) else "all test users"},
+        "run": ctx.store.run_dir.name,
+        "users": {"sampled": n, "test_users": len(split.test), "seed": cfg.seed, "note": note},
         "split": cfg.split.kind,
         "n_items": result.n_items,
-        "llm": cfg.llm.shown_spec(),
+        "llm": ctx.declared("llm:")["spec"],
         "fusion": {"beta": cfg.fusion.beta, "share": cfg.share, "baseline": cfg.baseline},
         "table": [{"model": r.name, **{c: r.test.get(c) for c in HEADLINE}} for r in result.runs],
-        "models": [{"name": r.name, "params": r.params, "validation": r.validation, "test": r.test,
-                    "score_s": round(r.score_s, 3)} for r in result.runs],
+        "models": [
+            {
+                "name": r.name,
+                "params": r.params,
+                "validation": r.validation,
+                "test": r.test,
+                "score_s": round(r.score_s, 3),
+            }
+            for r in result.runs
+        ],
         "tag_hr": {"llm_tags": phi["llm_tags"], "history_tags": phi["history_tags"]},
         "bar": bar_check(rows, baselines),
-        "llm_fallback": fallback_summary(state),  # explanations run later: the report stage adds them
+        # explanations run later: the report stage adds them
+        "llm_fallback": fallback_from_markers(ctx.finished(), ctx.resources.cfg),
         "throughput": stages,
         "env": result.env,
     }
 
 
-def load_result(state: RunState, payload: dict[str, Any]) -> ExperimentResult:
+def load_result(lists: pl.DataFrame, res: Resources, payload: dict[str, Any]) -> ExperimentResult:
     """An `ExperimentResult` (lists included) rebuilt from `results.json` and the `lists` table."""
-    lists = state.read("eval", "lists")
-    users = {u: i for i, u in enumerate(state.task.user_ids)}
-    k_max = max(state.cfg.ks)
+    users = {u: i for i, u in enumerate(res.task.user_ids)}
+    cfg = res.cfg
+    k_max = max(cfg.ks)
     runs = []
     for m in payload["models"]:
         recs = np.full((len(users), k_max), -1, dtype=np.int64)
         g = lists.filter(pl.col("model") == m["name"])
         rows = np.asarray([users[u] for u in g["user_id"]], dtype=np.int64)
         cols = g["rank"].to_numpy() - 1
-        recs[rows, cols] = [state.split.item_pos[i] for i in g["item_id"]]
+        recs[rows, cols] = [res.split.item_pos[i] for i in g["item_id"]]
         runs.append(ModelRun(m["name"], m["params"], m["validation"], m["test"], 0.0, m["score_s"], recs))
-    cfg = state.cfg
+    exp_cfg = ExperimentConfig(models=[r.name for r in runs], split=cfg.split, ks=cfg.ks, seed=cfg.seed)
     return ExperimentResult(
-        dataset=payload["dataset"], config=ExperimentConfig(models=[r.name for r in runs], split=cfg.split,
-                                                            ks=cfg.ks, seed=cfg.seed),
-        runs=runs, n_users_test=len(users), n_items=state.split.train.n_items,
-        item_exposure_base=state.split.train.item_popularity, env=payload.get("env", {}),
-    )  # fmt: skip
+        dataset=payload["dataset"],
+        config=exp_cfg,
+        runs=runs,
+        n_users_test=len(users),
+        n_items=res.split.train.n_items,
+        item_exposure_base=res.split.train.item_popularity,
+        env=payload.get("env", {}),
+    )
 
 
-__all__ = ["HEADLINE", "LOWER_BETTER", "bar_check", "evaluate_channels", "lists_frame", "load_result",
-           "results_payload", "throughput"]  # fmt: skip
+__all__ = [
+    "HEADLINE",
+    "LOWER_BETTER",
+    "bar_check",
+    "evaluate_channels",
+    "lists_frame",
+    "load_result",
+    "results_payload",
+    "throughput",
+]

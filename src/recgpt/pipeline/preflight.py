@@ -13,7 +13,7 @@ from recgpt.data.dataset import Dataset
 from recgpt.llm.backends import BackendUnavailable, check_spec
 from recgpt.llm.credentials import redact
 from recgpt.pipeline.config import RunConfig
-from recgpt.pipeline.stages import STAGE_NAMES, STAGES
+from recgpt.pipeline.stages import RECGPT
 
 
 class PreflightError(ValueError):
@@ -21,27 +21,23 @@ class PreflightError(ValueError):
 
 
 def check_until(until: str | None) -> None:
-    if until is not None and until not in STAGE_NAMES:
-        raise PreflightError(f"--until {until!r}: not a stage; stages: {', '.join(STAGE_NAMES)}")
+    if until is not None and until not in RECGPT.names:
+        raise PreflightError(f"--until {until!r}: not a stage; stages: {', '.join(RECGPT.names)}")
 
 
 def llm_specs(cfg: RunConfig, until: str | None = None) -> dict[str, str]:
     """LLM stage -> backend spec, for the LLM stages this run reaches (none with `--until split`)."""
-    out: dict[str, str] = {}
-    for stage in STAGES:
-        if stage.llm:
-            out[stage.name] = cfg.llm.spec_for(stage.name)
-        if stage.name == until:
-            break
-    return out
+    return {stage.name: cfg.llm.spec_for(stage.name) for stage in RECGPT.until(until) if stage.llm}
 
 
 def check_catalogue(cfg: RunConfig, n_items: int) -> None:
     """The lists the run ranks (`ks`, `fusion.k`) must fit in the catalogue; a clear error names both."""
     for option, k in (("ks", max(cfg.ks)), ("fusion.k", cfg.fusion.k)):
         if k > n_items:
-            raise PreflightError(f"{option}: cut-off K={k} is larger than the catalogue ({n_items} items); "
-                                 f"use --set {option}=... with values <= {n_items}")  # fmt: skip
+            raise PreflightError(
+                f"{option}: cut-off K={k} is larger than the catalogue ({n_items} items); "
+                f"use --set {option}=... with values <= {n_items}"
+            )
 
 
 def preflight(cfg: RunConfig, dataset: Dataset, *, until: str | None = None, check_llm: bool = True) -> None:
@@ -56,14 +52,15 @@ def preflight(cfg: RunConfig, dataset: Dataset, *, until: str | None = None, che
                 raise PreflightError(redact(f"{option} {spec!r}: {e}")) from None
     check_catalogue(cfg, dataset.items.height)
     if "phi" in reached(until) and not has_categories(dataset):
-        raise PreflightError(f"dataset {cfg.dataset}: no item has a category; stage 'phi' (tag -> category) needs "
-                             f"them (map an items column to 'categories' at import, or stop with --until tags)")  # fmt: skip
+        raise PreflightError(
+            f"dataset {cfg.dataset}: no item has a category; stage 'phi' (tag -> category) needs "
+            f"them (map an items column to 'categories' at import, or stop with --until tags)"
+        )
 
 
 def reached(until: str | None) -> list[str]:
     """The stages a run with this `until` runs or skips, in order."""
-    names = list(STAGE_NAMES)
-    return names[: names.index(until) + 1] if until else names
+    return [s.name for s in RECGPT.until(until)]
 
 
 def has_categories(dataset: Dataset) -> bool:

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 from rich.console import Console
 from rich.table import Table
 
 from recgpt.data.atomic import write_json_atomic, write_text_atomic
+from recgpt.data.runstore import RunStore
 from recgpt.eval.report import CSS, _plots
+from recgpt.pipeline.core import StageContext
 from recgpt.pipeline.evaluation import HEADLINE, LOWER_BETTER, load_result, throughput
-from recgpt.pipeline.state import RunState
+from recgpt.pipeline.resources import Resources
+from recgpt.pipeline.runner import fallback_from_markers, fallback_table, ledger_from_markers
 
 WALK_ITEMS = 10
 
@@ -38,8 +43,10 @@ def _rate(v: float | None) -> str:
 def results_table(payload: dict[str, Any]) -> Table:
     """The run's one table: accuracy, beyond-accuracy and tag HR per row."""
     cols = [c for c in HEADLINE if any(r.get(c) is not None for r in payload["table"])]
-    t = Table(title=f"{payload['dataset']} - run {payload['run']}: {payload['users']['note']}, "
-                    f"full ranking over {payload['n_items']:,} items, seen items masked")  # fmt: skip
+    t = Table(
+        title=f"{payload['dataset']} - run {payload['run']}: {payload['users']['note']}, "
+        f"full ranking over {payload['n_items']:,} items, seen items masked"
+    )
     t.add_column("model")
     for c in cols:
         t.add_column(c, justify="right")
@@ -48,25 +55,29 @@ def results_table(payload: dict[str, Any]) -> Table:
     return t
 
 
-def print_results(payload: dict[str, Any], console: Console, stages: list[dict[str, Any]] | None = None) -> None:
-    """Table, tag HR of the history baseline, the issue's bar, and throughput per stage."""
+def print_results(
+    payload: dict[str, Any],
+    console: Console,
+    stages: list[dict[str, Any]] | None = None,
+    *,
+    fallback: bool = True,
+) -> None:
+    """Table, tag HR of the history baseline, the issue's bar, the LLM fallback per stage (unless
+    `fallback=False`: `run_pipeline` prints it already) and throughput per stage."""
     console.print(results_table(payload))
     hist = payload["tag_hr"]["history_tags"]
-    console.print(f"[dim]tag HR of a non-LLM history baseline (last items' categories and titles): "
-                  f"@10 {hist.get('TagHR@10', 0):.4f}, @30 {hist.get('TagHR@30', 0):.4f}[/dim]")  # fmt: skip
+    console.print(
+        f"[dim]tag HR of a non-LLM history baseline (last items' categories and titles): "
+        f"@10 {hist.get('TagHR@10', 0):.4f}, @30 {hist.get('TagHR@30', 0):.4f}[/dim]"
+    )
     b = payload["bar"]
     console.print(
         f"fused vs best baseline ({b['best_baseline']}): NDCG@10 ratio {b['fused_over_best_ndcg']:.3f} "
         f"(within 5%: {b['ndcg_within_5pct']}), CatDiv up: {b['catdiv_up']}, Coverage up: {b['coverage_up']}, "
         f"Gini down: {b['gini_down']} -> bar {'MET' if b['met'] else 'NOT met'}"
     )
-    fb = Table(title="LLM fallback per stage (the LLM gave nothing usable)")
-    for c in ("stage", "on fallback", "share", "limit", "reasons"):
-        fb.add_column(c, justify="left" if c in ("stage", "reasons") else "right")
-    for name, f in (payload.get("llm_fallback") or {}).items():
-        fb.add_row(name, f"{f['fallback']} / {f['asked']}", f"{f['fallback_share']:.1%}", f"{f['limit']:.0%}",
-                   ", ".join(f"{k}={v}" for k, v in f["fallback_reasons"].items()) or "-")  # fmt: skip
-    console.print(fb)
+    if fallback:
+        console.print(fallback_table(payload.get("llm_fallback") or {}))
     t = Table(title="throughput per stage (sampled users)")
     for c in ("stage", "seconds", "users/min"):
         t.add_column(c, justify="right" if c != "stage" else "left")
@@ -94,55 +105,127 @@ def _metrics_html(payload: dict[str, Any]) -> str:
     for c in cols:
         vals = [r[c] for r in payload["table"] if r.get(c) is not None]
         best[c] = min(vals) if c in LOWER_BETTER else max(vals)
-    rows = [[_e(r["model"]), *(f'<span class="{"best" if r.get(c) == best[c] else ""}">{_fmt(r.get(c))}</span>'
-                               for c in cols)] for r in payload["table"]]  # fmt: skip
+    rows = [
+        [
+            _e(r["model"]),
+            *(f'<span class="{"best" if r.get(c) == best[c] else ""}">{_fmt(r.get(c))}</span>' for c in cols),
+        ]
+        for r in payload["table"]
+    ]
     return _table(["model", *cols], rows)
 
 
-def walk_users(state: RunState) -> list[str]:
+@dataclass(frozen=True)
+class RunTables:
+    """What the report reads of a run, each table once: a reader, the markers, the config, the data."""
+
+    read: Callable[[str, str], pl.DataFrame]
+    markers: dict[str, dict[str, Any]]
+    cfg: Any  # the run config (or a stage's declared view of it)
+    res: Resources
+    run_dir: Path
+
+
+def walk_users(interests: pl.DataFrame, users: list[str], n: int) -> list[str]:
     """Users to walk through: those whose interests came from the LLM first, then the rest, by id."""
-    interests = state.read("interests", "interests")
     llm_users = set(interests.filter(pl.col("template") != "pool-fallback")["user_id"].to_list())
-    order = sorted(state.users, key=lambda u: (u not in llm_users, u))
-    return order[: state.cfg.report_users]
+    return sorted(users, key=lambda u: (u not in llm_users, u))[:n]
 
 
-def _walk_one(state: RunState, user: str, titles: dict[str, str], cats: dict[str, list[str]]) -> str:
-    comp = state.read("compress", "compressed").filter(pl.col("user_id") == user)
-    pool = state.read("pool", "matches").filter(pl.col("user_id") == user).sort("rank")
-    interests = state.read("interests", "interests").filter(pl.col("user_id") == user).sort("interest_id")
-    tags = state.read("tags", "tags").filter(pl.col("user_id") == user).sort("rank")
-    phi = state.read("phi", "tag_categories").filter(pl.col("rank") <= 3)
-    phi_of = {t: g.sort("rank")["category"].to_list() for (t,), g in phi.group_by("tag")}
-    fused = state.read("fusion", "fused").filter((pl.col("user_id") == user) & (pl.col("rank") <= WALK_ITEMS))
-    served = state.read("explanations", "served").filter(pl.col("user_id") == user)
-    expl = {r: (e, f, i) for r, e, f, i in served.select("rank", "explanation", "item_only", "explained_interest")
-            .iter_rows()}  # fmt: skip
-    target = state.read("split", "users").filter(pl.col("user_id") == user)["target_item_id"][0]
+def _walks(run: RunTables, titles: dict[str, str], cats: dict[str, list[str]]) -> str:
+    """The walk-through of `report_users` users; every table is read once for all of them."""
+    t = {
+        name: run.read(stage, name)
+        for stage, name in (
+            ("compress", "compressed"),
+            ("pool", "matches"),
+            ("interests", "interests"),
+            ("tags", "tags"),
+            ("fusion", "fused"),
+            ("explanations", "served"),
+            ("split", "users"),
+        )
+    }
+    phi = run.read("phi", "tag_categories").filter(pl.col("rank") <= 3)
+    phi_of = {tag: g.sort("rank")["category"].to_list() for (tag,), g in phi.group_by("tag")}
+    users = walk_users(t["interests"], run.res.users, run.cfg.report_users)
+    part = {name: df.filter(pl.col("user_id").is_in(users)) for name, df in t.items()}
+    return "".join(
+        _walk_one(
+            user, {n: df.filter(pl.col("user_id") == user) for n, df in part.items()}, phi_of, titles, cats
+        )
+        for user in users
+    )
+
+
+def _walk_one(
+    user: str,
+    t: dict[str, pl.DataFrame],
+    phi_of: dict[str, list[str]],
+    titles: dict[str, str],
+    cats: dict[str, list[str]],
+) -> str:
+    comp = t["compressed"]
+    pool = t["matches"].sort("rank")
+    interests = t["interests"].sort("interest_id")
+    tags = t["tags"].sort("rank")
+    fused = t["fused"].filter(pl.col("rank") <= WALK_ITEMS)
+    served = t["served"]
+    expl = {
+        r: (e, f, i)
+        for r, e, f, i in served.select("rank", "explanation", "item_only", "explained_interest").iter_rows()
+    }
+    target = t["users"]["target_item_id"][0]
     text = comp["text"][0] if comp.height else ""
-    parts = [f"<h3>User {_e(user)}</h3>",
-             f"<p>Held-out next item (never shown to any stage): <b>{_e(titles.get(target, target))}</b></p>",
-             f"<h4>1. Compressed history B_u ({comp['tokens'][0] if comp.height else 0} tokens)</h4>",
-             f"<pre>{_e(text)}</pre>",
-             f"<p>Matched pool I_m: {_e(', '.join(pool['interest'].to_list()))}</p>",
-             "<h4>2. Interests (LLM_UI)</h4>",
-             _table(["id", "interest", "stage", "kind", "reason", "template"],
-                    [[_e(c) for c in r] for r in interests.select("interest_id", "interest", "stage", "kind", "reason",
-                                                                  "template").iter_rows()]),
-             "<h4>3. Tags (LLM_IT) and φ(tag)</h4>",
-             _table(["rank", "tag", "interest", "rationale", "φ top categories"],
-                    [[_e(r), _e(t), _e(i), _e(ra), _e(", ".join(phi_of.get(t, [])))] for r, t, i, ra in
-                     tags.select("rank", "tag", "interest", "rationale").iter_rows()])]  # fmt: skip
+    parts = [
+        f"<h3>User {_e(user)}</h3>",
+        f"<p>Held-out next item (never shown to any stage): <b>{_e(titles.get(target, target))}</b></p>",
+        f"<h4>1. Compressed history B_u ({comp['tokens'][0] if comp.height else 0} tokens)</h4>",
+        f"<pre>{_e(text)}</pre>",
+        f"<p>Matched pool I_m: {_e(', '.join(pool['interest'].to_list()))}</p>",
+        "<h4>2. Interests (LLM_UI)</h4>",
+        _table(
+            ["id", "interest", "stage", "kind", "reason", "template"],
+            [
+                [_e(c) for c in r]
+                for r in interests.select(
+                    "interest_id", "interest", "stage", "kind", "reason", "template"
+                ).iter_rows()
+            ],
+        ),
+        "<h4>3. Tags (LLM_IT) and φ(tag)</h4>",
+        _table(
+            ["rank", "tag", "interest", "rationale", "φ top categories"],
+            [
+                [_e(r), _e(t), _e(i), _e(ra), _e(", ".join(phi_of.get(t, [])))]
+                for r, t, i, ra in tags.select("rank", "tag", "interest", "rationale").iter_rows()
+            ],
+        ),
+    ]
     rows = []
-    for rank, iid, channel, tag, interest in fused.sort("rank").select("rank", "item_id", "channel", "tag",
-                                                                        "interest").iter_rows():  # fmt: skip
+    for rank, iid, channel, tag, interest in (
+        fused.sort("rank").select("rank", "item_id", "channel", "tag", "interest").iter_rows()
+    ):
         e = expl.get(rank)
         hit = " <b>(held-out item)</b>" if iid == target else ""
-        note = "" if e is None else f"{_e(e[0])} <small>({'item-only fallback' if e[1] else _e(e[2])})</small>"
-        rows.append([_e(rank), _e(titles.get(iid, iid)) + hit, _e(", ".join(cats.get(iid, []))), _e(channel),
-                     _e(tag), _e(interest), note])  # fmt: skip
-    parts += ["<h4>4. Final list (fused) with provenance and 5. explanations (LLM_RE)</h4>",
-              _table(["rank", "item", "categories", "channel", "tag", "interest", "explanation"], rows)]
+        note = (
+            "" if e is None else f"{_e(e[0])} <small>({'item-only fallback' if e[1] else _e(e[2])})</small>"
+        )
+        rows.append(
+            [
+                _e(rank),
+                _e(titles.get(iid, iid)) + hit,
+                _e(", ".join(cats.get(iid, []))),
+                _e(channel),
+                _e(tag),
+                _e(interest),
+                note,
+            ]
+        )
+    parts += [
+        "<h4>4. Final list (fused) with provenance and 5. explanations (LLM_RE)</h4>",
+        _table(["rank", "item", "categories", "channel", "tag", "interest", "explanation"], rows),
+    ]
     return "\n".join(parts)
 
 
@@ -156,49 +239,77 @@ def judge_html(run_dir: Path) -> str:
         meta = json.loads((run_dir / "judge" / "judge.json").read_text())
     except (OSError, ValueError):
         meta = {}
-    rows = [[f"<b>{_e(task)}</b>", _e(r["n"]), _e(r.get("errors", 0)), f"<b>{r['overall']:.1%}</b>",
-             ", ".join(f"{_e(k)} {v:.1%}" for k, v in r.items() if k not in ("overall", "n", "errors"))]
-            for task, r in rates.items()]  # fmt: skip
-    return (f"<h2>Judge</h2><p>LLM judge <code>{_e(meta.get('llm', '?'))}</code> plus deterministic rules "
-            "(<code>rule:*</code>) over the LLM-written outputs; an output passes only if every criterion and "
-            "rule passes, and a failed judge call counts as not passing.</p>"
-            + _table(["task", "samples", "judge errors", "pass rate", "per criterion"], rows))  # fmt: skip
+    rows = [
+        [
+            f"<b>{_e(task)}</b>",
+            _e(r["n"]),
+            _e(r.get("errors", 0)),
+            f"<b>{r['overall']:.1%}</b>",
+            ", ".join(f"{_e(k)} {v:.1%}" for k, v in r.items() if k not in ("overall", "n", "errors")),
+        ]
+        for task, r in rates.items()
+    ]
+    return (
+        f"<h2>Judge</h2><p>LLM judge <code>{_e(meta.get('llm', '?'))}</code> plus deterministic rules "
+        "(<code>rule:*</code>) over the LLM-written outputs; an output passes only if every criterion and "
+        "rule passes, and a failed judge call counts as not passing.</p>"
+        + _table(["task", "samples", "judge errors", "pass rate", "per criterion"], rows)
+    )
 
 
-def render_run_html(state: RunState, payload: dict[str, Any], ledger: dict[str, Any]) -> str:
-    result = load_result(state, payload)
-    plots = "".join(f'<figure><img alt="{_e(t)}" src="data:image/png;base64,{b}"><figcaption>{_e(t)}'
-                    f"</figcaption></figure>" for t, b in _plots(result))  # fmt: skip
-    items = state.dataset.items
+def render_run_html(run: RunTables, payload: dict[str, Any], ledger: dict[str, Any]) -> str:
+    res = run.res
+    result = load_result(run.read("eval", "lists"), res, payload)
+    plots = "".join(
+        f'<figure><img alt="{_e(t)}" src="data:image/png;base64,{b}"><figcaption>{_e(t)}'
+        f"</figcaption></figure>"
+        for t, b in _plots(result)
+    )
+    items = res.dataset.items
     titles = dict(zip(items["item_id"].to_list(), items["title"].to_list(), strict=True))
     cats = dict(zip(items["item_id"].to_list(), items["categories"].to_list(), strict=True))
-    walks = "".join(_walk_one(state, u, titles, cats) for u in walk_users(state))
-    stages = throughput(state, [s for s in state.folders if s != "report"])
-    thr = _table(["stage", "seconds", "users/min"], [[_e(s["stage"]), f"{s['seconds']:.1f}", _rate(s["users_per_min"])]
-                                                      for s in stages])  # fmt: skip
-    led = _table(["stage", *next(iter(ledger["stages"].values()), {}).keys()],
-                 [[_e(n), *(_e(json.dumps(v) if isinstance(v, dict) else v) for v in s.values())]
-                  for n, s in ledger["stages"].items()])  # fmt: skip
-    fb = _table(["LLM stage", "on fallback", "share", "limit", "reasons"],
-                [[_e(n), f"{f['fallback']} / {f['asked']}", f"{f['fallback_share']:.1%}", f"{f['limit']:.0%}",
-                  _e(", ".join(f"{k}={v}" for k, v in f["fallback_reasons"].items()) or "-")]
-                 for n, f in (payload.get("llm_fallback") or {}).items()])  # fmt: skip
+    walks = _walks(run, titles, cats)
+    stages = throughput({n: m for n, m in run.markers.items() if n != "report"}, len(res.users))
+    thr = _table(
+        ["stage", "seconds", "users/min"],
+        [[_e(s["stage"]), f"{s['seconds']:.1f}", _rate(s["users_per_min"])] for s in stages],
+    )
+    led = _table(
+        ["stage", *next(iter(ledger["stages"].values()), {}).keys()],
+        [
+            [_e(n), *(_e(json.dumps(v) if isinstance(v, dict) else v) for v in s.values())]
+            for n, s in ledger["stages"].items()
+        ],
+    )
+    fb = _table(
+        ["LLM stage", "on fallback", "share", "limit", "reasons"],
+        [
+            [
+                _e(n),
+                f"{f['fallback']} / {f['asked']}",
+                f"{f['fallback_share']:.1%}",
+                f"{f['limit']:.0%}",
+                _e(", ".join(f"{k}={v}" for k, v in f["fallback_reasons"].items()) or "-"),
+            ]
+            for n, f in (payload.get("llm_fallback") or {}).items()
+        ],
+    )
     b, hist = payload["bar"], payload["tag_hr"]["history_tags"]
-    cfg = state.cfg
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>recgpt run {_e(payload['run'])}</title>
+    cfg = run.cfg
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>recgpt run {_e(payload["run"])}</title>
 <style>{CSS} pre{{white-space:pre-wrap;background:#f7f7f7;padding:8px;font-size:12px}}
 span.best{{font-weight:bold;background:#e3f1e3}}</style></head><body>
-<h1>RecGPT chain: {_e(payload['dataset'])} (run {_e(payload['run'])})</h1>
-<p>{_e(payload['users']['note'])} (seed {cfg.seed}); split <code>{_e(payload['split'])}</code>; full ranking over
-{payload['n_items']:,} items, seen items masked. LLM <code>{_e(cfg.llm.shown_spec())}</code>; RecGPT share of the fused list
+<h1>RecGPT chain: {_e(payload["dataset"])} (run {_e(payload["run"])})</h1>
+<p>{_e(payload["users"]["note"])} (seed {cfg.seed}); split <code>{_e(payload["split"])}</code>; full ranking over
+{payload["n_items"]:,} items, seen items masked. LLM <code>{_e(payload["llm"])}</code>; RecGPT share of the fused list
 {cfg.share:.0%} next to <code>{_e(cfg.baseline)}</code>; β = {cfg.fusion.beta}.</p>
 <h2>Metrics</h2>{_metrics_html(payload)}
 <p>Tag HR = share of users whose held-out item's category is among φ(their tags) (top 10 / 30). Non-LLM history
-baseline tags: @10 {hist.get('TagHR@10', 0):.4f}, @30 {hist.get('TagHR@30', 0):.4f}. Fused vs best baseline
-(<code>{_e(b['best_baseline'])}</code>): NDCG@10 ratio {b['fused_over_best_ndcg']:.3f}; CatDiv up {b['catdiv_up']},
-Coverage up {b['coverage_up']}, Gini down {b['gini_down']}: bar <b>{'met' if b['met'] else 'not met'}</b>.</p>
+baseline tags: @10 {hist.get("TagHR@10", 0):.4f}, @30 {hist.get("TagHR@30", 0):.4f}. Fused vs best baseline
+(<code>{_e(b["best_baseline"])}</code>): NDCG@10 ratio {b["fused_over_best_ndcg"]:.3f}; CatDiv up {b["catdiv_up"]},
+Coverage up {b["coverage_up"]}, Gini down {b["gini_down"]}: bar <b>{"met" if b["met"] else "not met"}</b>.</p>
 <div class="plots">{plots}</div>
-{judge_html(state.run_dir)}
+{judge_html(run.run_dir)}
 <h2>Throughput</h2>{thr}
 <h2>LLM fallback</h2><p>Share of users (explanations: interest-item pairs) the LLM gave nothing usable, who
 got the rule-based fallback; a stage above its limit (<code>llm.max_fallback_share</code>) fails the run.</p>{fb}
@@ -208,18 +319,42 @@ got the rule-based fallback; a stage above its limit (<code>llm.max_fallback_sha
 """
 
 
-def write_run_report(state: RunState) -> Path:
-    """Write `<run>/report.html` atomically."""
-    from recgpt.pipeline.run import run_ledger
-    from recgpt.pipeline.stages import fallback_summary
-
-    payload = json.loads((state.run_dir / "results.json").read_text())
-    payload["llm_fallback"] = fallback_summary(state)  # now with explanations (they run after eval)
-    write_json_atomic(state.run_dir / "results.json", payload)
-
-    ledger = run_ledger(state, state.run_dir.name).to_json()
-    path = state.run_dir / "report.html"
-    return write_text_atomic(path, render_run_html(state, payload, ledger))  # umask mode, cleanable temp
+def _write(run: RunTables) -> Path:
+    payload = json.loads((run.run_dir / "results.json").read_text())
+    payload["llm_fallback"] = fallback_from_markers(run.markers, run.res.cfg)  # now with explanations
+    write_json_atomic(run.run_dir / "results.json", payload)
+    ledger = ledger_from_markers(run.markers, run.run_dir.name).to_json()
+    return write_text_atomic(run.run_dir / "report.html", render_run_html(run, payload, ledger))
 
 
-__all__ = ["judge_html", "print_results", "render_run_html", "results_table", "walk_users", "write_run_report"]
+def report_from_stage(ctx: StageContext) -> Path:
+    """The report stage: `<run>/report.html` (atomic) from the stage's declared inputs."""
+    res = cast(Resources, ctx.resources)
+    return _write(RunTables(ctx.read, ctx.finished(), ctx.config, res, ctx.store.run_dir))
+
+
+def write_run_report(run: str | Path | Any) -> Path:
+    """Rewrite a finished run's `report.html` (e.g. after `recgpt judge run`); `run` is the run folder
+    or anything with a `run_dir`."""
+    from recgpt.datasets import load_dataset
+    from recgpt.pipeline.config import RunConfig
+
+    run_dir = Path(run if isinstance(run, str | Path) else run.run_dir)
+    store = RunStore.open(run_dir)
+    cfg = RunConfig.model_validate(store.read_json("config.json"))
+    cfg = cfg.model_copy(update={"runs_dir": run_dir.parent, "name": run_dir.name})
+    res = Resources(cfg, load_dataset(cfg.dataset), store)
+    markers = {name: m for name in store.folders if (m := store.marker(name)) is not None}
+    return _write(RunTables(store.read, markers, cfg, res, run_dir))
+
+
+__all__ = [
+    "RunTables",
+    "judge_html",
+    "print_results",
+    "render_run_html",
+    "report_from_stage",
+    "results_table",
+    "walk_users",
+    "write_run_report",
+]

@@ -11,6 +11,11 @@ Specs:
 
 Backends live in separate modules so that `import recgpt.llm` never pulls torch, llama.cpp or
 vLLM in, and a missing optional dependency fails with the command that installs it.
+
+Generic options (`make_backend(spec, options={"threads": 2, "workers": 1, "n_ctx": 4096})`) are
+what a caller knows about the machine, whatever the backend: each backend takes the ones it
+understands (under its own constructor name) and ignores the rest, so callers need no backend
+special cases.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import importlib
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +41,16 @@ class _Entry:
     arg: str | None  # constructor keyword that receives the text after "name:"
     requires: tuple[str, ...]  # top-level modules the backend imports
     extra: str  # pip extra that provides them
+    options: dict[str, str] = field(default_factory=dict)  # generic option -> constructor keyword
 
 
 _REGISTRY: dict[str, _Entry] = {
     "fake": _Entry("recgpt.llm.backends.fake", "FakeBackend", None, (), "llm"),
     "llamacpp": _Entry("recgpt.llm.backends.llamacpp_backend", "LlamaCppBackend", "model_path",
-                       ("llama_cpp",), "llm"),
+                       ("llama_cpp",), "llm", {"threads": "n_threads", "workers": "n_workers", "n_ctx": "n_ctx"}),
     "openai": _Entry("recgpt.llm.backends.openai_backend", "OpenAIBackend", "model", ("openai",), "llm"),
     "transformers": _Entry("recgpt.llm.backends.transformers_backend", "TransformersBackend", "model",
-                           ("torch", "transformers"), "train"),
+                           ("torch", "transformers"), "train", {"threads": "threads"}),
     "vllm": _Entry("recgpt.llm.backends.vllm_backend", "VLLMBackend", "model", ("vllm",), "vllm"),
 }  # fmt: skip
 
@@ -106,12 +113,24 @@ def _require(name: str) -> None:
             )
 
 
-def make_backend(spec: str, **kwargs: Any) -> Backend:
-    """Build a backend from a spec; extra keywords go to its constructor (and win over the spec)."""
+OPTIONS = ("threads", "workers", "n_ctx")  # the generic options `make_backend` accepts
+
+
+def backend_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The constructor keywords of backend `name` for generic `options` (those it does not use dropped)."""
+    if unknown := set(options or {}) - set(OPTIONS):
+        raise ValueError(f"unknown backend option(s) {sorted(unknown)}; known: {', '.join(OPTIONS)}")
+    table = _REGISTRY[name].options
+    return {table[k]: v for k, v in (options or {}).items() if k in table and v is not None}
+
+
+def make_backend(spec: str, *, options: Mapping[str, Any] | None = None, **kwargs: Any) -> Backend:
+    """Build a backend from a spec. `options`: generic options (`OPTIONS`), each passed only to a backend
+    that understands it; extra keywords go to the constructor as they are (and win over both)."""
     name, spec_kwargs = parse_spec(spec)
     _require(name)
     cls = _load_class(name)
-    return cls(**{**spec_kwargs, **kwargs})
+    return cls(**{**spec_kwargs, **backend_options(name, options), **kwargs})
 
 
 def check_spec(spec: str) -> None:
@@ -216,9 +235,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 __all__ = [
+    "OPTIONS",
     "BackendUnavailable",
     "available_backends",
     "backend_names",
+    "backend_options",
     "check_spec",
     "file_sha256",
     "make_backend",
