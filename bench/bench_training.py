@@ -42,13 +42,16 @@ def _recgpt(args: list[str]) -> float:
 
 
 def _tag_hr(run_dir: Path) -> dict[str, float]:
-    from recgpt.intent.phi import tag_hr
+    from recgpt.intent.phi import PhiConfig, TagToCategory, tag_hr
     from recgpt.judge.samples import open_run
+    from recgpt.retrieval.embeddings import Embedder
 
     state = open_run(run_dir)
     try:
         tags = state.read("tags", "tags")
-        return tag_hr(tags, state.phi, state.split, task=state.task, user_ids=state.users, ks=KS)
+        cfg = state.config
+        phi = TagToCategory(Embedder(cfg["embedder"]), PhiConfig(**cfg["phi"])).fit(state.dataset)
+        return tag_hr(tags, phi, state.split, task=state.task, user_ids=state.users, ks=KS)
     finally:
         state.close()
 

@@ -15,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
-
 from tests.intent.conftest import HashEncoder
 from tests.pipeline.conftest import fake_backend, fast_config, slice_dataset
 

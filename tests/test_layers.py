@@ -46,9 +46,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 # Known upward imports whose removal is under way elsewhere; an entry that is no longer needed fails
 # `test_pending_exemptions_are_still_needed`, so none can linger.
-PENDING: dict[tuple[str, str], str] = {
-    ("judge/samples.py", "pipeline"): "rewritten off RunState by the pipeline work of issue 11",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 HEAVY = "torch"
 
@@ -256,19 +254,16 @@ def _loads_heavy(code: str) -> tuple[bool, list[str]]:
     return result["loaded"], result["via"] or []
 
 
-_UNTIL_LANDED = pytest.mark.xfail(strict=False, reason="until the pipeline/cli branches land")
-
-
 @pytest.mark.parametrize(
     "code",
     [
         "import recgpt.data",
         "import recgpt.datasets",
         "import recgpt.eval",
-        pytest.param("import recgpt.pipeline", marks=_UNTIL_LANDED),
+        "import recgpt.pipeline",
+        "import recgpt.serving",
         pytest.param(
             "import sys\nfrom recgpt.cli.app import main\nsys.argv = ['recgpt', '--help']\nmain()",
-            marks=_UNTIL_LANDED,
             id="recgpt --help",
         ),
     ],

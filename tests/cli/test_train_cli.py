@@ -87,9 +87,9 @@ def test_train_sft_tags_tiny(tmp_path: Path) -> None:
     samples = pl.read_parquet(out / "samples.parquet")
     assert set(samples["task"]) == {"tags", "category", "key_info", "what_to_buy", "induction"}
     # never an evaluation user (the `recgpt run` defaults: 200 test users, seed 0)
-    from recgpt.data.split import make_split
+    from recgpt.data.split import make_split, sample_users
+    from recgpt.datasets import load_dataset
     from recgpt.pipeline.config import RunConfig
-    from recgpt.pipeline.state import load_dataset, sample_users
 
     split = make_split(load_dataset("bundled:ml-latest-small"), RunConfig().split)
     trained_users = set(samples["user_id"].drop_nulls())

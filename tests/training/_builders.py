@@ -13,10 +13,10 @@ from functools import lru_cache
 from recgpt.behavior import CompressionConfig
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import Split, make_split
+from recgpt.datasets import load_dataset
 from recgpt.intent.interests import InterestsConfig
 from recgpt.intent.pool import InterestPool, PoolConfig
 from recgpt.intent.tags import TagsConfig
-from recgpt.pipeline.state import load_dataset
 from recgpt.training.builders.contexts import LogsConfig
 from tests.intent.conftest import HashEncoder
 

@@ -132,11 +132,10 @@ def run(
 
 
 def _refresh_report(run_dir: Path, console: Any) -> None:
-    from recgpt.judge.samples import open_run
     from recgpt.pipeline.report import write_run_report
 
     try:
-        path = write_run_report(open_run(run_dir, llm={}, progress=False))
+        path = write_run_report(run_dir)
     except (OSError, KeyError, ValueError) as e:  # a report from an older chain version may not re-render
         console.print(f"[yellow]report not refreshed: {e}[/yellow]")
         return

@@ -81,7 +81,7 @@ def _execute(cfg: Any, *, until: str | None, progress: bool, title: str) -> None
     wall = time.perf_counter() - t0
     results = summary.run_dir / "results.json"
     if results.exists() and summary.outcomes and summary.outcomes[-1].name in ("eval", "report"):
-        print_results(json.loads(results.read_text()), console, summary.throughput())
+        print_results(json.loads(results.read_text()), console, summary.throughput(), fallback=False)
     summary.ledger.print(console)
     ran = [o.name for o in summary.outcomes if o.status == "ran"]
     console.print(

@@ -69,7 +69,7 @@ def judge_run(
         found = samples_from_state(state, tuple(tasks or TASKS), llm_only=not include_fallbacks)
         samples = sample_per_task(found, max_samples, seed)
         counts = dict(samples.group_by("task", maintain_order=True).len().rows())
-        result = JudgeRun(run_dir, run_dir / "judge", state.cfg.llm.shown_spec(), samples, counts)
+        result = JudgeRun(run_dir, run_dir / "judge", state.llm_spec, samples, counts)
         if on_start is not None:
             on_start(result)
         if samples.is_empty():

@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
@@ -206,11 +205,6 @@ class OpenedRun:
         from recgpt.llm.credentials import redact
 
         return redact(str(self.llm.get("spec", "llamacpp")))
-
-    @property
-    def cfg(self) -> Any:
-        """`cfg.llm.shown_spec()` for callers written against the old `RunState` (prefer `llm_spec`)."""
-        return SimpleNamespace(llm=SimpleNamespace(shown_spec=lambda stage=None: self.llm_spec))
 
     @cached_property
     def dataset(self) -> Dataset:
