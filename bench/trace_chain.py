@@ -15,8 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
-from tests.intent.conftest import HashEncoder
-from tests.pipeline.conftest import fake_backend, fast_config, slice_dataset
+from tests.conftest import HashEncoder, fake_backend, fast_config, slice_dataset
 
 
 def main() -> None:

@@ -111,7 +111,7 @@ def test_kill_between_the_two_renames_restores_the_previous_dataset(tmp_path: Pa
 
 def test_run_pipeline_cleans_stale_temps_in_the_run_folder(tmp_path: Path) -> None:
     from recgpt.pipeline.run import run_pipeline
-    from tests.pipeline.conftest import fast_config, slice_dataset
+    from tests.conftest import fast_config, slice_dataset
 
     data = tmp_path / "slice"
     slice_dataset(n_users=12, n_items=80).save(data)
@@ -157,8 +157,7 @@ def test_a_whole_run_folder_follows_the_umask(tmp_path: Path) -> None:
     from rich.console import Console
 
     from recgpt.pipeline.run import run_pipeline
-    from tests.intent.conftest import HashEncoder
-    from tests.pipeline.conftest import fake_backend, fast_config, slice_dataset
+    from tests.conftest import HashEncoder, fake_backend, fast_config, slice_dataset
 
     data = tmp_path / "slice"
     slice_dataset(n_users=12, n_items=80).save(data)

@@ -37,8 +37,7 @@ from recgpt.llm.engine import LLMEngine
 from recgpt.llm.types import GenerationInput
 from recgpt.pipeline import run_pipeline
 from recgpt.pipeline.resources import Resources as RunState
-from tests.intent.conftest import HashEncoder
-from tests.pipeline.conftest import INTERESTS, TAGS, _interest_ids, fast_config, slice_dataset
+from tests.conftest import INTERESTS, TAGS, HashEncoder, _interest_ids, fast_config, slice_dataset
 
 SHARED = Path(os.environ.get("RECGPT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 TAG_PAYLOAD = "PWNED-TAG-7731"

@@ -28,9 +28,8 @@ from recgpt.llm.types import GenerationInput, GenerationOutput
 from recgpt.pipeline import run as pipeline_run
 from recgpt.pipeline.config import RunConfig
 from recgpt.pipeline.stages import StageFailed
-from tests.intent.conftest import HashEncoder
+from tests.conftest import HashEncoder, fake_answer, fast_config, slice_dataset
 from tests.llm.test_engine import echo, item_of, req
-from tests.pipeline.conftest import fake_answer, fast_config, slice_dataset
 
 QUIET = Console(quiet=True)
 LIMIT_HINT = "--set llm.max_fallback_share="

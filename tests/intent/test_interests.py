@@ -21,7 +21,7 @@ from recgpt.intent.interests import (
 from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.engine import LLMEngine
 from recgpt.llm.schema import json_schema_for
-from tests.intent.conftest import BASE_TS, HashEncoder
+from tests.conftest import BASE_TS, HashEncoder
 
 CTX = UserContext(
     user_id="u1",

@@ -14,7 +14,7 @@ from recgpt.intent.context import UserContext, build_contexts, guard_requests
 from recgpt.intent.interests import InterestsConfig, interest_request
 from recgpt.intent.pool import InterestPool, PoolConfig
 from recgpt.intent.tags import TagsConfig, tag_request
-from tests.intent.conftest import HashEncoder
+from tests.conftest import HashEncoder
 
 INTERESTS = [(1, "Space opera"), (2, "Romantic comedy")]
 

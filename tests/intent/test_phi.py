@@ -9,7 +9,7 @@ from recgpt.data.dataset import Dataset
 from recgpt.data.split import Split
 from recgpt.intent.phi import PhiConfig, TagToCategory, tag_hr
 from recgpt.intent.tags import TAGS_SCHEMA, history_baseline_tags
-from tests.intent.conftest import HashEncoder
+from tests.conftest import HashEncoder
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import Split
 from recgpt.intent.pool import InterestPool, PoolConfig, item_embedding_text, phrase_tokens, title_phrases
-from tests.intent.conftest import HashEncoder
+from tests.conftest import HashEncoder
 
 
 def test_phrase_tokens_drop_years_and_aliases() -> None:

@@ -22,7 +22,7 @@ from recgpt.intent.interests import INTERESTS_SCHEMA, InterestsConfig, interest_
 from recgpt.intent.pool import InterestPool, PoolConfig
 from recgpt.intent.tags import TAGS_SCHEMA, TagsConfig, names_item, predict_tags, recent_titles
 from recgpt.llm.engine import LLMEngine
-from tests.intent.conftest import HashEncoder
+from tests.conftest import HashEncoder
 
 pytestmark = pytest.mark.llm
 ICFG = InterestsConfig(count=3, history_chars=600, pool_size=6)

@@ -22,7 +22,7 @@ from recgpt.intent.tags import (
 from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.engine import LLMEngine
 from recgpt.llm.schema import json_schema_for
-from tests.intent.conftest import BASE_TS
+from tests.conftest import BASE_TS
 
 DAY = 86_400
 ASOF = BASE_TS + 200 * DAY  # 2000-07-19

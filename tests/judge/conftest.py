@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -21,7 +20,6 @@ from recgpt.llm.engine import LLMEngine
 from recgpt.llm.types import GenerationInput
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-QUICKSTART = Path(__file__).resolve().parents[2] / "runs" / "quickstart"
 _JUDGED = re.compile(r'<data name="(?:interest|tag|explanation)">\n(.*?)\n</data>\s*$', re.S)
 
 

@@ -18,7 +18,7 @@ from recgpt.judge.samples import (
     samples_from_run,
     samples_from_state,
 )
-from tests.judge.conftest import PROFILE, QUICKSTART
+from tests.judge.conftest import PROFILE
 
 
 def _tag(output: str, recent: tuple[str, ...] = ("Gladiator (2000)", "Heat (1995)")) -> dict[str, object]:
@@ -114,26 +114,31 @@ def test_make_samples_contract() -> None:
         make_samples("images", rows, source="t")
 
 
-@pytest.mark.skipif(
-    not (QUICKSTART / "config.json").exists(), reason="needs the finished runs/quickstart folder"
-)
-def test_samples_from_the_quickstart_run_never_show_held_out_items() -> None:
+def test_samples_from_a_finished_run_never_show_held_out_items(finished_run: Path) -> None:
+    """Judge samples of a finished run (built by tests/conftest.py, not a local runs/quickstart)."""
     from recgpt.datasets import load_dataset
 
-    s = samples_from_run(QUICKSTART)
+    s = samples_from_run(finished_run)
     counts = dict(s.group_by("task").len().rows())
     assert set(counts) == {"interests", "tags", "explanations"} and min(counts.values()) > 0
     assert s["sample_id"].n_unique() == s.height
-    tags = pl.read_parquet(next(QUICKSTART.glob("*_tags/tags.parquet")))
+    tags = pl.read_parquet(next(finished_run.glob("*_tags/tags.parquet")))
     assert (
         counts["tags"] == tags.filter(~pl.col("rationale").str.starts_with("fallback")).height
     )  # LLM tags only
     assert (
-        len(samples_from_run(QUICKSTART, ["tags"], llm_only=False))
+        len(samples_from_run(finished_run, ["tags"], llm_only=False))
         >= tags.select("user_id", "tag").n_unique()
     )
-    users = pl.read_parquet(QUICKSTART / "00_split" / "users.parquet")
-    titles = dict(zip(*load_dataset("bundled:ml-latest-small").items.select("item_id", "title"), strict=True))
+    users = pl.read_parquet(finished_run / "00_split" / "users.parquet")
+    titles = dict(
+        zip(
+            *load_dataset(json.loads((finished_run / "config.json").read_text())["dataset"]).items.select(
+                "item_id", "title"
+            ),
+            strict=True,
+        )
+    )
     held = {u: titles[t] for u, t in users.select("user_id", "target_item_id").iter_rows() if t}
     for u, ctx in s.filter(pl.col("user_id").is_not_null()).select("user_id", "context").iter_rows():
         assert held[u].lower() not in ctx.lower()
@@ -145,8 +150,7 @@ def test_samples_from_a_fresh_run_use_its_stored_tables_and_never_show_held_out_
 ) -> None:
     """A small run of the chain (fake LLM), judged through `RunStore` and `config.json` alone."""
     from recgpt.pipeline import run_pipeline
-    from tests.intent.conftest import HashEncoder
-    from tests.pipeline.conftest import fake_backend, fast_config, slice_dataset
+    from tests.conftest import HashEncoder, fake_backend, fast_config, slice_dataset
 
     data = tmp_path_factory.mktemp("data") / "mls-slice"
     slice_dataset().save(data)

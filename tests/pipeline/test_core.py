@@ -18,8 +18,7 @@ from recgpt.pipeline.config import RunConfig
 from recgpt.pipeline.core import Pipeline, Stage, StageContext, UndeclaredConfig, UndeclaredInput
 from recgpt.pipeline.runner import RunSummary, run_stages
 from recgpt.pipeline.stages import RECGPT
-from tests.intent.conftest import HashEncoder
-from tests.pipeline.conftest import fake_backend, fast_config
+from tests.conftest import HashEncoder, fake_backend, fast_config
 
 QUIET = Console(quiet=True)
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from recgpt.pipeline import run_pipeline
-from tests.intent.conftest import HashEncoder
-from tests.pipeline.conftest import fake_backend, fast_config
+from tests.conftest import HashEncoder, fake_backend, fast_config
 from tests.pipeline.parity import table_digests
 
 GOLDEN = Path(__file__).with_name("parity_golden.json")

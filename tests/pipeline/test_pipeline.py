@@ -24,8 +24,7 @@ from recgpt.llm.backends.fake import FakeBackendCrash
 from recgpt.pipeline import STAGE_NAMES, RunConfig, RunSummary, parse_assignments, run_pipeline
 from recgpt.pipeline.config import quickstart_config
 from recgpt.retrieval.fusion import CANDIDATE_SCHEMA
-from tests.intent.conftest import HashEncoder
-from tests.pipeline.conftest import fake_backend, fast_config
+from tests.conftest import HashEncoder, fake_backend, fast_config
 
 QUIET = Console(quiet=True)
 DOWNSTREAM_OF_TAGS = {"tags", "phi", "candidates", "fusion", "explanations", "eval", "report"}
@@ -183,7 +182,7 @@ def test_the_guard_tolerates_duplicate_titles_but_still_catches_leaks(
     """A held-out item whose title is also the title of an item the user saw (ml-100k lists 18 films
     twice; Amazon variants share their cut titles) cannot be told apart from it: not a leak. Any other
     held-out title still is."""
-    import tests.intent.conftest as toy_mod
+    import tests.conftest as toy_mod
     from recgpt.behavior.items import clean_title
     from recgpt.data.leakage import shadowed_items
     from recgpt.data.split import make_split

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from recgpt.cli.app import app
 from recgpt.pipeline import STAGE_NAMES
-from tests.pipeline.conftest import TINY_TOWER
+from tests.conftest import TINY_TOWER
 
 pytestmark = pytest.mark.llm
 SMALL = [

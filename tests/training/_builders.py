@@ -18,7 +18,7 @@ from recgpt.intent.interests import InterestsConfig
 from recgpt.intent.pool import InterestPool, PoolConfig
 from recgpt.intent.tags import TagsConfig
 from recgpt.training.builders.contexts import LogsConfig
-from tests.intent.conftest import HashEncoder
+from tests.conftest import HashEncoder
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -32,7 +32,7 @@ from recgpt.training.builders.logs import (
     guard_samples,
 )
 from recgpt.training.data import validate_samples
-from tests.intent.conftest import HashEncoder
+from tests.conftest import HashEncoder
 from tests.training._builders import SMALL, Bundled, bundled
 
 DAY = 86_400
