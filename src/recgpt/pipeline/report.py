@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 from rich.console import Console
@@ -28,6 +28,9 @@ from recgpt.pipeline.core import StageContext
 from recgpt.pipeline.evaluation import HEADLINE, LOWER_BETTER, load_result, throughput
 from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.runner import fallback_from_markers, fallback_table, ledger_from_markers
+
+if TYPE_CHECKING:
+    from recgpt.serving.models import UserView
 
 WALK_ITEMS = 10
 
@@ -132,93 +135,58 @@ def walk_users(interests: pl.DataFrame, users: list[str], n: int) -> list[str]:
     return sorted(users, key=lambda u: (u not in llm_users, u))[:n]
 
 
-def _walks(run: RunTables, titles: dict[str, str], cats: dict[str, list[str]]) -> str:
-    """The walk-through of `report_users` users; every table is read once for all of them."""
-    t = {
-        name: run.read(stage, name)
-        for stage, name in (
-            ("compress", "compressed"),
-            ("pool", "matches"),
-            ("interests", "interests"),
-            ("tags", "tags"),
-            ("fusion", "fused"),
-            ("explanations", "served"),
-            ("split", "users"),
-        )
-    }
-    phi = run.read("phi", "tag_categories").filter(pl.col("rank") <= 3)
-    phi_of = {tag: g.sort("rank")["category"].to_list() for (tag,), g in phi.group_by("tag")}
-    users = walk_users(t["interests"], run.res.users, run.cfg.report_users)
-    part = {name: df.filter(pl.col("user_id").is_in(users)) for name, df in t.items()}
-    return "".join(
-        _walk_one(
-            user, {n: df.filter(pl.col("user_id") == user) for n, df in part.items()}, phi_of, titles, cats
-        )
-        for user in users
-    )
+def _walks(run: RunTables, items: pl.DataFrame) -> str:
+    """The walk-through of `report_users` users, through the recommendation service every front door
+    uses (`recgpt recommend`, the HTTP server): the report shows the very list a user is served."""
+    from recgpt.serving import TABLES, RecommendationService
+
+    tables = {stage: run.read(stage, table) for stage, table in TABLES}
+    config = {"dataset": run.res.cfg.dataset, "explain_top": run.res.cfg.explain_top}
+    service = RecommendationService(run.run_dir, config, tables, items=items)
+    users = walk_users(tables["interests"], run.res.users, run.cfg.report_users)
+    return "".join(_walk_one(service.view(user, k=WALK_ITEMS)) for user in users)
 
 
-def _walk_one(
-    user: str,
-    t: dict[str, pl.DataFrame],
-    phi_of: dict[str, list[str]],
-    titles: dict[str, str],
-    cats: dict[str, list[str]],
-) -> str:
-    comp = t["compressed"]
-    pool = t["matches"].sort("rank")
-    interests = t["interests"].sort("interest_id")
-    tags = t["tags"].sort("rank")
-    fused = t["fused"].filter(pl.col("rank") <= WALK_ITEMS)
-    served = t["served"]
-    expl = {
-        r: (e, f, i)
-        for r, e, f, i in served.select("rank", "explanation", "item_only", "explained_interest").iter_rows()
-    }
-    target = t["users"]["target_item_id"][0]
-    text = comp["text"][0] if comp.height else ""
+def _walk_one(view: UserView) -> str:
+    target = view.target
+    hist = view.history
     parts = [
-        f"<h3>User {_e(user)}</h3>",
-        f"<p>Held-out next item (never shown to any stage): <b>{_e(titles.get(target, target))}</b></p>",
-        f"<h4>1. Compressed history B_u ({comp['tokens'][0] if comp.height else 0} tokens)</h4>",
-        f"<pre>{_e(text)}</pre>",
-        f"<p>Matched pool I_m: {_e(', '.join(pool['interest'].to_list()))}</p>",
+        f"<h3>User {_e(view.user_id)}</h3>",
+        "<p>Held-out next item (never shown to any stage): "
+        f"<b>{_e(target.title or target.item_id) if target else '-'}</b></p>",
+        f"<h4>1. Compressed history B_u ({hist.tokens if hist else 0} tokens)</h4>",
+        f"<pre>{_e(hist.text if hist else '')}</pre>",
+        f"<p>Matched pool I_m: {_e(', '.join(p.interest for p in view.pool))}</p>",
         "<h4>2. Interests (LLM_UI)</h4>",
         _table(
             ["id", "interest", "stage", "kind", "reason", "template"],
             [
-                [_e(c) for c in r]
-                for r in interests.select(
-                    "interest_id", "interest", "stage", "kind", "reason", "template"
-                ).iter_rows()
+                [_e(c) for c in (i.interest_id, i.interest, i.stage, i.kind, i.reason, i.template)]
+                for i in view.interests
             ],
         ),
         "<h4>3. Tags (LLM_IT) and φ(tag)</h4>",
         _table(
             ["rank", "tag", "interest", "rationale", "φ top categories"],
             [
-                [_e(r), _e(t), _e(i), _e(ra), _e(", ".join(phi_of.get(t, [])))]
-                for r, t, i, ra in tags.select("rank", "tag", "interest", "rationale").iter_rows()
+                [_e(t.rank), _e(t.tag), _e(t.interest), _e(t.rationale), _e(", ".join(t.categories))]
+                for t in view.tags
             ],
         ),
     ]
     rows = []
-    for rank, iid, channel, tag, interest in (
-        fused.sort("rank").select("rank", "item_id", "channel", "tag", "interest").iter_rows()
-    ):
-        e = expl.get(rank)
-        hit = " <b>(held-out item)</b>" if iid == target else ""
-        note = (
-            "" if e is None else f"{_e(e[0])} <small>({'item-only fallback' if e[1] else _e(e[2])})</small>"
-        )
+    for r in view.recommendations:
+        hit = " <b>(held-out item)</b>" if target and r.item_id == target.item_id else ""
+        why = "item-only fallback" if r.item_only else _e(r.explained_interest)
+        note = "" if r.explanation is None else f"{_e(r.explanation)} <small>({why})</small>"
         rows.append(
             [
-                _e(rank),
-                _e(titles.get(iid, iid)) + hit,
-                _e(", ".join(cats.get(iid, []))),
-                _e(channel),
-                _e(tag),
-                _e(interest),
+                _e(r.rank),
+                _e(r.title or r.item_id) + hit,
+                _e(", ".join(r.categories)),
+                _e(r.channel),
+                _e(r.tag),
+                _e(r.interest),
                 note,
             ]
         )
@@ -265,10 +233,7 @@ def render_run_html(run: RunTables, payload: dict[str, Any], ledger: dict[str, A
         f"</figcaption></figure>"
         for t, b in _plots(result)
     )
-    items = res.dataset.items
-    titles = dict(zip(items["item_id"].to_list(), items["title"].to_list(), strict=True))
-    cats = dict(zip(items["item_id"].to_list(), items["categories"].to_list(), strict=True))
-    walks = _walks(run, titles, cats)
+    walks = _walks(run, res.dataset.items)
     stages = throughput({n: m for n, m in run.markers.items() if n != "report"}, len(res.users))
     thr = _table(
         ["stage", "seconds", "users/min"],

@@ -117,7 +117,15 @@ def _by_user(df: pl.DataFrame, *order: str) -> dict[str, pl.DataFrame]:
 class RecommendationService:
     """Read-only answers over one finished RecGPT run folder (`runs/<name>/`)."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], tables: dict[str, pl.DataFrame]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        tables: dict[str, pl.DataFrame],
+        items: pl.DataFrame | None = None,
+    ) -> None:
+        """`tables` maps each stage of `TABLES` to its table; `items` (item_id, title, categories) is the
+        catalogue when the caller has it loaded already (the report stage), else it is read on first use."""
         self.run_dir = run_dir
         self._config = config
         split = tables["split"]
@@ -138,6 +146,8 @@ class RecommendationService:
         }
         self._items: dict[str, Item] | None = None
         self._lock = threading.Lock()
+        if items is not None:
+            self._items = self._pick(items)
 
     @classmethod
     def open(cls, run_dir: str | Path) -> RecommendationService:
@@ -220,19 +230,26 @@ class RecommendationService:
         return self._items
 
     def _load_items(self) -> dict[str, Item]:
+        """The catalogue as every stage saw it: instruction-like spans redacted (`recgpt.data.untrusted`)."""
+        from recgpt.data.untrusted import UntrustedText, redact_dataset
         from recgpt.datasets import load_dataset
 
-        wanted = {t for t in self._targets.values() if t is not None}
-        for g in self._lists.values():
-            wanted.update(g["item_id"].to_list())
         try:
-            items = load_dataset(self.dataset).items
+            source = load_dataset(self.dataset)
+            items = redact_dataset(source, UntrustedText.of(source).report).items
         except (OSError, ValueError, KeyError) as e:
             raise ServingError(
                 f"cannot load the run's catalogue {self.dataset!r} (config.json 'dataset') for titles "
                 f"and categories: {e}",
                 file=self.run_dir / CONFIG,
             ) from e
+        return self._pick(items)
+
+    def _pick(self, items: pl.DataFrame) -> dict[str, Item]:
+        """Titles and categories of the items this run shows (its lists and held-out targets)."""
+        wanted = {t for t in self._targets.values() if t is not None}
+        for g in self._lists.values():
+            wanted.update(g["item_id"].to_list())
         mine = items.filter(pl.col("item_id").is_in(sorted(wanted)))
         return {
             iid: Item(item_id=iid, title=title, categories=list(cats or []))
