@@ -61,8 +61,13 @@ def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 def raw_llama(threads: int, n_ctx: int) -> Any:
     from llama_cpp import Llama
 
-    return Llama(model_path=str(default_model_path()), n_ctx=n_ctx, n_threads=threads,
-                 n_threads_batch=threads, verbose=False)  # fmt: skip
+    return Llama(
+        model_path=str(default_model_path()),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
 
 
 def raw_run(llm: Any, requests: list[LLMRequest[Any]], constrained: bool) -> tuple[int, int]:
@@ -73,9 +78,11 @@ def raw_run(llm: Any, requests: list[LLMRequest[Any]], constrained: bool) -> tup
         resp = llm.create_chat_completion(
             messages=[{"role": m.role, "content": m.content} for m in req.messages],
             response_format={"type": "json_object", "schema": schema} if constrained else None,
-            temperature=req.sampling.temperature, top_p=req.sampling.top_p,
-            max_tokens=req.sampling.max_tokens, seed=req.sampling.seed,
-        )  # fmt: skip
+            temperature=req.sampling.temperature,
+            top_p=req.sampling.top_p,
+            max_tokens=req.sampling.max_tokens,
+            seed=req.sampling.seed,
+        )
         tokens += resp["usage"]["completion_tokens"]
         try:
             SmokeInterests.model_validate_json(resp["choices"][0]["message"]["content"])
@@ -108,12 +115,18 @@ def bench_overhead_and_grammar(args: argparse.Namespace) -> dict[str, Any]:
     raw_s, ours_s = min(raw_t), min(ours_t)
     return {
         "requests": len(requests),
-        "raw_s": raw_s, "ours_s": ours_s, "overhead_ratio": ours_s / raw_s,
-        "raw_valid": raw_valid, "ours_valid": ours_valid, "raw_tokens": raw_tok, "ours_tokens": ours_tok,
+        "raw_s": raw_s,
+        "ours_s": ours_s,
+        "overhead_ratio": ours_s / raw_s,
+        "raw_valid": raw_valid,
+        "ours_valid": ours_valid,
+        "raw_tokens": raw_tok,
+        "ours_tokens": ours_tok,
         "ours_per_token_ratio": (ours_s / max(ours_tok, 1)) / (raw_s / max(raw_tok, 1)),
-        "constrained_tok_s": raw_tok / raw_s, "unconstrained_tok_s": free_tok / free_t,
+        "constrained_tok_s": raw_tok / raw_s,
+        "unconstrained_tok_s": free_tok / free_t,
         "unconstrained_valid": free_valid,
-    }  # fmt: skip
+    }
 
 
 def bench_cache_hits(n: int) -> dict[str, Any]:
@@ -137,8 +150,11 @@ def bench_parallel(args: argparse.Namespace, with_threads: bool) -> dict[str, An
         configs["1proc_2thr"] = (2, 1)
     engines = {}
     for label, (threads, workers) in configs.items():
-        engine = LLMEngine(LlamaCppBackend(n_threads=threads, n_workers=workers, n_ctx=args.n_ctx),
-                           max_retries=0, chunk_size=len(requests))  # fmt: skip
+        engine = LLMEngine(
+            LlamaCppBackend(n_threads=threads, n_workers=workers, n_ctx=args.n_ctx),
+            max_retries=0,
+            chunk_size=len(requests),
+        )
         engine.run(warm)  # start worker processes and load their models outside the timing
         engines[label] = engine
     times: dict[str, list[float]] = {label: [] for label in configs}
@@ -167,8 +183,11 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    ap.add_argument("--parts", default="cache,overhead,parallel",
-                    help="comma list of: cache, overhead, parallel, threads (1 proc x 2 threads, slow when busy)")
+    ap.add_argument(
+        "--parts",
+        default="cache,overhead,parallel",
+        help="comma list of: cache, overhead, parallel, threads (1 proc x 2 threads, slow when busy)",
+    )
     args = ap.parse_args()
 
     load_before = os.getloadavg()
@@ -182,31 +201,54 @@ def main() -> None:
     rows: list[tuple[str, str, str, str]] = []
     if over:
         rows += [
-            ("overhead: ours / raw llama-cpp-python (wall)", f"{over['overhead_ratio']:.3f}x", "<= 1.2x",
-             f"{over['ours_s']:.1f} s vs {over['raw_s']:.1f} s for {over['requests']} requests; valid "
-             f"{over['ours_valid']} vs {over['raw_valid']}; per-token ratio {over['ours_per_token_ratio']:.3f}"),
-            ("grammar: constrained / unconstrained tok/s",
-             f"{over['constrained_tok_s'] / over['unconstrained_tok_s']:.2f}x", "-",
-             f"{over['constrained_tok_s']:.0f} vs {over['unconstrained_tok_s']:.0f} tok/s (1 thread); "
-             f"schema-valid unconstrained {over['unconstrained_valid']}/{over['requests']}"),
-        ]  # fmt: skip
+            (
+                "overhead: ours / raw llama-cpp-python (wall)",
+                f"{over['overhead_ratio']:.3f}x",
+                "<= 1.2x",
+                f"{over['ours_s']:.1f} s vs {over['raw_s']:.1f} s for {over['requests']} requests; valid "
+                f"{over['ours_valid']} vs {over['raw_valid']}; per-token ratio {over['ours_per_token_ratio']:.3f}",
+            ),
+            (
+                "grammar: constrained / unconstrained tok/s",
+                f"{over['constrained_tok_s'] / over['unconstrained_tok_s']:.2f}x",
+                "-",
+                f"{over['constrained_tok_s']:.0f} vs {over['unconstrained_tok_s']:.0f} tok/s (1 thread); "
+                f"schema-valid unconstrained {over['unconstrained_valid']}/{over['requests']}",
+            ),
+        ]
     if cache:
         rows.append(
-            ("cache hit: ms per request", f"{cache['hit_ms']:.3f} ms", "<= 1 ms",
-             f"{cache['requests']} cached requests through LLMEngine.run; rendering {cache['render_ms']:.3f} ms extra")
-        )  # fmt: skip
+            (
+                "cache hit: ms per request",
+                f"{cache['hit_ms']:.3f} ms",
+                "<= 1 ms",
+                f"{cache['requests']} cached requests through LLMEngine.run; rendering {cache['render_ms']:.3f} ms extra",
+            )
+        )
     if par:
         rows += [
-            ("parallel: 2 procs x 1 thr / 1 proc x 1 thr", f"{par['speedup_2proc']:.2f}x", ">= 1.5x",
-             f"{par['2proc_1thr']['req_s']:.2f} vs {par['1proc_1thr']['req_s']:.2f} req/s on {par['requests']} requests"),
-        ]  # fmt: skip
+            (
+                "parallel: 2 procs x 1 thr / 1 proc x 1 thr",
+                f"{par['speedup_2proc']:.2f}x",
+                ">= 1.5x",
+                f"{par['2proc_1thr']['req_s']:.2f} vs {par['1proc_1thr']['req_s']:.2f} req/s on {par['requests']} requests",
+            ),
+        ]
         if "speedup_2thr" in par:
-            rows.append(("threads: 1 proc x 2 thr / 1 proc x 1 thr", f"{par['speedup_2thr']:.2f}x", "-",
-                         f"{par['1proc_2thr']['req_s']:.2f} req/s"))  # fmt: skip
+            rows.append(
+                (
+                    "threads: 1 proc x 2 thr / 1 proc x 1 thr",
+                    f"{par['speedup_2thr']:.2f}x",
+                    "-",
+                    f"{par['1proc_2thr']['req_s']:.2f} req/s",
+                )
+            )
     if not rows:
         raise SystemExit(f"no known part in --parts {args.parts!r}: use cache, overhead, parallel, threads")
     print(f"\nLLM layer benchmark - SmolLM2-135M Q4_1, max_tokens {args.max_tokens}, best of {args.repeats}")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores; >1 means contention)")
+    print(
+        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores; >1 means contention)"
+    )
     width = max(len(r[0]) for r in rows)
     for name, value, target, detail in rows:
         print(f"  {name:<{width}}  {value:>10}  target {target:<8}  {detail}")

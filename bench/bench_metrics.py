@@ -132,7 +132,9 @@ def naive_evaluate(
         total = sum(counts.values())
         out[f"Coverage@{k}"] = len(counts) / n_items
         srt = sorted([0] * (n_items - len(counts)) + list(counts.values()))
-        out[f"Gini@{k}"] = sum((2 * j - n_items - 1) * c for j, c in enumerate(srt, start=1)) / (n_items * total)
+        out[f"Gini@{k}"] = sum((2 * j - n_items - 1) * c for j, c in enumerate(srt, start=1)) / (
+            n_items * total
+        )
         out[f"Entropy@{k}"] = -sum(c / total * math.log2(c / total) for c in counts.values())
         for name in ("AvgPop", "Tail", "Novelty"):
             out[f"{name}@{k}"] = float(np.mean(per_list[f"{name}@{k}"]))

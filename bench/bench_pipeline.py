@@ -47,7 +47,9 @@ def main() -> None:
         run = res.runs[0]
         phases[f"{name}: fit"] = run.fit_s
         phases[f"{name}: fit+valid+test total"] = time.perf_counter() - t0
-        print(f"{name}: NDCG@10 {run.test['NDCG@10']:.4f}  HR@10 {run.test['HR@10']:.4f}  params {run.params}")
+        print(
+            f"{name}: NDCG@10 {run.test['NDCG@10']:.4f}  HR@10 {run.test['HR@10']:.4f}  params {run.params}"
+        )
     for k, v in phases.items():
         print(f"{k:32s} {v:8.2f} s")
     print(f"{'peak RSS':32s} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MB")

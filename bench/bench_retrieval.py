@@ -71,8 +71,16 @@ def oracle_tags(split: Any) -> pl.DataFrame:
     for uid, tgt in zip(split.test.user_ids, split.test.targets, strict=True):
         for j, c in enumerate(cats[int(tgt[0])] or []):
             rows.append({"user_id": uid, "tag": c, "interest_id": j, "interest": c, "rank": j + 1})
-    return pl.DataFrame(rows, schema={"user_id": pl.String, "tag": pl.String, "interest_id": pl.Int64,
-                                      "interest": pl.String, "rank": pl.Int64})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "user_id": pl.String,
+            "tag": pl.String,
+            "interest_id": pl.Int64,
+            "interest": pl.String,
+            "rank": pl.Int64,
+        },
+    )
 
 
 def history_tags(split: Any, last: int = 20, n: int = 3) -> pl.DataFrame:
@@ -83,14 +91,25 @@ def history_tags(split: Any, last: int = 20, n: int = 3) -> pl.DataFrame:
         counts = Counter(c for i in hist[-last:] for c in (cats[int(i)] or []))
         for j, (c, _) in enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]):
             rows.append({"user_id": uid, "tag": c, "interest_id": j, "interest": c, "rank": j + 1})
-    return pl.DataFrame(rows, schema={"user_id": pl.String, "tag": pl.String, "interest_id": pl.Int64,
-                                      "interest": pl.String, "rank": pl.Int64})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "user_id": pl.String,
+            "tag": pl.String,
+            "interest_id": pl.Int64,
+            "interest": pl.String,
+            "rank": pl.Int64,
+        },
+    )
 
 
 def tag_precision(split: Any, cands: pl.DataFrame) -> float:
     """Share of tag-produced candidates whose item carries the producing tag as a category."""
-    cats = dict(zip(split.dataset.items["item_id"].to_list(), split.dataset.items["categories"].to_list(),
-                    strict=True))
+    cats = dict(
+        zip(
+            split.dataset.items["item_id"].to_list(), split.dataset.items["categories"].to_list(), strict=True
+        )
+    )
     rows = cands.filter(pl.col("tag").is_not_null()).select("item_id", "tag").iter_rows()
     hits = [t in (cats[i] or []) for i, t in rows]
     return float(np.mean(hits)) if hits else float("nan")
@@ -110,11 +129,15 @@ def run_dataset(name: str, ds: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     console = Console()
     split = make_split(ds)
-    console.print(f"[bold]{name}[/bold]: {len(split.test)} test users, {split.train.n_items} items, "
-                  f"{len(split.train.item_idx)} training interactions")
+    console.print(
+        f"[bold]{name}[/bold]: {len(split.test)} test users, {split.train.n_items} items, "
+        f"{len(split.train.item_idx)} training interactions"
+    )
     rows: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
-    exp = run_experiment(ds, ExperimentConfig(models=args.baselines.split(","), ks=KS, tune=True), split=split)
+    exp = run_experiment(
+        ds, ExperimentConfig(models=args.baselines.split(","), ks=KS, tune=True), split=split
+    )
     for r in exp.runs:
         rows[r.name] = r.test
     knn_params = next((r.params for r in exp.runs if r.name == "itemknn"), {})
@@ -142,7 +165,9 @@ def run_dataset(name: str, ds: Any, args: argparse.Namespace) -> dict[str, Any]:
         ch = RecGPTChannel(model, index, oracle, context=context, beta=beta, k=max(KS), per_tag=max(KS))
         evaluate(f"oracle tags β={beta:g}", ch)
         if beta == 0:
-            tag_prec["oracle"] = tag_precision(split, ch.candidates(split.test.user_idx, split.test.histories))
+            tag_prec["oracle"] = tag_precision(
+                split, ch.candidates(split.test.user_idx, split.test.histories)
+            )
     hist_ch = RecGPTChannel(model, index, hist, context=context, beta=0.5, k=max(KS), per_tag=max(KS))
     evaluate("history tags β=0.5", hist_ch)
     knn = get_recommender("itemknn", **knn_params).fit(split.train)
@@ -177,9 +202,11 @@ def print_report(report: dict[str, Any]) -> None:
 
     console = Console(width=200)
     tt = report["tritower"]
-    table = Table(title=f"{report['dataset']}: {report['test_users']} test users x {report['items']} items "
-                        f"(LOO, full ranking, seen masked) — tri-tower {tt['train_s']} s "
-                        f"({tt['epochs_run']} epochs, best {tt['best_epoch']}), peak RSS {tt['peak_rss_mb']:.0f} MB")
+    table = Table(
+        title=f"{report['dataset']}: {report['test_users']} test users x {report['items']} items "
+        f"(LOO, full ranking, seen masked) — tri-tower {tt['train_s']} s "
+        f"({tt['epochs_run']} epochs, best {tt['best_epoch']}), peak RSS {tt['peak_rss_mb']:.0f} MB"
+    )
     table.add_column("model")
     for c in COLUMNS:
         table.add_column(c, justify="right")

@@ -64,11 +64,41 @@ def measure(label: str, spec: str, a: argparse.Namespace) -> dict[str, Any]:
         llm = ["--llm", spec]
     else:  # the model serves one stage; the others keep the base model, their answers shared through one cache
         cache = Path(a.runs_dir) / f"bench-train-{Path(a.dataset).name}-base" / "llm-cache.sqlite"
-        llm = ["--llm", a.base, "--llm-cache", str(cache)] + ([] if label == "base" else ["--stage-llm", f"{a.stage}={spec}"])
-    out["run_s"] = _recgpt(["run", "--dataset", a.dataset, "--users", str(a.users), *llm, "--name", name,
-                            "--runs-dir", a.runs_dir, "--no-progress", *a.run_args])  # fmt: skip
-    out["judge_s"] = _recgpt(["judge", "run", str(run_dir), "--llm", a.judge_llm, "--tasks", "tags",
-                              "--max-samples", str(a.judge_samples), "--llm-workers", str(a.judge_workers), "--no-progress"])  # fmt: skip
+        llm = ["--llm", a.base, "--llm-cache", str(cache)] + (
+            [] if label == "base" else ["--stage-llm", f"{a.stage}={spec}"]
+        )
+    out["run_s"] = _recgpt(
+        [
+            "run",
+            "--dataset",
+            a.dataset,
+            "--users",
+            str(a.users),
+            *llm,
+            "--name",
+            name,
+            "--runs-dir",
+            a.runs_dir,
+            "--no-progress",
+            *a.run_args,
+        ]
+    )
+    out["judge_s"] = _recgpt(
+        [
+            "judge",
+            "run",
+            str(run_dir),
+            "--llm",
+            a.judge_llm,
+            "--tasks",
+            "tags",
+            "--max-samples",
+            str(a.judge_samples),
+            "--llm-workers",
+            str(a.judge_workers),
+            "--no-progress",
+        ]
+    )
     results = json.loads((run_dir / "results.json").read_text())
     rows = {r["model"]: r for r in results["table"]}
     out["fused"] = {m: rows["fused"].get(m) for m in LIST_METRICS}
@@ -83,14 +113,24 @@ def _print(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     t = Table(title="alignment training: held-out users (tags judged by the judge model)")
-    for col in ("model", *(f"TagHR@{k}" for k in KS), "judge pass (tags)", "fused NDCG@10", "CatDiv@10",
-                "Coverage@10", "Gini@10"):  # fmt: skip
+    for col in (
+        "model",
+        *(f"TagHR@{k}" for k in KS),
+        "judge pass (tags)",
+        "fused NDCG@10",
+        "CatDiv@10",
+        "Coverage@10",
+        "Gini@10",
+    ):
         t.add_column(col, justify="right")
     for r in rows:
         tags = r["judge"].get("tags", {})
-        t.add_row(r["label"], *(f"{r['tag_hr'].get(f'TagHR@{k}', float('nan')):.3f}" for k in KS),
-                  f"{tags.get('overall', float('nan')):.3f} (n={tags.get('n', 0)})",
-                  *(f"{r['fused'][m]:.4f}" for m in ("NDCG@10", "CatDiv@10", "Coverage@10", "Gini@10")))  # fmt: skip
+        t.add_row(
+            r["label"],
+            *(f"{r['tag_hr'].get(f'TagHR@{k}', float('nan')):.3f}" for k in KS),
+            f"{tags.get('overall', float('nan')):.3f} (n={tags.get('n', 0)})",
+            *(f"{r['fused'][m]:.4f}" for m in ("NDCG@10", "CatDiv@10", "Coverage@10", "Gini@10")),
+        )
     Console().print(t)
     for r in rows:
         crit = {k: v for k, v in r["judge"].get("tags", {}).items() if k not in ("overall", "n")}
@@ -102,9 +142,15 @@ def main() -> None:
     p.add_argument("--dataset", default="data/ml-100k")
     p.add_argument("--users", type=int, default=50, help="held-out test users (the chain's seeded sample)")
     p.add_argument("--model", action="append", default=[], help="label=SPEC, repeatable")
-    p.add_argument("--base", default=None, help="spec of the base model (default: transformers on the SmolLM2 GGUF)")
-    p.add_argument("--stage", default="tags", choices=("tags", "interests", "explanations", "all"),
-                   help="the LLM stage the trained models serve (the others keep the base model); all: every stage")
+    p.add_argument(
+        "--base", default=None, help="spec of the base model (default: transformers on the SmolLM2 GGUF)"
+    )
+    p.add_argument(
+        "--stage",
+        default="tags",
+        choices=("tags", "interests", "explanations", "all"),
+        help="the LLM stage the trained models serve (the others keep the base model); all: every stage",
+    )
     p.add_argument("--judge-llm", default="llamacpp")
     p.add_argument("--judge-samples", type=int, default=300)
     p.add_argument("--judge-workers", type=int, default=2, help="llama.cpp judge worker processes")

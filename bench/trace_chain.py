@@ -36,8 +36,14 @@ def main() -> None:
         cfg = fast_config(data, Path(tmp) / "runs")
         sys.setprofile(prof)
         try:
-            run_pipeline(cfg, backend=fake_backend(), encoder=HashEncoder(), console=Console(quiet=True),
-                         progress=False, until="explanations")
+            run_pipeline(
+                cfg,
+                backend=fake_backend(),
+                encoder=HashEncoder(),
+                console=Console(quiet=True),
+                progress=False,
+                until="explanations",
+            )
         finally:
             sys.setprofile(None)
     n = sum(len(v) for v in calls.values())

@@ -163,7 +163,9 @@ def main() -> None:
     ap.add_argument("--dataset", choices=["ml-100k", "amazon-scientific"], required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", nargs="*", default=[], help="key=value overrides; with them only one config runs")
+    ap.add_argument(
+        "--set", nargs="*", default=[], help="key=value overrides; with them only one config runs"
+    )
     ap.add_argument("--grid", nargs="*", default=[], help="key=v1,v2 axes crossed over the overrides")
     ap.add_argument("--json", type=Path, help="append one JSON line per configuration here")
     args = ap.parse_args()
@@ -197,7 +199,9 @@ def main() -> None:
                 f.write(json.dumps({"dataset": split.name, "seed": args.seed, **res}) + "\n")
 
     best = max(results, key=lambda r: r["valid"]["NDCG@10"])
-    print(f"\n{split.name} (mask seen: {split.mask}), {len(configs)} configs, total {time.perf_counter() - t_all:.0f}s")
+    print(
+        f"\n{split.name} (mask seen: {split.mask}), {len(configs)} configs, total {time.perf_counter() - t_all:.0f}s"
+    )
     print(
         "| config | valid N@10 | test N@10 | test HR@10 | test N@20 | test N@10 masked "
         "| best epoch | prefix aug | refit | fit s | peak RSS MB |"

@@ -110,12 +110,17 @@ class FolderLock:
         except Timeout:  # a TimeoutError, so an OSError: first
             info = self.holder()
             who = _holder_text(info) if info else "another process (holder unknown)"
-            raise FolderBusy(f"{self.what} {self.folder} is in use by {who}; wait for it to finish "
-                             f"or use another folder") from None  # fmt: skip
+            raise FolderBusy(
+                f"{self.what} {self.folder} is in use by {who}; wait for it to finish or use another folder"
+            ) from None
         except OSError as e:
             raise FolderError(f"cannot use {self.what} {self.folder}: {e.strerror or e}") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                "command": " ".join(sys.argv)}  # fmt: skip
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": " ".join(sys.argv),
+        }
         write_json_atomic(self._holder, info)  # a temp the next run's clean-up recognises
         return self
 

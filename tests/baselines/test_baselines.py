@@ -32,8 +32,18 @@ CASES: dict[str, tuple[dict[str, Any], float | None]] = {
     "als": ({"factors": 8, "iterations": 10}, 0.6),
     "bpr": ({"factors": 8, "iterations": 200, "learning_rate": 0.05}, 0.6),
     "sasrec": (
-        {"hidden": 32, "blocks": 1, "heads": 2, "dropout": 0.1, "lr": 5e-3, "epochs": 25,
-         "early_stopping": False, "max_len": 12, "batch_targets": 256, "threads": 1},
+        {
+            "hidden": 32,
+            "blocks": 1,
+            "heads": 2,
+            "dropout": 0.1,
+            "lr": 5e-3,
+            "epochs": 25,
+            "early_stopping": False,
+            "max_len": 12,
+            "batch_targets": 256,
+            "threads": 1,
+        },
         0.6,
     ),
 }
@@ -172,7 +182,9 @@ def test_registry_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         get_recommender("nope")
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n in ("torch", "implicit") else real_find_spec(n, *a)
+        importlib.util,
+        "find_spec",
+        lambda n, *a: None if n in ("torch", "implicit") else real_find_spec(n, *a),
     )
     for name in ("sasrec", "als"):
         assert not is_available(name)
@@ -184,7 +196,10 @@ def test_registry_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 def _interactions(seqs: list[list[int]], n_items: int) -> Interactions:
     lens = [len(s) for s in seqs]
     return Interactions(
-        len(seqs), n_items, np.repeat(np.arange(len(seqs)), lens), np.concatenate(seqs).astype(np.int64),
+        len(seqs),
+        n_items,
+        np.repeat(np.arange(len(seqs)), lens),
+        np.concatenate(seqs).astype(np.int64),
         np.concatenate([np.arange(n) for n in lens]),
     )
 

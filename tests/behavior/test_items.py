@@ -75,7 +75,9 @@ def test_summariser_is_batched_cached_and_keyed(tmp_path: Path) -> None:
     again = ItemCompressor(_items(), summarizer=summarise, summarizer_id="m1", cache_path=cache)
     assert again.text("b") == "LLM Bravo two /x" and len(calls) == 2
     # another summariser id never reuses those texts, and keeps m1's rows in the file
-    other = ItemCompressor(_items(), summarizer=lambda rs: ["short"] * len(rs), summarizer_id="m2", cache_path=cache)
+    other = ItemCompressor(
+        _items(), summarizer=lambda rs: ["short"] * len(rs), summarizer_id="m2", cache_path=cache
+    )
     assert other.text("b") == "short"
     assert set(pl.read_parquet(cache)["summarizer_id"].to_list()) == {"m1", "m2"}
 

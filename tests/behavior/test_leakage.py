@@ -42,11 +42,16 @@ def _dataset() -> Dataset:
         (9, "u2", "m-echo", None, "rating", 9 * DAY, 5.0),
     ]
     ev = pl.DataFrame(
-        rows, schema=["event_id", "user_id", "item_id", "query", "behavior", "timestamp", "value"], orient="row"
+        rows,
+        schema=["event_id", "user_id", "item_id", "query", "behavior", "timestamp", "value"],
+        orient="row",
     )
-    items = pl.DataFrame({"item_id": list(TITLES), "title": list(TITLES.values()),
-                          "categories": [["Drama"]] * len(TITLES)})  # fmt: skip
-    return Dataset.build(items, pl.DataFrame({"user_id": ["u1", "u2"]}), ev, Manifest(name="toy", source="test"))
+    items = pl.DataFrame(
+        {"item_id": list(TITLES), "title": list(TITLES.values()), "categories": [["Drama"]] * len(TITLES)}
+    )
+    return Dataset.build(
+        items, pl.DataFrame({"user_id": ["u1", "u2"]}), ev, Manifest(name="toy", source="test")
+    )
 
 
 @pytest.fixture(scope="module")

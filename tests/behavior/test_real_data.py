@@ -31,7 +31,9 @@ def _unseen_heldout(sp: Split, user: str) -> set[str]:
     seen = set(sp.test.asof.history(user)["item_id"].drop_nulls().to_list())
     ts, eid = sp.test.asof.point(user)
     ev = sp.dataset.events.filter(pl.col("user_id") == user)
-    future = ev.filter((pl.col("timestamp") > ts) | ((pl.col("timestamp") == ts) & (pl.col("event_id") >= eid)))
+    future = ev.filter(
+        (pl.col("timestamp") > ts) | ((pl.col("timestamp") == ts) & (pl.col("event_id") >= eid))
+    )
     return set(future["item_id"].drop_nulls().to_list()) - seen
 
 
@@ -87,7 +89,10 @@ def test_cli(tmp_path: Path) -> None:
     args = ["--users", "12", "--tokenizer", "regex", "--report", "--budgets", "512,2048", "--out", str(out)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "fitted to 2,048 tokens: 100.0% within" in " ".join(res.output.split()) and "sampled 12 of" in res.output
+    assert (
+        "fitted to 2,048 tokens: 100.0% within" in " ".join(res.output.split())
+        and "sampled 12 of" in res.output
+    )
     texts = pl.read_parquet(out / "compressed.parquet")
     assert texts.height == 12 and (texts["tokens"] <= 2048).all()
     assert pl.read_parquet(out / "report.parquet").height == 12

@@ -93,8 +93,11 @@ def test_aggregation_and_reverse_aggregation_exact_text() -> None:
 
 
 def test_calendar_labels_and_unfiltered_behaviours() -> None:
-    seq = prepare_sequence(filter_reliable(history(), FilterConfig(keep=("click",), min_rating=None)),
-                           ASOF_TS, SequenceConfig(time_labels="calendar"))
+    seq = prepare_sequence(
+        filter_reliable(history(), FilterConfig(keep=("click",), min_rating=None)),
+        ASOF_TS,
+        SequenceConfig(time_labels="calendar"),
+    )
     assert seq.render(lambda i: f"<{i}>") == ["2025-06-19 (clicked) | <D>"]
 
 

@@ -26,7 +26,9 @@ def _dataset() -> Dataset:
         (8, "b", "i6", None, "rating", 500),
         (9, "c", "i1", None, "rating", 50),  # only one event: never evaluated
     ]
-    ev = pl.DataFrame(rows, schema=["event_id", "user_id", "item_id", "query", "behavior", "timestamp"], orient="row")
+    ev = pl.DataFrame(
+        rows, schema=["event_id", "user_id", "item_id", "query", "behavior", "timestamp"], orient="row"
+    )
     items = pl.DataFrame(
         {
             "item_id": [f"i{k}" for k in range(1, 7)],
@@ -52,7 +54,9 @@ def test_loo_points_targets_and_train() -> None:
     assert "red shoes" in hist["query"].to_list()
     assert hist["event_id"].max() == 4
     # train: before each user's validation point; c (not evaluated) contributes everything
-    train_items = {(sp.user_ids[u], ids[i]) for u, i in zip(sp.train.user_idx, sp.train.item_idx, strict=True)}
+    train_items = {
+        (sp.user_ids[u], ids[i]) for u, i in zip(sp.train.user_idx, sp.train.item_idx, strict=True)
+    }
     assert train_items == {("a", "i1"), ("a", "i2"), ("a", "i3"), ("b", "i2"), ("c", "i1")}
 
 
@@ -108,7 +112,11 @@ class _Spy(Recommender):
 @pytest.mark.parametrize("kind", ["loo", "cutoff"])
 def test_no_held_out_item_reaches_a_recommender(kind: str) -> None:
     ds = _dataset()
-    cfg = SplitConfig(kind=kind, valid_cutoff=300, test_cutoff=400) if kind == "cutoff" else SplitConfig(kind=kind)
+    cfg = (
+        SplitConfig(kind=kind, valid_cutoff=300, test_cutoff=400)
+        if kind == "cutoff"
+        else SplitConfig(kind=kind)
+    )
     sp = make_split(ds, cfg)
     model = _Spy().fit(sp.train)
     for task in (sp.valid, sp.test):

@@ -275,9 +275,13 @@ def test_vectorized_matches_naive_loop_on_random_data():
     # multi-target csr truth
     rng = np.random.default_rng(2)
     rows = np.repeat(np.arange(300), 3)
-    cols = np.where(rng.random(900) < 0.5, data["recs"][rows, rng.integers(0, 20, 900)], rng.integers(0, 400, 900))
+    cols = np.where(
+        rng.random(900) < 0.5, data["recs"][rows, rng.integers(0, 20, 900)], rng.integers(0, 400, 900)
+    )
     keep = cols >= 0
-    data["truth"] = sp.csr_matrix((np.ones(keep.sum(), dtype=bool), (rows[keep], cols[keep])), shape=(300, 400))
+    data["truth"] = sp.csr_matrix(
+        (np.ones(keep.sum(), dtype=bool), (rows[keep], cols[keep])), shape=(300, 400)
+    )
     assert bench.compare(evaluate_lists(**data, ks=(5, 20)), bench.naive_evaluate(**data, ks=(5, 20))) < 1e-9
 
 

@@ -188,11 +188,14 @@ def test_movielens_timestamp_out_of_range(tmp_path: Path, ts: str) -> None:
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize(("table", "text", "where"), [
-    ("events", EVENTS.replace("u2,", "u\x002,"), "events.csv, line 4, field 'user_id'"),
-    ("items", ITEMS.replace("Oak chair", "Oak\x00chair"), "items.csv, line 3, field 'title'"),
-    ("items", ITEMS.replace("i2,", "i\x002,"), "items.csv, line 3, field 'item_id'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("table", "text", "where"),
+    [
+        ("events", EVENTS.replace("u2,", "u\x002,"), "events.csv, line 4, field 'user_id'"),
+        ("items", ITEMS.replace("Oak chair", "Oak\x00chair"), "items.csv, line 3, field 'title'"),
+        ("items", ITEMS.replace("i2,", "i\x002,"), "items.csv, line 3, field 'item_id'"),
+    ],
+)
 def test_nul_byte_in_id_or_title(tmp_path: Path, table: str, text: str, where: str) -> None:
     src = make_source(tmp_path, **{table: text})
     code, msg = data("import", "generic", src, "--out", tmp_path / "o")

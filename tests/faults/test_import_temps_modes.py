@@ -163,13 +163,23 @@ def test_a_whole_run_folder_follows_the_umask(tmp_path: Path) -> None:
     slice_dataset(n_users=12, n_items=80).save(data)
     old = os.umask(0o027)
     try:
-        run_pipeline(fast_config(data, tmp_path / "runs", users=4), backend=fake_backend(), encoder=HashEncoder(),
-                     console=Console(quiet=True), progress=False)  # fmt: skip
+        run_pipeline(
+            fast_config(data, tmp_path / "runs", users=4),
+            backend=fake_backend(),
+            encoder=HashEncoder(),
+            console=Console(quiet=True),
+            progress=False,
+        )
     finally:
         os.umask(old)
     run_dir = next((tmp_path / "runs").rglob("report.html")).parent
     files = [p for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"]
-    assert {"report.html", "results.json", "ledger.json", "config.json", "done.json"} <= {p.name for p in files}
-    wrong = {str(p.relative_to(run_dir)): oct(p.stat().st_mode & 0o777) for p in files
-             if p.stat().st_mode & 0o777 != 0o640}  # fmt: skip
+    assert {"report.html", "results.json", "ledger.json", "config.json", "done.json"} <= {
+        p.name for p in files
+    }
+    wrong = {
+        str(p.relative_to(run_dir)): oct(p.stat().st_mode & 0o777)
+        for p in files
+        if p.stat().st_mode & 0o777 != 0o640
+    }
     assert wrong == {}

@@ -68,13 +68,25 @@ def test_backend_down_exits_non_zero_leaves_no_marker_and_rerun_sends_the_reques
     cfg = fast_config(data, tmp_path / "runs")
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.model_dump(mode="json", exclude={"llm"})))
     # the real OpenAI-compatible backend against a closed loopback port; the test encoder replaces the embedder
-    monkeypatch.setattr(pipeline_run, "run_pipeline",
-                        functools.partial(pipeline_run.run_pipeline, encoder=HashEncoder()))  # fmt: skip
+    monkeypatch.setattr(
+        pipeline_run, "run_pipeline", functools.partial(pipeline_run.run_pipeline, encoder=HashEncoder())
+    )
     from recgpt.cli.app import app
 
     spec = f"openai:m@http://127.0.0.1:{_closed_port()}/v1"
-    r = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "cfg.json"), "--llm", spec, "--no-progress",
-                                 "--set", "llm.chunk_size=4"])  # fmt: skip
+    r = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(tmp_path / "cfg.json"),
+            "--llm",
+            spec,
+            "--no-progress",
+            "--set",
+            "llm.chunk_size=4",
+        ],
+    )
     assert r.exit_code == 5, r.output
     assert "stage failed" in r.output and "stage 'interests'" in r.output and "Traceback" not in r.output
     assert "8 of 8 LLM requests got no answer" in r.output and "backend_error=8" in r.output
@@ -128,8 +140,14 @@ def _parroting(inp: GenerationInput) -> str:
     if "interests" in (inp.json_schema or {}).get("properties", {}):
         n = inp.json_schema["properties"]["interests"]["minItems"]
         names = ["Trail running", "Marathon training", "Home baking"]
-        return json.dumps({"interests": [{"id": i + 1, "interest": names[i % 3], "stage": "long-term",
-                                          "reason": "x"} for i in range(n)]})  # fmt: skip
+        return json.dumps(
+            {
+                "interests": [
+                    {"id": i + 1, "interest": names[i % 3], "stage": "long-term", "reason": "x"}
+                    for i in range(n)
+                ]
+            }
+        )
     return fake_answer(inp)
 
 
@@ -212,10 +230,18 @@ def review_requests() -> list[Any]:
     from recgpt.llm.types import ChatMessage, LLMRequest, SamplingParams
     from tests.llm.test_engine import Tags
 
-    return [LLMRequest(messages=(ChatMessage(role="system", content="List one tag for the movie, as JSON."),
-                                 ChatMessage(role="user", content=f"Movie: {t}")),
-                       output_model=Tags, sampling=SamplingParams(max_tokens=40), stage="tags")
-            for t in ("Heat", "Alien", "Fargo", "Toy Story", "Casablanca", "Jaws")]  # fmt: skip
+    return [
+        LLMRequest(
+            messages=(
+                ChatMessage(role="system", content="List one tag for the movie, as JSON."),
+                ChatMessage(role="user", content=f"Movie: {t}"),
+            ),
+            output_model=Tags,
+            sampling=SamplingParams(max_tokens=40),
+            stage="tags",
+        )
+        for t in ("Heat", "Alien", "Fargo", "Toy Story", "Casablanca", "Jaws")
+    ]
 
 
 @pytest.mark.llm

@@ -153,8 +153,10 @@ def worker_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_llamacpp_workers_die_with_their_parent(worker_script: Path, where: str, ending: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(worker_script), where],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     pids: list[int] = []
     try:
         assert proc.stdout is not None and proc.stdin is not None

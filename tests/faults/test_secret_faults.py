@@ -64,11 +64,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             sampling=SamplingParams(),
         )
         text = fake_answer(inp) if schema else "{}"
-        answer = json.dumps({
-            "id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-        }).encode()  # fmt: skip
+        answer = json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "m"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
@@ -138,8 +145,11 @@ def test_config_json_and_stage_identity_never_hold_the_secret() -> None:
     other = LLMSettings(spec=spec.replace(PASSWORD, "another-password"))
     assert other.identity() != cfg.llm.identity(), "a changed password must not silently reuse answers"
     assert LLMSettings(spec="llamacpp").identity() == {
-        "spec": "llamacpp", "n_ctx": 4096, "max_retries": 1, "max_tokens_growth": 2.0,
-    }  # fmt: skip
+        "spec": "llamacpp",
+        "n_ctx": 4096,
+        "max_retries": 1,
+        "max_tokens_growth": 2.0,
+    }
 
 
 def test_a_url_with_credentials_is_parsed_as_one_url() -> None:

@@ -38,8 +38,11 @@ def answer(text: str) -> str:
 
 
 def test_prompt_is_two_step() -> None:
-    req = explanation_request(CFG, "Space opera", {"item_id": "s1", "title": "Space Wars: Galaxy Rising (1999)",
-                                                   "categories": ["Sci-Fi", "Action"]})  # fmt: skip
+    req = explanation_request(
+        CFG,
+        "Space opera",
+        {"item_id": "s1", "title": "Space Wars: Galaxy Rising (1999)", "categories": ["Sci-Fi", "Action"]},
+    )
     system, user = req.messages[0].content, req.messages[-1].content
     assert "1. Analysis" in system and "2. Explanation" in system and "Prohibited" in system
     assert "at most 8 words" in system
@@ -51,19 +54,29 @@ def test_prompt_is_two_step() -> None:
 def test_rules() -> None:
     title = "Space Wars: Galaxy Rising (1999)"
     assert check_explanation(CFG, ' "Big battles for your space nights." ', title) == (
-        "Big battles for your space nights", None)  # fmt: skip
+        "Big battles for your space nights",
+        None,
+    )
     assert check_explanation(CFG, "A practical pick", title)[1] == "prohibited word 'practical'"
     assert check_explanation(CFG, "Works 100% of the time", title)[1] == "prohibited word '100%'"
     assert check_explanation(CFG, "A must-watch for fans", title)[1] == "prohibited word 'must-watch'"
     assert check_explanation(CFG, "Impractically fun space battles", title)[1] is None  # whole words only
-    assert check_explanation(CFG, "Watch Space Wars Galaxy Rising tonight", title)[1] == "repeats the item title"
-    assert check_explanation(CFG, "Robot Planet (1995) rocks", "Robot Planet (1995)")[1] == "repeats the item title"
+    assert (
+        check_explanation(CFG, "Watch Space Wars Galaxy Rising tonight", title)[1] == "repeats the item title"
+    )
+    assert (
+        check_explanation(CFG, "Robot Planet (1995) rocks", "Robot Planet (1995)")[1]
+        == "repeats the item title"
+    )
     assert check_explanation(CFG, "   ", title)[1] == "empty"
     assert check_explanation(CFG, "Galaxy [Sci-Fi/Action] fun", title)[1] == "copies the item label"
     assert check_explanation(CFG, "Dry feet for your muddy trail miles", title)[1] == "copies the example"
     long = "Huge starship battles and clever robots for every fan of space opera stories"
     text, broken = check_explanation(CFG, long, title)
-    assert (text, broken) == ("Huge starship battles and clever robots", None)  # cut at 8, "for every" dropped
+    assert (text, broken) == (
+        "Huge starship battles and clever robots",
+        None,
+    )  # cut at 8, "for every" dropped
     assert check_explanation(CFG.model_copy(update={"on_too_long": "fallback"}), long, title)[1] == "too long"
 
 
@@ -80,8 +93,14 @@ def test_match_pairs_by_phi_categories(phi: TagToCategory) -> None:
 
 
 def test_generation_enforces_rules_with_fallbacks(toy: Dataset, phi: TagToCategory) -> None:
-    pairs = pl.DataFrame({"interest": ["Space opera", "Space opera", "romance"], "item_id": ["s1", "s2", "r1"],
-                          "category": ["Sci-Fi", "Sci-Fi", "Romance"], "score": [0.9, 0.8, 0.7]})  # fmt: skip
+    pairs = pl.DataFrame(
+        {
+            "interest": ["Space opera", "Space opera", "romance"],
+            "item_id": ["s1", "s2", "r1"],
+            "category": ["Sci-Fi", "Sci-Fi", "Romance"],
+            "score": [0.9, 0.8, 0.7],
+        }
+    )
     script = [answer("Starship duels for your space nights"), answer("A truly elegant film"), "nonsense"]
     table = generate_explanations(CFG, LLMEngine(FakeBackend(script), max_retries=0), pairs, toy.items)
     assert table.columns == list(EXPLANATIONS_SCHEMA)
@@ -93,13 +112,22 @@ def test_generation_enforces_rules_with_fallbacks(toy: Dataset, phi: TagToCatego
     assert table["fallback"].to_list() == [False, True, True]
     assert table["template"].to_list() == ["recgpt_explanation@1", "rule:pair", "rule:pair"]
     with pytest.raises(KeyError, match="not in the items table"):
-        generate_explanations(CFG, LLMEngine(FakeBackend([])), pairs.with_columns(pl.lit("zz").alias("item_id")),
-                              toy.items)  # fmt: skip
+        generate_explanations(
+            CFG, LLMEngine(FakeBackend([])), pairs.with_columns(pl.lit("zz").alias("item_id")), toy.items
+        )
 
 
 def test_serving_lookup_and_item_only_fallback(toy: Dataset) -> None:
-    table = pl.DataFrame({"interest": ["Space opera"], "item_id": ["s1"], "explanation": ["Starship duels"],
-                          "template": ["recgpt_explanation@1"], "fallback": [False]}, schema=EXPLANATIONS_SCHEMA)  # fmt: skip
+    table = pl.DataFrame(
+        {
+            "interest": ["Space opera"],
+            "item_id": ["s1"],
+            "explanation": ["Starship duels"],
+            "template": ["recgpt_explanation@1"],
+            "fallback": [False],
+        },
+        schema=EXPLANATIONS_SCHEMA,
+    )
     assert lookup(table, "space  OPERA", "s1") == "Starship duels"
     assert lookup(table, "Romance", "s1") is None
     served = ExplanationTable(table, toy.items, CFG, popularity={"s2": 10.0, "s4": 1.0})

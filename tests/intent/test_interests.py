@@ -29,7 +29,10 @@ CTX = UserContext(
     attributes={"age": "34", "gender": "F"},
     history="3 months ago (rated) | Space Wars: Galaxy Rising (1999) [Sci-Fi/Action]\n1 day ago (rated) | Paris Love Letters (1990) [Romance]",
     pool=("Sci-Fi", "Space Wars", "Romance"),
-    items=(("Space Wars: Galaxy Rising (1999)", BASE_TS), ("Paris Love Letters (1990)", BASE_TS + 99 * 86_400)),
+    items=(
+        ("Space Wars: Galaxy Rising (1999)", BASE_TS),
+        ("Paris Love Letters (1990)", BASE_TS + 99 * 86_400),
+    ),
 )
 
 
@@ -51,9 +54,15 @@ def test_prompt_follows_the_paper_structure() -> None:
     req = interest_request(InterestsConfig(count=4), CTX)
     assert [m.role for m in req.messages] == ["system", "user", "assistant", "user"]
     system, user = req.messages[0].content, req.messages[-1].content
-    for part in ("Interest mining principles", "Requirements", "Constraints", "Output format", "preset interest"):
+    for part in (
+        "Interest mining principles",
+        "Requirements",
+        "Constraints",
+        "Output format",
+        "preset interest",
+    ):
         assert part in system
-    assert "<data name=\"history\">" in user and "Space Wars: Galaxy Rising" in user
+    assert '<data name="history">' in user and "Space Wars: Galaxy Rising" in user
     assert "- Sci-Fi\n- Space Wars\n- Romance" in user
     assert "2000-04-10 (April, spring)" in user and "age 34, gender F" in user
     assert "Give exactly 4 interests" in user
@@ -66,7 +75,16 @@ def test_prompt_follows_the_paper_structure() -> None:
 
 def test_postprocessing_tidies_dedupes_and_classifies() -> None:
     cfg = InterestsConfig(count=6, max_words=4)
-    script = [answer(" sci-fi. ", "Space opera", "SCI-FI", "", "a very long interest name here", ("Romance", "short-term"))]
+    script = [
+        answer(
+            " sci-fi. ",
+            "Space opera",
+            "SCI-FI",
+            "",
+            "a very long interest name here",
+            ("Romance", "short-term"),
+        )
+    ]
     interests, failures, _ = run(cfg, script)
     assert interests.columns == list(INTERESTS_SCHEMA) and failures.columns == list(FAILURES_SCHEMA)
     assert interests["interest"].to_list() == ["sci-fi", "Space opera", "Romance"]
@@ -84,7 +102,10 @@ def test_listed_by_embedding_similarity_when_an_encoder_is_given() -> None:
     plain, _, _ = run(cfg, script)
     assert plain["kind"].to_list() == ["extended", "extended"]
     embedded, _, _ = run(cfg, script, encoder=HashEncoder())
-    assert embedded["kind"].to_list() == ["listed", "extended"]  # cos("space wars films", "space wars") ~ 0.82
+    assert embedded["kind"].to_list() == [
+        "listed",
+        "extended",
+    ]  # cos("space wars films", "space wars") ~ 0.82
 
 
 def test_example_copies_and_item_titles_are_dropped() -> None:
@@ -107,7 +128,10 @@ def test_failures_fall_back_to_the_pool() -> None:
     ctx2 = UserContext(user_id="u2", asof_ts=BASE_TS, pool=("Comedy", "Office Party", "Drama"))
     script = ["not json at all", answer("Trail running", "Marathon training")]
     interests, failures, _ = run(cfg, script, [CTX, ctx2])
-    assert failures.rows() == [("u1", "invalid_json", failures["detail"][0]), ("u2", "empty", failures["detail"][1])]
+    assert failures.rows() == [
+        ("u1", "invalid_json", failures["detail"][0]),
+        ("u2", "empty", failures["detail"][1]),
+    ]
     assert interests.filter(pl.col("user_id") == "u2")["interest"].to_list() == ["Comedy", "Office Party"]
     assert set(interests["template"]) == {"pool-fallback"} and set(interests["kind"]) == {"listed"}
     none, failures2, _ = run(InterestsConfig(count=2, fallback_to_pool=False), script, [CTX, ctx2])
@@ -116,8 +140,9 @@ def test_failures_fall_back_to_the_pool() -> None:
 
 def test_wrong_count_is_a_schema_failure_and_retried() -> None:
     cfg = InterestsConfig(count=3)
-    interests, failures, backend = run(cfg, [answer("A", "B"), answer("Sci-Fi", "Romance", "Space Wars")],
-                                       max_retries=1)  # fmt: skip
+    interests, failures, backend = run(
+        cfg, [answer("A", "B"), answer("Sci-Fi", "Romance", "Space Wars")], max_retries=1
+    )
     assert backend.generate_calls == 2 and failures.is_empty()
     assert interests["interest"].to_list() == ["Sci-Fi", "Romance", "Space Wars"]
 
@@ -130,8 +155,15 @@ def test_duplicate_users_are_refused() -> None:
 def test_clean_phrase() -> None:
     from recgpt.intent.context import clean_phrase
 
-    cases = {' "Sci-fi films." ': "Sci-fi films", "Heat (1995)": "Heat (1995)", "The Last Kingdoms (1994": "The Last Kingdoms",
-             "[Sci-Fi]": "Sci-Fi", "**bold**": "bold", "(Romance) and (Drama)": "(Romance) and (Drama)", "(1995": ""}  # fmt: skip
+    cases = {
+        ' "Sci-fi films." ': "Sci-fi films",
+        "Heat (1995)": "Heat (1995)",
+        "The Last Kingdoms (1994": "The Last Kingdoms",
+        "[Sci-Fi]": "Sci-Fi",
+        "**bold**": "bold",
+        "(Romance) and (Drama)": "(Romance) and (Drama)",
+        "(1995": "",
+    }
     assert {k: clean_phrase(k) for k in cases} == cases
 
 
@@ -157,7 +189,11 @@ def test_contexts_from_the_split(toy_split: Split) -> None:
     assert ctxs[0].attributes == {"age": "34", "gender": "F"} and ctxs[1].attributes == {}
     assert len(ctxs[0].pool) == 4 and "Space Wars: Dark Empire" in ctxs[0].history
     assert "Final Frontier" not in prompt_text(interest_request(InterestsConfig(), ctxs[0]))
-    assert [t for t, _ in ctxs[0].items] == ["Space Wars: Galaxy Rising (1999)", "Robot Planet (1995)",
-                                             "Space Wars: Dark Empire (2001)", "Paris Love Letters (1990)"]  # fmt: skip
+    assert [t for t, _ in ctxs[0].items] == [
+        "Space Wars: Galaxy Rising (1999)",
+        "Robot Planet (1995)",
+        "Space Wars: Dark Empire (2001)",
+        "Paris Love Letters (1990)",
+    ]
     with pytest.raises(ValueError, match="without a split point"):
         build_contexts(toy_split.test, ds, ["ghost"], compressor=comp)

@@ -20,7 +20,11 @@ INTERESTS = [(1, "Space opera"), (2, "Romantic comedy")]
 
 
 def _requests(ctxs: list[UserContext]) -> list:
-    return [r for c in ctxs for r in (interest_request(InterestsConfig(), c), tag_request(TagsConfig(), c, INTERESTS))]
+    return [
+        r
+        for c in ctxs
+        for r in (interest_request(InterestsConfig(), c), tag_request(TagsConfig(), c, INTERESTS))
+    ]
 
 
 def _contexts(sp: Split, users: list[str]) -> list[UserContext]:
@@ -38,7 +42,9 @@ def test_toy_prompts_pass_and_leaky_contexts_are_caught(toy_split: Split) -> Non
     leaky_history = dataclasses.replace(u1, history=u1.history + f"\n1 day ago (rated) | {target} [Sci-Fi]")
     leaky_recent = dataclasses.replace(u1, items=(*u1.items, (target, u1.asof_ts - 1)))
     for ctx, builder in ((leaky_history, interest_request), (leaky_recent, None)):
-        req = tag_request(TagsConfig(), ctx, INTERESTS) if builder is None else builder(InterestsConfig(), ctx)
+        req = (
+            tag_request(TagsConfig(), ctx, INTERESTS) if builder is None else builder(InterestsConfig(), ctx)
+        )
         with pytest.raises(LeakageError, match="s3"):
             guard_requests(toy_split, toy_split.test, [req])
     # the validation item is history for the test task, but held out for the validation task
@@ -70,12 +76,15 @@ def test_bundled_prompts_pass_the_guard(bundled_split: Split) -> None:
 def test_cleaned_title_of_a_held_out_item_is_caught(bundled_split: Split) -> None:
     """The compressor writes "The Title (Year)" for "Title, The (Year)": the guard knows both forms."""
     sp = bundled_split
-    titles = dict(zip(sp.dataset.items["item_id"].to_list(), sp.dataset.items["title"].to_list(), strict=True))
+    titles = dict(
+        zip(sp.dataset.items["item_id"].to_list(), sp.dataset.items["title"].to_list(), strict=True)
+    )
     user, item = next(
-        (u, sp.item_ids[t[0]]) for u, t in zip(sp.test.user_ids, sp.test.targets, strict=True)
-        if ", The (" in titles[sp.item_ids[t[0]]] and sp.item_ids[t[0]] not in
-        set(sp.test.asof.history(u)["item_id"].to_list())
-    )  # fmt: skip
+        (u, sp.item_ids[t[0]])
+        for u, t in zip(sp.test.user_ids, sp.test.targets, strict=True)
+        if ", The (" in titles[sp.item_ids[t[0]]]
+        and sp.item_ids[t[0]] not in set(sp.test.asof.history(u)["item_id"].to_list())
+    )
     cleaned = clean_title(titles[item])
     assert cleaned.startswith("The ") and cleaned != titles[item]
     ctx = _contexts(sp, [user])[0]

@@ -54,10 +54,21 @@ def test_fit_errors_and_item_categories(toy: Dataset) -> None:
 
 def _tags(rows: list[tuple[str, str]]) -> pl.DataFrame:
     return pl.DataFrame(
-        [{"user_id": u, "tag": t, "modifier": "", "core": t, "interest_id": 1, "interest": "x", "rationale": "",
-          "rank": i} for i, (u, t) in enumerate(rows, start=1)],
+        [
+            {
+                "user_id": u,
+                "tag": t,
+                "modifier": "",
+                "core": t,
+                "interest_id": 1,
+                "interest": "x",
+                "rationale": "",
+                "rank": i,
+            }
+            for i, (u, t) in enumerate(rows, start=1)
+        ],
         schema=TAGS_SCHEMA,
-    )  # fmt: skip
+    )
 
 
 def test_tag_hr_by_hand(phi: TagToCategory, toy_split: Split) -> None:
@@ -94,6 +105,11 @@ def test_history_baseline_tags_use_only_the_asof_history(toy: Dataset, toy_split
     base = history_baseline_tags(toy_split.test, toy.items, ["u1"], last_n=2)
     assert base.columns == list(TAGS_SCHEMA)
     # u1's last two visible items: r1 then s2 (s3 is the held-out test target)
-    assert base["tag"].to_list() == ["Romance", "Paris Love Letters (1990)", "Sci-Fi", "Space Wars: Dark Empire (2001)"]
+    assert base["tag"].to_list() == [
+        "Romance",
+        "Paris Love Letters (1990)",
+        "Sci-Fi",
+        "Space Wars: Dark Empire (2001)",
+    ]
     assert base["rank"].to_list() == [1, 2, 3, 4]
     assert base["core"][0] == "Romance" and base["modifier"][1] == "Paris Love Letters"

@@ -18,8 +18,16 @@ def test_phrase_tokens_drop_years_and_aliases() -> None:
 
 
 def test_title_phrases_support_stop_words_and_closed_filter() -> None:
-    titles = ["Harry Potter and the Stone", "Harry Potter and the Chamber", "Harry Potter and the Prisoner",
-              "Dirty Harry", "The Lost City", "Lost in the City", "City of the Lost", "Part 2 of 3"]  # fmt: skip
+    titles = [
+        "Harry Potter and the Stone",
+        "Harry Potter and the Chamber",
+        "Harry Potter and the Prisoner",
+        "Dirty Harry",
+        "The Lost City",
+        "Lost in the City",
+        "City of the Lost",
+        "Part 2 of 3",
+    ]
     got = dict(title_phrases(titles, PoolConfig(min_support=3)))
     assert got["harry potter"] == 3
     assert "harry" in got  # 4 titles: "harry potter" explains only 3/4 < 0.8
@@ -44,7 +52,9 @@ def test_pool_entries_and_matching(toy: Dataset, toy_split: Split) -> None:
     pool = InterestPool.build(toy.items, enc, PoolConfig(min_support=2, top_n=3, centroid_sample=0))
     frame = pool.to_frame()
     assert {"Sci-Fi", "Romance", "Comedy"} <= set(frame.filter(pl.col("source") == "category")["interest"])
-    assert {"Space Wars", "Office Party", "Love"} <= set(frame.filter(pl.col("source") == "phrase")["interest"])
+    assert {"Space Wars", "Office Party", "Love"} <= set(
+        frame.filter(pl.col("source") == "phrase")["interest"]
+    )
     m = pool.match(toy_split.test.asof, ["u1", "u2", "u3"])
     assert m.columns == ["user_id", "rank", "interest", "source", "score"]
     top = {u: g.sort("rank")["interest"].to_list() for (u,), g in m.group_by("user_id")}
@@ -73,7 +83,9 @@ def test_hubness_correction_and_max_aggregate(toy: Dataset, toy_split: Split) ->
     ids = plain.history_items(toy_split.test.asof, "u1")
     diff = plain.scores(ids) - corrected.scores(ids)
     assert (diff > 0).any()  # some entries are pulled down by their closeness to the catalogue centroid
-    maxed = InterestPool(plain.entries, toy.items, enc, PoolConfig(min_support=2, aggregate="max", centroid_sample=0))
+    maxed = InterestPool(
+        plain.entries, toy.items, enc, PoolConfig(min_support=2, aggregate="max", centroid_sample=0)
+    )
     assert (maxed.scores(ids) >= plain.scores(ids) - 1e-6).all()  # max of cosines >= cosine with the mean
 
 

@@ -89,12 +89,19 @@ def test_tags_on_the_real_model(
 def test_explanations_on_the_real_model(engine: LLMEngine, setup: tuple[Split, list[UserContext]]) -> None:
     sp, _ = setup
     cfg = ExplanationsConfig(max_tokens=100)
-    pairs = pl.DataFrame({"interest": ["Space adventure", "Romantic comedy"], "item_id": ["260", "1307"],
-                          "category": ["Sci-Fi", "Romance"]})  # fmt: skip
+    pairs = pl.DataFrame(
+        {
+            "interest": ["Space adventure", "Romantic comedy"],
+            "item_id": ["260", "1307"],
+            "category": ["Sci-Fi", "Romance"],
+        }
+    )
     table = generate_explanations(cfg, engine, pairs, sp.dataset.items)
     assert engine.ledger.stage("explanations").ok >= 1
     assert table.height == 2
-    titles = dict(zip(sp.dataset.items["item_id"].to_list(), sp.dataset.items["title"].to_list(), strict=True))
+    titles = dict(
+        zip(sp.dataset.items["item_id"].to_list(), sp.dataset.items["title"].to_list(), strict=True)
+    )
     for iid, text in table.select("item_id", "explanation").iter_rows():
         assert text and len(text.split()) <= cfg.max_words and len(text) <= cfg.max_chars
         assert check_explanation(cfg, text, titles[iid])[1] is None

@@ -39,8 +39,12 @@ def fake_judge(inp: GenerationInput) -> str:
     if "BROKEN" in text:
         return "I think it is fine."
     fail = "FAIL" in text
-    return json.dumps({k: ("x" if k == "reason" else v["enum"][-1] if fail else
-                           "Good" if "Good" in v["enum"] else "Yes") for k, v in props.items()})  # fmt: skip
+    return json.dumps(
+        {
+            k: ("x" if k == "reason" else v["enum"][-1] if fail else "Good" if "Good" in v["enum"] else "Yes")
+            for k, v in props.items()
+        }
+    )
 
 
 @pytest.fixture()
@@ -53,29 +57,72 @@ def engine(backend: FakeBackend) -> LLMEngine:
     return LLMEngine(backend, max_retries=1)
 
 
-PROFILE = {"profile": "age 30, gender F", "as_of": 1_700_000_000,
-           "history": "2 months ago (rated) | Alien (1979) [Horror/Sci-Fi], Star Wars (1977) [Sci-Fi]"}  # fmt: skip
+PROFILE = {
+    "profile": "age 30, gender F",
+    "as_of": 1_700_000_000,
+    "history": "2 months ago (rated) | Alien (1979) [Horror/Sci-Fi], Star Wars (1977) [Sci-Fi]",
+}
 
 
 @pytest.fixture()
 def samples() -> pl.DataFrame:
     """Two interests, three tags, two explanations; one FAIL and one BROKEN output among them."""
-    interests = make_samples("interests", [
-        {**PROFILE, "user_id": "u1", "output": "Space adventure"},
-        {**PROFILE, "user_id": "u1", "output": "FAIL groceries"},
-    ], source="test", created_at=1)  # fmt: skip
-    tags = make_samples("tags", [
-        {**PROFILE, "user_id": "u1", "output": "retro space opera films", "interest": "Space adventure",
-         "recent": ["Alien (1979)"]},
-        {**PROFILE, "user_id": "u1", "output": "BROKEN space horror films", "interest": "Space adventure",
-         "recent": ["Alien (1979)"]},
-        {**PROFILE, "user_id": "u1", "output": "smart space films", "interest": "Space adventure",
-         "recent": ["Alien (1979)"]},
-    ], source="test", created_at=1)  # fmt: skip
-    expl = make_samples("explanations", [
-        {"output": "Starships for your weekend sci-fi fix", "interest": "Space adventure", "item_id": "260",
-         "item": "Star Wars (1977) [Sci-Fi]", "item_title": "Star Wars (1977)"},
-        {"output": "The perfect film ever", "interest": "Space adventure", "item_id": "1",
-         "item": "Toy Story (1995) [Animation]", "item_title": "Toy Story (1995)"},
-    ], source="test", created_at=1)  # fmt: skip
+    interests = make_samples(
+        "interests",
+        [
+            {**PROFILE, "user_id": "u1", "output": "Space adventure"},
+            {**PROFILE, "user_id": "u1", "output": "FAIL groceries"},
+        ],
+        source="test",
+        created_at=1,
+    )
+    tags = make_samples(
+        "tags",
+        [
+            {
+                **PROFILE,
+                "user_id": "u1",
+                "output": "retro space opera films",
+                "interest": "Space adventure",
+                "recent": ["Alien (1979)"],
+            },
+            {
+                **PROFILE,
+                "user_id": "u1",
+                "output": "BROKEN space horror films",
+                "interest": "Space adventure",
+                "recent": ["Alien (1979)"],
+            },
+            {
+                **PROFILE,
+                "user_id": "u1",
+                "output": "smart space films",
+                "interest": "Space adventure",
+                "recent": ["Alien (1979)"],
+            },
+        ],
+        source="test",
+        created_at=1,
+    )
+    expl = make_samples(
+        "explanations",
+        [
+            {
+                "output": "Starships for your weekend sci-fi fix",
+                "interest": "Space adventure",
+                "item_id": "260",
+                "item": "Star Wars (1977) [Sci-Fi]",
+                "item_title": "Star Wars (1977)",
+            },
+            {
+                "output": "The perfect film ever",
+                "interest": "Space adventure",
+                "item_id": "1",
+                "item": "Toy Story (1995) [Animation]",
+                "item_title": "Toy Story (1995)",
+            },
+        ],
+        source="test",
+        created_at=1,
+    )
     return pl.concat([interests, tags, expl])

@@ -18,19 +18,40 @@ from tests.judge.conftest import PROFILE
 
 
 def _tags(prefix: str, n: int) -> pl.DataFrame:
-    return make_samples("tags", [{**PROFILE, "user_id": "u", "output": f"{prefix} film {i}", "interest": "Sci-fi"}
-                                 for i in range(n)], source="t")  # fmt: skip
+    return make_samples(
+        "tags",
+        [{**PROFILE, "user_id": "u", "output": f"{prefix} film {i}", "interest": "Sci-fi"} for i in range(n)],
+        source="t",
+    )
 
 
-def _labels(samples: pl.DataFrame, label: bool | None, criteria: dict[str, bool] | None = None) -> pl.DataFrame:
+def _labels(
+    samples: pl.DataFrame, label: bool | None, criteria: dict[str, bool] | None = None
+) -> pl.DataFrame:
     rows: list[dict[str, Any]] = []
     for sid, task in samples.select("sample_id", "task").iter_rows():
         if label is not None:
-            rows.append({"sample_id": sid, "task": task, "label": label, "criterion": None, "annotator": "a",
-                         "labelled_at": 1})  # fmt: skip
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "task": task,
+                    "label": label,
+                    "criterion": None,
+                    "annotator": "a",
+                    "labelled_at": 1,
+                }
+            )
         for c, v in (criteria or {}).items():
-            rows.append({"sample_id": sid, "task": task, "label": v, "criterion": c, "annotator": "a",
-                         "labelled_at": 1})  # fmt: skip
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "task": task,
+                    "label": v,
+                    "criterion": c,
+                    "annotator": "a",
+                    "labelled_at": 1,
+                }
+            )
     return pl.DataFrame(rows, schema=LABELS_SCHEMA)
 
 
@@ -66,10 +87,18 @@ def test_minority_kept_from_all_rounds_majority_prefers_recent(buffer: JudgeBuff
     neg, pos = ts.filter(~pl.col("label")), ts.filter(pl.col("label"))
     assert neg.height == 6 and sorted(neg["round"].to_list()) == [0, 0, 1, 1, 2, 2]  # every minority sample
     assert pos.height == 6  # majority downsampled to the minority's size
-    recent = [buffer.training_set(seed=s, half_life_rounds=0.5).filter(pl.col("label") & (pl.col("round") == 2)).height
-              for s in range(20)]  # fmt: skip
-    flat = [buffer.training_set(seed=s, half_life_rounds=1e9).filter(pl.col("label") & (pl.col("round") == 2)).height
-            for s in range(20)]  # fmt: skip
+    recent = [
+        buffer.training_set(seed=s, half_life_rounds=0.5)
+        .filter(pl.col("label") & (pl.col("round") == 2))
+        .height
+        for s in range(20)
+    ]
+    flat = [
+        buffer.training_set(seed=s, half_life_rounds=1e9)
+        .filter(pl.col("label") & (pl.col("round") == 2))
+        .height
+        for s in range(20)
+    ]
     assert sum(recent) / 20 > 4.0 > 2.8 > sum(flat) / 20  # decayed weights favour the newest round
     assert buffer.training_set(seed=3).equals(buffer.training_set(seed=3))
     assert buffer.training_set(majority_ratio=2.0).filter(pl.col("label")).height == 12
@@ -78,7 +107,10 @@ def test_minority_kept_from_all_rounds_majority_prefers_recent(buffer: JudgeBuff
 
 
 def test_gate_follows_measured_accuracy() -> None:
-    cal = {"tags": {"overall": {"n": 50, "ACC": 0.9, "F1": 0.7}}, "explanations": {"overall": {"n": 50, "ACC": 0.6}}}
+    cal = {
+        "tags": {"overall": {"n": 50, "ACC": 0.9, "F1": 0.7}},
+        "explanations": {"overall": {"n": 50, "ACC": 0.6}},
+    }
     gate = JudgeGate(threshold=0.8)
     assert gate.allows(cal, "tags") and not gate.allows(cal, "explanations") and not gate.allows(cal)
     assert gate.allowed_tasks(cal) == ["tags"] and not gate.allows({}) and not gate.allows(cal, "interests")
@@ -99,7 +131,11 @@ def test_judge_sft_rows_from_labels(tmp_path: Path) -> None:
     assert buf.rows().filter(pl.col("sample_id") == full["sample_id"][0])["label"][0] is False
     sft = judge_sft_samples(buf.rows())
     assert tuple(sft.columns) == SFT_COLUMNS and sft.height == 3
-    assert set(sft["task"]) == {"judge"} and set(sft["source"]) == {"labels"} and set(sft["level"]) == {"advanced"}
+    assert (
+        set(sft["task"]) == {"judge"}
+        and set(sft["source"]) == {"labels"}
+        and set(sft["level"]) == {"advanced"}
+    )
     got = {json.loads(r["lineage"])["judged_sample"]: r for r in sft.iter_rows(named=True)}
     assert set(got) == {ok["sample_id"][0], bad["sample_id"][0], full["sample_id"][0]}
     model = verdict_model("tags")
@@ -108,7 +144,8 @@ def test_judge_sft_rows_from_labels(tmp_path: Path) -> None:
     assert (b.relevance, b.specificity) == ("Yes", "No")  # blanks pass, the marked criterion fails
     assert model.model_validate_json(got[full["sample_id"][0]]["completion"]).validity == "No"
     req = judge_request(JudgeConfig(), ok.row(0, named=True))
-    assert json.loads(got[ok["sample_id"][0]]["messages"]) == [{"role": m.role, "content": m.content}
-                                                              for m in req.messages]  # fmt: skip
+    assert json.loads(got[ok["sample_id"][0]]["messages"]) == [
+        {"role": m.role, "content": m.content} for m in req.messages
+    ]
     assert got[ok["sample_id"][0]]["as_of"] == PROFILE["as_of"]
     assert json.loads(got[ok["sample_id"][0]]["lineage"])["template"] == "judge_tags@2"

@@ -21,8 +21,11 @@ def _fill(path: Path, values: dict[int, dict[str, str]]) -> Path:
         rows[i].update(update)
     out = path.with_name("filled.csv")
     with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys([*rows[0], *(k for u in values.values() for k in u)])),
-                           restval="")
+        w = csv.DictWriter(
+            f,
+            fieldnames=list(dict.fromkeys([*rows[0], *(k for u in values.values() for k in u)])),
+            restval="",
+        )
         w.writeheader()
         w.writerows(rows)
     return out
@@ -63,21 +66,35 @@ def test_export_import_round_trip(tmp_path: Path, samples: pl.DataFrame, suffix:
     labels = import_labels(path, annotator="default")
     got = [(r["sample_id"], r["label"], r["criterion"], r["annotator"]) for r in labels.iter_rows(named=True)]
     sid = [r["sample_id"] for r in rows]
-    assert got == [(sid[0], True, None, "ann"), (sid[2], False, None, "default"),
-                   (sid[2], True, "relevance", "default"), (sid[2], False, "specificity", "default"),
-                   (sid[4], False, "factuality", "default")]  # fmt: skip
+    assert got == [
+        (sid[0], True, None, "ann"),
+        (sid[2], False, None, "default"),
+        (sid[2], True, "relevance", "default"),
+        (sid[2], False, "specificity", "default"),
+        (sid[4], False, "factuality", "default"),
+    ]
     assert labels["labelled_at"].min() > 0  # type: ignore[operator]
 
 
-@pytest.mark.parametrize(("update", "message"), [
-    ({"label": "maybe"}, r"row 2 \(line \d+\), field 'label': 'maybe' is not a label"),
-    ({"label_relevance": "yes"}, r"row 2 \(line \d+\), field 'label_relevance': task 'interests' has no criterion"),
-    ({"task": "images"}, r"row 2 \(line \d+\), field 'task': 'images' is not one of"),
-    ({"sample_id": ""}, r"row 2 \(line \d+\), field 'sample_id': empty"),
-    ({"labelled_at": "yesterday"}, r"row 2 \(line \d+\), field 'labelled_at': 'yesterday' is not an integer"),
-])  # fmt: skip
-def test_bad_labels_name_file_row_and_field(tmp_path: Path, samples: pl.DataFrame, update: dict[str, str],
-                                            message: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"label": "maybe"}, r"row 2 \(line \d+\), field 'label': 'maybe' is not a label"),
+        (
+            {"label_relevance": "yes"},
+            r"row 2 \(line \d+\), field 'label_relevance': task 'interests' has no criterion",
+        ),
+        ({"task": "images"}, r"row 2 \(line \d+\), field 'task': 'images' is not one of"),
+        ({"sample_id": ""}, r"row 2 \(line \d+\), field 'sample_id': empty"),
+        (
+            {"labelled_at": "yesterday"},
+            r"row 2 \(line \d+\), field 'labelled_at': 'yesterday' is not an integer",
+        ),
+    ],
+)
+def test_bad_labels_name_file_row_and_field(
+    tmp_path: Path, samples: pl.DataFrame, update: dict[str, str], message: str
+) -> None:
     path = export_labels(samples.filter(pl.col("task") == "interests"), tmp_path / "l.csv")
     filled = _fill(path, {1: update})
     with pytest.raises(LabelError, match=rf"filled\.csv: {message}"):
@@ -92,7 +109,9 @@ def test_more_bad_label_files(tmp_path: Path, samples: pl.DataFrame) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows([rows[0], rows[1], rows[0]])
-    with pytest.raises(LabelError, match=r"row 3 \(line \d+\), field 'sample_id': .* already labelled in row 1"):
+    with pytest.raises(
+        LabelError, match=r"row 3 \(line \d+\), field 'sample_id': .* already labelled in row 1"
+    ):
         import_labels(dup)
     odd = tmp_path / "odd.csv"
     odd.write_text("sample_id,task,label,label_colour\nx,tags,yes,no\n")
@@ -126,14 +145,22 @@ def test_calibration_table_9_shape() -> None:
             v.append((sid, "tags", crit, rel, rel == "Yes"))
         v.append((sid, "tags", "rule:vague", "Yes" if rule else "No", rule))
     verdicts = pl.DataFrame(v, schema=list(VERDICTS_SCHEMA), orient="row")
-    labels = pl.DataFrame({"sample_id": ["a", "b", "c", "d", "a", "b"], "task": ["tags"] * 6,
-                           "label": [True, False, False, True, True, False],
-                           "criterion": [None, None, None, None, "relevance", "relevance"],
-                           "annotator": ["x"] * 6, "labelled_at": [0] * 6})  # fmt: skip
+    labels = pl.DataFrame(
+        {
+            "sample_id": ["a", "b", "c", "d", "a", "b"],
+            "task": ["tags"] * 6,
+            "label": [True, False, False, True, True, False],
+            "criterion": [None, None, None, None, "relevance", "relevance"],
+            "annotator": ["x"] * 6,
+            "labelled_at": [0] * 6,
+        }
+    )
     table, metrics = calibrate(verdicts, labels, judge="smol")
     assert table.columns[:8] == ["task", "judge", "criterion", "n", "ACC", "P", "R", "F1"]
-    assert table.select("task", "judge", "criterion", "n").rows() == [("tags", "smol", "overall", 4),
-                                                                       ("tags", "smol", "relevance", 2)]
+    assert table.select("task", "judge", "criterion", "n").rows() == [
+        ("tags", "smol", "overall", 4),
+        ("tags", "smol", "relevance", 2),
+    ]
     o = metrics["tags"]["overall"]  # pred a T, b T, c F, d F vs truth T F F T
     assert (o["tp"], o["fp"], o["fn"], o["tn"]) == (1, 1, 1, 1) and o["ACC"] == 0.5 and o["F1"] == 0.5
     r = metrics["tags"]["relevance"]  # pred a T, b T vs truth T F

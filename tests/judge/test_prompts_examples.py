@@ -28,13 +28,19 @@ def test_examples_contrast(samples: pl.DataFrame, task: str, reason_words: int) 
     row = samples.filter(pl.col("task") == task).row(0, named=True)
     msgs = judge_request(JudgeConfig(reason_words=reason_words), row).messages
     roles = [m.role for m in msgs]
-    assert roles[0] == "system" and roles[-1] == "user" and roles[1:-1] == ["user", "assistant"] * (len(roles) // 2 - 1)
+    assert (
+        roles[0] == "system"
+        and roles[-1] == "user"
+        and roles[1:-1] == ["user", "assistant"] * (len(roles) // 2 - 1)
+    )
     examples = _examples(task, row, reason_words)
     assert len(examples) >= 3
     assert len({tuple(e.values()) for e in examples}) == len(examples)  # no two examples agree
     crits = criteria(task)
     all_pass = [e for e in examples if all(c.passes(e[c.name]) for c in crits)]
     assert len(all_pass) == 1  # exactly one example passes every criterion
-    failed = [frozenset(c.name for c in crits if not c.passes(e[c.name])) for e in examples if e not in all_pass]
+    failed = [
+        frozenset(c.name for c in crits if not c.passes(e[c.name])) for e in examples if e not in all_pass
+    ]
     assert len(set(failed)) == len(failed)  # each failing example fails a different criterion (set)
     assert row["output"] in msgs[-1].content  # the judged output is in the last user message, not an example

@@ -35,14 +35,38 @@ def engine() -> Iterator[LLMEngine]:
 
 
 def test_schema_valid_verdicts_for_each_task(engine: LLMEngine) -> None:
-    samples = pl.concat([
-        make_samples("interests", [{**PROFILE, "user_id": "u1", "output": "Science fiction films"}], source="t"),
-        make_samples("tags", [{**PROFILE, "user_id": "u1", "output": "classic space opera films",
-                               "interest": "Science fiction films", "recent": ["Alien (1979)"]}], source="t"),
-        make_samples("explanations", [{"output": "Starships for your weekend sci-fi fix", "interest": "Space adventure",
-                                       "item": "Star Wars (1977) [Action/Adventure/Sci-Fi]",
-                                       "item_title": "Star Wars (1977)"}], source="t"),
-    ])  # fmt: skip
+    samples = pl.concat(
+        [
+            make_samples(
+                "interests", [{**PROFILE, "user_id": "u1", "output": "Science fiction films"}], source="t"
+            ),
+            make_samples(
+                "tags",
+                [
+                    {
+                        **PROFILE,
+                        "user_id": "u1",
+                        "output": "classic space opera films",
+                        "interest": "Science fiction films",
+                        "recent": ["Alien (1979)"],
+                    }
+                ],
+                source="t",
+            ),
+            make_samples(
+                "explanations",
+                [
+                    {
+                        "output": "Starships for your weekend sci-fi fix",
+                        "interest": "Space adventure",
+                        "item": "Star Wars (1977) [Action/Adventure/Sci-Fi]",
+                        "item_title": "Star Wars (1977)",
+                    }
+                ],
+                source="t",
+            ),
+        ]
+    )
     judge = Judge(engine)
     v = judge.run(samples)
     assert judge.failures == [] and engine.ledger.stage("judge").ok == 3

@@ -22,26 +22,33 @@ from tests.judge.conftest import PROFILE
 
 
 def _tag(output: str, recent: tuple[str, ...] = ("Gladiator (2000)", "Heat (1995)")) -> dict[str, object]:
-    return make_samples("tags", [{**PROFILE, "output": output, "interest": "Sci-fi", "recent": list(recent)}],
-                        source="t").row(0, named=True)  # fmt: skip
+    return make_samples(
+        "tags", [{**PROFILE, "output": output, "interest": "Sci-fi", "recent": list(recent)}], source="t"
+    ).row(0, named=True)
 
 
 def _expl(output: str, title: str = "Star Wars (1977)") -> dict[str, object]:
-    return make_samples("explanations", [{"output": output, "interest": "Space", "item": f"{title} [Sci-Fi]",
-                                          "item_title": title}], source="t").row(0, named=True)  # fmt: skip
+    return make_samples(
+        "explanations",
+        [{"output": output, "interest": "Space", "item": f"{title} [Sci-Fi]", "item_title": title}],
+        source="t",
+    ).row(0, named=True)
 
 
-@pytest.mark.parametrize(("tag", "broken"), [
-    ("retro space opera films", []),
-    ("films", ["words"]),
-    ("very long winding retro space opera films", ["words"]),
-    ("smart sci-fi films", ["vague"]),
-    ("sci-fi movie set", ["vague"]),
-    ("gladiator sequel box set", ["vague", "fresh"]),  # names the recently seen "Gladiator"
-    ("alien sequel box", []),                 # Alien is not among the recent items
-    ("heat gun", []),                         # a short one-word title must match the whole tag
-    ("lightweight trail running jacket", ["example"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("tag", "broken"),
+    [
+        ("retro space opera films", []),
+        ("films", ["words"]),
+        ("very long winding retro space opera films", ["words"]),
+        ("smart sci-fi films", ["vague"]),
+        ("sci-fi movie set", ["vague"]),
+        ("gladiator sequel box set", ["vague", "fresh"]),  # names the recently seen "Gladiator"
+        ("alien sequel box", []),  # Alien is not among the recent items
+        ("heat gun", []),  # a short one-word title must match the whole tag
+        ("lightweight trail running jacket", ["example"]),
+    ],
+)
 def test_tag_rules(tag: str, broken: list[str]) -> None:
     assert [n for n, ok in rule_results(_tag(tag)) if not ok] == broken
 
@@ -52,25 +59,53 @@ def test_tag_freshness_needs_facts() -> None:
     assert [n for n, _ in rule_results({**row, "facts": None})] == ["words", "vague", "example"]
 
 
-@pytest.mark.parametrize(("text", "rows"), [
-    ("Starships for your weekend sci-fi fix", [("empty", True), ("prohibited", True), ("example", True),
-                                               ("label", True), ("title", True), ("length", True)]),
-    ("A perfect galaxy night", [("empty", True), ("prohibited", False)]),
-    ("Dry feet for your muddy trail miles", [("empty", True), ("prohibited", True), ("example", False)]),
-    ("Star Wars for space fans", [("empty", True), ("prohibited", True), ("example", True), ("label", True),
-                                  ("title", False)]),
-    ("one two three four five six seven eight nine ten eleven twelve thirteen",
-     [("empty", True), ("prohibited", True), ("example", True), ("label", True), ("title", True),
-      ("length", False)]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "rows"),
+    [
+        (
+            "Starships for your weekend sci-fi fix",
+            [
+                ("empty", True),
+                ("prohibited", True),
+                ("example", True),
+                ("label", True),
+                ("title", True),
+                ("length", True),
+            ],
+        ),
+        ("A perfect galaxy night", [("empty", True), ("prohibited", False)]),
+        ("Dry feet for your muddy trail miles", [("empty", True), ("prohibited", True), ("example", False)]),
+        (
+            "Star Wars for space fans",
+            [("empty", True), ("prohibited", True), ("example", True), ("label", True), ("title", False)],
+        ),
+        (
+            "one two three four five six seven eight nine ten eleven twelve thirteen",
+            [
+                ("empty", True),
+                ("prohibited", True),
+                ("example", True),
+                ("label", True),
+                ("title", True),
+                ("length", False),
+            ],
+        ),
+    ],
+)
 def test_explanation_rules_follow_the_chain(text: str, rows: list[tuple[str, bool]]) -> None:
     assert rule_results(_expl(text)) == rows
 
 
 def test_interest_rules_and_rule_rows() -> None:
-    s = make_samples("interests", [{**PROFILE, "output": "Space adventure"},
-                                   {**PROFILE, "output": "Home baking"},
-                                   {**PROFILE, "output": "one two three four five six seven"}], source="t")  # fmt: skip
+    s = make_samples(
+        "interests",
+        [
+            {**PROFILE, "output": "Space adventure"},
+            {**PROFILE, "output": "Home baking"},
+            {**PROFILE, "output": "one two three four five six seven"},
+        ],
+        source="t",
+    )
     v = apply_rules(s)
     assert v.filter(~pl.col("passed"))["criterion"].to_list() == ["rule:example", "rule:words"]
     assert set(v["verdict"]) == {"Yes", "No"}
@@ -78,8 +113,15 @@ def test_interest_rules_and_rule_rows() -> None:
 
 
 def test_make_samples_contract() -> None:
-    rows = [{**PROFILE, "user_id": "u1", "output": "epic space battle films", "interest": "Sci-fi",
-             "recent": ["Alien (1979)"]}]  # fmt: skip
+    rows = [
+        {
+            **PROFILE,
+            "user_id": "u1",
+            "output": "epic space battle films",
+            "interest": "Sci-fi",
+            "recent": ["Alien (1979)"],
+        }
+    ]
     s = make_samples("tags", rows + rows, source="distill", created_at=5)
     assert s.height == 1 and s.schema == pl.Schema(SAMPLES_SCHEMA)
     r = s.row(0, named=True)
@@ -154,8 +196,13 @@ def test_samples_from_a_fresh_run_use_its_stored_tables_and_never_show_held_out_
 
     data = tmp_path_factory.mktemp("data") / "mls-slice"
     slice_dataset().save(data)
-    run = run_pipeline(fast_config(data, tmp_path), backend=fake_backend(), encoder=HashEncoder(),
-                       console=Console(quiet=True), progress=False).run_dir  # fmt: skip
+    run = run_pipeline(
+        fast_config(data, tmp_path),
+        backend=fake_backend(),
+        encoder=HashEncoder(),
+        console=Console(quiet=True),
+        progress=False,
+    ).run_dir
     opened = open_run(run, llm={"spec": "fake"})
     assert opened.users == pl.read_parquet(run / "00_split/users.parquet")["user_id"].to_list()
     s = samples_from_state(opened)

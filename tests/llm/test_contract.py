@@ -46,11 +46,25 @@ SYSTEM = (
     "You classify product reviews. Reply with one JSON object with a sentiment label "
     '(positive, negative or neutral) and a score from 1 to 5. Example: {"label": "positive", "score": 5}'
 )
-PRODUCTS = ("phone", "blender", "tent", "novel", "headphones", "kettle", "jacket", "lamp", "drill", "backpack")
+PRODUCTS = (
+    "phone",
+    "blender",
+    "tent",
+    "novel",
+    "headphones",
+    "kettle",
+    "jacket",
+    "lamp",
+    "drill",
+    "backpack",
+)
 VERDICTS = (
-    "works perfectly and I love it", "broke after two days", "is okay, nothing special",
-    "arrived late and scratched", "exceeded every expectation",
-)  # fmt: skip
+    "works perfectly and I love it",
+    "broke after two days",
+    "is okay, nothing special",
+    "arrived late and scratched",
+    "exceeded every expectation",
+)
 
 
 def review_requests(n: int, salt: str = "") -> list[LLMRequest[Review]]:
@@ -110,7 +124,9 @@ def backend(request: pytest.FixtureRequest, smollm2_gguf: Path) -> Iterator[Back
         from recgpt.llm.backends.transformers_backend import TransformersBackend
 
         b = TransformersBackend(str(smollm2_gguf), threads=1, batch_size=8)
-        assert b.constraint_library == "llguidance", "constrained decoding needs llguidance: pip install llguidance"
+        assert b.constraint_library == "llguidance", (
+            "constrained decoding needs llguidance: pip install llguidance"
+        )
     yield b
     b.close()
 
@@ -118,10 +134,16 @@ def backend(request: pytest.FixtureRequest, smollm2_gguf: Path) -> Iterator[Back
 def _keys(backend: Backend, reqs: list[LLMRequest[Review]]) -> list[str]:
     schema = schema_json_for(Review)
     return [
-        cache_key(backend=backend.name, model_id=backend.model_id, template=r.template, messages=r.messages,
-                  schema_json=schema, sampling=r.sampling)
+        cache_key(
+            backend=backend.name,
+            model_id=backend.model_id,
+            template=r.template,
+            messages=r.messages,
+            schema_json=schema,
+            sampling=r.sampling,
+        )
         for r in reqs
-    ]  # fmt: skip
+    ]
 
 
 def _first_attempts(inputs: list[GenerationInput], reqs: list[LLMRequest[Review]]) -> Counter[int]:
@@ -212,7 +234,9 @@ def test_transformers_gguf_copy_is_reused_and_adapters_change_identity(
     inputs = [
         GenerationInput(messages=msgs, json_schema=schema, sampling=SamplingParams(max_tokens=20)),
         GenerationInput(messages=msgs, json_schema=None, sampling=SamplingParams(max_tokens=5)),
-        GenerationInput(messages=msgs, json_schema=schema, sampling=SamplingParams(max_tokens=20, temperature=0.7)),
+        GenerationInput(
+            messages=msgs, json_schema=schema, sampling=SamplingParams(max_tokens=20, temperature=0.7)
+        ),
     ]
     outs = plain.generate(inputs)  # mixed sampling and schema/no-schema: answered in order
     assert [Review.model_validate_json(outs[i].text) for i in (0, 2)]
@@ -254,10 +278,13 @@ class _Stub(BaseHTTPRequestHandler):
 
 def _ok(text: str = '{"label": "neutral", "score": 3}') -> dict[str, Any]:
     return {
-        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -277,16 +304,21 @@ def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, type[_Stub]]]:
 
 def _inp() -> GenerationInput:
     return GenerationInput(
-        messages=(ChatMessage(role="user", content="hi"),), json_schema=json.loads(schema_json_for(Review)),
+        messages=(ChatMessage(role="user", content="hi"),),
+        json_schema=json.loads(schema_json_for(Review)),
         sampling=SamplingParams(max_tokens=20),
-    )  # fmt: skip
+    )
 
 
 def test_openai_retries_transient_errors_then_succeeds(stub: tuple[str, type[_Stub]]) -> None:
     from recgpt.llm.backends.openai_backend import OpenAIBackend
 
     url, handler = stub
-    handler.script = [(429, {"error": {"message": "slow down"}}), (503, {"error": {"message": "busy"}}), (200, _ok())]
+    handler.script = [
+        (429, {"error": {"message": "slow down"}}),
+        (503, {"error": {"message": "busy"}}),
+        (200, _ok()),
+    ]
     out = OpenAIBackend("m", base_url=url, max_retries=3, structured="json_schema").generate([_inp()])[0]
     assert out.finish_reason == "stop" and json.loads(out.text)["label"] == "neutral"
     assert (out.prompt_tokens, out.completion_tokens) == (7, 5)
@@ -298,7 +330,9 @@ def test_openai_gives_an_error_output_not_an_exception(stub: tuple[str, type[_St
 
     url, handler = stub
     handler.script = [(500, {"error": {"message": "model crashed"}})]
-    outs = OpenAIBackend("m", base_url=url, max_retries=2, structured="json_schema").generate([_inp(), _inp()])
+    outs = OpenAIBackend("m", base_url=url, max_retries=2, structured="json_schema").generate(
+        [_inp(), _inp()]
+    )
     assert [o.finish_reason for o in outs] == ["error", "error"]
     assert "500" in (outs[0].error or "") and "model crashed" in (outs[0].error or "")
     assert len(handler.seen) == 2 * 3  # each request: 1 try + 2 retries
@@ -309,7 +343,9 @@ def test_openai_falls_back_to_json_mode_once_and_remembers(stub: tuple[str, type
 
     def server(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if body["response_format"]["type"] == "json_schema":  # like llama-cpp-python's server
-            return 500, {"error": {"message": "response_format.type: Input should be 'text' or 'json_object'"}}
+            return 500, {
+                "error": {"message": "response_format.type: Input should be 'text' or 'json_object'"}
+            }
         return 200, _ok()
 
     url, handler = stub
@@ -321,8 +357,10 @@ def test_openai_falls_back_to_json_mode_once_and_remembers(stub: tuple[str, type
     formats = [b["response_format"]["type"] for b in handler.seen]
     assert formats == ["json_schema"] + ["json_object"] * 4, "the probe fails once, then never again"
     assert handler.seen[-1]["response_format"]["schema"]["properties"]["label"]["enum"] == [
-        "positive", "negative", "neutral"
-    ]  # fmt: skip
+        "positive",
+        "negative",
+        "neutral",
+    ]
 
 
 def test_openai_needs_a_key_for_remote_servers(monkeypatch: pytest.MonkeyPatch) -> None:

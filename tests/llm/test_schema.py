@@ -59,7 +59,9 @@ def test_schema_is_self_contained_closed_and_grammar_friendly() -> None:
     assert schema["properties"]["tags"]["minItems"] == 1 and schema["properties"]["tags"]["maxItems"] == 4
     assert schema["properties"]["kind"]["enum"] == ["a", "b"]
     assert schema["properties"]["extra"]["additionalProperties"] == {"type": "integer"}  # a dict stays a dict
-    assert schema["properties"]["best"]["properties"]["title"]["description"] == "a tag"  # a field named title survives
+    assert (
+        schema["properties"]["best"]["properties"]["title"]["description"] == "a tag"
+    )  # a field named title survives
     # The dropped constraints still hold at validation time, through pydantic.
     with pytest.raises(ValueError):
         Answer.model_validate({"tags": [{"title": "UPPER"}], "best": {"title": "ok"}})

@@ -19,14 +19,19 @@ pytestmark = pytest.mark.llm
 
 SCHEMA = {
     "type": "object",
-    "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]}, "count": {"type": "integer"}},
+    "properties": {
+        "color": {"type": "string", "enum": ["red", "green", "blue"]},
+        "count": {"type": "integer"},
+    },
     "required": ["color", "count"],
     "additionalProperties": False,
 }
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
 
@@ -48,10 +53,13 @@ def test_models_endpoint_lists_the_model(llama_server: LlamaServer, smollm2_gguf
 def test_chat_completion_with_a_schema_returns_json(llama_server: LlamaServer) -> None:
     body = {
         "model": llama_server.model,
-        "messages": [{"role": "user", "content": 'Three blue balls. Answer as JSON, e.g. {"color": "red", "count": 1}'}],
-        "max_tokens": 24, "temperature": 0,
+        "messages": [
+            {"role": "user", "content": 'Three blue balls. Answer as JSON, e.g. {"color": "red", "count": 1}'}
+        ],
+        "max_tokens": 24,
+        "temperature": 0,
         "response_format": {"type": "json_object", "schema": SCHEMA},
-    }  # fmt: skip
+    }
     resp = _post(f"{llama_server.base_url}/chat/completions", body)
     obj = json.loads(resp["choices"][0]["message"]["content"])
     assert set(obj) == {"color", "count"} and obj["color"] in ("red", "green", "blue")
@@ -68,8 +76,9 @@ def test_openai_backend_settles_on_a_constrained_mode(llama_server: LlamaServer)
     backend = OpenAIBackend(llama_server.model, base_url=llama_server.base_url)
     inp = GenerationInput(
         messages=(ChatMessage(role="user", content="Two red cars. Reply in JSON."),),
-        json_schema=SCHEMA, sampling=SamplingParams(max_tokens=24),
-    )  # fmt: skip
+        json_schema=SCHEMA,
+        sampling=SamplingParams(max_tokens=24),
+    )
     out = backend.generate([inp])[0]
     backend.close()
     assert out.finish_reason == "stop", out.error

@@ -37,12 +37,14 @@ def synthetic_dataset(seed: int = 0) -> Dataset:
     with Zipf-like popularity inside each category, so category taste is the planted signal.
     """
     rng = np.random.default_rng(seed)
-    items = pl.DataFrame({
-        "item_id": [f"i{i}" for i in range(N_ITEMS)],
-        "title": [f"{CATEGORIES[i % 8]} title number {i}" for i in range(N_ITEMS)],
-        "categories": [[CATEGORIES[i % 8]] for i in range(N_ITEMS)],
-        "brand": [f"studio{i % 5}" for i in range(N_ITEMS)],
-    })
+    items = pl.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(N_ITEMS)],
+            "title": [f"{CATEGORIES[i % 8]} title number {i}" for i in range(N_ITEMS)],
+            "categories": [[CATEGORIES[i % 8]] for i in range(N_ITEMS)],
+            "brand": [f"studio{i % 5}" for i in range(N_ITEMS)],
+        }
+    )
     by_cat = [np.arange(c, N_ITEMS, 8) for c in range(8)]
     weights = 1.0 / np.arange(1, len(by_cat[0]) + 1) ** 0.8
     weights /= weights.sum()
@@ -76,8 +78,20 @@ def split() -> Split:
 
 
 # small and fast, but large enough for the planted structure to be learnt
-TEST_CONFIG = dict(dim=32, id_dim=32, cat_dim=16, brand_dim=8, text_dim=16, hidden=64, batch_size=256,
-                   n_negatives=64, epochs=8, max_history=20, lr=3e-3, patience=100)
+TEST_CONFIG = dict(
+    dim=32,
+    id_dim=32,
+    cat_dim=16,
+    brand_dim=8,
+    text_dim=16,
+    hidden=64,
+    batch_size=256,
+    n_negatives=64,
+    epochs=8,
+    max_history=20,
+    lr=3e-3,
+    patience=100,
+)
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,9 @@ def test_quota_caps_then_fills_and_ignores_empty_slots() -> None:
 # ---------------------------------------------------------------- channel mixing
 
 
-@pytest.mark.parametrize(("k", "share"), [(10, 0.3), (20, 0.3), (50, 0.3), (10, 0.5), (7, 0.0), (7, 1.0), (50, 0.25)])
+@pytest.mark.parametrize(
+    ("k", "share"), [(10, 0.3), (20, 0.3), (50, 0.3), (10, 0.5), (7, 0.0), (7, 1.0), (50, 0.25)]
+)
 def test_mix_shares_are_exact(k: int, share: float) -> None:
     primary, secondary = list(range(100, 200)), list(range(200, 300))
     mixed = mix_lists(primary, secondary, share, k)
@@ -116,8 +118,18 @@ def _tags(split, per_user: int = 3) -> pl.DataFrame:
     for u in split.test.user_ids[:40]:
         for r in range(per_user):
             cat = CATEGORIES[(int(u[1:]) + r) % 8]
-            rows.append({"user_id": u, "tag": cat, "modifier": "", "core": cat, "interest_id": r,
-                         "interest": f"{cat} lover", "rationale": "", "rank": r + 1})
+            rows.append(
+                {
+                    "user_id": u,
+                    "tag": cat,
+                    "modifier": "",
+                    "core": cat,
+                    "interest_id": r,
+                    "interest": f"{cat} lover",
+                    "rationale": "",
+                    "rank": r + 1,
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -138,7 +150,9 @@ def test_beta_one_is_the_user_tower_and_beta_zero_the_tag_tower(split, trained, 
 
 def test_recgpt_channel_scores_reproduce_its_lists_and_candidates_table(split, trained, index) -> None:
     task = split.test
-    ch = RecGPTChannel(trained.model, index, _tags(split), context=task.asof.events(), beta=0.5, k=20).fit(split.train)
+    ch = RecGPTChannel(trained.model, index, _tags(split), context=task.asof.events(), beta=0.5, k=20).fit(
+        split.train
+    )
     recs = recommend(ch, task, 20, mask=True)
     _, lists = ch.lists(task.user_idx, task.histories)
     assert recs.tolist() == [[c.item for c in lst] for lst in lists]
@@ -174,5 +188,7 @@ def test_fused_channel_mixes_at_the_share(split, trained, index) -> None:
         assert items[i][~from_rec[i]].tolist() == [it for it in base[i] if it not in rec_items][:14]
     cands = fused.candidates(task.user_idx[:5], task.histories[:5])
     assert set(cands["channel"]) == {"recgpt", "itemknn"}
-    assert cands.filter(pl.col("channel") == "itemknn")["tag"].null_count() == cands.filter(
-        pl.col("channel") == "itemknn").height
+    assert (
+        cands.filter(pl.col("channel") == "itemknn")["tag"].null_count()
+        == cands.filter(pl.col("channel") == "itemknn").height
+    )

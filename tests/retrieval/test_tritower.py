@@ -63,8 +63,13 @@ def test_same_seed_same_model_other_seed_other_model(split) -> None:
     cfg = TriTowerConfig(**{**TEST_CONFIG, "epochs": 2})
     a = train_on_split(split, cfg, embed=fake_embed, early_stopping=False, progress=False).model
     b = train_on_split(split, cfg, embed=fake_embed, early_stopping=False, progress=False).model
-    c = train_on_split(split, TriTowerConfig(**{**TEST_CONFIG, "epochs": 2, "seed": 1}), embed=fake_embed,
-                       early_stopping=False, progress=False).model
+    c = train_on_split(
+        split,
+        TriTowerConfig(**{**TEST_CONFIG, "epochs": 2, "seed": 1}),
+        embed=fake_embed,
+        early_stopping=False,
+        progress=False,
+    ).model
     assert np.array_equal(a.item_vectors(), b.item_vectors())
     assert not np.allclose(a.item_vectors(), c.item_vectors())
 
@@ -123,9 +128,12 @@ def test_causal_windows_match_a_naive_prefix_scan() -> None:
 
 
 def test_items_without_categories_or_brands_still_train(split) -> None:
-    items = split.dataset.items.with_columns(pl.lit(None, dtype=pl.List(pl.String)).alias("categories"),
-                                             pl.lit(None, dtype=pl.String).alias("brand"))
-    res = train_tritower(split.train, items, TriTowerConfig(**{**TEST_CONFIG, "epochs": 1}), embed=fake_embed,
-                         progress=False)
+    items = split.dataset.items.with_columns(
+        pl.lit(None, dtype=pl.List(pl.String)).alias("categories"),
+        pl.lit(None, dtype=pl.String).alias("brand"),
+    )
+    res = train_tritower(
+        split.train, items, TriTowerConfig(**{**TEST_CONFIG, "epochs": 1}), embed=fake_embed, progress=False
+    )
     assert res.history[0]["cate"] == 0.0 and np.isfinite(res.history[0]["loss"])
     assert res.model.item_vectors().shape == (split.train.n_items, TEST_CONFIG["dim"])

@@ -35,8 +35,14 @@ def prompts(env: Bundled) -> list[TrainPrompt]:
 
 def _tags(prompt: TrainPrompt, texts: list[str]) -> str:
     ids = [i for i, _ in prompt.meta["interests"]]
-    return json.dumps({"tags": [{"tag": t, "interest_id": ids[k % len(ids)], "rationale": "fits the history"}
-                                for k, t in enumerate(texts)]})  # fmt: skip
+    return json.dumps(
+        {
+            "tags": [
+                {"tag": t, "interest_id": ids[k % len(ids)], "rationale": "fits the history"}
+                for k, t in enumerate(texts)
+            ]
+        }
+    )
 
 
 GOOD = [f"lively {w} adventure film" for w in ("space", "pirate", "desert", "jungle", "arctic", "ocean")][:N]
@@ -74,16 +80,28 @@ def test_only_valid_rule_keeping_judge_passing_answers_survive(prompts: list[Tra
     assert json.loads(samples["messages"][0])[-1]["content"] == prompts[0].request.messages[-1].content
     # the judge saw one row per tag of the two answers that reached it, in one batch
     assert len(seen) == 1 and seen[0].height == 2 * N and set(seen[0]["task"]) == {"tags"}
-    assert stats.as_dict() == {"prompts": 4, "failed": {"invalid_json": 1},
-                               "rule_rejected": {f"chain post-processing drops 1 of {N} tags": 1},
-                               "judge_rejected": 1, "judged_parts": 2 * N, "passed_parts": 2 * N - 1, "kept": 1}  # fmt: skip
+    assert stats.as_dict() == {
+        "prompts": 4,
+        "failed": {"invalid_json": 1},
+        "rule_rejected": {f"chain post-processing drops 1 of {N} tags": 1},
+        "judge_rejected": 1,
+        "judged_parts": 2 * N,
+        "passed_parts": 2 * N - 1,
+        "kept": 1,
+    }
 
 
 def test_min_pass_and_no_judge(prompts: list[TrainPrompt]) -> None:
     bad_one = _tags(prompts[0], ["bad " + GOOD[0], *GOOD[1:]])
-    lenient = distill(prompts[:1], LLMEngine(FakeBackend([bad_one]), max_retries=0), no_bad_words, min_pass=0.5)
-    assert lenient.height == 1 and json.loads(lenient["lineage"][0])["verdict"]["failed"] == ["bad " + GOOD[0]]
-    unjudged = distill(prompts[:1], LLMEngine(FakeBackend([bad_one]), max_retries=0), None, source="self", round=2)
+    lenient = distill(
+        prompts[:1], LLMEngine(FakeBackend([bad_one]), max_retries=0), no_bad_words, min_pass=0.5
+    )
+    assert lenient.height == 1 and json.loads(lenient["lineage"][0])["verdict"]["failed"] == [
+        "bad " + GOOD[0]
+    ]
+    unjudged = distill(
+        prompts[:1], LLMEngine(FakeBackend([bad_one]), max_retries=0), None, source="self", round=2
+    )
     lin = json.loads(unjudged["lineage"][0])
     assert unjudged["source"][0] == "self" and lin["round"] == 2 and lin["verdict"]["judge"] == "not run"
     with pytest.raises(ValueError, match="min_pass"):

@@ -56,8 +56,15 @@ def contexts(env: Bundled, excluded: list[str]) -> list[LogContext]:
 
 @pytest.fixture(scope="module")
 def tags(env: Bundled, excluded: list[str], contexts: list[LogContext]) -> pl.DataFrame:
-    return build_tag_samples(env.dataset, env.split, SMALL, pool=env.pool, contexts=contexts,
-                             exclude_users=excluded, progress=False)  # fmt: skip
+    return build_tag_samples(
+        env.dataset,
+        env.split,
+        SMALL,
+        pool=env.pool,
+        contexts=contexts,
+        exclude_users=excluded,
+        progress=False,
+    )
 
 
 def _by_point(contexts: list[LogContext]) -> dict[tuple[str, int], LogContext]:
@@ -68,7 +75,9 @@ def _text(row: dict[str, Any]) -> str:
     return "\n".join(m["content"] for m in json.loads(row["messages"])).lower()
 
 
-def test_contexts_sample_users_and_points(env: Bundled, contexts: list[LogContext], excluded: list[str]) -> None:
+def test_contexts_sample_users_and_points(
+    env: Bundled, contexts: list[LogContext], excluded: list[str]
+) -> None:
     users = Counter(c.user_id for c in contexts)
     assert len(users) == SMALL.users and max(users.values()) <= SMALL.points_per_user
     assert not set(users) & set(excluded)
@@ -104,10 +113,18 @@ def test_tag_samples_contract_and_chain_identity(tags: pl.DataFrame, contexts: l
 
 
 def test_tag_samples_are_deterministic(env: Bundled, tags: pl.DataFrame, excluded: list[str]) -> None:
-    again = build_tag_samples(env.dataset, env.split, SMALL, pool=env.pool, exclude_users=excluded, progress=False)
+    again = build_tag_samples(
+        env.dataset, env.split, SMALL, pool=env.pool, exclude_users=excluded, progress=False
+    )
     assert again["sample_id"].to_list() == tags["sample_id"].to_list()
-    other = build_tag_samples(env.dataset, env.split, SMALL.model_copy(update={"seed": 1, "users": 4}), pool=env.pool,
-                              exclude_users=excluded, progress=False)  # fmt: skip
+    other = build_tag_samples(
+        env.dataset,
+        env.split,
+        SMALL.model_copy(update={"seed": 1, "users": 4}),
+        pool=env.pool,
+        exclude_users=excluded,
+        progress=False,
+    )
     assert set(other["sample_id"]) != set(tags["sample_id"][: other.height])
 
 
@@ -122,16 +139,24 @@ def test_no_target_or_held_out_item_reaches_a_prompt(env: Bundled, tags: pl.Data
             assert titles[item].lower() not in text, f"target {titles[item]!r} leaked into {r['sample_id']}"
             assert src.catalogue.clean(item).lower() not in text
             checked += 1
-        held_out = env.split.heldout_item_ids(r["user_id"]) if env.split.valid.asof.has_point(r["user_id"]) else set()
+        held_out = (
+            env.split.heldout_item_ids(r["user_id"])
+            if env.split.valid.asof.has_point(r["user_id"])
+            else set()
+        )
         for item in held_out:  # items of the evaluation split (at/after the validation point)
             names = {n for n in (titles[item].lower(), src.catalogue.clean(item).lower()) if len(n) >= 8}
-            assert not any(n in text for n in names), f"held-out {titles[item]!r} leaked into {r['sample_id']}"
+            assert not any(n in text for n in names), (
+                f"held-out {titles[item]!r} leaked into {r['sample_id']}"
+            )
         valid_ts = env.split.valid.asof.point(r["user_id"])[0] if held_out else None
         assert valid_ts is None or r["as_of"] <= valid_ts
     assert checked == tags.height * SMALL.tags.count
 
 
-def test_guard_catches_a_leaky_sample_and_excluded_users(env: Bundled, tags: pl.DataFrame, excluded: list[str]) -> None:
+def test_guard_catches_a_leaky_sample_and_excluded_users(
+    env: Bundled, tags: pl.DataFrame, excluded: list[str]
+) -> None:
     src = LogSource(env.dataset, env.split, SMALL, pool=env.pool)
     guard_samples(tags, env.split, src.catalogue, exclude_users=excluded)
     row = tags.row(0, named=True)
@@ -150,13 +175,18 @@ def test_guard_catches_a_leaky_sample_and_excluded_users(env: Bundled, tags: pl.
     msgs = json.loads(row["messages"])
     msgs[-1]["content"] += f"\n{env.dataset.items.filter(pl.col('item_id') == test_item)['title'][0]}"
     with pytest.raises(LeakageError):
-        guard_samples(pl.DataFrame([{**row, "messages": json.dumps(msgs)}], schema=tags.schema), env.split,
-                      src.catalogue)  # fmt: skip
+        guard_samples(
+            pl.DataFrame([{**row, "messages": json.dumps(msgs)}], schema=tags.schema),
+            env.split,
+            src.catalogue,
+        )
 
 
 def test_excluding_every_user_builds_nothing(env: Bundled) -> None:
     everyone = env.split.train_events["user_id"].unique().to_list()
-    out = build_tag_samples(env.dataset, env.split, SMALL, pool=env.pool, exclude_users=everyone, progress=False)
+    out = build_tag_samples(
+        env.dataset, env.split, SMALL, pool=env.pool, exclude_users=everyone, progress=False
+    )
     assert out.height == 0
 
 
@@ -182,7 +212,9 @@ def test_global_window_sets_targets_and_points(env: Bundled) -> None:
 
 
 def test_interest_samples(env: Bundled, contexts: list[LogContext]) -> None:
-    out = build_interest_samples(env.dataset, env.split, SMALL, pool=env.pool, contexts=contexts, progress=False)
+    out = build_interest_samples(
+        env.dataset, env.split, SMALL, pool=env.pool, contexts=contexts, progress=False
+    )
     validate_samples(out)
     assert out.height >= SMALL.users // 2
     src = LogSource(env.dataset, env.split, SMALL, pool=env.pool)
@@ -199,7 +231,9 @@ def test_interest_samples(env: Bundled, contexts: list[LogContext]) -> None:
 
 
 def test_explanation_samples(env: Bundled, contexts: list[LogContext]) -> None:
-    out = build_explanation_samples(env.dataset, env.split, SMALL, pool=env.pool, contexts=contexts, progress=False)
+    out = build_explanation_samples(
+        env.dataset, env.split, SMALL, pool=env.pool, contexts=contexts, progress=False
+    )
     validate_samples(out)
     assert out.height >= SMALL.users and out["user_id"].null_count() == out.height
     src = LogSource(env.dataset, env.split, SMALL, pool=env.pool)
@@ -210,21 +244,33 @@ def test_explanation_samples(env: Bundled, contexts: list[LogContext]) -> None:
         req = explanation_request(ExplanationsConfig(), interest, src.catalogue.row(item))
         assert json.loads(r["messages"])[-1]["content"] == req.messages[-1].content
         ans = Explanation.model_validate_json(r["completion"])
-        assert check_explanation(strict, ans.explanation, src.catalogue.title(item)) == (ans.explanation, None)
+        assert check_explanation(strict, ans.explanation, src.catalogue.title(item)) == (
+            ans.explanation,
+            None,
+        )
         assert matches(src, interest, item)  # a real link, never a forced one
         year = src.catalogue.year(item)
         assert str(year // 10 * 10) in ans.analysis if year else True
 
 
-def test_tag_rules_skip_what_the_chain_would_drop(env: Bundled, tags: pl.DataFrame, contexts: list[LogContext]) -> None:
+def test_tag_rules_skip_what_the_chain_would_drop(
+    env: Bundled, tags: pl.DataFrame, contexts: list[LogContext]
+) -> None:
     """A target whose tag names a recently engaged item (freshness) is replaced by the next one: every
     built answer is one the chain keeps in full."""
     row = tags.row(0, named=True)
     lc = _by_point(contexts)[(row["user_id"], row["as_of"])]
     first = json.loads(row["completion"])["tags"][0]["tag"]
     stale = dataclasses.replace(lc.ctx, items=(*lc.ctx.items, (first, lc.as_of - DAY)))
-    out = build_tag_samples(env.dataset, env.split, SMALL, pool=env.pool, contexts=[dataclasses.replace(lc, ctx=stale)],
-                            progress=False, guard=False)  # fmt: skip
+    out = build_tag_samples(
+        env.dataset,
+        env.split,
+        SMALL,
+        pool=env.pool,
+        contexts=[dataclasses.replace(lc, ctx=stale)],
+        progress=False,
+        guard=False,
+    )
     assert out.height == 1
     again = [Tag.model_validate(t) for t in json.loads(out["completion"][0])["tags"]]
     assert first not in [t.tag for t in again] and len(again) == SMALL.tags.count
@@ -233,29 +279,67 @@ def test_tag_rules_skip_what_the_chain_would_drop(env: Bundled, tags: pl.DataFra
 
 def _twin_dataset() -> Dataset:
     """One user who saw one copy of a title twice listed in the catalogue, then rated the other copy."""
-    titles = {"mv-a": ("Alpha Story (1990)", ["Drama"]), "mv-b": ("Beta Story (1991)", ["Comedy"]),
-              "mv-c": ("Gamma Story (1992)", ["Drama"]), "mv-d1": ("Twin Title (1999)", ["Drama"]),
-              "mv-d2": ("Twin Title (1999)", ["Drama"]), "mv-e": ("Epsilon Night (1995)", ["Horror"]),
-              "mv-f": ("Zeta Laughs (1996)", ["Comedy"]), "mv-g": ("Eta Tale (1997)", ["Drama"]),
-              "mv-h": ("Theta Tale (1998)", ["Drama"])}  # fmt: skip
-    items = pl.DataFrame({"item_id": list(titles), "title": [t for t, _ in titles.values()],
-                          "categories": [c for _, c in titles.values()]})  # fmt: skip
-    days = [("mv-a", 1), ("mv-b", 2), ("mv-c", 3), ("mv-d1", 4), ("mv-d2", 10), ("mv-e", 11), ("mv-f", 12),
-            ("mv-g", 30), ("mv-h", 31)]  # fmt: skip
-    events = pl.DataFrame({"event_id": list(range(len(days))), "user_id": ["u"] * len(days),
-                           "item_id": [i for i, _ in days], "behavior": ["rating"] * len(days),
-                           "timestamp": [BASE + d * DAY for _, d in days], "value": [5.0] * len(days)})  # fmt: skip
-    return Dataset.build(items, pl.DataFrame({"user_id": ["u"]}), events, Manifest(name="twins", source="test"))
+    titles = {
+        "mv-a": ("Alpha Story (1990)", ["Drama"]),
+        "mv-b": ("Beta Story (1991)", ["Comedy"]),
+        "mv-c": ("Gamma Story (1992)", ["Drama"]),
+        "mv-d1": ("Twin Title (1999)", ["Drama"]),
+        "mv-d2": ("Twin Title (1999)", ["Drama"]),
+        "mv-e": ("Epsilon Night (1995)", ["Horror"]),
+        "mv-f": ("Zeta Laughs (1996)", ["Comedy"]),
+        "mv-g": ("Eta Tale (1997)", ["Drama"]),
+        "mv-h": ("Theta Tale (1998)", ["Drama"]),
+    }
+    items = pl.DataFrame(
+        {
+            "item_id": list(titles),
+            "title": [t for t, _ in titles.values()],
+            "categories": [c for _, c in titles.values()],
+        }
+    )
+    days = [
+        ("mv-a", 1),
+        ("mv-b", 2),
+        ("mv-c", 3),
+        ("mv-d1", 4),
+        ("mv-d2", 10),
+        ("mv-e", 11),
+        ("mv-f", 12),
+        ("mv-g", 30),
+        ("mv-h", 31),
+    ]
+    events = pl.DataFrame(
+        {
+            "event_id": list(range(len(days))),
+            "user_id": ["u"] * len(days),
+            "item_id": [i for i, _ in days],
+            "behavior": ["rating"] * len(days),
+            "timestamp": [BASE + d * DAY for _, d in days],
+            "value": [5.0] * len(days),
+        }
+    )
+    return Dataset.build(
+        items, pl.DataFrame({"user_id": ["u"]}), events, Manifest(name="twins", source="test")
+    )
 
 
 def test_a_catalogue_duplicate_of_a_seen_item_is_never_a_target() -> None:
     ds = _twin_dataset()
     sp = make_split(ds)
-    cfg = SMALL.model_copy(update={"users": 1, "min_history": 2, "tags": SMALL.tags.model_copy(update={"count": 2}),
-                                   "pool": PoolConfig(min_support=1)})  # fmt: skip
+    cfg = SMALL.model_copy(
+        update={
+            "users": 1,
+            "min_history": 2,
+            "tags": SMALL.tags.model_copy(update={"count": 2}),
+            "pool": PoolConfig(min_support=1),
+        }
+    )
     pool = InterestPool.build(ds.items, HashEncoder(), cfg.pool)
     (lc,) = tag_contexts(ds, sp, cfg, pool=pool, window=(BASE + 10 * DAY, BASE + 20 * DAY), progress=False)
-    assert "mv-d1" in lc.seen and [t.item_id for t in lc.targets] == ["mv-e", "mv-f"]  # d2 is "Twin Title" again
+    assert "mv-d1" in lc.seen and [t.item_id for t in lc.targets] == [
+        "mv-e",
+        "mv-f",
+    ]  # d2 is "Twin Title" again
     for build in (build_tag_samples, build_interest_samples):  # both guard their tables
         build(ds, sp, cfg, pool=pool, contexts=[lc], progress=False)
 
@@ -271,7 +355,12 @@ def test_interest_match_require_links_every_tag_to_an_interest_that_names_it(
     for r in out.iter_rows(named=True):
         names = dict(points[(r["user_id"], r["as_of"])].interests)
         tags = json.loads(r["completion"])["tags"]
-        by_tag = dict(zip([src.tag(i) for i in json.loads(r["lineage"])["target_items"]],
-                          json.loads(r["lineage"])["target_items"], strict=True))  # fmt: skip
+        by_tag = dict(
+            zip(
+                [src.tag(i) for i in json.loads(r["lineage"])["target_items"]],
+                json.loads(r["lineage"])["target_items"],
+                strict=True,
+            )
+        )
         for t in tags:
             assert matches(src, names[t["interest_id"]], by_tag[t["tag"]])

@@ -36,20 +36,37 @@ class Answer(BaseModel):
 
 
 def _rows(n: int = 3) -> list[dict[str, Any]]:
-    return [sample_row("tags", "advanced", MSGS, json.dumps({"tags": [f"tag {i}"]}), "logs", user_id=f"u{i}",
-                       as_of=1000 + i, lineage={"target_items": [str(i)]}) for i in range(n)]  # fmt: skip
+    return [
+        sample_row(
+            "tags",
+            "advanced",
+            MSGS,
+            json.dumps({"tags": [f"tag {i}"]}),
+            "logs",
+            user_id=f"u{i}",
+            as_of=1000 + i,
+            lineage={"target_items": [str(i)]},
+        )
+        for i in range(n)
+    ]
 
 
 def test_sample_id_is_stable_and_content_addressed() -> None:
     a, b = _rows(1)[0], _rows(1)[0]
     assert a["sample_id"] == b["sample_id"] and len(a["sample_id"]) == 40
     msgs = tuple(ChatMessage(**m) for m in MSGS)  # chat messages and dicts serialise the same
-    assert sample_row("tags", "advanced", msgs, a["completion"], "logs", user_id="u0", as_of=1000)["sample_id"] == (
-        a["sample_id"])  # fmt: skip
-    other = sample_row("tags", "advanced", MSGS, json.dumps({"tags": ["x"]}), "logs", user_id="u0", as_of=1000)
+    assert (
+        sample_row("tags", "advanced", msgs, a["completion"], "logs", user_id="u0", as_of=1000)["sample_id"]
+        == (a["sample_id"])
+    )
+    other = sample_row(
+        "tags", "advanced", MSGS, json.dumps({"tags": ["x"]}), "logs", user_id="u0", as_of=1000
+    )
     assert other["sample_id"] != a["sample_id"]
     # lineage and source do not change what the example is
-    same = sample_row("tags", "advanced", MSGS, a["completion"], "distill", user_id="u0", as_of=1000, lineage={"x": 1})
+    same = sample_row(
+        "tags", "advanced", MSGS, a["completion"], "distill", user_id="u0", as_of=1000, lineage={"x": 1}
+    )
     assert same["sample_id"] == a["sample_id"]
 
 
@@ -119,12 +136,17 @@ def test_save_load_roundtrip_and_refusal(tmp_path: Path) -> None:
 
 def test_to_chat_is_trl_conversational_prompt_completion() -> None:
     chat = to_chat(samples_frame(_rows(2)))
-    assert chat[0] == {"prompt": MSGS, "completion": [{"role": "assistant", "content": '{"tags": ["tag 0"]}'}]}
+    assert chat[0] == {
+        "prompt": MSGS,
+        "completion": [{"role": "assistant", "content": '{"tags": ["tag 0"]}'}],
+    }
     assert len(chat) == 2
 
 
 def test_prompt_sample_validates_the_answer_against_the_output_model() -> None:
-    req = LLMRequest(messages=tuple(ChatMessage(**m) for m in MSGS), output_model=Answer, template="t@1", key="u")
+    req = LLMRequest(
+        messages=tuple(ChatMessage(**m) for m in MSGS), output_model=Answer, template="t@1", key="u"
+    )
     p = TrainPrompt(req, "tags", "advanced", user_id="u", as_of=5, lineage={"dataset": "d"})
     row = prompt_sample(p, {"tags": ["a b"]}, "logs", target_items=["1"])
     assert json.loads(row["lineage"]) == {"dataset": "d", "target_items": ["1"], "template": "t@1"}

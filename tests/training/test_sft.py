@@ -29,8 +29,24 @@ from recgpt.training.sft import (
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 GENRES = ("Comedy", "Drama", "Horror", "Western", "Animation", "Documentary", "Musical", "Thriller")
-TITLES = ("Toy Story", "Heat", "Scream", "Tombstone", "Aladdin", "Hoop Dreams", "Evita", "Seven",
-          "Babe", "Fargo", "Clerks", "Rob Roy", "Casino", "Sabrina", "Nixon", "Balto")  # fmt: skip
+TITLES = (
+    "Toy Story",
+    "Heat",
+    "Scream",
+    "Tombstone",
+    "Aladdin",
+    "Hoop Dreams",
+    "Evita",
+    "Seven",
+    "Babe",
+    "Fargo",
+    "Clerks",
+    "Rob Roy",
+    "Casino",
+    "Sabrina",
+    "Nixon",
+    "Balto",
+)
 SYSTEM = "You label movies. Answer with JSON only."
 
 
@@ -39,18 +55,28 @@ class Genre(BaseModel):
 
 
 def _prompt(title: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f'Movie title: {title}\nReturn its genre as JSON: {{"genre": ...}}'}]  # fmt: skip
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f'Movie title: {title}\nReturn its genre as JSON: {{"genre": ...}}'},
+    ]
 
 
 def genre_samples(level: str = "foundation", n: int = 16) -> pl.DataFrame:
     """Hand-built rows of the SFT sample table contract (recgpt.training.data)."""
     rows = [
-        {"sample_id": f"{level}-{i}", "task": "genre", "level": level, "messages": json.dumps(_prompt(t)),
-         "completion": json.dumps({"genre": GENRES[i % len(GENRES)]}), "source": "catalogue", "user_id": None,
-         "as_of": None, "lineage": json.dumps({"title": t})}
+        {
+            "sample_id": f"{level}-{i}",
+            "task": "genre",
+            "level": level,
+            "messages": json.dumps(_prompt(t)),
+            "completion": json.dumps({"genre": GENRES[i % len(GENRES)]}),
+            "source": "catalogue",
+            "user_id": None,
+            "as_of": None,
+            "lineage": json.dumps({"title": t}),
+        }
         for i, t in enumerate(TITLES[:n])
-    ]  # fmt: skip
+    ]
     return pl.DataFrame(rows, schema_overrides={"user_id": pl.String(), "as_of": pl.Int64()})
 
 
@@ -132,7 +158,9 @@ def test_backend_reads_the_base_of_an_adapter_folder(tmp_path: Path) -> None:
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
     assert is_adapter_folder(adapter) and not is_adapter_folder(base)
     assert adapter_base(adapter) == base
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(tmp_path / "gone")})
+    )
     with pytest.raises(FileNotFoundError, match="base model of adapter"):
         adapter_base(adapter)
 
@@ -145,8 +173,14 @@ def _answers(spec: str) -> list[Genre]:
     from recgpt.llm.engine import LLMEngine
     from recgpt.llm.types import ChatMessage, LLMRequest, SamplingParams
 
-    reqs = [LLMRequest(messages=tuple(ChatMessage(**m) for m in _prompt(t)), output_model=Genre,  # type: ignore[arg-type]
-                       sampling=SamplingParams(max_tokens=16)) for t in TITLES[:3]]  # fmt: skip
+    reqs = [
+        LLMRequest(
+            messages=tuple(ChatMessage(**m) for m in _prompt(t)),
+            output_model=Genre,  # type: ignore[arg-type]
+            sampling=SamplingParams(max_tokens=16),
+        )
+        for t in TITLES[:3]
+    ]
     threads = {"n_threads": 1, "n_ctx": 512} if spec.startswith("llamacpp") else {"threads": 1}
     with LLMEngine(make_backend(spec, **threads), max_retries=0) as engine:
         results = engine.run(reqs)
@@ -158,8 +192,9 @@ def _answers(spec: str) -> list[Genre]:
 def trained(base_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 real LoRA steps (bs 4, lr 2e-3) on the genre task: about 30 s on one busy core."""
     out = tmp_path_factory.mktemp("sft")
-    cfg = SFTConfig(max_steps=8, batch_size=4, grad_accum=1, learning_rate=2e-3, max_seq_len=160, save_steps=4,
-                    threads=1)  # fmt: skip
+    cfg = SFTConfig(
+        max_steps=8, batch_size=4, grad_accum=1, learning_rate=2e-3, max_seq_len=160, save_steps=4, threads=1
+    )
     result = run_sft(cfg, genre_samples(), out, progress=False)
     assert result.complete and result.levels[0].steps == 8 and result.levels[0].dropped_too_long == 0
     return out
@@ -196,7 +231,9 @@ def test_merged_model_exports_to_gguf_for_llamacpp(trained: Path) -> None:
 
     tools = recgpt_cache_dir() / "llama-cpp-convert" / version("llama-cpp-python")
     if not (tools / "convert_hf_to_gguf.py").is_file() or importlib.util.find_spec("sentencepiece") is None:
-        pytest.skip("llama.cpp's converter is not cached: run `recgpt train export-gguf OUT` once (needs sentencepiece)")
+        pytest.skip(
+            "llama.cpp's converter is not cached: run `recgpt train export-gguf OUT` once (needs sentencepiece)"
+        )
     path = export_gguf(trained / "merged", trained / "model-q8_0.gguf")
     assert path.stat().st_size > 50e6
     answers = _answers(f"llamacpp:{path}")
@@ -205,7 +242,9 @@ def test_merged_model_exports_to_gguf_for_llamacpp(trained: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.llm
-def test_stopped_run_resumes_and_the_curriculum_continues_the_adapter(base_folder: Path, tmp_path: Path) -> None:
+def test_stopped_run_resumes_and_the_curriculum_continues_the_adapter(
+    base_folder: Path, tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
@@ -216,11 +255,21 @@ def test_stopped_run_resumes_and_the_curriculum_continues_the_adapter(base_folde
 
     out = tmp_path / "sft"
     samples = pl.concat([genre_samples("foundation", 8), genre_samples("advanced", 8)])
-    cfg = SFTConfig(max_steps={"foundation": 4, "advanced": 2}, batch_size=2, grad_accum=1, learning_rate=1e-3,
-                    max_seq_len=160, save_steps=2, threads=1)  # fmt: skip
+    cfg = SFTConfig(
+        max_steps={"foundation": 4, "advanced": 2},
+        batch_size=2,
+        grad_accum=1,
+        learning_rate=1e-3,
+        max_seq_len=160,
+        save_steps=2,
+        threads=1,
+    )
     first = run_sft(cfg, samples, out, progress=False, callbacks=[StopAt()], merge=False)
     assert not first.complete and [r.level for r in first.levels] == ["foundation"]
-    assert first.levels[0].steps == 2 and latest_checkpoint(out / "checkpoints" / "foundation").name == "checkpoint-2"
+    assert (
+        first.levels[0].steps == 2
+        and latest_checkpoint(out / "checkpoints" / "foundation").name == "checkpoint-2"
+    )
     assert (out / "adapter" / "adapter_config.json").is_file()  # a usable (partial) adapter all the same
 
     with pytest.raises(ValueError, match="another config"):
@@ -231,7 +280,9 @@ def test_stopped_run_resumes_and_the_curriculum_continues_the_adapter(base_folde
             self.norms: list[float] = []
 
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            self.norms.append(sum(float(p.detach().norm()) for n, p in model.named_parameters() if "lora_B" in n))
+            self.norms.append(
+                sum(float(p.detach().norm()) for n, p in model.named_parameters() if "lora_B" in n)
+            )
 
     probe = ProbeB()
     second = run_sft(cfg, samples, out, progress=False, merge=False, callbacks=[probe])
@@ -239,7 +290,9 @@ def test_stopped_run_resumes_and_the_curriculum_continues_the_adapter(base_folde
     assert second.complete and found.resumed_from == 2 and found.steps == 4 and adv.steps == 2
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [(r["level"], r["step"]) for r in log] == [("foundation", s) for s in (1, 2, 3, 4)] + [
-        ("advanced", 1), ("advanced", 2)]  # fmt: skip
+        ("advanced", 1),
+        ("advanced", 2),
+    ]
     w_found = load_file(str(out / "checkpoints" / "foundation" / "adapter" / "adapter_model.safetensors"))
     found_b = sum(float(w.norm()) for k, w in w_found.items() if "lora_B" in k)
     resumed_b, advanced_b = probe.norms

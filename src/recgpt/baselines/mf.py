@@ -124,7 +124,13 @@ class ImplicitBPR(ImplicitMF):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"factors": 64, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100, "num_threads": 1}
+        return {
+            "factors": 64,
+            "learning_rate": 0.01,
+            "regularization": 0.01,
+            "iterations": 100,
+            "num_threads": 1,
+        }
 
     @classmethod
     def search_space(cls) -> list[dict[str, Any]]:

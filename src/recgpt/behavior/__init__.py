@@ -76,7 +76,9 @@ class BehaviorCompressor:
 
     def compress(self, view: AsOf, user_id: str, history: pl.DataFrame | None = None) -> CompressedHistory:
         """B_u of one user; `history` (default `view.history(user_id)`) is guarded against leakage."""
-        return self.compress_many(view, [user_id], histories={user_id: history} if history is not None else None)[0]
+        return self.compress_many(
+            view, [user_id], histories={user_id: history} if history is not None else None
+        )[0]
 
     def compress_many(
         self,
@@ -96,11 +98,15 @@ class BehaviorCompressor:
             if hist.height and (hist["user_id"] != u).any():
                 raise ValueError(f"history passed for user {u!r} holds other users' events")
             reliable = filter_reliable(hist, self.config.filter)
-            prepared.append((u, hist, reliable, prepare_sequence(reliable, view.point(u)[0], self.config.sequence)))
+            prepared.append(
+                (u, hist, reliable, prepare_sequence(reliable, view.point(u)[0], self.config.sequence))
+            )
         self.items.prepare(e.target[1] for *_, seq in prepared for e in seq.entries if e.target[0] == "item")
         out = []
         for u, hist, reliable, seq in prepared:
-            fit = fit_to_budget(seq, self.items.text, self.counter, self.config.budget, self.config.sequence.item_sep)
+            fit = fit_to_budget(
+                seq, self.items.text, self.counter, self.config.budget, self.config.sequence.item_sep
+            )
             out.append(_result(u, view.point(u)[0], hist, reliable, seq, fit))
             if on_done is not None:
                 on_done(1)

@@ -50,7 +50,9 @@ class LlamaTokenCounter:
         try:
             from llama_cpp import Llama
         except ImportError as e:
-            raise ImportError("counting with a GGUF tokenizer needs llama-cpp-python: pip install 'recgpt[llm]'") from e
+            raise ImportError(
+                "counting with a GGUF tokenizer needs llama-cpp-python: pip install 'recgpt[llm]'"
+            ) from e
         if model_path is None:
             from recgpt.llm.models import default_model_path
 
@@ -62,7 +64,9 @@ class LlamaTokenCounter:
         self.name = f"gguf:{path.name}"
         with _quiet():
             self._llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
-        ctx = self._llm.metadata.get(f"{self._llm.metadata.get('general.architecture', 'llama')}.context_length")
+        ctx = self._llm.metadata.get(
+            f"{self._llm.metadata.get('general.architecture', 'llama')}.context_length"
+        )
         self.context_length = int(ctx) if ctx else None
 
     def count(self, text: str) -> int:

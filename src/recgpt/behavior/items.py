@@ -130,7 +130,9 @@ class ItemCompressor:
         self._rows = {r["item_id"]: r for r in items.drop("_line", strict=False).iter_rows(named=True)}
         self.summarizer = summarizer
         if summarizer is not None and summarizer_id is None:
-            summarizer_id = f"{getattr(summarizer, '__module__', '')}.{getattr(summarizer, '__qualname__', '')}"
+            summarizer_id = (
+                f"{getattr(summarizer, '__module__', '')}.{getattr(summarizer, '__qualname__', '')}"
+            )
         self.summarizer_id = summarizer_id or "deterministic"
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._cache: dict[str, str] = {}
@@ -153,7 +155,9 @@ class ItemCompressor:
         records = [self.record(i) for i in todo]
         texts = [item_text(r, self.config) for r in records]
         if self.summarizer is not None:
-            answers = self.summarizer([{**r, "deterministic": t} for r, t in zip(records, texts, strict=True)])
+            answers = self.summarizer(
+                [{**r, "deterministic": t} for r, t in zip(records, texts, strict=True)]
+            )
             if len(answers) != len(records):
                 raise ValueError(f"summariser returned {len(answers)} texts for {len(records)} items")
             texts = [single_line(a) or t for a, t in zip(answers, texts, strict=True)]
@@ -172,10 +176,13 @@ class ItemCompressor:
         if self.cache_path is None:
             raise ValueError("no cache_path was given")
         ours = pl.DataFrame(
-            {"summarizer_id": [self.summarizer_id] * len(self._cache),
-             "item_id": list(self._cache), "text": list(self._cache.values())},
+            {
+                "summarizer_id": [self.summarizer_id] * len(self._cache),
+                "item_id": list(self._cache),
+                "text": list(self._cache.values()),
+            },
             schema=_CACHE_SCHEMA,
-        )  # fmt: skip
+        )
         if self.cache_path.exists():
             other = pl.read_parquet(self.cache_path).filter(pl.col("summarizer_id") != self.summarizer_id)
             ours = pl.concat([other.select(list(_CACHE_SCHEMA)).cast(_CACHE_SCHEMA), ours])

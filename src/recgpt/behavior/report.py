@@ -62,22 +62,24 @@ def compression_report(
         hist = view.history(r.user_id)
         reliable = filter_reliable(hist, compressor.config.filter)
         sep = compressor.config.items.category_sep
-        rows.append({
-            "user_id": r.user_id,
-            "asof": utc_date(r.asof_ts).isoformat(),
-            "n_events": r.n_events,
-            "n_reliable": r.n_reliable,
-            "raw_tokens": count("\n".join(raw_lines(hist, items, sep))),
-            "reliable_raw_tokens": count("\n".join(raw_lines(reliable, items, sep))),
-            "compressed_tokens": r.full_tokens,
-            "fitted_tokens": r.tokens,
-            "n_lines": r.n_lines,
-            "n_buckets": len(r.buckets),
-            "n_dropped_buckets": len(r.dropped_buckets),
-            "dropped_events": r.dropped_events,
-            "budget": compressor.config.budget,
-            "tokenizer": compressor.counter.name,
-        })  # fmt: skip
+        rows.append(
+            {
+                "user_id": r.user_id,
+                "asof": utc_date(r.asof_ts).isoformat(),
+                "n_events": r.n_events,
+                "n_reliable": r.n_reliable,
+                "raw_tokens": count("\n".join(raw_lines(hist, items, sep))),
+                "reliable_raw_tokens": count("\n".join(raw_lines(reliable, items, sep))),
+                "compressed_tokens": r.full_tokens,
+                "fitted_tokens": r.tokens,
+                "n_lines": r.n_lines,
+                "n_buckets": len(r.buckets),
+                "n_dropped_buckets": len(r.dropped_buckets),
+                "dropped_events": r.dropped_events,
+                "budget": compressor.config.budget,
+                "tokenizer": compressor.counter.name,
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -95,7 +97,10 @@ def summarize(report: pl.DataFrame, budgets: Sequence[int]) -> dict[str, Any]:
         for col in TOKEN_COLUMNS
     }
     within = {
-        int(b): {col: float((report[col] <= b).mean()) for col in ("raw_tokens", "reliable_raw_tokens", "compressed_tokens")}
+        int(b): {
+            col: float((report[col] <= b).mean())
+            for col in ("raw_tokens", "reliable_raw_tokens", "compressed_tokens")
+        }
         for b in budgets
     }
     ratio = report["raw_tokens"].sum() / max(int(report["compressed_tokens"].sum()), 1)
@@ -107,8 +112,13 @@ def summarize(report: pl.DataFrame, budgets: Sequence[int]) -> dict[str, Any]:
         "mean_dropped_buckets": float(report["n_dropped_buckets"].mean()),  # type: ignore[arg-type]
         "mean_dropped_events": float(report["dropped_events"].mean()),  # type: ignore[arg-type]
     }
-    return {"users": report.height, "tokens": tokens, "within": within, "fitted": fitted,
-            "raw_over_compressed": float(ratio)}
+    return {
+        "users": report.height,
+        "tokens": tokens,
+        "within": within,
+        "fitted": fitted,
+        "raw_over_compressed": float(ratio),
+    }
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None, title: str = "") -> None:
@@ -122,11 +132,15 @@ def print_summary(summary: dict[str, Any], console: Console | None = None, title
         s = summary["tokens"][col]
         t.add_row(label, f"{s['mean']:,.0f}", f"{s['median']:,.0f}", f"{s['p95']:,.0f}", f"{s['max']:,}")
     console.print(t)
-    w = Table(title=f"{title}share of users within budget (raw / compressed = {summary['raw_over_compressed']:.2f}x)")
+    w = Table(
+        title=f"{title}share of users within budget (raw / compressed = {summary['raw_over_compressed']:.2f}x)"
+    )
     for c in ("budget", "raw", "reliable raw", "compressed"):
         w.add_column(c, justify="right")
     for b, s in summary["within"].items():
-        w.add_row(f"{b:,}", *(f"{s[c]:.1%}" for c in ("raw_tokens", "reliable_raw_tokens", "compressed_tokens")))
+        w.add_row(
+            f"{b:,}", *(f"{s[c]:.1%}" for c in ("raw_tokens", "reliable_raw_tokens", "compressed_tokens"))
+        )
     console.print(w)
     f = summary["fitted"]
     console.print(

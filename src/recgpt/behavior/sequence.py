@@ -144,7 +144,9 @@ class BehaviorSequence:
         order = sorted(lines, key=lambda ks: (ks[-1][0], first_seen[lines[ks][0]]))
         return [self._line(ks, lines[ks], text_of, item_sep) for ks in order]
 
-    def _line(self, keys: tuple, targets: list[tuple[str, str]], text_of: Callable[[str], str], sep: str) -> str:
+    def _line(
+        self, keys: tuple, targets: list[tuple[str, str]], text_of: Callable[[str], str], sep: str
+    ) -> str:
         times: dict[int, list[str]] = {}
         for bucket, _, behavior in keys:
             times.setdefault(bucket, []).append(behavior)
@@ -153,7 +155,9 @@ class BehaviorSequence:
         return f"{when} | {what}"
 
 
-def prepare_sequence(reliable: pl.DataFrame, asof_ts: int, config: SequenceConfig | None = None) -> BehaviorSequence:
+def prepare_sequence(
+    reliable: pl.DataFrame, asof_ts: int, config: SequenceConfig | None = None
+) -> BehaviorSequence:
     """Bucket a reliable history frame (columns of EVENT_SCHEMA) relative to the as-of timestamp."""
     config = config or SequenceConfig()
     asof = utc_date(asof_ts)
@@ -164,7 +168,9 @@ def prepare_sequence(reliable: pl.DataFrame, asof_ts: int, config: SequenceConfi
     buckets: list[str] = []
     bucket_start: list[int] = []
     entries: list[Entry] = []
-    for ts, beh, item, query, text in ev.select("timestamp", "behavior", "item_id", "query", "text").iter_rows():
+    for ts, beh, item, query, text in ev.select(
+        "timestamp", "behavior", "item_id", "query", "text"
+    ).iter_rows():
         if query is not None and (beh == "search" or item is None):
             target = ("query", single_line(query))
         elif item is not None:

@@ -78,7 +78,10 @@ def guard_user_texts(
         sp, names = split, titles
         if shadow:
             blank = items.with_columns(
-                pl.when(pl.col("item_id").is_in(list(shadow))).then(pl.lit("")).otherwise(pl.col("title")).alias("title")
+                pl.when(pl.col("item_id").is_in(list(shadow)))
+                .then(pl.lit(""))
+                .otherwise(pl.col("title"))
+                .alias("title")
             )
             sp = dataclasses.replace(split, dataset=dataclasses.replace(split.dataset, items=blank))
             names = {k: ("" if k in shadow else v) for k, v in titles.items()}

@@ -219,7 +219,10 @@ def make_split(dataset: Dataset, config: SplitConfig | None = None) -> Split:
         train_points = pl.concat(
             [
                 valid_points,
-                events.select("user_id").unique().join(valid_points, on="user_id", how="anti").with_columns(
+                events.select("user_id")
+                .unique()
+                .join(valid_points, on="user_id", how="anti")
+                .with_columns(
                     pl.lit(np.iinfo(np.int64).max, dtype=pl.Int64).alias("point_ts"),
                     pl.lit(0, dtype=pl.Int64).alias("point_eid"),
                 ),
@@ -228,16 +231,25 @@ def make_split(dataset: Dataset, config: SplitConfig | None = None) -> Split:
         ).cast(POINT_SCHEMA)
     elif config.kind == "cutoff":
         ts = events["timestamp"]
-        t_valid = config.valid_cutoff if config.valid_cutoff is not None else int(ts.quantile(config.valid_quantile))
-        t_test = config.test_cutoff if config.test_cutoff is not None else int(ts.quantile(config.test_quantile))
+        t_valid = (
+            config.valid_cutoff
+            if config.valid_cutoff is not None
+            else int(ts.quantile(config.valid_quantile))
+        )
+        t_test = (
+            config.test_cutoff if config.test_cutoff is not None else int(ts.quantile(config.test_quantile))
+        )
         if not t_valid < t_test:
             raise ValueError(f"valid_cutoff ({t_valid}) must be before test_cutoff ({t_test})")
         users_before = {
-            t: set(events.filter(pl.col("timestamp") < t)["user_id"].unique().to_list()) for t in (t_valid, t_test)
+            t: set(events.filter(pl.col("timestamp") < t)["user_id"].unique().to_list())
+            for t in (t_valid, t_test)
         }
 
         def window(lo: int, hi: int | None) -> dict[str, list[str]]:
-            w = targets.filter((pl.col("timestamp") >= lo) & (pl.col("timestamp") < hi if hi else pl.lit(True)))
+            w = targets.filter(
+                (pl.col("timestamp") >= lo) & (pl.col("timestamp") < hi if hi else pl.lit(True))
+            )
             out: dict[str, list[str]] = {}
             for u, i in w.select("user_id", "item_id").iter_rows():
                 if u in users_before[lo]:
@@ -313,10 +325,13 @@ def subtask(task: EvalTask, events: pl.DataFrame, users: Sequence[str]) -> EvalT
         raise ValueError(f"users not in the {task.name} task: {missing[:5]}")
     idx = [pos[u] for u in users]
     points = pl.DataFrame(
-        {"user_id": list(users), "point_ts": [task.asof.point(u)[0] for u in users],
-         "point_eid": [task.asof.point(u)[1] for u in users]},
+        {
+            "user_id": list(users),
+            "point_ts": [task.asof.point(u)[0] for u in users],
+            "point_eid": [task.asof.point(u)[1] for u in users],
+        },
         schema={"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()},
-    )  # fmt: skip
+    )
     return EvalTask(
         name=task.name,
         user_ids=list(users),
@@ -325,5 +340,3 @@ def subtask(task: EvalTask, events: pl.DataFrame, users: Sequence[str]) -> EvalT
         histories=[task.histories[i] for i in idx],
         targets=[task.targets[i] for i in idx],
     )
-
-

@@ -51,34 +51,66 @@ _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{1,120})[\"“”«»]|(?
 _OBJECT = r"(?:tags?|interests?|explanations?|rationales?|reasons?|json|string|phrase|answer|label|keywords?)"
 _REST = r"(?P<payload>[\"“«'][^\n]{1,120}?[\"”»']|[^\n.;!?]{1,80})"
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("override", re.compile(
-        r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:(?:all|any|the|your|of|every|my)\s+)*"
-        r"(?:(?:previous|prior|above|earlier|preceding|former|system|original|other|existing|old)\s+)?"
-        r"(?:instructions?|prompts?|rules|directions|directives|guidelines|context|messages)\b", _F)),
-    ("new-instructions", re.compile(r"\b(?:new|updated|real|actual|hidden)\s+(?:instructions?|task|prompt)\s*:", _F)),
-    ("persona", re.compile(
-        r"\byou\s+are\s+(?:now|no\s+longer)\s+(?:an?\s+|the\s+|in\s+)?(?:[\w-]+\s+){0,2}?"
-        r"(?:assistant|model|ai|bot|chatbot|gpt|llm|dan|mode|system|agent|recommender)\b"
-        r"|\b(?:act|behave)\s+as\s+(?:an?\s+|the\s+)?(?:[\w-]+\s+){0,2}?(?:assistant|model|ai|bot|chatbot|llm|system)\b",
-        _F)),
-    ("output-directive", re.compile(
-        r"\b(?:output|respond|reply|print|say|answer|write|return|emit|generate|repeat|include|add|use|insert)"
-        r"\s+(?:(?:only|exactly|just|always|with|as|in|your|the|this|these|a|an|following|every)\s+)*"
-        rf"{_OBJECT}\b\s*[:=]?\s*{_REST}", _F)),
-    ("output-quoted", re.compile(
-        r"\b(?:output|print|emit|repeat|(?:respond|reply|answer)\s+(?:only\s+)?with)\s*:?\s*"
-        r"(?P<payload>[\"“«][^\"”»\n]{1,120}[\"”»])", _F)),
-    ("role-marker", re.compile(
-        r"(?:^|[\n\r]|[.!?;]\s+)\s*(?:system|assistant|developer)\s*:\s*(?P<payload>[^\n]{0,120})", _F)),
-    ("template-token", re.compile(
-        r"<\|[a-z_]{2,20}\|>|</?(?:system|assistant|user|inst|sys)>|\[/?INST\]|<</?SYS>>", _F)),
+    (
+        "override",
+        re.compile(
+            r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:(?:all|any|the|your|of|every|my)\s+)*"
+            r"(?:(?:previous|prior|above|earlier|preceding|former|system|original|other|existing|old)\s+)?"
+            r"(?:instructions?|prompts?|rules|directions|directives|guidelines|context|messages)\b",
+            _F,
+        ),
+    ),
+    (
+        "new-instructions",
+        re.compile(r"\b(?:new|updated|real|actual|hidden)\s+(?:instructions?|task|prompt)\s*:", _F),
+    ),
+    (
+        "persona",
+        re.compile(
+            r"\byou\s+are\s+(?:now|no\s+longer)\s+(?:an?\s+|the\s+|in\s+)?(?:[\w-]+\s+){0,2}?"
+            r"(?:assistant|model|ai|bot|chatbot|gpt|llm|dan|mode|system|agent|recommender)\b"
+            r"|\b(?:act|behave)\s+as\s+(?:an?\s+|the\s+)?(?:[\w-]+\s+){0,2}?(?:assistant|model|ai|bot|chatbot|llm|system)\b",
+            _F,
+        ),
+    ),
+    (
+        "output-directive",
+        re.compile(
+            r"\b(?:output|respond|reply|print|say|answer|write|return|emit|generate|repeat|include|add|use|insert)"
+            r"\s+(?:(?:only|exactly|just|always|with|as|in|your|the|this|these|a|an|following|every)\s+)*"
+            rf"{_OBJECT}\b\s*[:=]?\s*{_REST}",
+            _F,
+        ),
+    ),
+    (
+        "output-quoted",
+        re.compile(
+            r"\b(?:output|print|emit|repeat|(?:respond|reply|answer)\s+(?:only\s+)?with)\s*:?\s*"
+            r"(?P<payload>[\"“«][^\"”»\n]{1,120}[\"”»])",
+            _F,
+        ),
+    ),
+    (
+        "role-marker",
+        re.compile(
+            r"(?:^|[\n\r]|[.!?;]\s+)\s*(?:system|assistant|developer)\s*:\s*(?P<payload>[^\n]{0,120})", _F
+        ),
+    ),
+    (
+        "template-token",
+        re.compile(r"<\|[a-z_]{2,20}\|>|</?(?:system|assistant|user|inst|sys)>|\[/?INST\]|<</?SYS>>", _F),
+    ),
     ("heading", re.compile(r"#{2,}\s*(?:instructions?|system|response|assistant|user|input|prompt)\b", _F)),
-    ("json-payload", re.compile(
-        rf"\{{\s*[\"']?{_OBJECT}[\"']?\s*:(?P<payload>[^}}]{{0,200}})\}}?", _F)),
-    ("directive", re.compile(
-        r"(?:^|[\s,;.(\[])(?:tags?|interests?)\s*[:=]\s*(?P<payload>[\"“][^\"”\n]{1,80}[\"”]|[^\n.;,]{2,60})", _F)),
+    ("json-payload", re.compile(rf"\{{\s*[\"']?{_OBJECT}[\"']?\s*:(?P<payload>[^}}]{{0,200}})\}}?", _F)),
+    (
+        "directive",
+        re.compile(
+            r"(?:^|[\s,;.(\[])(?:tags?|interests?)\s*[:=]\s*(?P<payload>[\"“][^\"”\n]{1,80}[\"”]|[^\n.;,]{2,60})",
+            _F,
+        ),
+    ),
     ("url", re.compile(r"\b(?:https?://|www\.)[^\s\"'<>]{3,}|\bjavascript:\S+", _F)),
-)  # fmt: skip
+)
 _KEY = re.compile(
     rf"^{_OBJECT}$|^(?:id|interest_id|stage|analysis|tag|interest)$", _F
 )  # JSON keys, not payloads
@@ -145,11 +177,15 @@ class _Field:
 
 
 _TEXT_FIELDS = (
-    _Field("item", "item_id", "title"), _Field("item", "item_id", "description"),
-    _Field("item", "item_id", "brand"), _Field("item", "item_id", "merchant"),
-    _Field("event", "event_id", "text"), _Field("event", "event_id", "query"),
-    _Field("user", "user_id", "location"), _Field("user", "user_id", "occupation"),
-)  # fmt: skip
+    _Field("item", "item_id", "title"),
+    _Field("item", "item_id", "description"),
+    _Field("item", "item_id", "brand"),
+    _Field("item", "item_id", "merchant"),
+    _Field("event", "event_id", "text"),
+    _Field("event", "event_id", "query"),
+    _Field("user", "user_id", "location"),
+    _Field("user", "user_id", "occupation"),
+)
 _LINK_FIELDS = frozenset({"description"})  # and attributes: fields where a URL is ordinary data
 
 
@@ -188,8 +224,16 @@ def scan_dataset(dataset: Dataset) -> pl.DataFrame:
         if found is None:
             found = memo[(text, urls)] = scan_text(text, urls=urls)
         for rule, span, payload in found:
-            rows.append({"source": source, "id": i, "field": field, "rule": rule, "span": span[:200],
-                         "payload": payload[:200]})  # fmt: skip
+            rows.append(
+                {
+                    "source": source,
+                    "id": i,
+                    "field": field,
+                    "rule": rule,
+                    "span": span[:200],
+                    "payload": payload[:200],
+                }
+            )
     return pl.DataFrame(rows, schema=UNTRUSTED_SCHEMA).unique(maintain_order=True)
 
 
@@ -227,10 +271,26 @@ def redact_dataset(dataset: Dataset, report: pl.DataFrame) -> Dataset:
         key = pl.col(id_col).cast(pl.String)
         indexed = df.with_row_index("_row")
         hit = indexed.filter(key.is_in(list(ids)))
-        cols = [c for c in ("title", "description", "brand", "merchant", "categories", "attributes", "text", "query",
-                            "location", "occupation") if c in df.columns]  # fmt: skip
-        rows = [{c: (fix(r[c], pieces[(source, str(r[id_col]))]) if c in cols else r[c]) for c in hit.columns}
-                for r in hit.iter_rows(named=True)]  # fmt: skip
+        cols = [
+            c
+            for c in (
+                "title",
+                "description",
+                "brand",
+                "merchant",
+                "categories",
+                "attributes",
+                "text",
+                "query",
+                "location",
+                "occupation",
+            )
+            if c in df.columns
+        ]
+        rows = [
+            {c: (fix(r[c], pieces[(source, str(r[id_col]))]) if c in cols else r[c]) for c in hit.columns}
+            for r in hit.iter_rows(named=True)
+        ]
         fixed = pl.DataFrame(rows, schema=hit.schema)
         changes[name] = pl.concat([indexed.filter(~key.is_in(list(ids))), fixed]).sort("_row").drop("_row")
     return dataclasses.replace(dataset, **changes)

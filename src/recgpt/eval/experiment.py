@@ -78,8 +78,10 @@ def check_model_params(models: list[str], params: dict[str, Any]) -> None:
 def check_catalogue(ks: tuple[int, ...], n_items: int) -> None:
     """Every cut-off must fit in the catalogue: a top-K list of a 5-item catalogue has no 10th item."""
     if max(ks) > n_items:
-        raise ValueError(f"cut-off K={max(ks)} is larger than the catalogue ({n_items} items); "
-                         f"use --ks with values <= {n_items}")  # fmt: skip
+        raise ValueError(
+            f"cut-off K={max(ks)} is larger than the catalogue ({n_items} items); "
+            f"use --ks with values <= {n_items}"
+        )
 
 
 @dataclass

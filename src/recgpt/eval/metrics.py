@@ -138,7 +138,9 @@ def _unit_rows(x: sp.spmatrix | np.ndarray, n_items: int, name: str) -> sp.csr_m
     return np.divide(d, norms, out=np.zeros_like(d), where=norms > 0)
 
 
-def _relevance(lists: np.ndarray, truth: sp.spmatrix | np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+def _relevance(
+    lists: np.ndarray, truth: sp.spmatrix | np.ndarray, n_cols: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(rel, n_rel): rel[u, j] = slot j of user u is a ground-truth item; n_rel = |R(u)|."""
     n_users = lists.shape[0]
     valid = lists >= 0
@@ -184,9 +186,7 @@ def _list_matrix(lists: np.ndarray, n_items: int) -> sp.csr_matrix:
     """0/1 user x item matrix of the non-empty slots (no duplicates by construction)."""
     valid = lists >= 0
     indptr = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
-    return sp.csr_matrix(
-        (np.ones(int(indptr[-1])), lists[valid], indptr), shape=(lists.shape[0], n_items)
-    )
+    return sp.csr_matrix((np.ones(int(indptr[-1])), lists[valid], indptr), shape=(lists.shape[0], n_items))
 
 
 def _row_sq_norms(m: sp.csr_matrix | np.ndarray) -> np.ndarray:

@@ -16,8 +16,19 @@ if TYPE_CHECKING:
     from recgpt.eval.experiment import ExperimentResult
 
 TABLE_COLUMNS = (
-    "HR@10", "NDCG@10", "MRR@10", "HR@50", "NDCG@50",
-    "Coverage@10", "Gini@10", "Entropy@10", "Novelty@10", "Tail@10", "ILD@10", "CatDiv@10", "Serendipity@10",
+    "HR@10",
+    "NDCG@10",
+    "MRR@10",
+    "HR@50",
+    "NDCG@50",
+    "Coverage@10",
+    "Gini@10",
+    "Entropy@10",
+    "Novelty@10",
+    "Tail@10",
+    "ILD@10",
+    "CatDiv@10",
+    "Serendipity@10",
 )
 
 

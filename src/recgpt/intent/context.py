@@ -27,8 +27,20 @@ from recgpt.intent.pool import InterestPool
 from recgpt.llm.types import LLMRequest
 
 ATTRIBUTE_FIELDS = ("age", "gender", "occupation", "location")
-_SEASONS_NORTH = {12: "winter", 1: "winter", 2: "winter", 3: "spring", 4: "spring", 5: "spring",
-                  6: "summer", 7: "summer", 8: "summer", 9: "autumn", 10: "autumn", 11: "autumn"}  # fmt: skip
+_SEASONS_NORTH = {
+    12: "winter",
+    1: "winter",
+    2: "winter",
+    3: "spring",
+    4: "spring",
+    5: "spring",
+    6: "summer",
+    7: "summer",
+    8: "summer",
+    9: "autumn",
+    10: "autumn",
+    11: "autumn",
+}
 _UNCLOSED = re.compile(r"\s*[(\[][^)\]]*$")
 _QUOTES = "\"'`“”‘’«»*_#- "
 _OPPOSITE = {"winter": "summer", "summer": "winter", "spring": "autumn", "autumn": "spring"}
@@ -109,10 +121,16 @@ def build_contexts(
         seen = tuple(
             (clean_title(titles[i] or ""), int(t)) for i, t in hist.select("item_id", "timestamp").iter_rows()
         )
-        out.append(UserContext(
-            user_id=u, asof_ts=task.asof.point(u)[0], attributes=attrs.get(u, {}), history=compressed[u],
-            pool=tuple(matched.get(u, ())), items=seen,
-        ))  # fmt: skip
+        out.append(
+            UserContext(
+                user_id=u,
+                asof_ts=task.asof.point(u)[0],
+                attributes=attrs.get(u, {}),
+                history=compressed[u],
+                pool=tuple(matched.get(u, ())),
+                items=seen,
+            )
+        )
     return out
 
 

@@ -65,10 +65,28 @@ PAIRS_SCHEMA = {
     "score": pl.Float64(),
 }
 DEFAULT_PROHIBITED: tuple[str, ...] = (
-    "practical", "versatile", "elegant", "essential", "must-have", "must have", "must-see", "must see",
-    "must-watch", "must watch", "perfect", "best ever",
-    "ultimate", "amazing", "game-changer", "100%", "guaranteed", "forever", "buy now", "limited time", "act now",
-)  # fmt: skip
+    "practical",
+    "versatile",
+    "elegant",
+    "essential",
+    "must-have",
+    "must have",
+    "must-see",
+    "must see",
+    "must-watch",
+    "must watch",
+    "perfect",
+    "best ever",
+    "ultimate",
+    "amazing",
+    "game-changer",
+    "100%",
+    "guaranteed",
+    "forever",
+    "buy now",
+    "limited time",
+    "act now",
+)
 EXAMPLE_EXPLANATION = "Dry feet for your muddy trail miles"
 UNTRUSTED_FALLBACK = "Something new to explore"  # a rule-based text would have repeated a flagged payload
 
@@ -138,8 +156,11 @@ def match_pairs(
     member = phi.membership[rows].toarray() > 0  # (n_pool, n_categories)
     sims = np.asarray(phi.encoder.encode(names), dtype=np.float32) @ phi.vectors[rows].T
     for i, name in enumerate(names):
-        top = [c for c in np.lexsort((np.arange(cat_scores.shape[1]), -cat_scores[i]))[: cfg.phi_top_k]
-               if cat_scores[i, c] > 0]  # fmt: skip
+        top = [
+            c
+            for c in np.lexsort((np.arange(cat_scores.shape[1]), -cat_scores[i]))[: cfg.phi_top_k]
+            if cat_scores[i, c] > 0
+        ]
         if not top:
             continue
         hit = member[:, top].any(axis=1)
@@ -199,8 +220,11 @@ def check_explanation(cfg: ExplanationsConfig, text: str, title: str) -> tuple[s
 def _fit(cfg: ExplanationsConfig, text: str) -> str:
     """A rule-based text made to fit the length limits (fallbacks must obey the rules too)."""
     text = " ".join(text.split())
-    return text if len(text.split()) <= cfg.max_words and len(text) <= cfg.max_chars else _truncate(
-        text, cfg.max_words, cfg.max_chars)  # fmt: skip
+    return (
+        text
+        if len(text.split()) <= cfg.max_words and len(text) <= cfg.max_chars
+        else _truncate(text, cfg.max_words, cfg.max_chars)
+    )
 
 
 def pair_explanation(cfg: ExplanationsConfig, interest: str, category: str) -> str:
@@ -329,8 +353,10 @@ def generate_explanations(
 def lookup(table: pl.DataFrame, interest: str, item_id: str) -> str | None:
     """The stored explanation of (interest, item) (case/spacing-insensitive interest), or None."""
     key = phrase_key(interest)
-    hit = table.filter((pl.col("item_id") == item_id) & (pl.col("interest").map_elements(
-        phrase_key, return_dtype=pl.String) == key))  # fmt: skip
+    hit = table.filter(
+        (pl.col("item_id") == item_id)
+        & (pl.col("interest").map_elements(phrase_key, return_dtype=pl.String) == key)
+    )
     return None if hit.is_empty() else str(hit["explanation"][0])
 
 

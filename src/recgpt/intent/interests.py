@@ -166,10 +166,17 @@ def postprocess_interests(
     pool = ctx.pool[: cfg.pool_size]
     listed = _matches_pool([k.interest for k in kept], pool, encoder, cfg.listed_similarity) if kept else []
     return [
-        {"user_id": ctx.user_id, "interest_id": i, "interest": k.interest, "stage": k.stage, "reason": k.reason,
-         "kind": "listed" if is_listed else "extended", "template": ""}
+        {
+            "user_id": ctx.user_id,
+            "interest_id": i,
+            "interest": k.interest,
+            "stage": k.stage,
+            "reason": k.reason,
+            "kind": "listed" if is_listed else "extended",
+            "template": "",
+        }
         for i, (k, is_listed) in enumerate(zip(kept, listed, strict=True), start=1)
-    ]  # fmt: skip
+    ]
 
 
 def _pool_fallback(
@@ -177,10 +184,17 @@ def _pool_fallback(
 ) -> list[dict[str, Any]]:
     pool = [p for p in ctx.pool if untrusted is None or not untrusted.hit(p)][: cfg.count]
     return [
-        {"user_id": ctx.user_id, "interest_id": i, "interest": p, "stage": "long-term",
-         "reason": "matched from the behaviour history (fallback)", "kind": "listed", "template": FALLBACK_TEMPLATE}
+        {
+            "user_id": ctx.user_id,
+            "interest_id": i,
+            "interest": p,
+            "stage": "long-term",
+            "reason": "matched from the behaviour history (fallback)",
+            "kind": "listed",
+            "template": FALLBACK_TEMPLATE,
+        }
         for i, p in enumerate(pool, start=1)
-    ]  # fmt: skip
+    ]
 
 
 class InterestsTask(LLMTask[UserContext]):

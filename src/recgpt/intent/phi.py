@@ -73,8 +73,13 @@ class TagToCategory:
             raise ValueError("φ needs an items table with 'item_id' and 'title' columns")
         if "categories" not in items.columns:
             raise ValueError("φ needs item categories: the items table has no 'categories' column")
-        rows = [r for r in items.select([c for c in ("item_id", "title", "brand", "categories") if c in items.columns])
-                .iter_rows(named=True) if any(c and c.strip() for c in (r["categories"] or []))]  # fmt: skip
+        rows = [
+            r
+            for r in items.select(
+                [c for c in ("item_id", "title", "brand", "categories") if c in items.columns]
+            ).iter_rows(named=True)
+            if any(c and c.strip() for c in (r["categories"] or []))
+        ]
         if not rows:
             raise ValueError("φ needs item categories: no item has any")
         cats = sorted({c.strip() for r in rows for c in r["categories"] if c and c.strip()})
@@ -92,7 +97,9 @@ class TagToCategory:
         self._item_cats = member
         n_cats = np.diff(member.indptr).astype(np.float64)
         self._votes = sp.csr_matrix(sp.diags(1.0 / n_cats) @ member) if self.config.split_votes else member
-        self.vectors = np.asarray(self.encoder.encode([item_embedding_text(r) for r in rows]), dtype=np.float32)
+        self.vectors = np.asarray(
+            self.encoder.encode([item_embedding_text(r) for r in rows]), dtype=np.float32
+        )
         return self
 
     def _check_fitted(self) -> None:
@@ -110,8 +117,11 @@ class TagToCategory:
         for start in range(0, n, _CHUNK):
             q = np.asarray(self.encoder.encode(list(texts[start : start + _CHUNK])), dtype=np.float32)
             sims = q @ self.vectors.T
-            nn = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(
-                np.arange(sims.shape[1]), (len(q), 1))  # fmt: skip
+            nn = (
+                np.argpartition(-sims, k - 1, axis=1)[:, :k]
+                if k < sims.shape[1]
+                else np.tile(np.arange(sims.shape[1]), (len(q), 1))
+            )
             w = np.take_along_axis(sims, nn, axis=1)
             w = np.where(w >= self.config.min_similarity, np.maximum(w, 0.0), 0.0)
             rows = np.repeat(np.arange(len(q)), nn.shape[1])

@@ -121,8 +121,11 @@ def _category_entries(items: pl.DataFrame, min_support: int) -> list[PoolEntry]:
     counts: Counter[str] = Counter()
     for cats in items["categories"].to_list() if "categories" in items.columns else []:
         counts.update({c.strip() for c in (cats or []) if c and c.strip()})
-    return [PoolEntry(c, "category", n) for c, n in sorted(counts.items(), key=lambda x: (-x[1], x[0]))
-            if n >= min_support]  # fmt: skip
+    return [
+        PoolEntry(c, "category", n)
+        for c, n in sorted(counts.items(), key=lambda x: (-x[1], x[0]))
+        if n >= min_support
+    ]
 
 
 def title_phrases(titles: Iterable[str], config: PoolConfig) -> list[tuple[str, int]]:
@@ -164,7 +167,9 @@ class InterestPool:
         self, entries: Sequence[PoolEntry], items: pl.DataFrame, encoder: TextEncoder, config: PoolConfig
     ) -> None:
         if not entries:
-            raise ValueError("the interest pool is empty: the catalogue has no category or phrase with enough support")
+            raise ValueError(
+                "the interest pool is empty: the catalogue has no category or phrase with enough support"
+            )
         self.entries = list(entries)
         self.config = config
         self.encoder = encoder
@@ -174,7 +179,9 @@ class InterestPool:
         self._baseline: np.ndarray | None = None
 
     @classmethod
-    def build(cls, items: pl.DataFrame, encoder: TextEncoder, config: PoolConfig | None = None) -> InterestPool:
+    def build(
+        cls, items: pl.DataFrame, encoder: TextEncoder, config: PoolConfig | None = None
+    ) -> InterestPool:
         """Pool of a catalogue (the dataset's items table)."""
         config = config or PoolConfig()
         if "item_id" not in items.columns or "title" not in items.columns:
@@ -194,10 +201,13 @@ class InterestPool:
     def to_frame(self) -> pl.DataFrame:
         """The pool as a table: interest, source, support."""
         return pl.DataFrame(
-            {"interest": self.names, "source": [e.source for e in self.entries],
-             "support": [e.support for e in self.entries]},
+            {
+                "interest": self.names,
+                "source": [e.source for e in self.entries],
+                "support": [e.support for e in self.entries],
+            },
             schema={"interest": pl.String(), "source": pl.String(), "support": pl.Int64()},
-        )  # fmt: skip
+        )
 
     def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
         """Embeddings of item texts, computed once per item and kept."""
@@ -260,8 +270,11 @@ class InterestPool:
             s = self.scores(histories[u])
             best = np.argsort(-s, kind="stable")[:top_n]
             for rank, j in enumerate(best, start=1):
-                for k, v in zip(rows, (u, rank, self.entries[j].interest, self.entries[j].source, float(s[j])),
-                                strict=True):  # fmt: skip
+                for k, v in zip(
+                    rows,
+                    (u, rank, self.entries[j].interest, self.entries[j].source, float(s[j])),
+                    strict=True,
+                ):
                     rows[k].append(v)
         return pl.DataFrame(rows, schema=POOL_MATCH_SCHEMA)
 

@@ -73,8 +73,10 @@ EXAMPLE_TAGS = (
     "cast iron bread baking pot",
 )
 EXAMPLE_RATIONALES = (
-    "spring trail runs after buying running shoes", "marathon plan searched this week", "next step after the sourdough kit",
-)  # fmt: skip
+    "spring trail runs after buying running shoes",
+    "marathon plan searched this week",
+    "next step after the sourdough kit",
+)
 FALLBACK_RATIONALE = "fallback: interest used as tag"
 
 
@@ -218,9 +220,18 @@ def postprocess_tags(
             continue
         seen.add(key)
         modifier, core = split_tag(tag)
-        rows.append({"user_id": ctx.user_id, "tag": tag, "modifier": modifier, "core": core,
-                     "interest_id": t.interest_id, "interest": names[t.interest_id],
-                     "rationale": clean_phrase(t.rationale), "rank": 0})  # fmt: skip
+        rows.append(
+            {
+                "user_id": ctx.user_id,
+                "tag": tag,
+                "modifier": modifier,
+                "core": core,
+                "interest_id": t.interest_id,
+                "interest": names[t.interest_id],
+                "rationale": clean_phrase(t.rationale),
+                "rank": 0,
+            }
+        )
     ranked = _round_robin(rows)
     for rank, r in enumerate(ranked, start=1):
         r["rank"] = rank
@@ -234,8 +245,18 @@ def _interest_fallback(
     safe = [(i, n) for i, n in interests if untrusted is None or not untrusted.hit(n)]
     for rank, (iid, name) in enumerate(safe, start=1):
         modifier, core = split_tag(name)
-        rows.append({"user_id": ctx.user_id, "tag": name, "modifier": modifier, "core": core, "interest_id": iid,
-                     "interest": name, "rationale": FALLBACK_RATIONALE, "rank": rank})  # fmt: skip
+        rows.append(
+            {
+                "user_id": ctx.user_id,
+                "tag": name,
+                "modifier": modifier,
+                "core": core,
+                "interest_id": iid,
+                "interest": name,
+                "rationale": FALLBACK_RATIONALE,
+                "rank": rank,
+            }
+        )
     return rows
 
 
@@ -326,8 +347,18 @@ def history_baseline_tags(
             texts.append(clean_title(meta[iid]["title"] or ""))
         for rank, tag in enumerate(dict.fromkeys(t for t in texts if t.strip()), start=1):
             modifier, core = split_tag(tag)
-            rows.append({"user_id": u, "tag": tag, "modifier": modifier, "core": core, "interest_id": None,
-                         "interest": None, "rationale": "history baseline", "rank": rank})  # fmt: skip
+            rows.append(
+                {
+                    "user_id": u,
+                    "tag": tag,
+                    "modifier": modifier,
+                    "core": core,
+                    "interest_id": None,
+                    "interest": None,
+                    "rationale": "history baseline",
+                    "rank": rank,
+                }
+            )
     return pl.DataFrame(rows, schema=TAGS_SCHEMA)
 
 

@@ -1,9 +1,9 @@
 """Human-LLM cooperative judge (RecGPT §1.8): criteria, LLM judge, rules, human labels, calibration, buffer.
 
-    from recgpt.judge import Judge, JudgeConfig, samples_from_run, pass_rates
-    samples = samples_from_run("runs/quickstart")
-    verdicts = Judge(engine).run(samples)
-    pass_rates(verdicts)  # {task: {"overall": r, criterion: r, ..., "n": n, "errors": k}}
+from recgpt.judge import Judge, JudgeConfig, samples_from_run, pass_rates
+samples = samples_from_run("runs/quickstart")
+verdicts = Judge(engine).run(samples)
+pass_rates(verdicts)  # {task: {"overall": r, criterion: r, ..., "n": n, "errors": k}}
 """
 
 from recgpt.judge.criteria import CRITERIA, TASKS, Criterion, criteria, verdict_model

@@ -20,10 +20,19 @@ from recgpt.judge.criteria import TASKS, criteria, is_rule
 from recgpt.judge.judge import overall
 
 CALIBRATION_SCHEMA: dict[str, pl.DataType] = {
-    "task": pl.String(), "judge": pl.String(), "criterion": pl.String(), "n": pl.Int64(),
-    "ACC": pl.Float64(), "P": pl.Float64(), "R": pl.Float64(), "F1": pl.Float64(),
-    "tp": pl.Int64(), "fp": pl.Int64(), "fn": pl.Int64(), "tn": pl.Int64(),
-}  # fmt: skip
+    "task": pl.String(),
+    "judge": pl.String(),
+    "criterion": pl.String(),
+    "n": pl.Int64(),
+    "ACC": pl.Float64(),
+    "P": pl.Float64(),
+    "R": pl.Float64(),
+    "F1": pl.Float64(),
+    "tp": pl.Int64(),
+    "fp": pl.Int64(),
+    "fn": pl.Int64(),
+    "tn": pl.Int64(),
+}
 
 
 def binary_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -37,12 +46,23 @@ def binary_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return {"n": n, "ACC": (tp + tn) / n if n else 0.0, "P": p, "R": r, "F1": f1,
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn}  # fmt: skip
+    return {
+        "n": n,
+        "ACC": (tp + tn) / n if n else 0.0,
+        "P": p,
+        "R": r,
+        "F1": f1,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
 
 
 def _pairs(pred: pl.DataFrame, truth: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    joined = pred.select("sample_id", "pred").join(truth.select("sample_id", "label"), on="sample_id", how="inner")
+    joined = pred.select("sample_id", "pred").join(
+        truth.select("sample_id", "label"), on="sample_id", how="inner"
+    )
     return joined["pred"].to_numpy(), joined["label"].to_numpy()
 
 
@@ -63,10 +83,14 @@ def calibrate(
         mine = labels.filter(pl.col("task") == task)
         if mine.is_empty():
             continue
-        checks = [("overall", per_sample.filter(pl.col("task") == task), mine.filter(pl.col("criterion").is_null()))]
+        checks = [
+            ("overall", per_sample.filter(pl.col("task") == task), mine.filter(pl.col("criterion").is_null()))
+        ]
         for c in criteria(task):
             pred = verdicts.filter((pl.col("task") == task) & (pl.col("criterion") == c.name))
-            checks.append((c.name, pred.rename({"passed": "pred"}), mine.filter(pl.col("criterion") == c.name)))
+            checks.append(
+                (c.name, pred.rename({"passed": "pred"}), mine.filter(pl.col("criterion") == c.name))
+            )
         for name, pred, truth in checks:
             p, t = _pairs(pred, truth)
             if len(p) == 0:
@@ -83,8 +107,13 @@ def calibration_table(table: pl.DataFrame, title: str = "judge vs human (positiv
     for c in ("task", "judge", "criterion", "n", "ACC", "P", "R", "F1"):
         t.add_column(c, justify="left" if c in ("task", "judge", "criterion") else "right")
     for r in table.iter_rows(named=True):
-        t.add_row(r["task"], r["judge"], r["criterion"], str(r["n"]),
-                  *(f"{r[k]:.4f}" for k in ("ACC", "P", "R", "F1")))  # fmt: skip
+        t.add_row(
+            r["task"],
+            r["judge"],
+            r["criterion"],
+            str(r["n"]),
+            *(f"{r[k]:.4f}" for k in ("ACC", "P", "R", "F1")),
+        )
     return t
 
 

@@ -64,33 +64,48 @@ class Criterion:
 
 CRITERIA: dict[str, tuple[Criterion, ...]] = {
     "interests": (
-        Criterion("willingness", BINARY,
-                  "Is it something the user would enjoy by choice (a hobby, passion, taste or curiosity), "
-                  "not a daily necessity or obligation?"),
-        Criterion("reasonableness", THREE_LEVEL,
-                  "How well does the behaviour history support it? Excellent: clear evidence in several "
-                  "behaviours. Good: some evidence. Bad: weak, unrelated or no evidence."),
+        Criterion(
+            "willingness",
+            BINARY,
+            "Is it something the user would enjoy by choice (a hobby, passion, taste or curiosity), "
+            "not a daily necessity or obligation?",
+        ),
+        Criterion(
+            "reasonableness",
+            THREE_LEVEL,
+            "How well does the behaviour history support it? Excellent: clear evidence in several "
+            "behaviours. Good: some evidence. Bad: weak, unrelated or no evidence.",
+        ),
     ),
     "tags": (
         Criterion("relevance", BINARY, "Does the tag fit the interest it is linked to?"),
-        Criterion("consistency", BINARY,
-                  "Is the tag grounded in the user's real profile and history, not made up?"),
-        Criterion("specificity", BINARY,
-                  "Is the tag a specific kind of item (modifier + item), not a broad generic category?"),
+        Criterion(
+            "consistency", BINARY, "Is the tag grounded in the user's real profile and history, not made up?"
+        ),
+        Criterion(
+            "specificity",
+            BINARY,
+            "Is the tag a specific kind of item (modifier + item), not a broad generic category?",
+        ),
         Criterion("validity", BINARY, "Does such an item really exist?"),
     ),
     "explanations": (
         Criterion("relevance", BINARY, "Does the explanation relate to both the item and the interest?"),
-        Criterion("factuality", THREE_LEVEL,
-                  "Is it true to the item? Excellent: accurate. Good: mostly accurate. Bad: invented "
-                  "features or exaggeration."),
-        Criterion("clarity", THREE_LEVEL,
-                  "Is it fluent, grammatical and natural? Excellent: very clear. Good: clear enough. "
-                  "Bad: broken, repetitive or hard to read."),
-        Criterion("safety", BINARY,
-                  "Is it free of personal data, sensitive content and pushy sales talk?"),
+        Criterion(
+            "factuality",
+            THREE_LEVEL,
+            "Is it true to the item? Excellent: accurate. Good: mostly accurate. Bad: invented "
+            "features or exaggeration.",
+        ),
+        Criterion(
+            "clarity",
+            THREE_LEVEL,
+            "Is it fluent, grammatical and natural? Excellent: very clear. Good: clear enough. "
+            "Bad: broken, repetitive or hard to read.",
+        ),
+        Criterion("safety", BINARY, "Is it free of personal data, sensitive content and pushy sales talk?"),
     ),
-}  # fmt: skip
+}
 
 
 def check_task(task: str) -> str:
@@ -136,8 +151,9 @@ def verdict_model(task: str, reason_chars: int = 0) -> type[VerdictBase]:
         fields["reason"] = (str, Field(default="", max_length=reason_chars))
     for c in criteria(task):
         fields[c.name] = (Literal[c.scale], ...)  # type: ignore[valid-type]
-    return create_model(f"{task.capitalize()}Verdict{'R' if reason_chars else ''}", __base__=VerdictBase,
-                        **fields)  # fmt: skip
+    return create_model(
+        f"{task.capitalize()}Verdict{'R' if reason_chars else ''}", __base__=VerdictBase, **fields
+    )
 
 
 def verdicts_of(task: str, value: BaseModel) -> dict[str, str]:

@@ -34,8 +34,12 @@ from recgpt.llm.types import LLMRequest, SamplingParams
 
 STAGE = "judge"
 CHARS_PER_WORD = 8  # reason length cap = reason_words * this (validation; the grammar cannot bound it)
-OVERALL_SCHEMA: dict[str, pl.DataType] = {"sample_id": pl.String(), "task": pl.String(), "passed": pl.Boolean(),
-                                          "failed": pl.List(pl.String())}  # fmt: skip
+OVERALL_SCHEMA: dict[str, pl.DataType] = {
+    "sample_id": pl.String(),
+    "task": pl.String(),
+    "passed": pl.Boolean(),
+    "failed": pl.List(pl.String()),
+}
 
 
 class JudgeConfig(BaseModel):
@@ -166,8 +170,11 @@ def overall(verdicts: pl.DataFrame) -> pl.DataFrame:
     failed judge call), in first-seen order."""
     rows = []
     for (sid, task), g in verdicts.group_by("sample_id", "task", maintain_order=True):
-        failed = [ERROR if v == ERROR else c for c, v, p in g.select("criterion", "verdict", "passed").iter_rows()
-                  if not p]  # fmt: skip
+        failed = [
+            ERROR if v == ERROR else c
+            for c, v, p in g.select("criterion", "verdict", "passed").iter_rows()
+            if not p
+        ]
         rows.append(
             {"sample_id": sid, "task": task, "passed": not failed, "failed": list(dict.fromkeys(failed))}
         )

@@ -76,8 +76,11 @@ def stratified(samples: pl.DataFrame, n: int | None, seed: int = 0) -> pl.DataFr
     """A seeded sample of `n` rows stratified across tasks, in task order (all rows when n is None)."""
     present = [t for t in TASKS if t in set(samples["task"].to_list())]
     groups = {t: samples.filter(pl.col("task") == t) for t in present}
-    quota = allocate(n, {t: g.height for t, g in groups.items()}) if n is not None else {
-        t: g.height for t, g in groups.items()}  # fmt: skip
+    quota = (
+        allocate(n, {t: g.height for t, g in groups.items()})
+        if n is not None
+        else {t: g.height for t, g in groups.items()}
+    )
     parts = [g.sample(quota[t], seed=seed, shuffle=True) for t, g in groups.items() if quota[t]]
     return pl.concat(parts) if parts else samples.clear()
 
@@ -96,8 +99,10 @@ def export_labels(samples: pl.DataFrame, path: str | Path, n: int | None = None,
     crit = criterion_names([t for t in TASKS if t in set(chosen["task"].to_list())])
     rows = []
     for s in chosen.iter_rows(named=True):
-        row = {k: s.get(k) for k in ("sample_id", "task", "user_id", "source", "interest", "item_id", "context",
-                                     "output")}  # fmt: skip
+        row = {
+            k: s.get(k)
+            for k in ("sample_id", "task", "user_id", "source", "interest", "item_id", "context", "output")
+        }
         row["questions"] = "\n".join(c.describe() for c in criteria(s["task"]))
         row["label"] = ""
         mine = {c.name for c in criteria(s["task"])}
@@ -171,7 +176,7 @@ def read_labelled(path: str | Path, annotator: str | None = None) -> tuple[pl.Da
     known = set(criterion_names(TASKS))
     crit_cols = sorted(c for c in columns if c.startswith(LABEL_PREFIX))
     for c in crit_cols:
-        if c[len(LABEL_PREFIX):] not in known:
+        if c[len(LABEL_PREFIX) :] not in known:
             raise LabelError(f"{path}: column {c!r} names no criterion; criteria: {sorted(known)}")
     now = int(time.time())
     labels: list[dict[str, Any]] = []
@@ -199,13 +204,27 @@ def read_labelled(path: str | Path, annotator: str | None = None) -> tuple[pl.Da
                 ) from None
             if value is None:
                 continue
-            name = None if field == "label" else field[len(LABEL_PREFIX):]
+            name = None if field == "label" else field[len(LABEL_PREFIX) :]
             if name is not None and name not in mine:
                 raise LabelError(f"{path}: {where}, field {field!r}: task {task!r} has no criterion {name!r}")
-            labels.append({"sample_id": sid, "task": task, "label": value, "criterion": name, "annotator": who,
-                           "labelled_at": when})  # fmt: skip
-        samples.append({k: (None if row.get(k) in ("", None) else str(row[k])) for k in SAMPLES_SCHEMA
-                        if k != "created_at"} | {"created_at": _int_field(path, where, row, "created_at", now)})  # fmt: skip
+            labels.append(
+                {
+                    "sample_id": sid,
+                    "task": task,
+                    "label": value,
+                    "criterion": name,
+                    "annotator": who,
+                    "labelled_at": when,
+                }
+            )
+        samples.append(
+            {
+                k: (None if row.get(k) in ("", None) else str(row[k]))
+                for k in SAMPLES_SCHEMA
+                if k != "created_at"
+            }
+            | {"created_at": _int_field(path, where, row, "created_at", now)}
+        )
     return pl.DataFrame(samples, schema=SAMPLES_SCHEMA), pl.DataFrame(labels, schema=LABELS_SCHEMA)
 
 
@@ -216,7 +235,9 @@ def _int_field(path: Path, where: str, row: dict[str, Any], field: str, default:
     try:
         return int(raw)
     except (TypeError, ValueError):
-        raise LabelError(f"{path}: {where}, field {field!r}: {raw!r} is not an integer (epoch seconds)") from None
+        raise LabelError(
+            f"{path}: {where}, field {field!r}: {raw!r} is not an integer (epoch seconds)"
+        ) from None
 
 
 def import_labels(path: str | Path, annotator: str | None = None) -> pl.DataFrame:

@@ -39,11 +39,25 @@ VERDICTS_SCHEMA: dict[str, pl.DataType] = {
     "verdict": pl.String(),
     "passed": pl.Boolean(),
 }
-VAGUE_WORDS: tuple[str, ...] = ("smart", "modular", "set", "stuff", "things", "various", "miscellaneous", "misc")
+VAGUE_WORDS: tuple[str, ...] = (
+    "smart",
+    "modular",
+    "set",
+    "stuff",
+    "things",
+    "various",
+    "miscellaneous",
+    "misc",
+)
 EXPLANATION_RULES: tuple[str, ...] = ("empty", "prohibited", "example", "label", "title", "length")
-_EXPLANATION_REASONS = (("empty", "empty"), ("prohibited word", "prohibited"), ("copies the example", "example"),
-                        ("copies the item label", "label"), ("repeats the item title", "title"),
-                        ("too long", "length"))  # fmt: skip
+_EXPLANATION_REASONS = (
+    ("empty", "empty"),
+    ("prohibited word", "prohibited"),
+    ("copies the example", "example"),
+    ("copies the item label", "label"),
+    ("repeats the item title", "title"),
+    ("too long", "length"),
+)
 
 
 class RulesConfig(BaseModel):
@@ -56,7 +70,9 @@ class RulesConfig(BaseModel):
     tag_max_words: int = Field(default=6, ge=1)
     vague_words: tuple[str, ...] = VAGUE_WORDS
     min_title_chars: int = Field(default=6, ge=1)
-    explanations: ExplanationsConfig = Field(default_factory=lambda: ExplanationsConfig(on_too_long="fallback"))
+    explanations: ExplanationsConfig = Field(
+        default_factory=lambda: ExplanationsConfig(on_too_long="fallback")
+    )
 
 
 def _has_word(text: str, words: tuple[str, ...]) -> bool:
@@ -72,11 +88,15 @@ def _interest_rules(cfg: RulesConfig, s: Mapping[str, Any]) -> list[tuple[str, b
 
 def _tag_rules(cfg: RulesConfig, s: Mapping[str, Any]) -> list[tuple[str, bool]]:
     out = s["output"]
-    rules = [("words", cfg.tag_min_words <= len(out.split()) <= cfg.tag_max_words),
-             ("vague", not _has_word(out, cfg.vague_words))]  # fmt: skip
+    rules = [
+        ("words", cfg.tag_min_words <= len(out.split()) <= cfg.tag_max_words),
+        ("vague", not _has_word(out, cfg.vague_words)),
+    ]
     facts = facts_of(s)
     if "recent" in facts:
-        rules.append(("fresh", not any(names_item(out, t, cfg.min_title_chars) for t in facts["recent"] if t)))
+        rules.append(
+            ("fresh", not any(names_item(out, t, cfg.min_title_chars) for t in facts["recent"] if t))
+        )
     rules.append(("example", phrase_key(out) not in {phrase_key(e) for e in EXAMPLE_TAGS}))
     return rules
 
@@ -110,8 +130,15 @@ def apply_rules(samples: pl.DataFrame, cfg: RulesConfig | None = None) -> pl.Dat
     rows = []
     for s in samples.iter_rows(named=True):
         for name, kept in rule_results(s, cfg):
-            rows.append({"sample_id": s["sample_id"], "task": s["task"], "criterion": f"{RULE_PREFIX}{name}",
-                         "verdict": "Yes" if kept else "No", "passed": kept})  # fmt: skip
+            rows.append(
+                {
+                    "sample_id": s["sample_id"],
+                    "task": s["task"],
+                    "criterion": f"{RULE_PREFIX}{name}",
+                    "verdict": "Yes" if kept else "No",
+                    "passed": kept,
+                }
+            )
     return pl.DataFrame(rows, schema=VERDICTS_SCHEMA)
 
 

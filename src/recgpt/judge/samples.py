@@ -61,14 +61,29 @@ SAMPLES_SCHEMA: dict[str, pl.DataType] = {
     "created_at": pl.Int64(),
     "facts": pl.String(),
 }
-ROW_KEYS = frozenset({"output", "user_id", "interest", "item_id", "as_of", "hemisphere", "profile", "history",
-                      "recent", "item", "item_title", "context"})  # fmt: skip
+ROW_KEYS = frozenset(
+    {
+        "output",
+        "user_id",
+        "interest",
+        "item_id",
+        "as_of",
+        "hemisphere",
+        "profile",
+        "history",
+        "recent",
+        "item",
+        "item_title",
+        "context",
+    }
+)
 HISTORY_CHARS = 600  # of the compressed history shown to the judge (the small model's context is short)
 MAX_RECENT = 8
 
 
-def sample_id(task: str, user_id: str | None, as_of: int | None, interest: str | None, item_id: str | None,
-              output: str) -> str:  # fmt: skip
+def sample_id(
+    task: str, user_id: str | None, as_of: int | None, interest: str | None, item_id: str | None, output: str
+) -> str:
     """Stable id of one judged output: the same output for the same user and point is the same sample."""
     payload = json.dumps([task, user_id, as_of, interest, item_id, output], ensure_ascii=False)
     return hashlib.sha1(payload.encode()).hexdigest()
@@ -149,10 +164,20 @@ def make_samples(
             continue
         seen.add(sid)
         facts = {"recent": list(row.get("recent") or []), "item_title": row.get("item_title"), "as_of": as_of}
-        out.append({"sample_id": sid, "task": task, "user_id": row.get("user_id"),
-                    "context": row.get("context") or build_context(task, row), "output": output,
-                    "interest": row.get("interest"), "item_id": row.get("item_id"), "source": source,
-                    "created_at": now, "facts": json.dumps(facts, ensure_ascii=False)})  # fmt: skip
+        out.append(
+            {
+                "sample_id": sid,
+                "task": task,
+                "user_id": row.get("user_id"),
+                "context": row.get("context") or build_context(task, row),
+                "output": output,
+                "interest": row.get("interest"),
+                "item_id": row.get("item_id"),
+                "source": source,
+                "created_at": now,
+                "facts": json.dumps(facts, ensure_ascii=False),
+            }
+        )
     return pl.DataFrame(out, schema=SAMPLES_SCHEMA)
 
 
@@ -281,8 +306,12 @@ def open_run(
 
 def _guard(run: OpenedRun, fields: Mapping[str, dict[str, Any]]) -> None:
     """Raise `LeakageError` if a user's dataset-derived context names one of their held-out items."""
-    reqs = [LLMRequest(messages=(ChatMessage(role="user", content=user_context_text(f)),), output_model=BaseModel,
-                       key=u) for u, f in fields.items()]  # fmt: skip
+    reqs = [
+        LLMRequest(
+            messages=(ChatMessage(role="user", content=user_context_text(f)),), output_model=BaseModel, key=u
+        )
+        for u, f in fields.items()
+    ]
     guard_requests(run.split, run.task, reqs)
 
 
@@ -320,9 +349,16 @@ def samples_from_state(
     if users:
         ctxs = contexts_from_tables(state.task, state.dataset, users, state.read("compress", "compressed"))
         tags_cfg = state.tags_config
-        fields = {c.user_id: context_fields(c, history_chars=history_chars, freshness_days=tags_cfg.freshness_days,
-                                            max_recent=max_recent, hemisphere=tags_cfg.hemisphere)
-                  for c in ctxs}  # fmt: skip
+        fields = {
+            c.user_id: context_fields(
+                c,
+                history_chars=history_chars,
+                freshness_days=tags_cfg.freshness_days,
+                max_recent=max_recent,
+                hemisphere=tags_cfg.hemisphere,
+            )
+            for c in ctxs
+        }
         _guard(state, fields)
     parts = []
     if "interests" in tables:
@@ -334,16 +370,31 @@ def samples_from_state(
             make_samples("interests", rows, source=source, created_at=_finished_at(state, "interests"))
         )
     if "tags" in tables:
-        rows = [{**fields[u], "output": tag, "interest": interest}
-                for u, tag, interest in tables["tags"].select("user_id", "tag", "interest").iter_rows()]  # fmt: skip
+        rows = [
+            {**fields[u], "output": tag, "interest": interest}
+            for u, tag, interest in tables["tags"].select("user_id", "tag", "interest").iter_rows()
+        ]
         parts.append(make_samples("tags", rows, source=source, created_at=_finished_at(state, "tags")))
     if "explanations" in tables:
         items = state.dataset.items
-        meta = {r["item_id"]: r for r in items.select([c for c in ("item_id", "title", "brand", "categories")
-                                                       if c in items.columns]).iter_rows(named=True)}  # fmt: skip
-        rows = [{"output": text, "interest": interest, "item_id": iid, "item": item_label(meta[iid]),
-                 "item_title": meta[iid]["title"]}
-                for interest, iid, text in tables["explanations"].select("interest", "item_id", "explanation").iter_rows()]  # fmt: skip
+        meta = {
+            r["item_id"]: r
+            for r in items.select(
+                [c for c in ("item_id", "title", "brand", "categories") if c in items.columns]
+            ).iter_rows(named=True)
+        }
+        rows = [
+            {
+                "output": text,
+                "interest": interest,
+                "item_id": iid,
+                "item": item_label(meta[iid]),
+                "item_title": meta[iid]["title"],
+            }
+            for interest, iid, text in tables["explanations"]
+            .select("interest", "item_id", "explanation")
+            .iter_rows()
+        ]
         parts.append(
             make_samples("explanations", rows, source=source, created_at=_finished_at(state, "explanations"))
         )
@@ -362,8 +413,10 @@ def sample_per_task(samples: pl.DataFrame, n: int | None, seed: int = 0) -> pl.D
     """At most `n` samples of each task (seeded), in the table's order."""
     if n is None:
         return samples
-    parts = [g.sample(min(n, g.height), seed=seed).sort("sample_id") if g.height > n else g
-             for _, g in samples.group_by("task", maintain_order=True)]  # fmt: skip
+    parts = [
+        g.sample(min(n, g.height), seed=seed).sort("sample_id") if g.height > n else g
+        for _, g in samples.group_by("task", maintain_order=True)
+    ]
     return pl.concat(parts) if parts else samples
 
 

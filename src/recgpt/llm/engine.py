@@ -95,9 +95,10 @@ def _check(output: GenerationOutput, model: type[BaseModel]) -> BaseModel | LLMF
         # Hitting max_tokens is the usual cause of unparseable grammar-constrained output.
         if output.finish_reason == "length":
             return LLMFailure(
-                reason=FailureReason.TRUNCATED, detail="hit max_tokens before the JSON closed",
+                reason=FailureReason.TRUNCATED,
+                detail="hit max_tokens before the JSON closed",
                 last_text=output.text,
-            )  # fmt: skip
+            )
         return LLMFailure(reason=FailureReason.INVALID_JSON, detail=str(exc), last_text=output.text)
     try:
         # A complete, valid object is accepted even if generation stopped at max_tokens.
@@ -251,9 +252,12 @@ class LLMEngine:
                 misses.append(job)
                 continue
             usage = Usage(
-                prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens,
-                latency_s=entry.latency_s, attempts=entry.attempts, cached=True,
-            )  # fmt: skip
+                prompt_tokens=entry.prompt_tokens,
+                completion_tokens=entry.completion_tokens,
+                latency_s=entry.latency_s,
+                attempts=entry.attempts,
+                cached=True,
+            )
             for i in job.indices:
                 results[i] = LLMResult(value=value, usage=usage, raw_text=entry.value_json)
                 stats = self.ledger.stage(stages[i])
@@ -297,9 +301,12 @@ class LLMEngine:
         return True
 
     def _generate(
-        self, misses: list[_Job], results: list[LLMResult[Any] | None], stages: list[str],
+        self,
+        misses: list[_Job],
+        results: list[LLMResult[Any] | None],
+        stages: list[str],
         advance: Callable[[int], None],
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Generate until every job has a value or a final failure; publish each as soon as it is final."""
         queue = deque(misses)
         for job in misses:
@@ -348,14 +355,20 @@ class LLMEngine:
         if self.cache is not None:
             self.cache.put_many(
                 CacheEntry(
-                    key=job.key, value_json=job.value.model_dump_json(), backend=self.backend.name,
-                    model_id=self.backend.model_id, template=job.request.template, stage=job.request.stage,
-                    prompt_tokens=job.usage.prompt_tokens, completion_tokens=job.usage.completion_tokens,
-                    latency_s=job.usage.latency_s, attempts=job.usage.attempts,
+                    key=job.key,
+                    value_json=job.value.model_dump_json(),
+                    backend=self.backend.name,
+                    model_id=self.backend.model_id,
+                    template=job.request.template,
+                    stage=job.request.stage,
+                    prompt_tokens=job.usage.prompt_tokens,
+                    completion_tokens=job.usage.completion_tokens,
+                    latency_s=job.usage.latency_s,
+                    attempts=job.usage.attempts,
                 )
                 for job in jobs
                 if job.value is not None
-            )  # fmt: skip
+            )
         for job in jobs:
             for i in job.indices:
                 stats = self.ledger.stage(stages[i])

@@ -79,10 +79,22 @@ def server_command(
 ) -> list[str]:
     """The argv that starts the server (both thread pools pinned to `threads`); never the API key."""
     cmd = [
-        sys.executable, "-m", "recgpt.llm.server_app",
-        "--model", str(model), "--alias", alias, "--host", host, "--port", str(port),
-        "--threads", str(threads), "--n-ctx", str(n_ctx),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "recgpt.llm.server_app",
+        "--model",
+        str(model),
+        "--alias",
+        alias,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--n-ctx",
+        str(n_ctx),
+    ]
     for origin in cors_origins:
         cmd += ["--cors-origin", origin]
     for name in allowed_hosts:
@@ -164,14 +176,23 @@ class LlamaServer:
         if self.port == 0:
             self.port = free_port(self.host)
         cmd = server_command(
-            self.model_path, self.host, self.port, self.n_threads, self.n_ctx, self.model,
-            cors_origins=self.cors_origins, allowed_hosts=self.allowed_hosts,
-        )  # fmt: skip
+            self.model_path,
+            self.host,
+            self.port,
+            self.n_threads,
+            self.n_ctx,
+            self.model,
+            cors_origins=self.cors_origins,
+            allowed_hosts=self.allowed_hosts,
+        )
         self._log = tempfile.NamedTemporaryFile(prefix="recgpt-llama-server-", suffix=".log")  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [*cmd, "--traceback"], stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            [*cmd, "--traceback"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             env=_server_env(self.n_threads, self.api_key),
-        )  # fmt: skip
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -268,12 +289,16 @@ def serve(
         raise ValueError(f"host {host!r} is not a loopback address; pass allow_remote=True to expose it")
     _check_server_deps()
     path = _resolve_model(model)
-    cmd = server_command(path, host, port, threads, n_ctx, path.stem, cors_origins=cors_origins,
-                         allowed_hosts=allowed_hosts)  # fmt: skip
+    cmd = server_command(
+        path, host, port, threads, n_ctx, path.stem, cors_origins=cors_origins, allowed_hosts=allowed_hosts
+    )
     env = _server_env(threads, api_key)
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {path.name} as model {path.stem!r} on http://{shown}:{port}/v1 "
-          f"({'API key required' if api_key else 'no API key'}; Ctrl-C to stop)", flush=True)  # fmt: skip
+    print(
+        f"serving {path.name} as model {path.stem!r} on http://{shown}:{port}/v1 "
+        f"({'API key required' if api_key else 'no API key'}; Ctrl-C to stop)",
+        flush=True,
+    )
     if os.name == "posix":
         sys.stderr.flush()
         env.pop(lifeline.PARENT_PID_ENV, None)  # exec: there is no parent of ours to bind to

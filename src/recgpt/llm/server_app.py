@@ -77,9 +77,12 @@ def build_app(
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     if cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(cors_origins), allow_credentials=False,
-            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"],
-        )  # fmt: skip
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host, extra_hosts))
     return app
 
@@ -106,9 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     api_key = os.environ.pop(API_KEY_ENV, "") or None
     try:
         app = build_app(
-            args.model, args.alias, host=args.host, threads=args.threads, n_ctx=args.n_ctx, api_key=api_key,
-            cors_origins=args.cors_origin, extra_hosts=args.allowed_host, verbose=args.verbose,
-        )  # fmt: skip
+            args.model,
+            args.alias,
+            host=args.host,
+            threads=args.threads,
+            n_ctx=args.n_ctx,
+            api_key=api_key,
+            cors_origins=args.cors_origin,
+            extra_hosts=args.allowed_host,
+            verbose=args.verbose,
+        )
     except Exception as exc:
         if args.traceback:
             import traceback
@@ -120,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if not is_loopback(args.host) and api_key is None:
-        print(f"warning: serving on {args.host} without an API key: anyone who can reach this machine can use "
-              f"the model (set {API_KEY_ENV})", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"warning: serving on {args.host} without an API key: anyone who can reach this machine can use "
+            f"the model (set {API_KEY_ENV})",
+            file=sys.stderr,
+            flush=True,
+        )
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=3)

@@ -81,8 +81,10 @@ class RecGPTChannel(Recommender):
         super().__init__(**params)
         unknown = set(self.params) - set(self.default_params())
         if unknown:
-            raise ValueError(f"unknown parameter(s) for 'recgpt': {sorted(unknown)}; valid: "
-                             f"{sorted(self.default_params())}")
+            raise ValueError(
+                f"unknown parameter(s) for 'recgpt': {sorted(unknown)}; valid: "
+                f"{sorted(self.default_params())}"
+            )
         self.fusion = FusionConfig(**self.params)
         if index.n_items != model.n_items:
             raise ValueError(f"index holds {index.n_items} items, the model {model.n_items}")
@@ -102,7 +104,9 @@ class RecGPTChannel(Recommender):
             )
         return self
 
-    def lists(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, list[list[Candidate]]]:
+    def lists(
+        self, users: np.ndarray, histories: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[list[Candidate]]]:
         """User-tower vectors and each user's merged candidate list (seen items excluded)."""
         hists = _check_users(users, histories, self.model.n_items)
         return retrieve(self.model, self.index, self.tags, np.asarray(users), hists, self.fusion, self.labels)
@@ -126,7 +130,9 @@ class FusedChannel(Recommender):
 
     name = "fused"
 
-    def __init__(self, baseline: Recommender, recgpt: RecGPTChannel, *, share: float = 0.3, k: int = 50) -> None:
+    def __init__(
+        self, baseline: Recommender, recgpt: RecGPTChannel, *, share: float = 0.3, k: int = 50
+    ) -> None:
         super().__init__(share=share, k=k)
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be in [0, 1], got {share}")
@@ -145,13 +151,17 @@ class FusedChannel(Recommender):
         self.recgpt.fit(train, seed=seed)
         return self
 
-    def _mix(self, users: np.ndarray, histories: Sequence[np.ndarray]
-             ) -> tuple[np.ndarray, list[list[tuple[int, bool]]], list[list[Candidate]]]:
+    def _mix(
+        self, users: np.ndarray, histories: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[list[tuple[int, bool]]], list[list[Candidate]]]:
         hists = _check_users(users, histories, self.recgpt.model.n_items)
         base = np.array(self.baseline.score(users, hists), dtype=np.float32, copy=True)
         base_lists = topk(mask_seen(base.copy(), hists), self.k)
         _, rec = self.recgpt.lists(users, hists)
-        mixed = [mix_lists([c.item for c in r], b, self.share, self.k) for r, b in zip(rec, base_lists, strict=True)]
+        mixed = [
+            mix_lists([c.item for c in r], b, self.share, self.k)
+            for r, b in zip(rec, base_lists, strict=True)
+        ]
         return base, mixed, rec
 
     def mixed(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +179,9 @@ class FusedChannel(Recommender):
         # fallback: the baseline's order squeezed into [0, 1), so listed items (>= 2) stay on top
         order = np.argsort(-np.nan_to_num(base, neginf=-1e30), axis=1, kind="stable")
         fallback = np.empty_like(base)
-        np.put_along_axis(fallback, order, 1.0 - np.arange(base.shape[1], dtype=np.float32) / base.shape[1], axis=1)
+        np.put_along_axis(
+            fallback, order, 1.0 - np.arange(base.shape[1], dtype=np.float32) / base.shape[1], axis=1
+        )
         return _list_scores(fallback, [[it for it, _ in m] for m in mixed], self.k)
 
     def candidates(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> pl.DataFrame:
@@ -179,7 +191,9 @@ class FusedChannel(Recommender):
         base, mixed, rec = self._mix(users, histories)
         model = self.recgpt.model
         rows: dict[str, list[Any]] = {c: [] for c in CANDIDATE_SCHEMA}
-        for i, (u, m, r) in enumerate(zip(np.asarray(users, dtype=np.int64).tolist(), mixed, rec, strict=True)):
+        for i, (u, m, r) in enumerate(
+            zip(np.asarray(users, dtype=np.int64).tolist(), mixed, rec, strict=True)
+        ):
             prov = {c.item: c for c in r}
             for rank, (item, from_rec) in enumerate(m, start=1):
                 c = prov.get(item) if from_rec else None

@@ -24,7 +24,9 @@ class TriTowerConfig:
     n_negatives: int = 256  # uniformly sampled negatives per batch, shared by the batch (plus in-batch)
     logq_correction: bool = True  # subtract log(sampling frequency) from L_col / L_tag logits
     alpha: float = 0.5  # L = L_col + alpha*L_tag + (1-alpha)*L_cate
-    title_tag_prob: float = 0.5  # training tag of a clicked item: its title w.p. p, else one of its categories
+    title_tag_prob: float = (
+        0.5  # training tag of a clicked item: its title w.p. p, else one of its categories
+    )
     epochs: int = 30
     batch_size: int = 1024
     lr: float = 1e-3
@@ -34,8 +36,19 @@ class TriTowerConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("dim", "id_dim", "cat_dim", "brand_dim", "text_dim", "hidden", "max_history", "epochs",
-                     "batch_size", "patience", "threads"):
+        for name in (
+            "dim",
+            "id_dim",
+            "cat_dim",
+            "brand_dim",
+            "text_dim",
+            "hidden",
+            "max_history",
+            "epochs",
+            "batch_size",
+            "patience",
+            "threads",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TriTowerConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.n_negatives < 0:

@@ -80,13 +80,17 @@ class Embedder:
         cached = self._cache_file(texts)
         if cached is not None and cached.exists():
             return np.load(cached)
-        vecs = self._load().encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=show_progress,
-        ).astype(np.float32)
+        vecs = (
+            self._load()
+            .encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=show_progress,
+            )
+            .astype(np.float32)
+        )
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = temp_sibling(cached)  # recognisable: a killed writer's temp is cleaned later

@@ -148,7 +148,9 @@ def _user_tags(tags: pl.DataFrame, max_tags: int | None) -> dict[str, pl.DataFra
     """Tags per user ordered by rank, cut to max_tags; validates the columns the stage needs."""
     for col in ("user_id", "tag"):
         if col not in tags.columns:
-            raise ValueError(f"tags table lacks column {col!r} (need user_id, tag[, interest_id, interest, rank])")
+            raise ValueError(
+                f"tags table lacks column {col!r} (need user_id, tag[, interest_id, interest, rank])"
+            )
     t = tags.with_row_index("_row")
     for col, dtype in (("interest_id", pl.Int64()), ("interest", pl.String()), ("rank", pl.Int64())):
         if col not in t.columns:
@@ -185,14 +187,23 @@ def retrieve(
         ut = by_user.get(uid)
         if ut is None:
             s, ids = index.search(hu[i : i + 1], cfg.k, exclude=seen)
-            out.append([Candidate(int(it), float(sc), None, None, None)
-                        for it, sc in zip(ids[0], s[0], strict=True) if it >= 0])
+            out.append(
+                [
+                    Candidate(int(it), float(sc), None, None, None)
+                    for it, sc in zip(ids[0], s[0], strict=True)
+                    if it >= 0
+                ]
+            )
             continue
         tag_texts = ut["tag"].to_list()
         q = fuse(hu[i], np.stack([tag_vec[t] for t in tag_texts]), cfg.beta)
         s, ids = index.search(q, cfg.per_tag, exclude=seen)
-        hits = [TagHits(t, iid, name, ids[j], s[j]) for j, (t, iid, name) in
-                enumerate(zip(tag_texts, ut["interest_id"].to_list(), ut["interest"].to_list(), strict=True))]
+        hits = [
+            TagHits(t, iid, name, ids[j], s[j])
+            for j, (t, iid, name) in enumerate(
+                zip(tag_texts, ut["interest_id"].to_list(), ut["interest"].to_list(), strict=True)
+            )
+        ]
         out.append(merge_interests(hits, cfg.k))
     return hu, out
 
@@ -227,7 +238,9 @@ def primary_slots(k: int, share: float) -> np.ndarray:
     return np.asarray([math.floor((i + 1) * f) > math.floor(i * f) for i in range(k)], dtype=bool)
 
 
-def mix_lists(primary: Sequence[int], secondary: Sequence[int], share: float, k: int) -> list[tuple[int, bool]]:
+def mix_lists(
+    primary: Sequence[int], secondary: Sequence[int], share: float, k: int
+) -> list[tuple[int, bool]]:
     """Interleave two ranked lists (-1 entries ignored) into k unique items: (item, from_primary)."""
     slots = primary_slots(k, share)
     lists = ([int(i) for i in secondary if i >= 0], [int(i) for i in primary if i >= 0])

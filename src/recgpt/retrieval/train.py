@@ -100,8 +100,14 @@ class _Sampler:
         return np.where(ar < take[..., None], self.gitems[idx.clip(max=len(self.gitems) - 1)], -1)
 
 
-def _info_nce(q: torch.Tensor, cand: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, tau: float,
-              log_q: torch.Tensor | None = None) -> torch.Tensor:
+def _info_nce(
+    q: torch.Tensor,
+    cand: torch.Tensor,
+    rows: torch.Tensor,
+    mask: torch.Tensor,
+    tau: float,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cross-entropy of row i against candidate rows[i] (the positive); masked candidates are dropped.
 
     `log_q` (per candidate) is the log of how often the candidate is drawn; subtracting it (the
@@ -138,7 +144,9 @@ def _category_lookup(feats: ItemFeatures, max_cells: int = 50_000_000) -> torch.
 class _Batches:
     """Draws everything one step needs (positives, windows, tags, category positives, negatives)."""
 
-    def __init__(self, train: Interactions, feats: ItemFeatures, sampler: _Sampler, cfg: TriTowerConfig) -> None:
+    def __init__(
+        self, train: Interactions, feats: ItemFeatures, sampler: _Sampler, cfg: TriTowerConfig
+    ) -> None:
         self.train, self.feats, self.sampler, self.cfg = train, feats, sampler, cfg
         self.ncat = (feats.cats > 0).sum(1)
         item, cat = np.nonzero(feats.cats)
@@ -149,8 +157,13 @@ class _Batches:
         self.cat_lookup = _category_lookup(feats)
         # candidates of L_col / L_tag: the batch's positives (~ popularity) plus uniform negatives
         pop = train.item_popularity / max(len(train.item_idx), 1)
-        self.log_q = torch.from_numpy(np.log(cfg.batch_size * pop + cfg.n_negatives / feats.n_items + 1e-12)
-                                      .astype(np.float32)) if cfg.logq_correction else None
+        self.log_q = (
+            torch.from_numpy(
+                np.log(cfg.batch_size * pop + cfg.n_negatives / feats.n_items + 1e-12).astype(np.float32)
+            )
+            if cfg.logq_correction
+            else None
+        )
 
     def draw(self, js: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         v = self.train.item_idx[js]
@@ -160,8 +173,11 @@ class _Batches:
         is_title = (rng.random(len(v)) < self.cfg.title_tag_prob) | (rc == 0)
         lo, hi = self.cat_start[rc], self.cat_start[rc + 1]
         draw = (lo + rng.random(len(v)) * (hi - lo)).astype(np.int64)  # uniform item of category rc
-        cate_pos = np.where(rc > 0, self.cat_items[draw.clip(max=len(self.cat_items) - 1)], v) \
-            if len(self.cat_items) else v
+        cate_pos = (
+            np.where(rc > 0, self.cat_items[draw.clip(max=len(self.cat_items) - 1)], v)
+            if len(self.cat_items)
+            else v
+        )
         return {
             "users": self.train.user_idx[js],
             "items": v,
@@ -174,8 +190,14 @@ class _Batches:
         }
 
 
-def _step_losses(net: TriTowerNet, tag_text: torch.Tensor, cats: torch.Tensor, log_q: torch.Tensor | None,
-                 b: dict[str, np.ndarray], cfg: TriTowerConfig) -> dict[str, torch.Tensor]:
+def _step_losses(
+    net: TriTowerNet,
+    tag_text: torch.Tensor,
+    cats: torch.Tensor,
+    log_q: torch.Tensor | None,
+    b: dict[str, np.ndarray],
+    cfg: TriTowerConfig,
+) -> dict[str, torch.Tensor]:
     t = {k: torch.from_numpy(v) for k, v in b.items()}
     v, neg, cpos = t["items"], t["neg"], t["cate_pos"]
     n_b = len(v)
@@ -194,7 +216,9 @@ def _step_losses(net: TriTowerNet, tag_text: torch.Tensor, cats: torch.Tensor, l
 
     ht = net.tag_tower(tag_text[t["tag"]])
     title_row = (t["tag_cat"] == 0).unsqueeze(1)
-    tag_mask = torch.where(title_row, cand1.unsqueeze(0) == v.unsqueeze(1), _has_cat(cats, cand1, t["tag_cat"]))
+    tag_mask = torch.where(
+        title_row, cand1.unsqueeze(0) == v.unsqueeze(1), _has_cat(cats, cand1, t["tag_cat"])
+    )
     l_tag = _info_nce(ht, h1, rows, tag_mask & off_diag, tau, lq)
 
     has_c = t["cate_cat"] > 0
@@ -208,15 +232,18 @@ def _step_losses(net: TriTowerNet, tag_text: torch.Tensor, cats: torch.Tensor, l
     return {"loss": total, "col": l_col, "tag": l_tag, "cate": l_cate}
 
 
-def user_tower_lists(model: TriTower, task: EvalTask, k: int, labels: BehaviorLabels | None = None) -> np.ndarray:
+def user_tower_lists(
+    model: TriTower, task: EvalTask, k: int, labels: BehaviorLabels | None = None
+) -> np.ndarray:
     """Top-k lists of the user tower alone for a task's users (seen items masked)."""
     uv = model.user_vectors(task.user_idx, task.histories, labels)
     scores = uv @ model.item_vectors().T
     return topk(mask_seen(scores, task.histories), k)
 
 
-def evaluate_user_tower(model: TriTower, task: EvalTask, labels: BehaviorLabels | None = None,
-                        k: int = 10) -> dict[str, float]:
+def evaluate_user_tower(
+    model: TriTower, task: EvalTask, labels: BehaviorLabels | None = None, k: int = 10
+) -> dict[str, float]:
     """NDCG@k / HR@k of the user tower on a task (the early-stopping signal on validation)."""
     recs = user_tower_lists(model, task, k, labels)
     truth = np.asarray([t[0] if len(t) else -1 for t in task.targets], dtype=np.int64)
@@ -244,13 +271,21 @@ def train_tritower(
     if len(train.item_idx) == 0:
         raise ValueError("training interactions are empty")
     if items.height != train.n_items:
-        raise ValueError(f"items table has {items.height} rows but the interactions know {train.n_items} items")
+        raise ValueError(
+            f"items table has {items.height} rows but the interactions know {train.n_items} items"
+        )
     beh = np.asarray(behaviors if behaviors is not None else ["all"] * len(train.item_idx)).astype(str)
     if len(beh) != len(train.item_idx):
         raise ValueError(f"{len(beh)} behaviour labels for {len(train.item_idx)} interactions")
     groups, gidx, counts = np.unique(beh, return_inverse=True, return_counts=True)
-    labels = BehaviorLabels.from_pairs([str(g) for g in groups], train.n_items, train.user_idx, train.item_idx, gidx,
-                                       default=int(np.argmax(counts)))
+    labels = BehaviorLabels.from_pairs(
+        [str(g) for g in groups],
+        train.n_items,
+        train.user_idx,
+        train.item_idx,
+        gidx,
+        default=int(np.argmax(counts)),
+    )
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -265,7 +300,9 @@ def train_tritower(
         tag_text = torch.from_numpy(np.concatenate([feats.text, cat_text.reshape(-1, feats.text.shape[1])]))
         batches = _Batches(train, feats, _Sampler(train, gidx, len(groups), cfg.max_history), cfg)
         valid_labels = model.labels_for(valid.asof.events()) if valid is not None else None
-        history, best_state, best_epoch = _fit_loop(model, batches, tag_text, rng, valid, valid_labels, progress)
+        history, best_state, best_epoch = _fit_loop(
+            model, batches, tag_text, rng, valid, valid_labels, progress
+        )
         if best_state is not None:
             net.load_state_dict(best_state)
         model.invalidate()
@@ -275,8 +312,13 @@ def train_tritower(
 
 
 def _fit_loop(
-    model: TriTower, batches: _Batches, tag_text: torch.Tensor, rng: np.random.Generator,
-    valid: EvalTask | None, valid_labels: BehaviorLabels | None, progress: bool,
+    model: TriTower,
+    batches: _Batches,
+    tag_text: torch.Tensor,
+    rng: np.random.Generator,
+    valid: EvalTask | None,
+    valid_labels: BehaviorLabels | None,
+    progress: bool,
 ) -> tuple[list[dict[str, float]], dict[str, Any] | None, int]:
     """Epochs with a progress bar; returns the log, the best validation state (if any) and its epoch."""
     from rich.console import Console
@@ -306,10 +348,15 @@ def _fit_loop(
                     sums[k] += float(losses[k].detach())
                 n_batches += 1
             model.invalidate()
-            row = {"epoch": float(epoch), **{k: s / n_batches for k, s in sums.items()},
-                   "seconds": time.perf_counter() - t0}
+            row = {
+                "epoch": float(epoch),
+                **{k: s / n_batches for k, s in sums.items()},
+                "seconds": time.perf_counter() - t0,
+            }
             if valid is not None:
-                row.update({f"valid_{k}": v for k, v in evaluate_user_tower(model, valid, valid_labels).items()})
+                row.update(
+                    {f"valid_{k}": v for k, v in evaluate_user_tower(model, valid, valid_labels).items()}
+                )
             history.append(row)
             desc = f"tri-tower loss {row['loss']:.3f}"
             if valid is not None:
@@ -326,7 +373,11 @@ def _fit_loop(
 
 
 def train_on_split(
-    split: Split, config: TriTowerConfig | None = None, *, embed: EmbedFn, early_stopping: bool = True,
+    split: Split,
+    config: TriTowerConfig | None = None,
+    *,
+    embed: EmbedFn,
+    early_stopping: bool = True,
     progress: bool = True,
 ) -> TrainResult:
     """`train_tritower` on `split.train` + `split.dataset.items`, behaviour types from the train events."""
@@ -334,7 +385,12 @@ def train_on_split(
     if not np.array_equal(split.dataset.items["item_id"].to_numpy().astype(str), split.item_ids):
         raise ValueError("split.dataset.items is not in split item order")
     return train_tritower(
-        split.train, split.dataset.items, cfg, embed=embed,
-        behaviors=training_behaviors(split, cfg.min_rating), user_ids=split.user_ids,
-        valid=split.valid if early_stopping and len(split.valid) else None, progress=progress,
+        split.train,
+        split.dataset.items,
+        cfg,
+        embed=embed,
+        behaviors=training_behaviors(split, cfg.min_rating),
+        user_ids=split.user_ids,
+        valid=split.valid if early_stopping and len(split.valid) else None,
+        progress=progress,
     )

@@ -68,7 +68,12 @@ class BehaviorLabels:
 
     @classmethod
     def from_pairs(
-        cls, groups: list[str], n_items: int, users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+        cls,
+        groups: list[str],
+        n_items: int,
+        users: np.ndarray,
+        items: np.ndarray,
+        labels: np.ndarray,
         default: int = 0,
     ) -> BehaviorLabels:
         keys = np.asarray(users, dtype=np.int64) * n_items + np.asarray(items, dtype=np.int64)
@@ -90,8 +95,9 @@ class BehaviorLabels:
         items = np.fromiter((item_pos.get(i, -1) for i in ev["item_id"]), dtype=np.int64, count=ev.height)
         keep &= items >= 0
         vals = np.fromiter((index.get(g, 0) for g in labels), dtype=np.int64, count=len(labels))
-        return BehaviorLabels.from_pairs(self.groups, self.n_items, users[keep], items[keep], vals[keep],
-                                         self.default)
+        return BehaviorLabels.from_pairs(
+            self.groups, self.n_items, users[keep], items[keep], vals[keep], self.default
+        )
 
     def lookup(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Behaviour-type index of every history item (unknown pairs -> `default`)."""
@@ -130,19 +136,28 @@ class ItemFeatures:
         paths = items["categories"].to_list() if "categories" in items.columns else [None] * items.height
         brands = items["brand"].to_list() if "brand" in items.columns else [None] * items.height
         cat_vocab: dict[str, int] = {}
-        rows = [[cat_vocab.setdefault(c, len(cat_vocab)) + 1 for c in dict.fromkeys(p or []) if c] for p in paths]
+        rows = [
+            [cat_vocab.setdefault(c, len(cat_vocab)) + 1 for c in dict.fromkeys(p or []) if c] for p in paths
+        ]
         width = max((len(r) for r in rows), default=0) or 1
         cats = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):
             cats[i, : len(r)] = r
         brand_vocab: dict[str, int] = {}
-        b_idx = np.asarray([brand_vocab.setdefault(b, len(brand_vocab)) + 1 if b else 0 for b in brands],
-                           dtype=np.int64)
+        b_idx = np.asarray(
+            [brand_vocab.setdefault(b, len(brand_vocab)) + 1 if b else 0 for b in brands], dtype=np.int64
+        )
         text = np.asarray(embed(titles), dtype=np.float32)
         if text.shape[0] != len(titles) or text.ndim != 2:
             raise ValueError(f"embed() returned shape {text.shape} for {len(titles)} titles")
-        return cls(cats=cats, brands=b_idx, text=text, cat_names=list(cat_vocab),
-                   brand_names=list(brand_vocab), titles=titles)
+        return cls(
+            cats=cats,
+            brands=b_idx,
+            text=text,
+            cat_names=list(cat_vocab),
+            brand_names=list(brand_vocab),
+            titles=titles,
+        )
 
     @property
     def n_items(self) -> int:
@@ -186,8 +201,10 @@ class TriTowerNet(nn.Module):
         c = self.cats[idx]
         n_c = (c > 0).sum(-1, keepdim=True).clamp(min=1)
         cat = self.cat_emb(c).sum(-2) / n_c
-        return torch.cat([self.item_emb(idx), cat, self.brand_emb(self.brands[idx]),
-                          self.text_proj(self.text[idx])], dim=-1)
+        return torch.cat(
+            [self.item_emb(idx), cat, self.brand_emb(self.brands[idx]), self.text_proj(self.text[idx])],
+            dim=-1,
+        )
 
     def item_tower(self, idx: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.item_mlp(self.item_inputs(idx)), dim=-1)
@@ -202,7 +219,9 @@ class TriTowerNet(nn.Module):
         offsets = torch.cumsum(lens, 0) - lens
         # mean per (user, behaviour type); an empty bag pools to zeros
         pooled = F.embedding_bag(inv, self.item_inputs(uniq), offsets, mode="mean")
-        return F.normalize(self.user_mlp(torch.cat([self.user_emb(users), pooled.reshape(b, -1)], -1)), dim=-1)
+        return F.normalize(
+            self.user_mlp(torch.cat([self.user_emb(users), pooled.reshape(b, -1)], -1)), dim=-1
+        )
 
     def tag_tower(self, text: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.tag_mlp(text), dim=-1)
@@ -287,8 +306,9 @@ class TriTower:
         lab = (labels or self.labels).lookup(users, histories)
         out = []
         for lo in range(0, len(users), 1024):
-            w = history_windows(histories[lo : lo + 1024], lab[lo : lo + 1024], self.net.n_groups,
-                                self.config.max_history)
+            w = history_windows(
+                histories[lo : lo + 1024], lab[lo : lo + 1024], self.net.n_groups, self.config.max_history
+            )
             out.append(self.net.user_tower(torch.from_numpy(users[lo : lo + 1024]), torch.from_numpy(w)))
         return torch.cat(out).numpy() if out else np.zeros((0, self.config.dim), np.float32)
 
@@ -310,10 +330,24 @@ class TriTower:
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.net.state_dict(), path / "tritower.pt")
         f = self.features
-        np.savez(path / "tritower.npz", cats=f.cats, brands=f.brands, text=f.text, user_ids=self.user_ids,
-                 item_ids=self.item_ids, label_keys=self.labels.keys, label_values=self.labels.values)
-        meta = {"config": asdict(self.config), "groups": self.groups, "default_group": self.labels.default,
-                "cat_names": f.cat_names, "brand_names": f.brand_names, "titles": f.titles}
+        np.savez(
+            path / "tritower.npz",
+            cats=f.cats,
+            brands=f.brands,
+            text=f.text,
+            user_ids=self.user_ids,
+            item_ids=self.item_ids,
+            label_keys=self.labels.keys,
+            label_values=self.labels.values,
+        )
+        meta = {
+            "config": asdict(self.config),
+            "groups": self.groups,
+            "default_group": self.labels.default,
+            "cat_names": f.cat_names,
+            "brand_names": f.brand_names,
+            "titles": f.titles,
+        }
         (path / "tritower.json").write_text(json.dumps(meta, indent=1) + "\n")
         return path
 
@@ -325,10 +359,21 @@ class TriTower:
         meta = json.loads((path / "tritower.json").read_text())
         arr = np.load(path / "tritower.npz", allow_pickle=False)
         cfg = TriTowerConfig.from_dict(meta["config"])
-        feats = ItemFeatures(cats=arr["cats"], brands=arr["brands"], text=arr["text"],
-                             cat_names=meta["cat_names"], brand_names=meta["brand_names"], titles=meta["titles"])
-        labels = BehaviorLabels(groups=meta["groups"], n_items=feats.n_items, keys=arr["label_keys"],
-                                values=arr["label_values"], default=int(meta["default_group"]))
+        feats = ItemFeatures(
+            cats=arr["cats"],
+            brands=arr["brands"],
+            text=arr["text"],
+            cat_names=meta["cat_names"],
+            brand_names=meta["brand_names"],
+            titles=meta["titles"],
+        )
+        labels = BehaviorLabels(
+            groups=meta["groups"],
+            n_items=feats.n_items,
+            keys=arr["label_keys"],
+            values=arr["label_values"],
+            default=int(meta["default_group"]),
+        )
         net = TriTowerNet(cfg, len(arr["user_ids"]), feats, len(labels.groups))
         net.load_state_dict(torch.load(path / "tritower.pt", weights_only=True))
         return cls(cfg, net, feats, arr["user_ids"], arr["item_ids"], labels, embed)

@@ -65,8 +65,13 @@ def window_of(split: Split, days: int, end: int | None = None) -> tuple[int, int
     return end - days * DAY, end
 
 
-def purify(samples: pl.DataFrame, contexts: list[LogContext], logs: LogsConfig, filter_fn: JudgeFilter | None,
-           min_pass: float) -> tuple[pl.DataFrame, dict[str, int]]:  # fmt: skip
+def purify(
+    samples: pl.DataFrame,
+    contexts: list[LogContext],
+    logs: LogsConfig,
+    filter_fn: JudgeFilter | None,
+    min_pass: float,
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """Keep the samples whose tags pass `filter_fn` (share >= min_pass); no filter keeps everything."""
     stats = {"samples": samples.height, "tags_judged": 0, "tags_passed": 0, "kept": samples.height}
     if filter_fn is None or samples.is_empty():
@@ -113,33 +118,58 @@ def incremental(
 
     model = Path(model)
     if not (model / "config.json").is_file():
-        raise FileNotFoundError(f"{model} is not a Hugging Face model folder (e.g. <recgpt train sft --out>/merged)")
+        raise FileNotFoundError(
+            f"{model} is not a Hugging Face model folder (e.g. <recgpt train sft --out>/merged)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     window = window_of(split, config.window_days, config.end)
     excluded = eval_users(split, config.eval_users, config.eval_seed)
     src = LogSource(dataset, split, logs, encoder=Embedder(cache_dir=out / "embed-cache"))
-    ctxs = tag_contexts(dataset, split, logs, exclude_users=excluded, window=window, progress=progress, source=src)
-    built = build_tag_samples(dataset, split, logs, pool=src.pool, compressor=src.compressor, exclude_users=excluded,
-                              window=window, contexts=ctxs, progress=progress)  # fmt: skip
+    ctxs = tag_contexts(
+        dataset, split, logs, exclude_users=excluded, window=window, progress=progress, source=src
+    )
+    built = build_tag_samples(
+        dataset,
+        split,
+        logs,
+        pool=src.pool,
+        compressor=src.compressor,
+        exclude_users=excluded,
+        window=window,
+        contexts=ctxs,
+        progress=progress,
+    )
     if built.is_empty():
         raise ValueError(f"no training samples in the window {window} (widen --window-days or move --end)")
-    filter_fn, note = judge_filter(config.judge, config.calibration, config.gate_threshold, "tags",
-                                   cache=out / "judge-cache.sqlite")  # fmt: skip
+    filter_fn, note = judge_filter(
+        config.judge, config.calibration, config.gate_threshold, "tags", cache=out / "judge-cache.sqlite"
+    )
     kept, stats = purify(built, ctxs, logs, filter_fn, config.min_pass)
     if kept.is_empty():
         raise ValueError("purification rejected every sample of the window: nothing to train on")
     save_samples(kept, out / "window.parquet")
     build_s = time.perf_counter() - t0
-    res = run_sft(SFTConfig.from_dict({**sft.to_dict(), "base": str(model)}), kept, out / "sft",
-                  progress=progress, console=console)  # fmt: skip
+    res = run_sft(
+        SFTConfig.from_dict({**sft.to_dict(), "base": str(model)}),
+        kept,
+        out / "sft",
+        progress=progress,
+        console=console,
+    )
     summary = {
         "window": {"start": window[0], "end": window[1], "days": config.window_days},
-        "contexts": len(ctxs), "built": built.height, "purification": {**stats, "judge": note},
-        "trained_on": kept.height, "start_model": str(model), "model": str(res.merged_dir),
-        "complete": res.complete, "build_s": round(build_s, 1), "sft_s": round(res.wall_s, 1),
-    }  # fmt: skip
+        "contexts": len(ctxs),
+        "built": built.height,
+        "purification": {**stats, "judge": note},
+        "trained_on": kept.height,
+        "start_model": str(model),
+        "model": str(res.merged_dir),
+        "complete": res.complete,
+        "build_s": round(build_s, 1),
+        "sft_s": round(res.wall_s, 1),
+    }
     write_json_atomic(out / "incremental.json", summary)
     return summary
 

@@ -41,8 +41,14 @@ def truncate_log(out_dir: str | os.PathLike[str], level: str, step: int) -> None
 
 
 def _log_row(level: str, step: int, logs: dict[str, float]) -> dict[str, Any]:
-    row = {"level": level, "step": step, "loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0.0)),
-           "epoch": float(logs.get("epoch", 0.0)), "time": round(time.time(), 1)}  # fmt: skip
+    row = {
+        "level": level,
+        "step": step,
+        "loss": float(logs["loss"]),
+        "lr": float(logs.get("learning_rate", 0.0)),
+        "epoch": float(logs.get("epoch", 0.0)),
+        "time": round(time.time(), 1),
+    }
     row.update({k: float(logs[k]) for k in ("grad_norm", "mean_token_accuracy", "num_tokens") if k in logs})
     return row
 
@@ -61,7 +67,9 @@ def log_callback(out_dir: str | os.PathLike[str], level: str, progress: Any = No
             if progress is not None:
                 progress.update(self.task, completed=state.global_step)
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+        ) -> None:
             if not logs or "loss" not in logs:
                 return
             row = _log_row(level, state.global_step, logs)
@@ -125,7 +133,9 @@ def _fmt(x: Any) -> str:
 def render_report(out_dir: str | os.PathLike[str]) -> str:
     """The report of a training folder as one HTML string."""
     out = Path(out_dir)
-    meta = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").is_file() else {}
+    meta = (
+        json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").is_file() else {}
+    )
     config = meta.get("config", {})
     levels = list(config.get("levels", ["foundation", "intermediate", "advanced"]))
     log = read_log(out)
@@ -137,16 +147,29 @@ def render_report(out_dir: str | os.PathLike[str]) -> str:
         r = by_level.get(level, {})
         if first is None and not r:
             continue
-        phase_rows.append([level, r.get("samples", ""), r.get("dropped_too_long", ""), r.get("tokens_mean", ""),
-                           f"{r.get('steps', '')}/{r.get('max_steps', '')}", _fmt(first), _fmt(last),
-                           r.get("runtime_s", ""), "yes" if r.get("complete") else "no"])  # fmt: skip
+        phase_rows.append(
+            [
+                level,
+                r.get("samples", ""),
+                r.get("dropped_too_long", ""),
+                r.get("tokens_mean", ""),
+                f"{r.get('steps', '')}/{r.get('max_steps', '')}",
+                _fmt(first),
+                _fmt(last),
+                r.get("runtime_s", ""),
+                "yes" if r.get("complete") else "no",
+            ]
+        )
     counts, keys = [], ["level"]
     if (out / "samples.parquet").is_file():
         s = pl.read_parquet(out / "samples.parquet")
         keys = [c for c in ("level", "task", "source") if c in s.columns]
         counts = [[*row] for row in s.group_by(keys).len().sort(keys).iter_rows()]
-    plots = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}">'
-                    f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in loss_plots(log, levels))  # fmt: skip
+    plots = "".join(
+        f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}">'
+        f"<figcaption>{html.escape(t)}</figcaption></figure>"
+        for t, b in loss_plots(log, levels)
+    )
     status = "complete" if result.get("complete") else "not complete (re-run the same command to resume)"
     cfg_rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in config.items()]
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())

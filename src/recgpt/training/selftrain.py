@@ -49,11 +49,15 @@ class SelfTrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     rounds: int = Field(default=1, ge=1)
-    users_per_round: int = Field(default=48, ge=1, description="training users whose prompts the model answers")
+    users_per_round: int = Field(
+        default=48, ge=1, description="training users whose prompts the model answers"
+    )
     judge: str | None = Field(default=None, description="judge backend spec (None: rules only)")
     calibration: Path | None = Field(default=None, description="`recgpt judge calibrate --out` JSON")
     gate_threshold: float = Field(default=0.8, ge=0.0, le=1.0)
-    min_pass: float = Field(default=1.0, ge=0.0, le=1.0, description="share of an answer's tags that must pass")
+    min_pass: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="share of an answer's tags that must pass"
+    )
     eval_users: int = 200
     eval_seed: int = 0
     seed: int = 0
@@ -113,7 +117,10 @@ def _teacher(model_dir: Path, batch_size: int, cache: Path, threads: int = 1) ->
     from recgpt.llm.cache import LLMCache
     from recgpt.llm.engine import LLMEngine
 
-    return LLMEngine(make_backend(f"transformers:{model_dir}", batch_size=batch_size, threads=threads), cache=LLMCache(cache))
+    return LLMEngine(
+        make_backend(f"transformers:{model_dir}", batch_size=batch_size, threads=threads),
+        cache=LLMCache(cache),
+    )
 
 
 def _write_rounds(out: Path, records: list[RoundRecord]) -> None:
@@ -126,7 +133,9 @@ def read_rounds(out: str | Path) -> list[RoundRecord]:
     path = Path(out) / "rounds.json"
     if not path.is_file():
         return []
-    return [RoundRecord(**{k: v for k, v in r.items() if k != "pass_rate"}) for r in json.loads(path.read_text())]
+    return [
+        RoundRecord(**{k: v for k, v in r.items() if k != "pass_rate"}) for r in json.loads(path.read_text())
+    ]
 
 
 def self_train(
@@ -150,33 +159,47 @@ def self_train(
 
     start = Path(start)
     if not (start / "merged").is_dir() or not (start / "samples.parquet").is_file():
-        raise FileNotFoundError(f"{start} is not a `recgpt train sft` output (needs merged/ and samples.parquet)")
+        raise FileNotFoundError(
+            f"{start} is not a `recgpt train sft` output (needs merged/ and samples.parquet)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = read_rounds(out)
     excluded = eval_users(split, config.eval_users, config.eval_seed)
-    filter_fn, note = judge_filter(config.judge, config.calibration, config.gate_threshold, "tags",
-                                   cache=out / "judge-cache.sqlite")  # fmt: skip
+    filter_fn, note = judge_filter(
+        config.judge, config.calibration, config.gate_threshold, "tags", cache=out / "judge-cache.sqlite"
+    )
     for k in range(len(records) + 1, config.rounds + 1):
         prev = Path(records[-1].model_dir) if records else start / "merged"
-        train = concat_samples(load_samples(start / "samples.parquet"),
-                               *[load_samples(out / f"round-{r.round}" / "self.parquet") for r in records])  # fmt: skip
+        train = concat_samples(
+            load_samples(start / "samples.parquet"),
+            *[load_samples(out / f"round-{r.round}" / "self.parquet") for r in records],
+        )
         t0 = time.perf_counter()
         cfg_k = logs.model_copy(update={"users": config.users_per_round, "seed": config.seed + k})
-        ctxs = tag_contexts(dataset, split, cfg_k, exclude_users=excluded, progress=progress,
-                            encoder=Embedder(cache_dir=out / "embed-cache"))  # fmt: skip
+        ctxs = tag_contexts(
+            dataset,
+            split,
+            cfg_k,
+            exclude_users=excluded,
+            progress=progress,
+            encoder=Embedder(cache_dir=out / "embed-cache"),
+        )
         teacher = _teacher(prev, config.llm_batch_size, out / "llm-cache.sqlite", sft.threads)
         try:
-            kept, stats = run_distill(tag_prompts(ctxs, cfg_k), teacher, filter_fn, source="self",
-                                      min_pass=config.min_pass, round=k)  # fmt: skip
+            kept, stats = run_distill(
+                tag_prompts(ctxs, cfg_k), teacher, filter_fn, source="self", min_pass=config.min_pass, round=k
+            )
             teacher_id = teacher.backend.model_id
         finally:
             teacher.close()
         gen_s = time.perf_counter() - t0
         if console is not None:
-            console.print(f"round {k}: {stats.kept} of {stats.prompts} answers kept (failed {sum(stats.failed.values())}, "
-                          f"rule-rejected {sum(stats.rule_rejected.values())}, judge-rejected {stats.judge_rejected}; "
-                          f"{note}) in {gen_s:.0f} s")  # fmt: skip
+            console.print(
+                f"round {k}: {stats.kept} of {stats.prompts} answers kept (failed {sum(stats.failed.values())}, "
+                f"rule-rejected {sum(stats.rule_rejected.values())}, judge-rejected {stats.judge_rejected}; "
+                f"{note}) in {gen_s:.0f} s"
+            )
         rdir = out / f"round-{k}"
         rdir.mkdir(exist_ok=True)
         save_samples(kept, rdir / "self.parquet")
@@ -189,13 +212,24 @@ def self_train(
             if not res.complete:
                 raise RuntimeError(f"round {k}: SFT stopped before the end (time budget?); re-run to resume")
             model_dir, sft_note = str(res.merged_dir), "retrained on the grown set"
-        records.append(RoundRecord(
-            round=k, teacher=teacher_id, prompts=stats.prompts, failed=dict(stats.failed),
-            rule_rejected=sum(stats.rule_rejected.values()), judge_rejected=stats.judge_rejected, kept=stats.kept,
-            judge_used=filter_fn is not None, judge_note=note, train_samples=train.height,
-            model_dir=model_dir, sft_s=round(time.perf_counter() - t1, 1), generate_s=round(gen_s, 1),
-            extra={"rule_reasons": dict(stats.rule_rejected.most_common(5)), "sft": sft_note},
-        ))  # fmt: skip
+        records.append(
+            RoundRecord(
+                round=k,
+                teacher=teacher_id,
+                prompts=stats.prompts,
+                failed=dict(stats.failed),
+                rule_rejected=sum(stats.rule_rejected.values()),
+                judge_rejected=stats.judge_rejected,
+                kept=stats.kept,
+                judge_used=filter_fn is not None,
+                judge_note=note,
+                train_samples=train.height,
+                model_dir=model_dir,
+                sft_s=round(time.perf_counter() - t1, 1),
+                generate_s=round(gen_s, 1),
+                extra={"rule_reasons": dict(stats.rule_rejected.most_common(5)), "sft": sft_note},
+            )
+        )
         _write_rounds(out, records)
     return records
 

@@ -101,12 +101,26 @@ class SFTConfig:
         self.levels = tuple(self.levels)
         if not self.levels or len(set(self.levels)) != len(self.levels):
             raise ValueError(f"levels must be a non-empty list of distinct names, got {self.levels}")
-        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_seq_len", "threads", "save_steps"):
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "batch_size",
+            "grad_accum",
+            "max_seq_len",
+            "threads",
+            "save_steps",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not (0.0 <= self.lora_dropout < 1.0 and 0.0 <= self.warmup_ratio < 1.0 and self.learning_rate > 0
-                and self.epochs > 0):  # fmt: skip
-            raise ValueError("lora_dropout and warmup_ratio must lie in [0, 1), learning_rate and epochs be > 0")
+        if not (
+            0.0 <= self.lora_dropout < 1.0
+            and 0.0 <= self.warmup_ratio < 1.0
+            and self.learning_rate > 0
+            and self.epochs > 0
+        ):
+            raise ValueError(
+                "lora_dropout and warmup_ratio must lie in [0, 1), learning_rate and epochs be > 0"
+            )
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         steps = self.max_steps.values() if isinstance(self.max_steps, dict) else [self.max_steps]
@@ -165,10 +179,14 @@ class SFTResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "out_dir": str(self.out_dir), "base_model": str(self.base_model), "adapter_dir": str(self.adapter_dir),
-            "merged_dir": str(self.merged_dir) if self.merged_dir else None, "complete": self.complete,
-            "wall_s": round(self.wall_s, 1), "levels": [dataclasses.asdict(r) for r in self.levels],
-        }  # fmt: skip
+            "out_dir": str(self.out_dir),
+            "base_model": str(self.base_model),
+            "adapter_dir": str(self.adapter_dir),
+            "merged_dir": str(self.merged_dir) if self.merged_dir else None,
+            "complete": self.complete,
+            "wall_s": round(self.wall_s, 1),
+            "levels": [dataclasses.asdict(r) for r in self.levels],
+        }
 
 
 # ---------------------------------------------------------------------- samples
@@ -182,7 +200,9 @@ def check_samples(samples: pl.DataFrame, levels: Sequence[str]) -> pl.DataFrame:
         raise SampleError("no SFT samples to train on")
     bad = samples.filter(~pl.col("level").is_in(list(levels)))
     if bad.height:
-        raise SampleError(f"sample {bad['sample_id'][0]!r}: level {bad['level'][0]!r} is not one of {list(levels)}")
+        raise SampleError(
+            f"sample {bad['sample_id'][0]!r}: level {bad['level'][0]!r} is not one of {list(levels)}"
+        )
     return samples
 
 
@@ -237,7 +257,9 @@ def resolve_base(base: str | os.PathLike[str] | None) -> Path:
         return gguf_to_hf_folder(p)
     if p.is_dir() and (p / "config.json").is_file():
         return p.resolve()
-    raise FileNotFoundError(f"base model {base!r} is neither a .gguf file nor an HF model folder (config.json)")
+    raise FileNotFoundError(
+        f"base model {base!r} is neither a .gguf file nor an HF model folder (config.json)"
+    )
 
 
 def merge_adapter(base: Path, adapter: Path, out: Path, dtype: str = "float32") -> Path:
@@ -281,13 +303,31 @@ def export_gguf(merged: Path, out_file: Path | None = None, outtype: str = "q8_0
     if not (tools / "convert_hf_to_gguf.py").is_file():
         tools.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=tools.parent) as tmp:
-            _run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
-                  "--no-binary", ":all:", "--quiet", "-d", tmp], "pip download of the llama-cpp-python sdist")  # fmt: skip
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    f"llama-cpp-python=={version}",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "--quiet",
+                    "-d",
+                    tmp,
+                ],
+                "pip download of the llama-cpp-python sdist",
+            )
             sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
             prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
             with tarfile.open(sdist) as tar:
-                keep = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix):].startswith(
-                    ("convert_hf_to_gguf.py", "conversion/", "gguf-py/"))]  # fmt: skip
+                keep = [
+                    m
+                    for m in tar.getmembers()
+                    if m.name.startswith(prefix)
+                    and m.name[len(prefix) :].startswith(("convert_hf_to_gguf.py", "conversion/", "gguf-py/"))
+                ]
                 for m in keep:
                     m.name = m.name[len(prefix) :]
                 tar.extractall(Path(tmp) / "tools", members=keep, filter="data")
@@ -295,8 +335,19 @@ def export_gguf(merged: Path, out_file: Path | None = None, outtype: str = "q8_0
             (Path(tmp) / "tools").rename(tools)
     out_file = out_file or merged.parent / f"model-{outtype}.gguf"
     env = {**os.environ, "PYTHONPATH": str(tools / "gguf-py"), "OMP_NUM_THREADS": "1"}
-    _run([sys.executable, str(tools / "convert_hf_to_gguf.py"), str(merged), "--outfile", str(out_file),
-          "--outtype", outtype], "llama.cpp's convert_hf_to_gguf.py", env)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            str(tools / "convert_hf_to_gguf.py"),
+            str(merged),
+            "--outfile",
+            str(out_file),
+            "--outtype",
+            outtype,
+        ],
+        "llama.cpp's convert_hf_to_gguf.py",
+        env,
+    )
     return out_file
 
 
@@ -346,22 +397,47 @@ def _trl_args(config: SFTConfig, phase_dir: Path, steps: int | None, device: str
     from trl import SFTConfig as TRLConfig
 
     return TRLConfig(
-        output_dir=str(phase_dir), max_steps=steps if steps is not None else -1, num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay, max_length=config.max_seq_len,
-        completion_only_loss=config.completion_only_loss, logging_steps=1, save_strategy="steps",
-        save_steps=config.save_steps, save_total_limit=config.save_total_limit, seed=config.seed, data_seed=config.seed,
-        report_to=[], disable_tqdm=True, gradient_checkpointing=False, use_cpu=device == "cpu",
-        bf16=config.dtype == "bfloat16" and device != "cpu", fp16=config.dtype == "float16" and device != "cpu",
-        dataloader_num_workers=0, dataloader_pin_memory=device != "cpu",
-    )  # fmt: skip
+        output_dir=str(phase_dir),
+        max_steps=steps if steps is not None else -1,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_length=config.max_seq_len,
+        completion_only_loss=config.completion_only_loss,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        use_cpu=device == "cpu",
+        bf16=config.dtype == "bfloat16" and device != "cpu",
+        fp16=config.dtype == "float16" and device != "cpu",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device != "cpu",
+    )
 
 
 def _train_phase(
-    config: SFTConfig, base: Path, prev_adapter: Path | None, records: list[dict[str, Any]], phase_dir: Path,
-    res: LevelResult, *, resume: bool, deadline: float | None, progress: Any, extra_callbacks: Sequence[Any],
-) -> Path:  # fmt: skip
+    config: SFTConfig,
+    base: Path,
+    prev_adapter: Path | None,
+    records: list[dict[str, Any]],
+    phase_dir: Path,
+    res: LevelResult,
+    *,
+    resume: bool,
+    deadline: float | None,
+    progress: Any,
+    extra_callbacks: Sequence[Any],
+) -> Path:
     """One curriculum phase; returns the adapter folder it wrote (complete or not)."""
     import torch
     from datasets import Dataset
@@ -379,16 +455,27 @@ def _train_phase(
         model = PeftModel.from_pretrained(model, str(prev_adapter), is_trainable=True)
     else:
         peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules, task_type="CAUSAL_LM",
-        )  # fmt: skip
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+        )
     trainer = SFTTrainer(
-        model=model, args=_trl_args(config, phase_dir, config.steps_for(res.level), device),
-        train_dataset=Dataset.from_list(records), processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[log_callback(phase_dir.parent.parent, res.level, progress), *extra_callbacks,
-                   *([_deadline_stop(deadline)] if deadline else [])],
-    )  # fmt: skip
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the rich bar and log.jsonl replace it
+        model=model,
+        args=_trl_args(config, phase_dir, config.steps_for(res.level), device),
+        train_dataset=Dataset.from_list(records),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[
+            log_callback(phase_dir.parent.parent, res.level, progress),
+            *extra_callbacks,
+            *([_deadline_stop(deadline)] if deadline else []),
+        ],
+    )
+    trainer.remove_callback(
+        PrinterCallback
+    )  # it prints every log dict; the rich bar and log.jsonl replace it
     ckpt = latest_checkpoint(phase_dir) if resume else None
     if ckpt is not None:
         res.resumed_from = int(ckpt.name.split("-")[-1])
@@ -407,11 +494,15 @@ def _train_phase(
     return adapter
 
 
-def _prepare_out(out_dir: Path, config: SFTConfig, samples: pl.DataFrame, base: Path, resume: bool) -> dict[str, Any]:
+def _prepare_out(
+    out_dir: Path, config: SFTConfig, samples: pl.DataFrame, base: Path, resume: bool
+) -> dict[str, Any]:
     """Write (or check, when resuming) train_config.json and samples.parquet."""
     ident = {k: v for k, v in config.to_dict().items() if k not in _RUNTIME_FIELDS}
     fingerprint = hashlib.sha256(
-        json.dumps({"config": ident, "base": str(base), "samples": samples_digest(samples)}, sort_keys=True).encode()
+        json.dumps(
+            {"config": ident, "base": str(base), "samples": samples_digest(samples)}, sort_keys=True
+        ).encode()
     ).hexdigest()[:16]
     meta_path = out_dir / "train_config.json"
     if resume and meta_path.is_file():
@@ -433,27 +524,42 @@ def _prepare_out(out_dir: Path, config: SFTConfig, samples: pl.DataFrame, base: 
     import trl
 
     meta = {
-        "fingerprint": fingerprint, "config": config.to_dict(), "base_model": str(base),
+        "fingerprint": fingerprint,
+        "config": config.to_dict(),
+        "base_model": str(base),
         "samples": {str(k): int(v) for k, v in samples.group_by("level").len().iter_rows()},
         "tasks": {str(k): int(v) for k, v in samples.group_by("task").len().iter_rows()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "trl": trl.__version__},
-    }  # fmt: skip
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "trl": trl.__version__,
+        },
+    }
     meta_path.write_text(json.dumps(meta, indent=2))
     return meta
 
 
-def _level_records(tokenizer: Any, rows: pl.DataFrame, level: str, max_len: int) -> tuple[list[Any], LevelResult]:
+def _level_records(
+    tokenizer: Any, rows: pl.DataFrame, level: str, max_len: int
+) -> tuple[list[Any], LevelResult]:
     """A level's training records without the ones longer than `max_len` tokens, and their stats."""
     records = to_records(rows)
     lengths = token_lengths(tokenizer, records)
     kept = [r for r, n in zip(records, lengths, strict=True) if n <= max_len]
     kept_len = [n for n in lengths if n <= max_len]
     if not kept:
-        raise ValueError(f"every {level} sample is longer than max_seq_len={max_len} tokens "
-                         f"(shortest {min(lengths)}): raise max_seq_len")  # fmt: skip
-    res = LevelResult(level=level, samples=len(kept), dropped_too_long=len(records) - len(kept),
-                      tokens_mean=round(sum(kept_len) / len(kept_len), 1), tokens_max=max(kept_len))  # fmt: skip
+        raise ValueError(
+            f"every {level} sample is longer than max_seq_len={max_len} tokens "
+            f"(shortest {min(lengths)}): raise max_seq_len"
+        )
+    res = LevelResult(
+        level=level,
+        samples=len(kept),
+        dropped_too_long=len(records) - len(kept),
+        tokens_mean=round(sum(kept_len) / len(kept_len), 1),
+        tokens_max=max(kept_len),
+    )
     return kept, res
 
 
@@ -496,12 +602,26 @@ def run_sft(
             kept, res = _level_records(tokenizer, rows, level, config.max_seq_len)
             result.levels.append(res)
             phase_dir = out / "checkpoints" / level
-            if resume and (phase_dir / _DONE).is_file() and (phase_dir / "adapter" / "adapter_config.json").is_file():
+            if (
+                resume
+                and (phase_dir / _DONE).is_file()
+                and (phase_dir / "adapter" / "adapter_config.json").is_file()
+            ):
                 res.__dict__.update(json.loads((phase_dir / _DONE).read_text()))  # finished earlier
                 adapter = phase_dir / "adapter"
                 continue
-            adapter = _train_phase(config, base, adapter, kept, phase_dir, res, resume=resume, deadline=deadline,
-                                   progress=bar if progress else None, extra_callbacks=callbacks)  # fmt: skip
+            adapter = _train_phase(
+                config,
+                base,
+                adapter,
+                kept,
+                phase_dir,
+                res,
+                resume=resume,
+                deadline=deadline,
+                progress=bar if progress else None,
+                extra_callbacks=callbacks,
+            )
             if not res.complete:
                 break  # stopped (budget or callback): later levels wait for the resumed run
         assert adapter is not None, "no level had samples"
@@ -515,4 +635,3 @@ def run_sft(
     write_json_atomic(out / "train_config.json", meta)
     write_report(out)
     return result
-

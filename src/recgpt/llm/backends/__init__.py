@@ -46,13 +46,25 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "fake": _Entry("recgpt.llm.backends.fake", "FakeBackend", None, (), "llm"),
-    "llamacpp": _Entry("recgpt.llm.backends.llamacpp_backend", "LlamaCppBackend", "model_path",
-                       ("llama_cpp",), "llm", {"threads": "n_threads", "workers": "n_workers", "n_ctx": "n_ctx"}),
+    "llamacpp": _Entry(
+        "recgpt.llm.backends.llamacpp_backend",
+        "LlamaCppBackend",
+        "model_path",
+        ("llama_cpp",),
+        "llm",
+        {"threads": "n_threads", "workers": "n_workers", "n_ctx": "n_ctx"},
+    ),
     "openai": _Entry("recgpt.llm.backends.openai_backend", "OpenAIBackend", "model", ("openai",), "llm"),
-    "transformers": _Entry("recgpt.llm.backends.transformers_backend", "TransformersBackend", "model",
-                           ("torch", "transformers"), "train", {"threads": "threads"}),
+    "transformers": _Entry(
+        "recgpt.llm.backends.transformers_backend",
+        "TransformersBackend",
+        "model",
+        ("torch", "transformers"),
+        "train",
+        {"threads": "threads"},
+    ),
     "vllm": _Entry("recgpt.llm.backends.vllm_backend", "VLLMBackend", "model", ("vllm",), "vllm"),
-}  # fmt: skip
+}
 
 
 class BackendUnavailable(ImportError):

@@ -47,9 +47,14 @@ class _Runner:
         from llama_cpp import Llama
 
         self.llm = Llama(
-            model_path=model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-            n_threads_batch=n_threads, chat_format=chat_format, verbose=False,
-        )  # fmt: skip
+            model_path=model_path,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            chat_format=chat_format,
+            verbose=False,
+        )
         self._grammars: dict[str, Any] = {}
         _LIVE.add(self)
 
@@ -76,14 +81,19 @@ class _Runner:
             resp = self.llm.create_chat_completion(
                 messages=[{"role": m.role, "content": m.content} for m in inp.messages],
                 grammar=self.grammar(inp.json_schema) if inp.json_schema is not None else None,
-                temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_tokens,
+                seed=s.seed,
                 stop=list(s.stop),
-            )  # fmt: skip
+            )
         except Exception as exc:  # one bad request (e.g. prompt longer than n_ctx) must not sink the batch
             return GenerationOutput(
-                text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}",
+                text="",
+                finish_reason="error",
+                error=f"{type(exc).__name__}: {exc}",
                 latency_s=time.perf_counter() - started,
-            )  # fmt: skip
+            )
         choice = resp["choices"][0]
         usage = resp.get("usage") or {}
         return GenerationOutput(
@@ -169,12 +179,19 @@ class LlamaCppBackend(Backend):
             raise FileNotFoundError(f"GGUF model file not found: {path}")
         n_threads = n_threads if n_threads is not None else default_threads()
         if n_threads < 1 or n_workers < 1 or n_ctx < 16:
-            raise ValueError(f"need n_threads >= 1, n_workers >= 1, n_ctx >= 16 (got {n_threads}, {n_workers}, {n_ctx})")
+            raise ValueError(
+                f"need n_threads >= 1, n_workers >= 1, n_ctx >= 16 (got {n_threads}, {n_workers}, {n_ctx})"
+            )
         self.model_path = path.resolve()
         self.n_threads, self.n_workers, self.n_ctx = n_threads, n_workers, n_ctx
         self._model_id = f"{path.name}@sha256:{file_sha256(path)}"
-        config = {"model_path": str(self.model_path), "n_threads": n_threads, "n_ctx": n_ctx,
-                  "n_batch": n_batch, "chat_format": chat_format}  # fmt: skip
+        config = {
+            "model_path": str(self.model_path),
+            "n_threads": n_threads,
+            "n_ctx": n_ctx,
+            "n_batch": n_batch,
+            "chat_format": chat_format,
+        }
         self._runner: _Runner | None = None
         self._pool: Executor | None = None
         if n_workers == 1:
@@ -187,9 +204,11 @@ class LlamaCppBackend(Backend):
         """Start every worker now and wait until each has loaded its model: a broken model fails here,
         not mid-stage. Each worker binds itself to this process (`lifeline`) before loading."""
         pool = ProcessPoolExecutor(
-            max_workers=n_workers, mp_context=get_context("spawn"), initializer=_worker_init,
+            max_workers=n_workers,
+            mp_context=get_context("spawn"),
+            initializer=_worker_init,
             initargs=(config, os.getpid(), _SpawnedFromMainThread()),
-        )  # fmt: skip
+        )
         try:
             # Spawned on demand: n tasks submitted before any worker is up start n processes.
             for f in [pool.submit(_worker_ready, 0.05) for _ in range(n_workers)]:

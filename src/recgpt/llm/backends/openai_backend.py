@@ -71,8 +71,9 @@ def choose_api_key(base_url: str | None, api_key_env: str = "OPENAI_API_KEY") ->
             print(
                 f"warning: ${api_key_env} is not sent to {shown}: plain HTTP to a host that is not this "
                 f"machine would expose it; use https://, or set {INSECURE_KEY_ENV}=1 to send it anyway",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
+                file=sys.stderr,
+                flush=True,
+            )
         return ""
     if key:
         return key
@@ -129,7 +130,9 @@ class OpenAIBackend(Backend):
             )
         api_key = choose_api_key(base_url, api_key_env)
         query: dict[str, str] | None = None
-        if base_url and urlsplit(base_url).query:  # `...?api_key=K`: sent with every request, not glued to the path
+        if (
+            base_url and urlsplit(base_url).query
+        ):  # `...?api_key=K`: sent with every request, not glued to the path
             parts = urlsplit(base_url)
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
             base_url = urlunsplit(parts._replace(query=""))
@@ -138,7 +141,11 @@ class OpenAIBackend(Backend):
         self._extra_headers: dict[str, Any] | None = None if api_key else {"Authorization": openai.Omit()}
         # The client's own retries are off: `_call` retries, knowing a format rejection from an outage.
         self._client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or _DUMMY_KEY, timeout=timeout_s, max_retries=0, default_query=query
+            base_url=base_url,
+            api_key=api_key or _DUMMY_KEY,
+            timeout=timeout_s,
+            max_retries=0,
+            default_query=query,
         )
         self.model = model
         self.base_url = redact(str(self._client.base_url).rstrip("/"))
@@ -215,7 +222,9 @@ class OpenAIBackend(Backend):
             except self._openai.APIStatusError as exc:
                 detail = f"HTTP {exc.status_code}: {_message(exc)}"
                 first_error = first_error or detail
-                may_step = inp.json_schema is not None and not self._mode_settled and self._rejects_format(exc)
+                may_step = (
+                    inp.json_schema is not None and not self._mode_settled and self._rejects_format(exc)
+                )
                 if may_step and index + 1 < len(self._ladder):
                     index += 1
                     continue

@@ -53,9 +53,10 @@ def folder_digest(folder: str | os.PathLike[str]) -> str:
     """
     root = Path(folder)
     files = sorted(
-        p for p in root.iterdir()
+        p
+        for p in root.iterdir()
         if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_HASH_SKIP_SUFFIXES)
-    )  # fmt: skip
+    )
     if not files:
         raise FileNotFoundError(f"no files in model folder {root}")
     h = hashlib.sha256()
@@ -64,7 +65,9 @@ def folder_digest(folder: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def gguf_to_hf_folder(gguf_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def gguf_to_hf_folder(
+    gguf_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
     """The dequantized HF folder for a GGUF file: converted on first use, then reused."""
     gguf = Path(gguf_path).resolve()
     if not gguf.is_file():
@@ -246,7 +249,9 @@ class TransformersBackend(Backend):
         self._eos_ids = self._eos_token_ids()
         self._ll_tokenizer: Any = None
         self._grammars: dict[str, str] = {}
-        self.constraint_library = "llguidance" if constrained and importlib.util.find_spec("llguidance") else None
+        self.constraint_library = (
+            "llguidance" if constrained and importlib.util.find_spec("llguidance") else None
+        )
 
     @property
     def model_id(self) -> str:
@@ -294,7 +299,9 @@ class TransformersBackend(Backend):
             return self._generate_batch([inputs[i] for i in batch], [rendered[i] for i in batch])
         except Exception as exc:
             if len(batch) == 1:
-                return [GenerationOutput(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")]
+                return [
+                    GenerationOutput(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
+                ]
         return [out for i in batch for out in self._generate_safe(inputs, rendered, [i])]
 
     def _matcher(self, schema: dict[str, Any] | None) -> Any:
@@ -324,7 +331,9 @@ class TransformersBackend(Backend):
         torch = self._torch
         s = batch[0].sampling
         started = time.perf_counter()
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
         kwargs: dict[str, Any] = {
             "max_new_tokens": s.max_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
@@ -363,6 +372,9 @@ class TransformersBackend(Backend):
                 text = text[: -len(stop)]
                 break
         return GenerationOutput(
-            text=text, finish_reason=reason, prompt_tokens=n_prompt, completion_tokens=len(tokens),
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=n_prompt,
+            completion_tokens=len(tokens),
             latency_s=latency_s,
-        )  # fmt: skip
+        )

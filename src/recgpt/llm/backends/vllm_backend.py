@@ -79,13 +79,17 @@ class VLLMBackend(Backend):
             return self._chat(inputs)
         except Exception as exc:
             if len(inputs) == 1:
-                return [GenerationOutput(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")]
+                return [
+                    GenerationOutput(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
+                ]
         return [out for inp in inputs for out in self.generate([inp])]
 
     def _chat(self, inputs: list[GenerationInput]) -> list[GenerationOutput]:
         started = time.perf_counter()
         conversations = [[{"role": m.role, "content": m.content} for m in inp.messages] for inp in inputs]
-        results = self.llm.chat(conversations, sampling_params=[self._params(i) for i in inputs], use_tqdm=False)
+        results = self.llm.chat(
+            conversations, sampling_params=[self._params(i) for i in inputs], use_tqdm=False
+        )
         per_row_s = (time.perf_counter() - started) / len(inputs)
         outputs = []
         for res in results:
@@ -93,9 +97,13 @@ class VLLMBackend(Backend):
             reason = best.finish_reason if best.finish_reason in ("stop", "length") else "error"
             error = None if reason != "error" else f"finish_reason={best.finish_reason}"
             out = GenerationOutput(
-                text=best.text, finish_reason=reason, prompt_tokens=len(res.prompt_token_ids or []),
-                completion_tokens=len(best.token_ids), latency_s=per_row_s, error=error,
-            )  # fmt: skip
+                text=best.text,
+                finish_reason=reason,
+                prompt_tokens=len(res.prompt_token_ids or []),
+                completion_tokens=len(best.token_ids),
+                latency_s=per_row_s,
+                error=error,
+            )
             outputs.append(out)
         return outputs
 

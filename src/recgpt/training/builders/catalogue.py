@@ -56,7 +56,9 @@ class CatalogueConfig(BaseModel):
     tasks: tuple[str, ...] = CATALOGUE_TASKS
     per_task: int = Field(default=200, ge=1)
     max_per_category: int = Field(default=20, ge=1, description="items per most-specific category and task")
-    max_choices: int = Field(default=40, ge=0, description="list the categories in the prompt up to this many")
+    max_choices: int = Field(
+        default=40, ge=0, description="list the categories in the prompt up to this many"
+    )
     what_to_buy_items: int = Field(default=3, ge=1, le=10)
     induction_items: int = Field(default=3, ge=2, le=8)
     min_support: int = Field(default=5, ge=2, description="items an interest phrase must cover")
@@ -106,25 +108,47 @@ def _sampling(max_tokens: int) -> SamplingParams:
 
 def category_request(title: str, choices: Sequence[str] = (), key: str | None = None) -> LLMRequest[Any]:
     """Foundation: the categories of an item from its title."""
-    return make_request("train_category", CategoryAnswer, sampling=_sampling(120), stage="category", key=key,
-                        title=title, choices=list(choices))  # fmt: skip
+    return make_request(
+        "train_category",
+        CategoryAnswer,
+        sampling=_sampling(120),
+        stage="category",
+        key=key,
+        title=title,
+        choices=list(choices),
+    )
 
 
 def keyinfo_request(title: str, key: str | None = None) -> LLMRequest[Any]:
     """Foundation: name, year, brand and category from a raw title."""
-    return make_request("train_keyinfo", KeyInfo, sampling=_sampling(120), stage="key_info", key=key, title=title)
+    return make_request(
+        "train_keyinfo", KeyInfo, sampling=_sampling(120), stage="key_info", key=key, title=title
+    )
 
 
 def what_to_buy_request(interest: str, count: int = 3) -> LLMRequest[Any]:
     """Intermediate: an interest -> categories and example item kinds."""
-    return make_request("train_what_to_buy", what_to_buy_model(count), sampling=_sampling(40 + 25 * count),
-                        stage="what_to_buy", key=interest, interest=interest, count=count)  # fmt: skip
+    return make_request(
+        "train_what_to_buy",
+        what_to_buy_model(count),
+        sampling=_sampling(40 + 25 * count),
+        stage="what_to_buy",
+        key=interest,
+        interest=interest,
+        count=count,
+    )
 
 
 def induction_request(items: Sequence[str]) -> LLMRequest[Any]:
     """Advanced: a few items -> the interest they share."""
-    return make_request("train_induction", Induction, sampling=_sampling(80), stage="induction",
-                        key="|".join(items), items=list(items))  # fmt: skip
+    return make_request(
+        "train_induction",
+        Induction,
+        sampling=_sampling(80),
+        stage="induction",
+        key="|".join(items),
+        items=list(items),
+    )
 
 
 # ---------------------------------------------------------------- targets
@@ -139,7 +163,9 @@ class _Builder:
             raise ValueError(f"unknown catalogue task(s) {sorted(unknown)}; valid: {', '.join(TASK_LEVELS)}")
         self.dataset, self.config = dataset, config
         core = core_word_for(dataset.manifest.source) if config.core_word == "auto" else config.core_word
-        self.cat = Catalogue(dataset.items, events if events is not None else dataset.events, config.tag_style, core)
+        self.cat = Catalogue(
+            dataset.items, events if events is not None else dataset.events, config.tag_style, core
+        )
         self.items = sorted(i for i in self.cat.rows if self.cat.categories(i) and self.cat.title(i).strip())
         if not self.items:
             raise ValueError("the catalogue has no item with both a title and a category")
@@ -168,9 +194,16 @@ class _Builder:
             brand = (self.cat.row(i).get("brand") or "").strip() or None
             name = " ".join(_strip_parens(self.cat.clean(i)).split())
             specific = self.cat.specific_category(i) or ""
-            answer = {"name": name or self.cat.title(i), "year": self.cat.year(i), "brand": brand,
-                      "category": short_category(specific)}  # fmt: skip
-            yield self._prompt("key_info", keyinfo_request(self.cat.title(i), key=i), target_items=[i]), answer
+            answer = {
+                "name": name or self.cat.title(i),
+                "year": self.cat.year(i),
+                "brand": brand,
+                "category": short_category(specific),
+            }
+            yield (
+                self._prompt("key_info", keyinfo_request(self.cat.title(i), key=i), target_items=[i]),
+                answer,
+            )
 
     def interests(self) -> list[tuple[str, list[str]]]:
         """(interest, member items): categories, then frequent title phrases, with enough items."""
@@ -180,7 +213,9 @@ class _Builder:
                 members.setdefault(c, []).append(i)
         out = [(c, m) for c, m in sorted(members.items()) if len(m) >= self.config.min_support]
         taken = {phrase_key(c) for c, _ in out}
-        phrases = title_phrases([self.cat.title(i) for i in self.items], PoolConfig(min_support=self.config.min_support))
+        phrases = title_phrases(
+            [self.cat.title(i) for i in self.items], PoolConfig(min_support=self.config.min_support)
+        )
         by_token: dict[str, list[str]] = {}
         for i in self.items:
             for tok in set(phrase_tokens(self.cat.title(i))):
@@ -201,15 +236,24 @@ class _Builder:
         made = 0
         for interest, members in entries:
             ranked = sorted(members, key=lambda i: (-self.cat.popularity[i], i))
-            tags = list(dict.fromkeys(t for t in (self.cat.tag(i) for i in ranked) if 2 <= len(t.split()) <= 6))
+            tags = list(
+                dict.fromkeys(t for t in (self.cat.tag(i) for i in ranked) if 2 <= len(t.split()) <= 6)
+            )
             if len(tags) < n:
                 continue
             counts = Counter(c for i in members for c in self.cat.categories(i))
             top = [c for c, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))]
             cats = list(dict.fromkeys([interest, *top] if interest in counts else top))[:3]
             answer = {"categories": cats, "items": tags[:n]}
-            yield self._prompt("what_to_buy", what_to_buy_request(interest, n), interest=interest,
-                               target_items=ranked[:n]), answer  # fmt: skip
+            yield (
+                self._prompt(
+                    "what_to_buy",
+                    what_to_buy_request(interest, n),
+                    interest=interest,
+                    target_items=ranked[:n],
+                ),
+                answer,
+            )
             made += 1
             if made >= self.config.per_task:
                 return
@@ -262,7 +306,11 @@ def catalogue_pairs(
     cfg = config or CatalogueConfig()
     b = _Builder(dataset, cfg, events)
     makers: dict[str, Callable[[], Iterator[tuple[TrainPrompt, dict[str, Any]]]]] = {
-        "category": b.category, "key_info": b.key_info, "what_to_buy": b.what_to_buy, "induction": b.induction}  # fmt: skip
+        "category": b.category,
+        "key_info": b.key_info,
+        "what_to_buy": b.what_to_buy,
+        "induction": b.induction,
+    }
     out: list[tuple[TrainPrompt, dict[str, Any]]] = []
     for task in sorted(cfg.tasks, key=CATALOGUE_TASKS.index):
         out.extend(makers[task]())
@@ -280,7 +328,9 @@ def build_catalogue_samples(
     dataset: Dataset, config: CatalogueConfig | None = None, *, events: pl.DataFrame | None = None
 ) -> pl.DataFrame:
     """SFT sample table of the catalogue tasks (pass `events=split.train_events` for popularity)."""
-    return samples_frame(prompt_sample(p, a, "catalogue") for p, a in catalogue_pairs(dataset, config, events=events))
+    return samples_frame(
+        prompt_sample(p, a, "catalogue") for p, a in catalogue_pairs(dataset, config, events=events)
+    )
 
 
 __all__ = [

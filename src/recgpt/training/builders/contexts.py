@@ -46,7 +46,16 @@ from recgpt.intent.tags import EXAMPLE_TAGS, TagsConfig, names_item
 from recgpt.training.builders.items import Catalogue, TagStyle, core_word_for
 
 DAY = 86_400
-VAGUE_WORDS: tuple[str, ...] = ("smart", "modular", "set", "stuff", "things", "various", "miscellaneous", "misc")
+VAGUE_WORDS: tuple[str, ...] = (
+    "smart",
+    "modular",
+    "set",
+    "stuff",
+    "things",
+    "various",
+    "miscellaneous",
+    "misc",
+)
 MAX_TRIES = 60  # as-of candidates tried per user before giving up on them
 
 
@@ -66,7 +75,9 @@ class LogsConfig(BaseModel):
     core_word: str | None = Field(default="auto", description='"auto": "film" for MovieLens, else none')
     max_per_category: int = Field(default=2, ge=1, description="tags per category in one sample (paper: 2)")
     interest_match: Literal["require", "prefer", "any"] = Field(
-        default="prefer", description="targets an interest names (category/title): only them, them first, or time order")
+        default="prefer",
+        description="targets an interest names (category/title): only them, them first, or time order",
+    )
     category_cap: int | None = Field(default=None, ge=1, description="tags per category in the whole set")
     explanations_per_context: int = Field(default=2, ge=1)
     tag_min_words: int = Field(default=2, ge=1)
@@ -139,7 +150,9 @@ class LogSource:
                 raise ValueError("pass an encoder (to build the interest pool) or a ready InterestPool")
             pool = InterestPool.build(dataset.items, encoder, cfg.pool)
         self.pool = pool
-        self.compressor = compressor or BehaviorCompressor(dataset.items, make_counter(cfg.tokenizer), cfg.compression)
+        self.compressor = compressor or BehaviorCompressor(
+            dataset.items, make_counter(cfg.tokenizer), cfg.compression
+        )
         core = core_word_for(dataset.manifest.source) if cfg.core_word == "auto" else cfg.core_word
         self.catalogue = Catalogue(dataset.items, split.train_events, cfg.tag_style, core)
         self._tags: dict[str, str] = {}
@@ -267,7 +280,11 @@ def pick_tags(
         key, cat = phrase_key(tag), src.category(item)
         if not tag or key in keys or not src.tag_ok(tag) or per_cat[cat] >= cfg.max_per_category:
             continue
-        if cap_used is not None and cfg.category_cap is not None and cap_used[cat] + per_cat[cat] >= cfg.category_cap:
+        if (
+            cap_used is not None
+            and cfg.category_cap is not None
+            and cap_used[cat] + per_cat[cat] >= cfg.category_cap
+        ):
             continue
         if ok is not None and not ok(item, tag):
             continue
@@ -298,7 +315,10 @@ def select_points(
     eligible = sorted(u for u, n in counts.iter_rows() if n >= need and u not in excluded)
     random.Random(cfg.seed).shuffle(eligible)
     reliable_ids = set(filter_reliable(events, cfg.compression.filter)["event_id"].to_list())
-    frames = {k[0]: v for k, v in events.with_columns(mask.alias("_t")).partition_by("user_id", as_dict=True).items()}
+    frames = {
+        k[0]: v
+        for k, v in events.with_columns(mask.alias("_t")).partition_by("user_id", as_dict=True).items()
+    }
     quota = len(eligible) if cfg.users is None else cfg.users
     out: list[tuple[str, int, int]] = []
     found = 0
@@ -316,8 +336,9 @@ def select_points(
     return out
 
 
-def _user_points(src: LogSource, log: _UserLog, rng: random.Random,
-                 window: tuple[int, int] | None) -> list[tuple[int, int]]:  # fmt: skip
+def _user_points(
+    src: LogSource, log: _UserLog, rng: random.Random, window: tuple[int, int] | None
+) -> list[tuple[int, int]]:
     cfg = src.config
     need = cfg.tags.count
     if window is not None:
@@ -351,7 +372,8 @@ def matches(src: LogSource, interest: str, item: str) -> bool:
     """Whether an interest names the item: one of its categories, or a phrase of its title."""
     key = phrase_key(interest)
     return any(phrase_key(c) == key for c in src.catalogue.categories(item)) or names_item(
-        src.catalogue.title(item), interest, 1)  # fmt: skip
+        src.catalogue.title(item), interest, 1
+    )
 
 
 def _history_categories(src: LogSource, seen: Collection[str], n: int) -> list[str]:
@@ -361,7 +383,9 @@ def _history_categories(src: LogSource, seen: Collection[str], n: int) -> list[s
     return [c for c, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:n]]
 
 
-def _link(src: LogSource, items: Sequence[str], interests: Sequence[tuple[int, str]]) -> dict[str, tuple[int, bool]]:
+def _link(
+    src: LogSource, items: Sequence[str], interests: Sequence[tuple[int, str]]
+) -> dict[str, tuple[int, bool]]:
     """item -> (interest id, matched): an interest equal to one of its categories (most specific wins),
     else one its title contains (matched), else the most similar by embedding (not matched)."""
     cat = src.catalogue
@@ -416,11 +440,19 @@ def tag_contexts(
         for j in sorted(rounds):
             pts = rounds[j]
             users = [u for u, _, _ in pts]
-            frame = pl.DataFrame({"user_id": users, "point_ts": [t for _, t, _ in pts], "point_eid": [-1] * len(pts)},
-                                 schema={"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()})  # fmt: skip
+            frame = pl.DataFrame(
+                {"user_id": users, "point_ts": [t for _, t, _ in pts], "point_eid": [-1] * len(pts)},
+                schema={"user_id": pl.String(), "point_ts": pl.Int64(), "point_eid": pl.Int64()},
+            )
             view = AsOf(split.train_events, frame)
-            task = EvalTask(name=f"train-asof-{j}", user_ids=users, user_idx=np.zeros(len(users), dtype=np.int64),
-                            asof=view, histories=[], targets=[])  # fmt: skip
+            task = EvalTask(
+                name=f"train-asof-{j}",
+                user_ids=users,
+                user_idx=np.zeros(len(users), dtype=np.int64),
+                asof=view,
+                histories=[],
+                targets=[],
+            )
             matches = src.pool.match(view, users, top_n=top_n)
             ctxs = build_contexts(task, dataset, users, compressor=src.compressor, pool_matches=matches)
             for (u, t, end), ctx in zip(pts, ctxs, strict=True):
@@ -433,8 +465,9 @@ def tag_contexts(
     return out
 
 
-def _context(src: LogSource, ctx: UserContext, seen: frozenset[str], t: int, end: int,
-             window: tuple[int, int] | None) -> LogContext | None:  # fmt: skip
+def _context(
+    src: LogSource, ctx: UserContext, seen: frozenset[str], t: int, end: int, window: tuple[int, int] | None
+) -> LogContext | None:
     cfg = src.config
     names = list(ctx.pool[: cfg.n_interests]) if cfg.interests_from == "pool" else []
     if not names:
@@ -442,8 +475,9 @@ def _context(src: LogSource, ctx: UserContext, seen: frozenset[str], t: int, end
     if not names:
         return None
     interests = tuple((i, n) for i, n in enumerate(names, start=1))
-    ev = src.split.train_events.filter((pl.col("user_id") == ctx.user_id) & (pl.col("timestamp") >= t)
-                                       & (pl.col("timestamp") < end))  # fmt: skip
+    ev = src.split.train_events.filter(
+        (pl.col("user_id") == ctx.user_id) & (pl.col("timestamp") >= t) & (pl.col("timestamp") < end)
+    )
     ev = ev.filter(_target_mask(src.split, ev, cfg.min_rating))
     seen_names = [n for i in seen for n in src.catalogue.names(i)]
     rows: dict[str, tuple[int, int]] = {}
@@ -455,10 +489,15 @@ def _context(src: LogSource, ctx: UserContext, seen: frozenset[str], t: int, end
         rows[item] = (int(ts), int(eid))
     links = _link(src, list(rows), interests) if rows else {}
     targets = tuple(Target(i, ts, eid, *links[i]) for i, (ts, eid) in rows.items())
-    lineage = {"dataset": src.dataset.manifest.name, "fingerprint": src.fingerprint, "as_of": t,
-               "window": [t, end], "global_window": list(window) if window else None, "seed": cfg.seed}  # fmt: skip
+    lineage = {
+        "dataset": src.dataset.manifest.name,
+        "fingerprint": src.fingerprint,
+        "as_of": t,
+        "window": [t, end],
+        "global_window": list(window) if window else None,
+        "seed": cfg.seed,
+    }
     return LogContext(ctx, interests, targets, seen, (t, end), lineage)
-
 
 
 __all__ = [

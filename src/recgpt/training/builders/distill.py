@@ -81,17 +81,30 @@ def judge_rows(prompt: TrainPrompt, value: BaseModel) -> list[dict[str, Any]]:
 
         base = context_fields(meta["context"])
     elif prompt.request.messages:
-        base = {"context": prompt.request.messages[-1].content, "user_id": prompt.user_id, "as_of": prompt.as_of}
+        base = {
+            "context": prompt.request.messages[-1].content,
+            "user_id": prompt.user_id,
+            "as_of": prompt.as_of,
+        }
     if prompt.task == "tags":
         names = dict(meta.get("interests") or ())
-        return [{**base, "output": t.tag, "interest": names.get(t.interest_id) or f"interest {t.interest_id}"}
-                for t in value.tags]  # type: ignore[attr-defined]  # fmt: skip
+        return [
+            {**base, "output": t.tag, "interest": names.get(t.interest_id) or f"interest {t.interest_id}"}
+            for t in value.tags
+        ]  # type: ignore[attr-defined]
     if prompt.task == "interests":
         return [{**base, "output": i.interest} for i in value.interests]  # type: ignore[attr-defined]
     item = meta.get("item") or {}
-    return [{**base, "output": value.explanation, "interest": meta.get("interest"),  # type: ignore[attr-defined]
-             "item_id": item.get("item_id"), "item": item_label(item) if item else None,
-             "item_title": item.get("title")}]  # fmt: skip
+    return [
+        {
+            **base,
+            "output": value.explanation,
+            "interest": meta.get("interest"),  # type: ignore[attr-defined]
+            "item_id": item.get("item_id"),
+            "item": item_label(item) if item else None,
+            "item_title": item.get("title"),
+        }
+    ]
 
 
 def judge_table(task: str, rows: Sequence[Mapping[str, Any]], source: str) -> pl.DataFrame:
@@ -114,9 +127,15 @@ class DistillStats:
     kept: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"prompts": self.prompts, "failed": dict(self.failed), "rule_rejected": dict(self.rule_rejected),
-                "judge_rejected": self.judge_rejected, "judged_parts": self.judged_parts,
-                "passed_parts": self.passed_parts, "kept": self.kept}  # fmt: skip
+        return {
+            "prompts": self.prompts,
+            "failed": dict(self.failed),
+            "rule_rejected": dict(self.rule_rejected),
+            "judge_rejected": self.judge_rejected,
+            "judged_parts": self.judged_parts,
+            "passed_parts": self.passed_parts,
+            "kept": self.kept,
+        }
 
 
 def as_prompt(p: TrainPrompt | LLMRequest[Any]) -> TrainPrompt:
@@ -162,14 +181,27 @@ def run_distill(
         if parts and verdict["passed"] < min_pass * parts:
             stats.judge_rejected += 1
             continue
-        rows.append(prompt_sample(p, value, source, teacher=teacher_id, round=round, verdict=verdict,
-                                  builder=f"distill.{p.task}"))  # fmt: skip
+        rows.append(
+            prompt_sample(
+                p,
+                value,
+                source,
+                teacher=teacher_id,
+                round=round,
+                verdict=verdict,
+                builder=f"distill.{p.task}",
+            )
+        )
     stats.kept = len(rows)
     return samples_frame(rows), stats
 
 
-def _judge(survivors: Sequence[tuple[TrainPrompt, BaseModel]], filter_fn: JudgeFilter | None, source: str,
-           stats: DistillStats) -> list[dict[str, Any]]:  # fmt: skip
+def _judge(
+    survivors: Sequence[tuple[TrainPrompt, BaseModel]],
+    filter_fn: JudgeFilter | None,
+    source: str,
+    stats: DistillStats,
+) -> list[dict[str, Any]]:
     """One verdict per answer: {"rules": "passed", "parts", "passed", "failed": [outputs]} (no judge: parts 0)."""
     base = {"rules": "passed"}
     if filter_fn is None:
@@ -181,8 +213,9 @@ def _judge(survivors: Sequence[tuple[TrainPrompt, BaseModel]], filter_fn: JudgeF
     judged = [t for t in tables if t.height]
     passed: set[str] = set()
     if judged:
-        everything = pl.concat(judged, how="vertical_relaxed").unique(subset=["sample_id"], keep="first",
-                                                                      maintain_order=True)  # fmt: skip
+        everything = pl.concat(judged, how="vertical_relaxed").unique(
+            subset=["sample_id"], keep="first", maintain_order=True
+        )
         kept = filter_fn(everything)
         if "sample_id" not in kept.columns:
             raise ValueError("filter_fn must return rows of the judge sample table (with 'sample_id')")

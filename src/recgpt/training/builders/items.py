@@ -42,8 +42,33 @@ _SEGMENT = re.compile(r"\s*[,:;|/]\s*|\s+[-–—]\s+")
 _LEADING = frozenset({"the", "a", "an"})
 _CUT = re.compile(r"\s(?:with|for|in|by|from|featuring|includes?)\s", re.IGNORECASE)
 _TECH = re.compile(r"^\d[A-Z]$")  # "3D", "4K": digits that are part of the product kind
-_UNITS = frozenset(("lb", "lbs", "oz", "fl", "mm", "cm", "ml", "kg", "g", "gm", "mg", "ft", "in", "inch", "inches",
-                    "pack", "pcs", "pc", "pk", "count", "ct", "qt", "gal"))  # fmt: skip
+_UNITS = frozenset(
+    (
+        "lb",
+        "lbs",
+        "oz",
+        "fl",
+        "mm",
+        "cm",
+        "ml",
+        "kg",
+        "g",
+        "gm",
+        "mg",
+        "ft",
+        "in",
+        "inch",
+        "inches",
+        "pack",
+        "pcs",
+        "pc",
+        "pk",
+        "count",
+        "ct",
+        "qt",
+        "gal",
+    )
+)
 MAX_TAG_WORDS = 6
 ROW_COLUMNS = ("item_id", "title", "brand", "categories")
 
@@ -61,7 +86,9 @@ class Catalogue:
         if "item_id" not in items.columns or "title" not in items.columns:
             raise ValueError("the catalogue needs an items table with 'item_id' and 'title' columns")
         cols = [c for c in ROW_COLUMNS if c in items.columns]
-        self.rows: dict[str, dict[str, Any]] = {r["item_id"]: r for r in items.select(cols).iter_rows(named=True)}
+        self.rows: dict[str, dict[str, Any]] = {
+            r["item_id"]: r for r in items.select(cols).iter_rows(named=True)
+        }
         self.category_counts: Counter[str] = Counter()
         for r in self.rows.values():
             self.category_counts.update({c.strip() for c in self.categories(r["item_id"])})
@@ -135,7 +162,9 @@ class Catalogue:
         if not cats:
             return ""
         year = self.year(item_id)
-        words = ([f"{year // 10 * 10}s"] if year else []) + cats + ([self.core_word] if self.core_word else [])
+        words = (
+            ([f"{year // 10 * 10}s"] if year else []) + cats + ([self.core_word] if self.core_word else [])
+        )
         return " ".join(words[-MAX_TAG_WORDS:])
 
     def title_phrase(self, item_id: str) -> str:
@@ -159,8 +188,15 @@ def _head_words(segment: str, brand: set[str]) -> list[str]:
 
 def _words(text: str, brand: set[str]) -> list[str]:
     words = [w.strip("\"'“”‘’.,!?") for w in text.split()]
-    words = [w for w in words if w and any(ch.isalpha() for ch in w) and w.lower() not in _UNITS
-             and w.lower() not in brand and (_TECH.match(w) or not any(ch.isdigit() for ch in w))]  # fmt: skip
+    words = [
+        w
+        for w in words
+        if w
+        and any(ch.isalpha() for ch in w)
+        and w.lower() not in _UNITS
+        and w.lower() not in brand
+        and (_TECH.match(w) or not any(ch.isdigit() for ch in w))
+    ]
     while words and words[0].lower() in _LEADING:
         words.pop(0)
     words = words[-MAX_TAG_WORDS:]
@@ -188,8 +224,20 @@ def decade(year: int | None) -> str | None:
 
 def item_facts(cat: Catalogue, item_id: str) -> Mapping[str, Any]:
     """The item's facts a target may state: title, year, categories (most specific last)."""
-    return {"item_id": item_id, "title": cat.title(item_id), "year": cat.year(item_id),
-            "categories": cat.by_specificity(item_id)}  # fmt: skip
+    return {
+        "item_id": item_id,
+        "title": cat.title(item_id),
+        "year": cat.year(item_id),
+        "categories": cat.by_specificity(item_id),
+    }
 
 
-__all__ = ["MAX_TAG_WORDS", "Catalogue", "TagStyle", "core_word_for", "decade", "item_facts", "short_category"]
+__all__ = [
+    "MAX_TAG_WORDS",
+    "Catalogue",
+    "TagStyle",
+    "core_word_for",
+    "decade",
+    "item_facts",
+    "short_category",
+]

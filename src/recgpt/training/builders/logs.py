@@ -85,8 +85,9 @@ def _prepare(
     """The builders' shared resources, and the contexts unless the caller already built them."""
     src = LogSource(dataset, split, config, **resources)
     if contexts is None:
-        contexts = tag_contexts(dataset, split, source=src, exclude_users=exclude_users, window=window,
-                                progress=progress)  # fmt: skip
+        contexts = tag_contexts(
+            dataset, split, source=src, exclude_users=exclude_users, window=window, progress=progress
+        )
     return src, contexts
 
 
@@ -96,9 +97,18 @@ def _prepare(
 def tag_prompts(contexts: Sequence[LogContext], config: LogsConfig | None = None) -> list[TrainPrompt]:
     """The chain's LLM_IT prompt of each context (what self-training and distillation ask a model)."""
     cfg = config or LogsConfig()
-    return [TrainPrompt(tag_request(cfg.tags, lc.ctx, lc.interests), "tags", "advanced", lc.user_id, lc.as_of,
-                        dict(lc.lineage), {"context": lc.ctx, "interests": lc.interests, "tags_config": cfg.tags})
-            for lc in contexts]  # fmt: skip
+    return [
+        TrainPrompt(
+            tag_request(cfg.tags, lc.ctx, lc.interests),
+            "tags",
+            "advanced",
+            lc.user_id,
+            lc.as_of,
+            dict(lc.lineage),
+            {"context": lc.ctx, "interests": lc.interests, "tags_config": cfg.tags},
+        )
+        for lc in contexts
+    ]
 
 
 def _prompt_text(prompt: TrainPrompt) -> str:
@@ -113,10 +123,16 @@ def _rationale(src: LogSource, lc: LogContext, item: str) -> str:
         if hist[c]:
             return f"follows {_count(hist[c], 'earlier ' + short_category(c).lower() + ' pick')}"
     specific = cat.specific_category(item)
-    return f"new {short_category(specific).lower()} direction beyond the history" if specific else "new direction"
+    return (
+        f"new {short_category(specific).lower()} direction beyond the history"
+        if specific
+        else "new direction"
+    )
 
 
-def _tag_answer(src: LogSource, lc: LogContext, prompt: TrainPrompt, cap_used: Counter[str]) -> list[Target] | None:
+def _tag_answer(
+    src: LogSource, lc: LogContext, prompt: TrainPrompt, cap_used: Counter[str]
+) -> list[Target] | None:
     cfg = src.config
     recent = recent_titles(lc.ctx, cfg.tags.freshness_days)
     text = _prompt_text(prompt)
@@ -149,8 +165,16 @@ def build_tag_samples(
     guard: bool = True,
 ) -> pl.DataFrame:
     """LLM_IT samples (SFT sample table): next items as tags, balanced (module docstring)."""
-    src, contexts = _prepare(dataset, split, config, {"encoder": encoder, "pool": pool, "compressor": compressor},
-                             contexts, exclude_users, window, progress)  # fmt: skip
+    src, contexts = _prepare(
+        dataset,
+        split,
+        config,
+        {"encoder": encoder, "pool": pool, "compressor": compressor},
+        contexts,
+        exclude_users,
+        window,
+        progress,
+    )
     cfg = src.config
     cap_used: Counter[str] = Counter()
     rows = []
@@ -158,19 +182,33 @@ def build_tag_samples(
         chosen = _tag_answer(src, lc, prompt, cap_used)
         if chosen is None:
             continue
-        tags = [Tag(tag=src.tag(t.item_id), interest_id=t.interest_id, rationale=_rationale(src, lc, t.item_id))
-                for t in chosen]  # fmt: skip
+        tags = [
+            Tag(tag=src.tag(t.item_id), interest_id=t.interest_id, rationale=_rationale(src, lc, t.item_id))
+            for t in chosen
+        ]
         ranked = postprocess_tags(cfg.tags, lc.ctx, tags, lc.interests)  # the chain's order: round-robin
         if len(ranked) != len(tags):
             continue
         order = {phrase_key(src.tag(t.item_id)): t for t in chosen}
-        answer = {"tags": [{"tag": r["tag"], "interest_id": r["interest_id"], "rationale": r["rationale"]}
-                           for r in ranked]}  # fmt: skip
+        answer = {
+            "tags": [
+                {"tag": r["tag"], "interest_id": r["interest_id"], "rationale": r["rationale"]}
+                for r in ranked
+            ]
+        }
         targets = [order[phrase_key(r["tag"])] for r in ranked]
         cap_used.update(src.category(t.item_id) for t in targets)
-        rows.append(prompt_sample(prompt, answer, "logs", builder="logs.tags", tag_style=src.catalogue.style,
-                                  target_items=[t.item_id for t in targets],
-                                  target_categories=[src.category(t.item_id) for t in targets]))  # fmt: skip
+        rows.append(
+            prompt_sample(
+                prompt,
+                answer,
+                "logs",
+                builder="logs.tags",
+                tag_style=src.catalogue.style,
+                target_items=[t.item_id for t in targets],
+                target_categories=[src.category(t.item_id) for t in targets],
+            )
+        )
     samples = samples_frame(rows)
     if guard:
         guard_samples(samples, split, src.catalogue, exclude_users=exclude_users)
@@ -194,22 +232,39 @@ def _interest_answer(src: LogSource, lc: LogContext) -> list[dict[str, Any]] | N
         if n_hist:
             scored.append((-n_next, -n_hist, pos, name, n_hist))
     scored.sort()
-    rows = [Interest(id=k, interest=name, stage="long-term" if h >= cfg.long_term_support else "short-term",
-                     reason=f"{_count(h, name + ' pick')} in the history")
-            for k, (_, _, _, name, h) in enumerate(scored, start=1)]  # fmt: skip
+    rows = [
+        Interest(
+            id=k,
+            interest=name,
+            stage="long-term" if h >= cfg.long_term_support else "short-term",
+            reason=f"{_count(h, name + ' pick')} in the history",
+        )
+        for k, (_, _, _, name, h) in enumerate(scored, start=1)
+    ]
     kept = postprocess_interests(cfg.interests, lc.ctx, rows)
     if len(kept) < cfg.interests.count:
         return None
-    return [{"id": j, "interest": k["interest"], "stage": k["stage"], "reason": k["reason"]}
-            for j, k in enumerate(kept[: cfg.interests.count], start=1)]
+    return [
+        {"id": j, "interest": k["interest"], "stage": k["stage"], "reason": k["reason"]}
+        for j, k in enumerate(kept[: cfg.interests.count], start=1)
+    ]
 
 
 def interest_prompts(contexts: Sequence[LogContext], config: LogsConfig | None = None) -> list[TrainPrompt]:
     """The chain's LLM_UI prompt of each context."""
     cfg = config or LogsConfig()
-    return [TrainPrompt(interest_request(cfg.interests, lc.ctx), "interests", "advanced", lc.user_id, lc.as_of,
-                        dict(lc.lineage), {"context": lc.ctx, "interests_config": cfg.interests})
-            for lc in contexts]  # fmt: skip
+    return [
+        TrainPrompt(
+            interest_request(cfg.interests, lc.ctx),
+            "interests",
+            "advanced",
+            lc.user_id,
+            lc.as_of,
+            dict(lc.lineage),
+            {"context": lc.ctx, "interests_config": cfg.interests},
+        )
+        for lc in contexts
+    ]
 
 
 def build_interest_samples(
@@ -227,8 +282,16 @@ def build_interest_samples(
     guard: bool = True,
 ) -> pl.DataFrame:
     """LLM_UI samples: interests both the history and the next items show (module docstring)."""
-    src, contexts = _prepare(dataset, split, config, {"encoder": encoder, "pool": pool, "compressor": compressor},
-                             contexts, exclude_users, window, progress)  # fmt: skip
+    src, contexts = _prepare(
+        dataset,
+        split,
+        config,
+        {"encoder": encoder, "pool": pool, "compressor": compressor},
+        contexts,
+        exclude_users,
+        window,
+        progress,
+    )
     pool_size = src.config.interests.pool_size
     rows = []
     for lc, prompt in zip(contexts, interest_prompts(contexts, src.config), strict=True):
@@ -236,10 +299,16 @@ def build_interest_samples(
         if answer is None:
             continue
         shown = {phrase_key(p) for p in lc.ctx.pool[:pool_size]}
-        rows.append(prompt_sample(prompt, {"interests": answer}, "logs", builder="logs.interests",
-                                  target_items=[t.item_id for t in lc.targets],
-                                  kinds=["listed" if phrase_key(a["interest"]) in shown else "extended"
-                                         for a in answer]))  # fmt: skip
+        rows.append(
+            prompt_sample(
+                prompt,
+                {"interests": answer},
+                "logs",
+                builder="logs.interests",
+                target_items=[t.item_id for t in lc.targets],
+                kinds=["listed" if phrase_key(a["interest"]) in shown else "extended" for a in answer],
+            )
+        )
     samples = samples_frame(rows)
     if guard:
         guard_samples(samples, split, src.catalogue, exclude_users=exclude_users)
@@ -275,9 +344,19 @@ def explanation_texts(src: LogSource, interest: str, item: str) -> list[tuple[st
     link = f"{interest} is one of its categories" if shared else f"its title names {interest}"
     analysis = f"{' '.join(filter(None, [dec, ', '.join(reversed(cats)), cat.core_word or 'item']))}; {link}"
     article = "An" if kind[:1].lower() in "aeiou" else "A"
-    fields = {"decade": dec, "kind": kind, "Kind": kind[:1].upper() + kind[1:], "other": other, "interest": interest,
-              "A": article}
-    texts = [f.format(**fields) for f in _EXPLANATIONS if (dec or "{decade}" not in f) and (other or "{other}" not in f)]
+    fields = {
+        "decade": dec,
+        "kind": kind,
+        "Kind": kind[:1].upper() + kind[1:],
+        "other": other,
+        "interest": interest,
+        "A": article,
+    }
+    texts = [
+        f.format(**fields)
+        for f in _EXPLANATIONS
+        if (dec or "{decade}" not in f) and (other or "{other}" not in f)
+    ]
     random.Random(f"{src.config.seed}|{item}|{interest}").shuffle(texts)
     return [(analysis, " ".join(t.split())) for t in texts]
 
@@ -297,8 +376,16 @@ def build_explanation_samples(
 ) -> pl.DataFrame:
     """LLM_RE samples from (linked interest, next item) pairs (module docstring). Not user-specific:
     the explanation prompt shows only the interest and the item, so `user_id`/`as_of` are null."""
-    src, contexts = _prepare(dataset, split, config, {"encoder": encoder, "pool": pool, "compressor": compressor},
-                             contexts, exclude_users, window, progress)  # fmt: skip
+    src, contexts = _prepare(
+        dataset,
+        split,
+        config,
+        {"encoder": encoder, "pool": pool, "compressor": compressor},
+        contexts,
+        exclude_users,
+        window,
+        progress,
+    )
     cfg = src.config
     strict = cfg.explanations.model_copy(update={"on_too_long": "fallback"})
     done: set[tuple[str, str]] = set()
@@ -318,22 +405,42 @@ def build_explanation_samples(
             if cfg.category_cap is not None and cap_used[cat_key] >= cfg.category_cap:
                 continue
             title = src.catalogue.title(t.item_id)
-            checked = ((a, *check_explanation(strict, e, title)) for a, e in explanation_texts(src, pair[0], t.item_id))
+            checked = (
+                (a, *check_explanation(strict, e, title))
+                for a, e in explanation_texts(src, pair[0], t.item_id)
+            )
             good = next(((a, e) for a, e, broken in checked if broken is None), None)
             if good is None:
                 continue
             row = src.catalogue.row(t.item_id)
             req = explanation_request(cfg.explanations, pair[0], row)
-            prompt = TrainPrompt(req, "explanations", "advanced", lineage={
-                "dataset": lc.lineage["dataset"], "fingerprint": lc.lineage["fingerprint"], "seed": cfg.seed,
-                "from_user": lc.user_id, "from_as_of": lc.as_of}, meta={"interest": pair[0], "item": row})  # fmt: skip
-            rows.append(prompt_sample(prompt, {"analysis": good[0], "explanation": good[1]}, "logs",
-                                      builder="logs.explanations", target_items=[t.item_id], interest=pair[0]))  # fmt: skip
+            prompt = TrainPrompt(
+                req,
+                "explanations",
+                "advanced",
+                lineage={
+                    "dataset": lc.lineage["dataset"],
+                    "fingerprint": lc.lineage["fingerprint"],
+                    "seed": cfg.seed,
+                    "from_user": lc.user_id,
+                    "from_as_of": lc.as_of,
+                },
+                meta={"interest": pair[0], "item": row},
+            )
+            rows.append(
+                prompt_sample(
+                    prompt,
+                    {"analysis": good[0], "explanation": good[1]},
+                    "logs",
+                    builder="logs.explanations",
+                    target_items=[t.item_id],
+                    interest=pair[0],
+                )
+            )
             done.add(pair)
             cap_used[cat_key] += 1
             made += 1
     return samples_frame(rows)
-
 
 
 # ---------------------------------------------------------------- leakage guard
@@ -358,15 +465,24 @@ def guard_samples(
         for item in json.loads(r["lineage"]).get("target_items", []):
             if any(n in text for n in catalogue.names(item)):
                 raise LeakageError(f"sample {r['sample_id']}: target item {item!r} is named in its prompt")
-        task = split.valid if split.valid.asof.has_point(u) else split.test if split.test.asof.has_point(u) else None
+        task = (
+            split.valid
+            if split.valid.asof.has_point(u)
+            else split.test
+            if split.test.asof.has_point(u)
+            else None
+        )
         if task is None:
             continue  # a user without evaluation points has nothing held out
         if r["as_of"] > task.asof.point(u)[0]:
-            raise LeakageError(f"sample {r['sample_id']}: as-of {r['as_of']} is after {u!r}'s {task.name} point")
+            raise LeakageError(
+                f"sample {r['sample_id']}: as-of {r['as_of']} is after {u!r}'s {task.name} point"
+            )
         req = LLMRequest(messages=tuple(ChatMessage(**m) for m in msgs), output_model=BaseModel, key=u)
         by_task.setdefault(task.name, []).append(req)
     for name, reqs in by_task.items():
         guard_user_prompts(split, split.valid if name == split.valid.name else split.test, reqs)
+
 
 __all__ = [
     "VAGUE_WORDS",
