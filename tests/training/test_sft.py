@@ -227,7 +227,7 @@ def test_merged_model_exports_to_gguf_for_llamacpp(trained: Path) -> None:
     from importlib.metadata import version
 
     from recgpt.llm.backends.transformers_backend import recgpt_cache_dir
-    from recgpt.training.sft import export_gguf
+    from recgpt.training.export import export_gguf
 
     tools = recgpt_cache_dir() / "llama-cpp-convert" / version("llama-cpp-python")
     if not (tools / "convert_hf_to_gguf.py").is_file() or importlib.util.find_spec("sentencepiece") is None:

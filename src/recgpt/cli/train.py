@@ -219,7 +219,7 @@ def export_gguf(
 ) -> None:
     """The merged model as a GGUF for llama.cpp, with llama.cpp's own converter (fetched once by pip)."""
     from recgpt.cli.errors import EXIT_BAD_INPUT, fail
-    from recgpt.training.sft import export_gguf as export
+    from recgpt.training.export import export_gguf as export
 
     merged = folder / "merged" if (folder / "merged" / "config.json").is_file() else folder
     if not (merged / "config.json").is_file():
