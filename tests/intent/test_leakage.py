@@ -56,7 +56,7 @@ def test_toy_prompts_pass_and_leaky_contexts_are_caught(toy_split: Split) -> Non
 
 def test_request_without_user_key_is_refused(toy_split: Split) -> None:
     req = dataclasses.replace(interest_request(InterestsConfig(), _contexts(toy_split, ["u1"])[0]), key=None)
-    with pytest.raises(ValueError, match="no user key"):
+    with pytest.raises(ValueError, match="has no key"):
         guard_requests(toy_split, toy_split.test, [req])
 
 
