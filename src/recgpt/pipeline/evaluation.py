@@ -18,7 +18,6 @@ from typing import Any, cast
 
 import numpy as np
 import polars as pl
-from rich.progress import Progress
 
 from recgpt.eval.experiment import (
     ExperimentConfig,
@@ -34,6 +33,7 @@ from recgpt.pipeline.core import StageContext
 from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.runner import fallback_from_markers
 from recgpt.pipeline.tables import fill_lists, table_lists
+from recgpt.progress import make_progress
 
 HEADLINE = (
     "NDCG@10",
@@ -107,7 +107,7 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
         tune=True,
         model_params={cfg.baseline: params},
     )
-    with Progress(console=ctx.console, disable=not ctx.progress) as bar:
+    with make_progress(ctx.console, ctx.progress) as bar:
         base = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar)
     baseline_recs = next(r.recs for r in base.runs if r.name == cfg.baseline)
     t0 = time.perf_counter()

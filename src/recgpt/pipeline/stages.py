@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import polars as pl
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from recgpt.intent.context import UserContext, contexts_from_tables
 from recgpt.pipeline.config import RunConfig
@@ -39,18 +39,12 @@ from recgpt.pipeline.explain import run_explanations
 from recgpt.pipeline.resources import GuardedEngine, Resources
 from recgpt.pipeline.runner import StageFailed, check_llm_stage, fallback_stats
 from recgpt.pipeline.tables import StoredCandidates
+from recgpt.progress import LineProgress, make_progress
 
 
-def _bar(ctx: StageContext) -> Progress:
-    return Progress(
-        TextColumn("  {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=ctx.console,
-        disable=not ctx.progress,
-        transient=False,
-    )
+def _bar(ctx: StageContext) -> Progress | LineProgress:
+    """A bar on a terminal, a plain line every 30 s when the output goes to a file."""
+    return make_progress(ctx.console, ctx.progress)
 
 
 def _res(ctx: StageContext) -> Resources:
