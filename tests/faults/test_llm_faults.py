@@ -28,8 +28,7 @@ from recgpt.llm.types import GenerationInput, GenerationOutput
 from recgpt.pipeline import run as pipeline_run
 from recgpt.pipeline.config import RunConfig
 from recgpt.pipeline.stages import StageFailed
-from tests.conftest import HashEncoder, fake_answer, fast_config, slice_dataset
-from tests.llm.test_engine import echo, item_of, req
+from tests.conftest import HashEncoder, echo, fake_answer, fast_config, item_of, req, slice_dataset
 
 QUIET = Console(quiet=True)
 LIMIT_HINT = "--set llm.max_fallback_share="
@@ -228,7 +227,7 @@ _CHILD = textwrap.dedent(
 def review_requests() -> list[Any]:
     """6 short real-model requests (one answer every second or so with SmolLM2 on one core)."""
     from recgpt.llm.types import ChatMessage, LLMRequest, SamplingParams
-    from tests.llm.test_engine import Tags
+    from tests.conftest import Tags
 
     return [
         LLMRequest(

@@ -11,38 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from recgpt.llm.backends.fake import FakeBackend, FakeBackendCrash
 from recgpt.llm.cache import LLMCache
 from recgpt.llm.engine import LLMEngine
 from recgpt.llm.ledger import Ledger
 from recgpt.llm.types import (
-    ChatMessage,
     FailureReason,
     GenerationInput,
     GenerationOutput,
     LLMRequest,
     SamplingParams,
 )
-
-
-class Tags(BaseModel):
-    tags: list[str] = Field(min_length=1, max_length=3)
-
-
-def req(i: int, stage: str = "tags", seed: int = 0) -> LLMRequest[Tags]:
-    msgs = (ChatMessage(role="system", content="tag items"), ChatMessage(role="user", content=f"item {i}"))
-    return LLMRequest(messages=msgs, output_model=Tags, stage=stage, sampling=SamplingParams(seed=seed))
-
-
-def echo(inp: GenerationInput) -> str:
-    """Deterministic valid answer that names the item it was asked about."""
-    return json.dumps({"tags": [inp.messages[-1].content]})
-
-
-def item_of(inp: GenerationInput) -> str:
-    return next(m.content for m in inp.messages if m.content.startswith("item "))
+from tests.conftest import Tags, echo, item_of, req
 
 
 class Parallel(FakeBackend):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Sequence
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -14,20 +12,11 @@ import pytest
 
 from recgpt.data.dataset import Dataset, Manifest
 from recgpt.data.split import Split, make_split
+from tests.conftest import fake_embed
 
 CATEGORIES = ("Action", "Comedy", "Drama", "Horror", "Romance", "SciFi", "Western", "Documentary")
 N_ITEMS = 160
 N_USERS = 200
-
-
-def fake_embed(texts: Sequence[str], dim: int = 24) -> np.ndarray:
-    """Deterministic pseudo-embedding: one random unit vector per distinct text (no model needed)."""
-    out = np.empty((len(texts), dim), dtype=np.float32)
-    for i, t in enumerate(texts):
-        seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-        v = np.random.default_rng(seed).standard_normal(dim)
-        out[i] = v / np.linalg.norm(v)
-    return out
 
 
 def synthetic_dataset(seed: int = 0) -> Dataset:

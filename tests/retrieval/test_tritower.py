@@ -11,7 +11,8 @@ from recgpt.eval.experiment import recommend
 from recgpt.retrieval.index import ItemIndex
 from recgpt.retrieval.train import evaluate_user_tower, train_on_split, train_tritower, training_behaviors
 from recgpt.retrieval.tritower import TriTower, TriTowerConfig
-from tests.retrieval.conftest import CATEGORIES, TEST_CONFIG, fake_embed
+from tests.conftest import fake_embed
+from tests.retrieval.conftest import CATEGORIES, TEST_CONFIG
 
 
 def test_loss_falls_and_all_three_losses_are_trained(trained) -> None:
