@@ -64,6 +64,15 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
+TAG_SCHEMA = {
+    "user_id": pl.String,
+    "tag": pl.String,
+    "interest_id": pl.Int64,
+    "interest": pl.String,
+    "rank": pl.Int64,
+}
+
+
 def oracle_tags(split: Any) -> pl.DataFrame:
     """Tags = the categories of each test user's held-out item (an upper bound, leaks by design)."""
     cats = split.dataset.items["categories"].to_list()
@@ -71,16 +80,7 @@ def oracle_tags(split: Any) -> pl.DataFrame:
     for uid, tgt in zip(split.test.user_ids, split.test.targets, strict=True):
         for j, c in enumerate(cats[int(tgt[0])] or []):
             rows.append({"user_id": uid, "tag": c, "interest_id": j, "interest": c, "rank": j + 1})
-    return pl.DataFrame(
-        rows,
-        schema={
-            "user_id": pl.String,
-            "tag": pl.String,
-            "interest_id": pl.Int64,
-            "interest": pl.String,
-            "rank": pl.Int64,
-        },
-    )
+    return pl.DataFrame(rows, schema=TAG_SCHEMA)
 
 
 def history_tags(split: Any, last: int = 20, n: int = 3) -> pl.DataFrame:
@@ -91,16 +91,7 @@ def history_tags(split: Any, last: int = 20, n: int = 3) -> pl.DataFrame:
         counts = Counter(c for i in hist[-last:] for c in (cats[int(i)] or []))
         for j, (c, _) in enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]):
             rows.append({"user_id": uid, "tag": c, "interest_id": j, "interest": c, "rank": j + 1})
-    return pl.DataFrame(
-        rows,
-        schema={
-            "user_id": pl.String,
-            "tag": pl.String,
-            "interest_id": pl.Int64,
-            "interest": pl.String,
-            "rank": pl.Int64,
-        },
-    )
+    return pl.DataFrame(rows, schema=TAG_SCHEMA)
 
 
 def tag_precision(split: Any, cands: pl.DataFrame) -> float:

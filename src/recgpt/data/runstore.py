@@ -68,6 +68,10 @@ class RunStore:
         except (OSError, ValueError):
             return None
 
+    def markers(self) -> dict[str, dict[str, Any]]:
+        """The markers of every finished stage, by stage name, in folder order."""
+        return {name: m for name in self.folders if (m := self.marker(name)) is not None}
+
     def read_stats(self, stage: str) -> dict[str, Any]:
         m = self.marker(stage)
         if m is None:

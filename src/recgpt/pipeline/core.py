@@ -269,7 +269,7 @@ class StageContext:
     def finished(self) -> dict[str, dict[str, Any]]:
         """Markers of every finished stage of the run, for reporting only (timings, fallback shares):
         nothing read here may shape a table."""
-        return {name: m for name in self.store.folders if (m := self.store.marker(name)) is not None}
+        return self.store.markers()
 
 
 __all__ = [

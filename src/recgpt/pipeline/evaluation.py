@@ -31,7 +31,7 @@ from recgpt.eval.experiment import (
 )
 from recgpt.pipeline.core import StageContext
 from recgpt.pipeline.resources import Resources
-from recgpt.pipeline.runner import fallback_from_markers
+from recgpt.pipeline.runner import fallback_from_markers, stage_rate
 from recgpt.pipeline.tables import fill_lists, table_lists
 from recgpt.progress import make_progress
 
@@ -54,18 +54,7 @@ CHANNEL_ROWS = ("recgpt", "fused", "user-tower")
 
 def throughput(markers: dict[str, dict[str, Any]], users: int) -> list[dict[str, Any]]:
     """Seconds and sampled users per minute of each finished stage (from its marker)."""
-    out = []
-    for name, m in markers.items():
-        s = float(m["seconds"])
-        out.append(
-            {
-                "stage": name,
-                "seconds": round(s, 2),
-                "users": users,
-                "users_per_min": round(users / s * 60, 1) if s > 0 else None,
-            }
-        )
-    return out
+    return [stage_rate(name, float(m["seconds"]), users) for name, m in markers.items()]
 
 
 class _TowerCosine:

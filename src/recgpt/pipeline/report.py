@@ -309,8 +309,7 @@ def write_run_report(run: str | Path | Any) -> Path:
     cfg = RunConfig.model_validate(store.read_json("config.json"))
     cfg = cfg.model_copy(update={"runs_dir": run_dir.parent, "name": run_dir.name})
     res = Resources(cfg, load_dataset(cfg.dataset), store)
-    markers = {name: m for name in store.folders if (m := store.marker(name)) is not None}
-    return _write(RunTables(store.read, markers, cfg, res, run_dir))
+    return _write(RunTables(store.read, store.markers(), cfg, res, run_dir))
 
 
 __all__ = [

@@ -141,11 +141,6 @@ class Resources:
     def popularity(self) -> dict[str, float]:
         return dict(zip(self.split.item_ids.tolist(), self.split.train.item_popularity.tolist(), strict=True))
 
-    @cached_property
-    def titles(self) -> dict[str, str]:
-        items = self.dataset.items
-        return dict(zip(items["item_id"].to_list(), items["title"].to_list(), strict=True))
-
     def units(self) -> int:
         return len(self.users)
 

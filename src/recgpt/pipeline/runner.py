@@ -72,15 +72,17 @@ class RunSummary:
 
     def throughput(self) -> list[dict[str, Any]]:
         """Seconds and sampled users per minute of every stage (a skipped stage: its last run)."""
-        return [
-            {
-                "stage": o.name,
-                "seconds": round(o.seconds, 2),
-                "users": self.users,
-                "users_per_min": round(self.users / o.seconds * 60, 1) if o.seconds > 0 else None,
-            }
-            for o in self.outcomes
-        ]
+        return [stage_rate(o.name, o.seconds, self.users) for o in self.outcomes]
+
+
+def stage_rate(stage: str, seconds: float, users: int) -> dict[str, Any]:
+    """One throughput row: a stage's seconds and the users it served per minute."""
+    return {
+        "stage": stage,
+        "seconds": round(seconds, 2),
+        "users": users,
+        "users_per_min": round(users / seconds * 60, 1) if seconds > 0 else None,
+    }
 
 
 class StageFailed(RuntimeError):
@@ -313,4 +315,5 @@ __all__ = [
     "ledger_from_markers",
     "run_ledger",
     "run_stages",
+    "stage_rate",
 ]

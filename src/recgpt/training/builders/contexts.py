@@ -43,19 +43,10 @@ from recgpt.intent.explanations import ExplanationsConfig
 from recgpt.intent.interests import InterestsConfig
 from recgpt.intent.pool import InterestPool, PoolConfig, TextEncoder
 from recgpt.intent.tags import EXAMPLE_TAGS, TagsConfig, names_item
+from recgpt.judge.rules import VAGUE_WORDS  # the words the judge rejects: a training tag avoids them too
 from recgpt.training.builders.items import Catalogue, TagStyle, core_word_for
 
 DAY = 86_400
-VAGUE_WORDS: tuple[str, ...] = (
-    "smart",
-    "modular",
-    "set",
-    "stuff",
-    "things",
-    "various",
-    "miscellaneous",
-    "misc",
-)
 MAX_TRIES = 60  # as-of candidates tried per user before giving up on them
 
 
