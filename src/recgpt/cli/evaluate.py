@@ -160,7 +160,8 @@ def _print_table(name: str, cfg: ExperimentConfig, result: ExperimentResult) -> 
     seen = "masked" if cfg.mask_seen else "kept"
     table = Table(
         title=f"{escape(name)}: {cfg.split.kind}, full ranking over {result.n_items:,} items, "
-        f"{result.n_users_test:,} test users, seen items {seen}"
+        f"{result.n_users_test:,} test users, seen items {seen}, categories at level "
+        f"{escape(result.category_level)!r}"
     )
     table.add_column("model")
     for c in cols:
