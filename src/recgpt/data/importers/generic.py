@@ -308,7 +308,7 @@ def import_generic(
             and src.is_dir()
             and any(p.suffix.lower() in FORMATS_BY_SUFFIX for p in src.glob(f"{table}.*"))
         ):
-            setattr(m, table, TableMapping())
+            setattr(m, table, ItemMapping() if table == "items" else TableMapping())
     ev_path = _resolve(src, m.events, "events", src if src.is_file() else None)
     if src.is_file() and ev_path.resolve() != src.resolve():
         raise DataError(
