@@ -32,9 +32,13 @@ def test_evaluate_on_bundled_data(tmp_path: Path) -> None:
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # two accuracy/diversity scatters + Lorenz curves
     assert "Exposure Lorenz curves" in html
+    assert res["category_level"] == "set" and "level 'set'" in r.output  # CatDiv says which categories
+    assert "category level <code>set</code>" in html
 
 
 def test_evaluate_rejects_unknown_model_and_bad_dataset(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["evaluate", "--category-level", "deepest", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--category-level" in r.output
     r = CliRunner().invoke(app, ["evaluate", "--models", "nope", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "unknown recommender" in r.output
     r = CliRunner().invoke(app, ["evaluate", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path)])

@@ -157,6 +157,7 @@ def test_movielens_100k_synthetic(ml100k: Path) -> None:
     # equal timestamps keep file order via event_id
     assert ds.events.filter(pl.col("user_id") == "1")["item_id"].to_list() == ["1", "2"]
     assert ds.events["event_id"].to_list() == [0, 1, 2]
+    assert ds.manifest.extra["category_structure"] == "set"  # genres: every one a leaf
 
 
 @pytest.mark.parametrize(
@@ -185,6 +186,7 @@ def test_unisrec_rebuild_with_truncation(tmp_path: Path) -> None:
     got = {u: g["item_id"].to_list() for (u,), g in ds.events.group_by("user_id")}
     assert got == seqs
     assert ds.manifest.name == "amazon-p" and ds.items["categories"][0].to_list() == ["Lab Supplies"]
+    assert ds.manifest.extra["category_structure"] == "path"  # one flattened leaf: a path of depth 1
 
 
 # ----------------------------------------------------------------------------------------- generic
@@ -250,6 +252,14 @@ def test_generic_round_trip(tmp_path: Path, fmt: str) -> None:
     assert it["categories"].to_list() == [["Home", "Kitchen"], ["Food"]]
     assert it["price"].to_list() == [3.5, None]
     assert it["attributes"].to_list() == [[{"key": "color", "value": "red"}], []]
+    assert back.manifest.extra["category_structure"] == "path"  # the mapping's default
+    as_set = mapping_for(fmt)
+    as_set["items"]["category_structure"] = "set"
+    labels = import_dataset("generic", tmp_path, mapping=as_set, name="shop")
+    assert labels.manifest.extra["category_structure"] == "set"
+    as_set["items"]["category_structure"] = "tree"
+    with pytest.raises(DataError, match="category_structure"):
+        import_dataset("generic", tmp_path, mapping=as_set, name="shop")
 
 
 def test_generic_toml_epoch_ms_constant_behavior_and_missing_items(tmp_path: Path) -> None:

@@ -48,9 +48,11 @@ def experiment_config(
     tune: bool,
     params: str | None,
     target_behaviors: str | None,
+    category_level: str = "auto",
 ) -> ExperimentConfig:
     """The options as an `ExperimentConfig`; a bad value is a usage error naming its option."""
     from recgpt.baselines.registry import load_recommender_class
+    from recgpt.data.categories import parse_level
     from recgpt.data.split import SplitConfig
     from recgpt.eval.experiment import ExperimentConfig, check_model_params
 
@@ -79,6 +81,10 @@ def experiment_config(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--params") from e
     try:
+        level = parse_level(category_level)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--category-level") from e
+    try:
         return ExperimentConfig(
             models=names,
             split=split_cfg,
@@ -87,6 +93,7 @@ def experiment_config(
             seed=seed,
             tune=tune,
             model_params=model_params,
+            category_level=level,
         )
     except ValueError as e:
         raise typer.BadParameter(f"{ks!r}: {e}", param_hint="--ks") from e
@@ -116,6 +123,10 @@ def evaluate(
     target_behaviors: Annotated[
         str | None, typer.Option(help="Comma-separated behaviours that can be held out (default: any).")
     ] = None,
+    category_level: Annotated[
+        str,
+        typer.Option(help="Category level of CatDiv and ILD: auto, leaf, all or a depth (0 = root)."),
+    ] = "auto",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default results/<dataset name>).")
     ] = None,
@@ -127,7 +138,9 @@ def evaluate(
     from recgpt.folders import FolderLock, inside, slug
     from recgpt.progress import make_progress
 
-    cfg = experiment_config(models, split.value, mask_seen, ks, seed, tune, params, target_behaviors)
+    cfg = experiment_config(
+        models, split.value, mask_seen, ks, seed, tune, params, target_behaviors, category_level
+    )
     ds = load_dataset_arg(dataset)
     try:
         check_catalogue(cfg.ks, ds.items.height)
@@ -160,7 +173,8 @@ def _print_table(name: str, cfg: ExperimentConfig, result: ExperimentResult) -> 
     seen = "masked" if cfg.mask_seen else "kept"
     table = Table(
         title=f"{escape(name)}: {cfg.split.kind}, full ranking over {result.n_items:,} items, "
-        f"{result.n_users_test:,} test users, seen items {seen}"
+        f"{result.n_users_test:,} test users, seen items {seen}, categories at level "
+        f"{escape(result.category_level)!r}"
     )
     table.add_column("model")
     for c in cols:

@@ -3,6 +3,8 @@
 Hyper-parameters are chosen on the validation task only (by `select_metric`); the chosen model,
 fitted on the training interactions, is then scored once on the test task, whose histories include
 the validation item. Seeds, versions and every validation candidate are recorded with the results.
+Category metrics (CatDiv, ILD) use the items' categories at one level (`category_level`, see
+`recgpt.data.categories`); the level used is recorded as `ExperimentResult.category_level`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recgpt.data.atomic import write_json_atomic as write_json_atomic  # re-export: callers import it here
+from recgpt.data.categories import CategoryLevel, categories_at_level, parse_level
 from recgpt.data.dataset import Dataset
 from recgpt.data.interactions import Recommender
 from recgpt.data.ranking import mask_seen, topk
@@ -39,9 +42,11 @@ class ExperimentConfig:
     select_metric: str = "NDCG@10"
     batch_size: int = 512
     model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    category_level: CategoryLevel | str = "auto"
 
     def __post_init__(self) -> None:
         self.ks = tuple(self.ks)
+        self.category_level = parse_level(self.category_level)
         if not self.models:
             raise ValueError("no models to evaluate")
         if not self.ks or any(not isinstance(k, int) or k < 1 for k in self.ks):
@@ -108,12 +113,14 @@ class ExperimentResult:
     n_items: int
     item_exposure_base: np.ndarray = field(repr=False)
     env: dict[str, Any] = field(default_factory=dict)
+    category_level: str = ""  # the level CatDiv / ILD were computed at ("leaf", "depth 1", "set", ...)
 
     def to_json(self) -> dict[str, Any]:
         cfg = asdict(self.config)
         return {
             "dataset": self.dataset,
             "config": cfg,
+            "category_level": self.category_level,
             "n_users_test": self.n_users_test,
             "n_items": self.n_items,
             "env": self.env,
@@ -154,13 +161,13 @@ def sets_matrix(lists: list[np.ndarray], n_items: int) -> sp.csr_matrix:
     return m
 
 
-def category_matrix(dataset: Dataset) -> tuple[sp.csr_matrix, list[str]]:
-    """Item x category incidence from the items' category paths (every level counts)."""
-    cats = dataset.items["categories"].to_list()
+def category_matrix(dataset: Dataset, level: CategoryLevel | str = "auto") -> tuple[sp.csr_matrix, list[str]]:
+    """Item x category incidence from the items' categories at `level` (`recgpt.data.categories`)."""
+    cats = categories_at_level(dataset, level).categories
     vocab: dict[str, int] = {}
     rows, cols = [], []
     for i, path in enumerate(cats):
-        for c in path or []:
+        for c in path:
             rows.append(i)
             cols.append(vocab.setdefault(c, len(vocab)))
     m = sp.csr_matrix(
@@ -171,9 +178,15 @@ def category_matrix(dataset: Dataset) -> tuple[sp.csr_matrix, list[str]]:
     return m, list(vocab)
 
 
-def list_metrics(split: Split, task: EvalTask, recs: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
-    """All metrics of top-K lists for a task (accuracy and beyond)."""
-    cats, _ = category_matrix(split.dataset)
+def list_metrics(
+    split: Split,
+    task: EvalTask,
+    recs: np.ndarray,
+    ks: tuple[int, ...],
+    category_level: CategoryLevel | str = "auto",
+) -> dict[str, float]:
+    """All metrics of top-K lists for a task (accuracy and beyond; categories at `category_level`)."""
+    cats, _ = category_matrix(split.dataset, category_level)
     return evaluate_lists(
         recs,
         sets_matrix(task.targets, split.train.n_items),
@@ -254,7 +267,7 @@ def run_experiment(
         t0 = time.perf_counter()
         recs = recommend(model, split.test, max(cfg.ks), mask=cfg.mask_seen, batch_size=cfg.batch_size)
         score_s = time.perf_counter() - t0
-        test = list_metrics(split, split.test, recs, cfg.ks)
+        test = list_metrics(split, split.test, recs, cfg.ks, cfg.category_level)
         runs.append(ModelRun(name, params, validation, test, fit_s, score_s, recs))
         if progress:
             progress.update(task_id, description=f"{name}: done", completed=len(candidates) + 1)
@@ -268,4 +281,5 @@ def run_experiment(
         n_items=split.train.n_items,
         item_exposure_base=split.train.item_popularity,
         env=env,
+        category_level=categories_at_level(dataset, cfg.category_level).name,
     )

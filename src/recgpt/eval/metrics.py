@@ -27,7 +27,7 @@ Every model is scored by the same code, so the conventions below are fixed here 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,7 +58,8 @@ METRIC_DOCS: dict[str, str] = {
     "CatDivNorm": "Distinct categories in the top-k / min(k, #categories); >1 possible for multi-category items.",
     "Serendipity": "Mean over the top-k of relevance x (1 - mean feature cosine to the user's history).",
     "Serendipity-emb": "Serendipity with embedding cosine as the similarity.",
-    "TagHR": "Share of users whose next item's category is among the first k predicted categories.",
+    "TagHR": "Share of users whose next item's category is among the categories of their first k tags "
+    "(one category per tag, at one category level).",
 }
 
 
@@ -437,3 +438,33 @@ def tag_hit_rate(
     if not (n_rel > 0).any():
         raise ValueError("no user has a target category; TagHR is undefined")
     return {f"TagHR@{k}": _mean(_accuracy(rel, n_rel, k)["HR"]) for k in ks}
+
+
+def tag_set_hit_rate(
+    tag_categories: Sequence[Sequence[int]],
+    target_categories: Sequence[Collection[int]],
+    *,
+    ks: Iterable[int] = TAG_KS,
+) -> dict[str, float]:
+    """The paper's TagHR@k (§1.4): each tag maps to one category; a user is a hit when a target
+    category is in {φ(t_1), ..., φ(t_k)}, the categories of the user's first k tags.
+
+    `tag_categories[u]` lists the category of each of user u's tags in rank order (-1: the tag maps to
+    none); `target_categories[u]` the categories of u's held-out item. Users with no target category
+    are left out of the average; a user with no tags is a miss. Unlike `tag_hit_rate`, k counts
+    tags, not categories, so many tags of one category cannot reach further down a ranking.
+    """
+    ks = _check_ks(ks)
+    if len(tag_categories) != len(target_categories):
+        raise ValueError(
+            f"{len(tag_categories)} users have tags but {len(target_categories)} have targets; "
+            "pass one row per user to both"
+        )
+    scored = [u for u, t in enumerate(target_categories) if t]
+    if not scored:
+        raise ValueError("no user has a target category; TagHR is undefined")
+    out = {}
+    for k in ks:
+        hits = [bool(set(target_categories[u]) & set(tag_categories[u][:k])) for u in scored]
+        out[f"TagHR@{k}"] = float(np.mean(hits))
+    return out

@@ -141,7 +141,8 @@ def render_html(result: ExperimentResult) -> str:
 <h1>recgpt evaluation: {html.escape(result.dataset)}</h1>
 <p>Split <code>{cfg.split.kind}</code>, full ranking over all {result.n_items:,} items,
 {result.n_users_test:,} test users, seen items <b>{"masked" if cfg.mask_seen else "not masked"}</b>,
-hyper-parameters chosen on validation by <code>{cfg.select_metric}</code>, seed {cfg.seed}.</p>
+hyper-parameters chosen on validation by <code>{cfg.select_metric}</code>, seed {cfg.seed};
+category metrics at category level <code>{html.escape(result.category_level or "?")}</code>.</p>
 <h2>Test metrics</h2><table><tr><th>model</th>{header}</tr>{"".join(rows)}</table>
 <p>Best value per column highlighted (lowest for Gini).</p>
 <div class="plots">{plots}</div>

@@ -39,7 +39,8 @@ from recgpt.intent.interests import (
 )
 from recgpt.intent.phi import TAG_CATEGORY_SCHEMA, PhiConfig, TagToCategory, tag_hr
 from recgpt.intent.pool import InterestPool, PoolConfig, TextEncoder
-from recgpt.intent.tags import TAGS_SCHEMA, TagsConfig, history_baseline_tags, predict_tags, tag_request
+from recgpt.intent.reference import history_baseline_tags
+from recgpt.intent.tags import TAGS_SCHEMA, TagsConfig, predict_tags, tag_request
 
 __all__ = [
     "EXPLANATIONS_SCHEMA",

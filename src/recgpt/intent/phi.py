@@ -4,19 +4,21 @@ The paper maps every predicted tag to a category with a model φ whose architect
 [GAP]. Here φ is a nearest-neighbour vote over item texts, so it needs no training and works for any
 catalogue with categories:
 
-1. `fit`: every item is embedded once as "clean title (category, category, ...)".
-2. `predict`: a tag is embedded; its `k` nearest items (cosine) vote for their categories with
-   weight = similarity (below `min_similarity`: no vote), split equally among an item's categories
-   (`split_votes`: a multi-genre movie does not count more than a single-genre one). Categories are
-   ranked by summed vote; the `top_categories` best are φ(tag).
+1. `fit`: every item with a category is embedded once as "clean title (category, category, ...)";
+   its categories *for voting* are those at one level (`recgpt.data.categories`: the leaf of a path,
+   a set's elements, a depth, or "all" levels). `at_level` re-levels a fitted φ without re-embedding.
+2. `category_scores` / `predict`: a tag is embedded; its `k` nearest items (cosine) vote for their
+   categories with weight = similarity (below `min_similarity`: no vote), split equally among an
+   item's categories (`split_votes`: a multi-genre movie does not count more than a single-genre one).
+   Categories are ranked by summed vote; the `top_categories` best are kept (explanations read them).
+3. `top_category`: φ(tag) for tag HR, the single best category (the paper's one category per tag).
 
-Every category of an item counts (MovieLens genres are a set; the Amazon importer stores one
-flattened leaf path), so "an item's category" means any of its categories.
-
-Tag HR@K (paper §1.4): `HR@K = (1/|U|) Σ_u 1[C_u^gt ∈ C_u^pred]`, where C_u^pred is the union of
-φ(t) over the user's tags, ranked by summed score and cut at K, and C_u^gt the categories of the user's
-held-out next item (a hit when any of them is in the top K). Users asked for tags but given none count
-as misses.
+Tag HR@K (paper §1.4): `HR@K = (1/|U|) Σ_u 1[C_u^gt ∈ C_u^pred]` with C_u^pred = {φ(t_1), ..., φ(t_K)},
+the categories of the user's first K tags in rank order (a tag repeated for a user counts once), and
+C_u^gt the categories of the user's held-out next item at φ's level (a hit when any of them is in
+C_u^pred). Users asked for tags but given none count as misses; users whose next item has no
+category are left out (`users_scored` counts the rest). K counts tags, so neither ten unrelated tags'
+deep φ lists nor a root category can reach a hit that one relevant tag list would not.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
+from recgpt.data.categories import CategoryLevel, categories_at_level
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import EvalTask, Split
-from recgpt.eval.metrics import tag_hit_rate
+from recgpt.eval.metrics import tag_set_hit_rate
 from recgpt.intent.pool import TextEncoder, item_embedding_text
 
 TAG_CATEGORY_SCHEMA = {"tag": pl.String(), "category": pl.String(), "score": pl.Float64(), "rank": pl.Int64()}
@@ -63,11 +66,12 @@ class TagToCategory:
         self._item_cats: sp.csr_matrix | None = None
         self._votes: sp.csr_matrix | None = None
         self.vectors: np.ndarray | None = None
+        self.level_name = "all"
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, data: Dataset | pl.DataFrame) -> TagToCategory:
-        """Embed every item of a dataset (or items table) that has at least one category."""
+    def fit(self, data: Dataset | pl.DataFrame, level: CategoryLevel | str = "all") -> TagToCategory:
+        """Embed every item of a dataset (or items table) that has a category; vote at `level`."""
         items = data.items if isinstance(data, Dataset) else data
         if "item_id" not in items.columns or "title" not in items.columns:
             raise ValueError("φ needs an items table with 'item_id' and 'title' columns")
@@ -82,25 +86,44 @@ class TagToCategory:
         ]
         if not rows:
             raise ValueError("φ needs item categories: no item has any")
-        cats = sorted({c.strip() for r in rows for c in r["categories"] if c and c.strip()})
-        self.categories, self._cat_pos = cats, {c: i for i, c in enumerate(cats)}
         self.item_ids = [r["item_id"] for r in rows]
         self._item_pos = {iid: i for i, iid in enumerate(self.item_ids)}
-        indptr, indices = [0], []
-        for r in rows:
-            indices.extend(sorted({self._cat_pos[c.strip()] for c in r["categories"] if c and c.strip()}))
-            indptr.append(len(indices))
-        member = sp.csr_matrix(
-            (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), np.asarray(indptr)),
-            shape=(len(rows), len(cats)),
-        )
-        self._item_cats = member
-        n_cats = np.diff(member.indptr).astype(np.float64)
-        self._votes = sp.csr_matrix(sp.diags(1.0 / n_cats) @ member) if self.config.split_votes else member
+        self._index(data, level)
         self.vectors = np.asarray(
             self.encoder.encode([item_embedding_text(r) for r in rows]), dtype=np.float32
         )
         return self
+
+    def at_level(self, data: Dataset | pl.DataFrame, level: CategoryLevel | str) -> TagToCategory:
+        """A copy of this fitted φ whose votes and categories are at `level` (same item vectors)."""
+        self._check_fitted()
+        out = TagToCategory(self.encoder, self.config)
+        out.item_ids, out._item_pos, out.vectors = self.item_ids, self._item_pos, self.vectors
+        out._index(data, level)
+        return out
+
+    def _index(self, data: Dataset | pl.DataFrame, level: CategoryLevel | str) -> None:
+        """Category vocabulary, membership and vote matrices of the fitted items at `level`."""
+        levelled = categories_at_level(data, level)
+        by_item = levelled.by_item()
+        item_cats = [by_item.get(i) or [] for i in self.item_ids]
+        if any(not c for c in item_cats):
+            missing = self.item_ids[[bool(c) for c in item_cats].index(False)]
+            raise ValueError(f"item {missing!r} has no category at level {levelled.name!r}")
+        cats = sorted({c for row in item_cats for c in row})
+        self.level_name = levelled.name
+        self.categories, self._cat_pos = cats, {c: i for i, c in enumerate(cats)}
+        indptr, indices = [0], []
+        for row in item_cats:
+            indices.extend(sorted({self._cat_pos[c] for c in row}))
+            indptr.append(len(indices))
+        member = sp.csr_matrix(
+            (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), np.asarray(indptr)),
+            shape=(len(item_cats), len(cats)),
+        )
+        self._item_cats = member
+        n_cats = np.diff(member.indptr).astype(np.float64)
+        self._votes = sp.csr_matrix(sp.diags(1.0 / n_cats) @ member) if self.config.split_votes else member
 
     def _check_fitted(self) -> None:
         if self.vectors is None or self._votes is None:
@@ -144,6 +167,17 @@ class TagToCategory:
                 for key, v in zip(data, (tag, self.categories[idx[j]], float(val[j]), rank), strict=True):
                     data[key].append(v)
         return pl.DataFrame(data, schema=TAG_CATEGORY_SCHEMA)
+
+    def top_category(self, texts: Sequence[str]) -> list[int]:
+        """φ(text) for tag HR: the column of each text's best category (-1: no neighbour voted)."""
+        scores = self.category_scores(list(texts))
+        out = []
+        for i in range(scores.shape[0]):
+            lo, hi = scores.indptr[i], scores.indptr[i + 1]
+            idx, val = scores.indices[lo:hi], scores.data[lo:hi]
+            keep = val > 0
+            out.append(int(idx[keep][np.lexsort((idx[keep], -val[keep]))[0]]) if keep.any() else -1)
+        return out
 
     def category_index(self, category: str) -> int:
         """Column of a category in `categories` (KeyError names an unknown one)."""
@@ -205,8 +239,8 @@ def tag_hr(
 ) -> dict[str, float]:
     """The paper's tag HR@K (module docstring) over `user_ids` (default: the users in `tags`).
 
-    Returns {"TagHR@K": ..., "users": n, "users_with_tags": m}; users without a target category are
-    left out of the average by `tag_hit_rate`.
+    Tags are taken in `rank` order when the table has that column, else in table order. Returns
+    {"TagHR@K": ..., "users": n, "users_with_tags": m, "users_scored": s}.
     """
     task = task or split.test
     if "user_id" not in tags.columns or "tag" not in tags.columns:
@@ -218,29 +252,24 @@ def tag_hr(
     unknown = [u for u in users if u not in task_pos]
     if unknown:
         raise ValueError(f"users not in the {task.name} task: {unknown[:5]}")
-    user_row = {u: i for i, u in enumerate(users)}
-    tags = tags.filter(pl.col("user_id").is_in(users) & pl.col("tag").is_not_null())
-    uniq = list(dict.fromkeys(tags["tag"].to_list()))
-    per_tag = phi.category_scores(uniq)
-    tag_row = {t: i for i, t in enumerate(uniq)}
-    pick = sp.csr_matrix(
-        (np.ones(tags.height), ([user_row[u] for u in tags["user_id"]], [tag_row[t] for t in tags["tag"]])),
-        shape=(len(users), len(uniq)),
+    tags = tags.with_row_index("_order").filter(
+        pl.col("user_id").is_in(users) & pl.col("tag").is_not_null() & (pl.col("tag").str.strip_chars() != "")
     )
-    pick.data[:] = 1.0  # a tag repeated for one user counts once
-    pred = sp.csr_matrix(pick @ per_tag)
-    pred.eliminate_zeros()
-    t_rows, t_cols = [], []
+    tags = tags.sort(["rank", "_order"] if "rank" in tags.columns else ["_order"], nulls_last=True)
+    uniq = list(dict.fromkeys(tags["tag"].to_list()))
+    phi_of = dict(zip(uniq, phi.top_category(uniq), strict=True))
+    per_user: dict[str, list[str]] = {u: [] for u in users}
+    for u, t in zip(tags["user_id"], tags["tag"], strict=True):
+        if t not in per_user[u]:
+            per_user[u].append(t)
+    targets = []
     for u in users:
         target_items = [split.item_ids[i] for i in task.targets[task_pos[u]]]
-        for cats in phi.item_categories(target_items):
-            for c in cats:
-                t_rows.append(user_row[u])
-                t_cols.append(phi.category_index(c))
-    target = sp.csr_matrix((np.ones(len(t_rows)), (t_rows, t_cols)), shape=pred.shape, dtype=bool)
-    out = tag_hit_rate(pred, target, ks=ks)
+        targets.append({phi.category_index(c) for cats in phi.item_categories(target_items) for c in cats})
+    out = tag_set_hit_rate([[phi_of[t] for t in per_user[u]] for u in users], targets, ks=ks)
     out["users"] = float(len(users))
-    out["users_with_tags"] = float(len(set(tags["user_id"].to_list())))
+    out["users_with_tags"] = float(sum(bool(per_user[u]) for u in users))
+    out["users_scored"] = float(sum(bool(t) for t in targets))
     return out
 
 

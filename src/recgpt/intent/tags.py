@@ -36,8 +36,6 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from recgpt.behavior.items import clean_title
-from recgpt.data.split import EvalTask
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import (
     UserContext,
@@ -328,40 +326,6 @@ def predict_tags(
     return pl.DataFrame(out.rows, schema=TAGS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
 
 
-def history_baseline_tags(
-    task: EvalTask, items: pl.DataFrame, user_ids: Sequence[str], *, last_n: int = 10
-) -> pl.DataFrame:
-    """A non-LLM tag baseline: the categories and clean titles of each user's last `last_n` items.
-
-    Built from the task's `AsOf` view only, same columns as `predict_tags` (interest columns null),
-    ranked by recency, so `phi.tag_hr` scores it exactly like LLM tags.
-    """
-    meta = {r["item_id"]: r for r in items.select("item_id", "title", "categories").iter_rows(named=True)}
-    rows: list[dict[str, Any]] = []
-    for u in user_ids:
-        hist = task.asof.history(u).filter(pl.col("item_id").is_not_null())
-        recent = list(dict.fromkeys(reversed(hist["item_id"].to_list())))[:last_n]
-        texts: list[str] = []
-        for iid in recent:
-            texts.extend(c for c in (meta[iid]["categories"] or []) if c)
-            texts.append(clean_title(meta[iid]["title"] or ""))
-        for rank, tag in enumerate(dict.fromkeys(t for t in texts if t.strip()), start=1):
-            modifier, core = split_tag(tag)
-            rows.append(
-                {
-                    "user_id": u,
-                    "tag": tag,
-                    "modifier": modifier,
-                    "core": core,
-                    "interest_id": None,
-                    "interest": None,
-                    "rationale": "history baseline",
-                    "rank": rank,
-                }
-            )
-    return pl.DataFrame(rows, schema=TAGS_SCHEMA)
-
-
 __all__ = [
     "EXAMPLE_RATIONALES",
     "EXAMPLE_TAGS",
@@ -369,7 +333,6 @@ __all__ = [
     "Tag",
     "TagsConfig",
     "TagsTask",
-    "history_baseline_tags",
     "names_item",
     "postprocess_tags",
     "predict_tags",

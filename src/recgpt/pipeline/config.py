@@ -159,6 +159,10 @@ class RunConfig(BaseModel):
     compare: tuple[str, ...] = Field(default=("mostpop", "markov"), description="extra baseline rows")
     ks: tuple[int, ...] = (5, 10, 20, 50)
     report_users: int = Field(default=3, ge=0, description="users walked through in the HTML report")
+    category_level: Literal["auto", "leaf", "all"] | int = Field(
+        default="auto",
+        description="category level of tag HR and CatDiv: auto, leaf, all or a depth (0 = root)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +200,14 @@ class RunConfig(BaseModel):
         if 10 not in v:
             raise ValueError("ks must include 10 (the report's headline cut-off)")
         return tuple(sorted(set(v)))
+
+    @field_validator("category_level", mode="before")
+    @classmethod
+    def _category_level(cls, v: Any) -> Any:
+        """`--set category_level=2` arrives as the string "2" (`recgpt.data.categories.parse_level`)."""
+        from recgpt.data.categories import parse_level
+
+        return parse_level(v)
 
     @field_validator("baseline")
     @classmethod

@@ -70,9 +70,16 @@ class _TowerCosine:
 
 
 def _stored_run(
-    name: str, params: dict[str, Any], recs: np.ndarray, res: Resources, ks: tuple[int, ...], seconds: float
+    name: str,
+    params: dict[str, Any],
+    recs: np.ndarray,
+    res: Resources,
+    ks: tuple[int, ...],
+    seconds: float,
+    level: Any = "auto",
 ) -> ModelRun:
-    return ModelRun(name, params, [], list_metrics(res.split, res.task, recs, ks), 0.0, seconds, recs)
+    metrics = list_metrics(res.split, res.task, recs, ks, level)
+    return ModelRun(name, params, [], metrics, 0.0, seconds, recs)
 
 
 def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
@@ -95,6 +102,7 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
         seed=cfg.seed,
         tune=True,
         model_params={cfg.baseline: params},
+        category_level=cfg.category_level,
     )
     with make_progress(ctx.console, ctx.progress) as bar:
         base = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar)
@@ -105,7 +113,15 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
         table_lists(ctx.read("candidates", "candidates"), task.user_ids, split.item_pos), cosine, k_max
     )
     runs = [
-        _stored_run("recgpt", dataclasses.asdict(cfg.fusion), stored, res, cfg.ks, time.perf_counter() - t0)
+        _stored_run(
+            "recgpt",
+            dataclasses.asdict(cfg.fusion),
+            stored,
+            res,
+            cfg.ks,
+            time.perf_counter() - t0,
+            cfg.category_level,
+        )
     ]
     t0 = time.perf_counter()
     fused = fill_lists(
@@ -113,18 +129,35 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
     )
     runs.append(
         _stored_run(
-            "fused", {"share": cfg.share, "k": cfg.fusion.k}, fused, res, cfg.ks, time.perf_counter() - t0
+            "fused",
+            {"share": cfg.share, "k": cfg.fusion.k},
+            fused,
+            res,
+            cfg.ks,
+            time.perf_counter() - t0,
+            cfg.category_level,
         )
     )
     t0 = time.perf_counter()
     recs = recommend(user_tower, task, k_max, mask=True)
-    runs.append(_stored_run("user-tower", user_tower.params, recs, res, cfg.ks, time.perf_counter() - t0))
+    runs.append(
+        _stored_run(
+            "user-tower", user_tower.params, recs, res, cfg.ks, time.perf_counter() - t0, cfg.category_level
+        )
+    )
     runs.extend(base.runs)
     runs[[r.name for r in runs].index(cfg.baseline)].validation = validation
     phi = ctx.stats("phi")
     for r in runs:
         if r.name in ("recgpt", "fused"):
-            r.test.update({k: v for k, v in phi["llm_tags"].items() if k.startswith("TagHR@")})
+            separable = phi.get("separable", {})  # a K the reference rows cannot separate gets no figure
+            r.test.update(
+                {
+                    k: v
+                    for k, v in phi["llm_tags"].items()
+                    if k.startswith("TagHR@") and separable.get(k, True)
+                }
+            )
     ctx.write("lists", lists_frame(runs, task.user_ids, split.item_ids))
     result = ExperimentResult(
         dataset=res.dataset.manifest.name,
@@ -134,6 +167,7 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
         n_items=split.train.n_items,
         item_exposure_base=split.train.item_popularity,
         env=environment(cfg.seed),
+        category_level=base.category_level,
     )
     markers = ctx.finished()
     payload = results_payload(
@@ -219,7 +253,8 @@ def results_payload(
             }
             for r in result.runs
         ],
-        "tag_hr": {"llm_tags": phi["llm_tags"], "history_tags": phi["history_tags"]},
+        "category_level": result.category_level,
+        "tag_hr": phi,  # level, llm/history/constant/random rows, separable, note (intent.reference)
         "bar": bar_check(rows, baselines),
         # explanations run later: the report stage adds them
         "llm_fallback": fallback_from_markers(ctx.finished(), ctx.resources.cfg),

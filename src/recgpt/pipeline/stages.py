@@ -14,7 +14,7 @@ the evaluation scores the stored candidate and fused lists.
 | 02_pool | pool, matches | catalogue interest pool, I_m per user |
 | 03_interests | interests, failures | LLM_UI (prompts guarded against held-out items) |
 | 04_tags | tags, failures | LLM_IT (guarded likewise) |
-| 05_phi | tag_categories | φ(tag); tag HR@10/@30 of LLM tags and of a history baseline |
+| 05_phi | tag_categories | φ(tag) at one category level; tag HR@10/@30 of LLM tags and 3 reference rows |
 | 06_tritower | history (+ model/, index/) | tri-tower trained on the train split only |
 | 07_candidates | candidates | RecGPT channel: per-tag β-fused retrieval, interest-quota merge |
 | 08_fusion | fused | baseline channel (tuned on validation) mixed with RecGPT at `share` |
@@ -199,17 +199,17 @@ def run_tags(ctx: StageContext) -> dict[str, Any]:
 
 
 def run_phi(ctx: StageContext) -> dict[str, Any]:
-    from recgpt.intent.phi import tag_hr
-    from recgpt.intent.tags import history_baseline_tags
+    """φ at `category_level`, the LLM tags' tag HR and its reference rows on the same users
+    (`recgpt.intent.reference.tag_hr_stats`; `tag_hr_table` turns the stats into printable rows)."""
+    from recgpt.data.categories import categories_at_level
+    from recgpt.intent.reference import tag_hr_stats
 
     res, cfg = _res(ctx), ctx.config
     tags = ctx.read("tags", "tags")
-    phi = res.phi(cfg.phi, cfg.embedder)
+    levelled = categories_at_level(res.dataset, cfg.category_level)
+    phi = res.phi(cfg.phi, cfg.embedder).at_level(res.dataset, cfg.category_level)
     ctx.write("tag_categories", phi.predict(tags["tag"].to_list()))
-    hr = tag_hr(tags, phi, res.split, task=res.task, user_ids=res.users)
-    base = history_baseline_tags(res.task, res.dataset.items, res.users)
-    hr_base = tag_hr(base, phi, res.split, task=res.task, user_ids=res.users)
-    return {"llm_tags": hr, "history_tags": hr_base, "categories": len(phi.categories)}
+    return tag_hr_stats(phi, res.split, levelled, res.users, task=res.task, llm_tags=tags, seed=cfg.seed)
 
 
 def run_tritower(ctx: StageContext) -> dict[str, Any]:
@@ -348,7 +348,7 @@ RECGPT = Pipeline(
             "05_phi",
             run_phi,
             reads=("tags/tags",),
-            config=("phi", "embedder"),
+            config=("phi", "embedder", "category_level", "seed"),
             title="φ tag -> category, tag HR",
         ),
         Stage(
@@ -380,7 +380,18 @@ RECGPT = Pipeline(
             "09_eval",
             run_eval,
             reads=("fusion/*", "candidates/candidates", "tritower/*", "phi/*"),
-            config=("compare", "ks", "baseline", "split", "seed", "fusion", "embedder", "share", "llm:"),
+            config=(
+                "compare",
+                "ks",
+                "baseline",
+                "split",
+                "seed",
+                "fusion",
+                "embedder",
+                "share",
+                "llm:",
+                "category_level",
+            ),
             title="evaluation",
         ),
         Stage(

@@ -258,6 +258,7 @@ def import_unisrec(
         extra={
             "format": "unisrec",
             "prefix": prefix,
+            "category_structure": "path",  # one flattened leaf string: a path of depth 1
             "text_split": {
                 "rows": raw.height,
                 "naive_three_parts": naive_clean,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -68,6 +68,8 @@ with shop.toml:
     [items]                       # optional
     file = "products.csv"
     list_separator = ">"          # splits a text categories column ("|")
+    category_structure = "path"   # "path" (most general first, default) or
+                                  # "set" (labels, every one a leaf)
     attributes = ["color", "size"]  # extra columns kept as attributes
 
     [items.columns]               # also: brand, merchant, price, description
@@ -100,6 +102,12 @@ class TableMapping(BaseModel):
     list_separator: str = "|"
 
 
+class ItemMapping(TableMapping):
+    """Items add what their categories list is (`recgpt.data.categories`): a path or a set."""
+
+    category_structure: Literal["path", "set"] = "path"
+
+
 class EventMapping(TableMapping):
     """Events add the timestamp format and an optional constant behaviour."""
 
@@ -112,7 +120,7 @@ class Mapping(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     events: EventMapping = EventMapping()
-    items: TableMapping | None = None
+    items: ItemMapping | None = None
     users: TableMapping | None = None
 
     @field_validator("events", "items", "users")
@@ -300,7 +308,7 @@ def import_generic(
             and src.is_dir()
             and any(p.suffix.lower() in FORMATS_BY_SUFFIX for p in src.glob(f"{table}.*"))
         ):
-            setattr(m, table, TableMapping())
+            setattr(m, table, ItemMapping() if table == "items" else TableMapping())
     ev_path = _resolve(src, m.events, "events", src if src.is_file() else None)
     if src.is_file() and ev_path.resolve() != src.resolve():
         raise DataError(
@@ -364,7 +372,11 @@ def import_generic(
         name=name or src.stem,
         source=f"generic import: {ev_path}",
         notes=notes,
-        extra={"format": "generic", "mapping": m.model_dump(exclude_defaults=True)},
+        extra={
+            "format": "generic",
+            "mapping": m.model_dump(exclude_defaults=True),
+            "category_structure": m.items.category_structure if m.items else "path",
+        },
     )
     ds = Dataset.build(items, users, events, manifest, source_files=files)
     return with_time_range(ds)

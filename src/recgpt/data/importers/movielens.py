@@ -137,7 +137,7 @@ def import_movielens_100k(src: Path, *, name: str | None = None, encoding: str =
             RATING_NOTE + " Scale 1-5.",
             "categories = genre names from the 19 u.item flags (multi-label, in u.genre order).",
         ],
-        extra={"format": "movielens-100k"},
+        extra={"format": "movielens-100k", "category_structure": "set"},
     )
     ds = Dataset.build(
         items,
@@ -204,7 +204,7 @@ def import_movielens_latest_small(src: Path, *, name: str | None = None, encodin
             f"categories = the '|'-separated genres; {NO_GENRES!r} -> [].",
             "users = the distinct userIds of ratings.csv and tags.csv (no user attributes exist).",
         ],
-        extra={"format": "movielens-latest-small"},
+        extra={"format": "movielens-latest-small", "category_structure": "set"},
     )
     ds = Dataset.build(
         items,
