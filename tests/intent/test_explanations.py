@@ -125,6 +125,7 @@ def test_serving_lookup_and_item_only_fallback(toy: Dataset) -> None:
             "explanation": ["Starship duels"],
             "template": ["recgpt_explanation@1"],
             "fallback": [False],
+            "source": ["llm"],
         },
         schema=EXPLANATIONS_SCHEMA,
     )

@@ -12,7 +12,8 @@ only the explanation) and enforces the rules afterwards (`check_explanation`):
   boundary (`on_too_long="truncate"`, dangling joining words removed) or replaced (`"fallback"`);
 - prohibited words (configurable; default from the paper's list: empty praise, slogans, exaggeration);
 - no repeating the item title (its words in order, or a one-word title with its year) or the
-  bracketed item label the prompt shows; no copy of the prompt's worked example; not empty.
+  bracketed item label the prompt shows; no copy of the prompt's worked example (exact or near,
+  read from the template: `recgpt.intent.examples`); not empty.
 
 An explanation (or its analysis) that repeats a flagged catalogue / user payload
 (`recgpt.data.untrusted`, prompt-injection defence) is rejected the same way, and a rule-based text
@@ -25,6 +26,11 @@ category) and flagged `fallback=True`. At serving time
 `ExplanationTable.explain(interests, item_id)` returns the first of the user's interests that has an
 entry for the item, else an **item-only** explanation built from item data alone ("Popular in
 <category>" when training popularity says so, else `item_fallback`).
+
+Every text says who wrote it (`source`, in the stored table and in what is served): `SOURCE_LLM`
+("llm": the model's text passed the rules), `SOURCE_PAIR` ("template:pair": the rule-based pair
+text) or `SOURCE_ITEM` ("template:item": the item-only text, or `UNTRUSTED_FALLBACK`). `llm_share`
+counts them, so a report can say how many of the served explanations the LLM actually wrote.
 
 Generation is `ExplanationsTask`, a `recgpt.llm.task.LLMTask` over (interest, item, category) pairs.
 """
@@ -42,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recgpt.behavior.items import clean_title
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import clean_phrase, phrase_key
+from recgpt.intent.examples import ExampleFilter, example_values
 from recgpt.intent.phi import TagToCategory
 from recgpt.intent.pool import STOP_WORDS, phrase_tokens
 from recgpt.llm.prompts import make_request, template_id
@@ -51,12 +58,17 @@ from recgpt.llm.types import LLMRequest, SamplingParams
 TEMPLATE = "recgpt_explanation"
 STAGE = "explanations"
 PAIR_RULE = "rule:pair"
+SOURCE_LLM = "llm"  # written by the LLM and passed the rules
+SOURCE_PAIR = "template:pair"  # the rule-based text of an (interest, item) pair
+SOURCE_ITEM = "template:item"  # the rule-based text about the item alone
+SOURCES = (SOURCE_LLM, SOURCE_PAIR, SOURCE_ITEM)
 EXPLANATIONS_SCHEMA = {
     "interest": pl.String(),
     "item_id": pl.String(),
     "explanation": pl.String(),
     "template": pl.String(),
     "fallback": pl.Boolean(),
+    "source": pl.String(),
 }
 PAIRS_SCHEMA = {
     "interest": pl.String(),
@@ -87,7 +99,8 @@ DEFAULT_PROHIBITED: tuple[str, ...] = (
     "limited time",
     "act now",
 )
-EXAMPLE_EXPLANATION = "Dry feet for your muddy trail miles"
+EXAMPLE_EXPLANATION = example_values(TEMPLATE, "explanation")[0]  # read from recgpt_explanation.j2
+_EXAMPLES = ExampleFilter([TEMPLATE], fields=("explanation",))
 UNTRUSTED_FALLBACK = "Something new to explore"  # a rule-based text would have repeated a flagged payload
 
 
@@ -107,6 +120,13 @@ class ExplanationsConfig(BaseModel):
     item_fallback: str = "More {category} to explore"
     popular_fallback: str = "Popular in {category}"
     popular_share: float = Field(default=0.1, gt=0.0, le=1.0)
+    attach_similarity: float = Field(
+        default=0.3,
+        ge=-1.0,
+        le=1.0,
+        description="an item no interest produced (classic channel) is explained with an interest only "
+        "when φ matches them and their embedding cosine reaches this floor; else item-only",
+    )
     temperature: float = 0.0
     max_tokens: int = Field(default=160, ge=16)
     seed: int = 0
@@ -197,7 +217,7 @@ def check_explanation(cfg: ExplanationsConfig, text: str, title: str) -> tuple[s
     for w in cfg.prohibited_words:
         if w and re.search(rf"(?<!\w){re.escape(w.lower())}(?!\w)", low):
             return t, f"prohibited word {w!r}"
-    if phrase_key(t) == phrase_key(EXAMPLE_EXPLANATION):
+    if _EXAMPLES.match(t) is not None:
         return t, "copies the example"
     if "[" in t or "]" in t:
         return t, "copies the item label"
@@ -299,6 +319,7 @@ class ExplanationsTask(LLMTask[Pair]):
                 "explanation": text,
                 "template": self.template,
                 "fallback": False,
+                "source": SOURCE_LLM,
             }
         ]
 
@@ -315,6 +336,7 @@ class ExplanationsTask(LLMTask[Pair]):
                 "explanation": text,
                 "template": PAIR_RULE,
                 "fallback": True,
+                "source": SOURCE_PAIR,
             }
         ]
 
@@ -360,8 +382,26 @@ def lookup(table: pl.DataFrame, interest: str, item_id: str) -> str | None:
     return None if hit.is_empty() else str(hit["explanation"][0])
 
 
+def table_sources(table: pl.DataFrame) -> list[str]:
+    """Each stored row's `source`; tables written before the column existed derive it from `fallback`."""
+    if "source" in table.columns:
+        return [str(s) for s in table["source"].to_list()]
+    return [SOURCE_PAIR if f else SOURCE_LLM for f in table["fallback"].to_list()]
+
+
+def llm_share(sources: Sequence[str | None]) -> dict[str, Any]:
+    """How many served explanations the LLM wrote, and how many each template wrote (None = not explained)."""
+    got = [s for s in sources if s is not None]
+    counts = {s: sum(1 for g in got if g == s) for s in SOURCES}
+    return {
+        "served": len(got),
+        "by_source": counts,
+        "llm_share": round(counts[SOURCE_LLM] / len(got), 4) if got else 0.0,
+    }
+
+
 class ExplanationTable:
-    """Serving view of the table: O(1) lookups, then the item-only fallback."""
+    """Serving view of the table: O(1) lookups, then the item-only fallback; every text with its source."""
 
     def __init__(
         self,
@@ -375,9 +415,10 @@ class ExplanationTable:
         self.untrusted = (
             untrusted  # stored texts and rule-based ones that repeat a flagged payload are not served
         )
+        rows = table.select("interest", "item_id", "explanation").iter_rows()
         self._index = {
-            (phrase_key(i), iid): e
-            for i, iid, e in table.select("interest", "item_id", "explanation").iter_rows()
+            (phrase_key(i), iid): (e, src)
+            for (i, iid, e), src in zip(rows, table_sources(table), strict=True)
             if untrusted is None or not untrusted.hit(e)
         }
         cols = [c for c in ("item_id", "title", "brand", "categories") if c in items.columns]
@@ -398,24 +439,27 @@ class ExplanationTable:
             out.update(iid for pop, iid in members[:n] if pop > 0)
         return out
 
-    def get(self, interest: str | None, item_id: str) -> tuple[str, bool]:
-        """(explanation, is_fallback) for one interest and item."""
-        if interest is not None:
-            hit = self._index.get((phrase_key(interest), item_id))
+    def serve(self, interests: Sequence[str | None], item_id: str) -> tuple[str, str]:
+        """(explanation, source): the first interest with an entry for the item, else the item-only text."""
+        for interest in interests:
+            hit = None if interest is None else self._index.get((phrase_key(interest), item_id))
             if hit is not None:
-                return hit, False
-        return self.item_only(item_id), True
+                return hit
+        return self.item_only(item_id), SOURCE_ITEM
+
+    def get(self, interest: str | None, item_id: str) -> tuple[str, bool]:
+        """(explanation, is_item_only) for one interest and item."""
+        text, source = self.serve([interest], item_id)
+        return text, source == SOURCE_ITEM
 
     def explain(self, interests: Sequence[str], item_id: str) -> tuple[str, bool]:
         """The first of a user's interests with an entry for the item, else the item-only text."""
-        for interest in interests:
-            hit = self._index.get((phrase_key(interest), item_id))
-            if hit is not None:
-                return hit, False
-        return self.item_only(item_id), True
+        text, source = self.serve(interests, item_id)
+        return text, source == SOURCE_ITEM
 
     def annotate(self, candidates: pl.DataFrame) -> pl.DataFrame:
-        """Add `explanation` and `explanation_fallback` to a candidates table (by its `interest` column)."""
+        """Add `explanation`, `explanation_fallback` (item-only) and `explanation_source` to a candidates
+        table (by its `interest` column)."""
         if "item_id" not in candidates.columns:
             raise ValueError("candidates table lacks an 'item_id' column")
         interests = (
@@ -423,10 +467,13 @@ class ExplanationTable:
             if "interest" in candidates.columns
             else [None] * candidates.height
         )
-        got = [self.get(i, iid) for i, iid in zip(interests, candidates["item_id"].to_list(), strict=True)]
+        got = [
+            self.serve([i], iid) for i, iid in zip(interests, candidates["item_id"].to_list(), strict=True)
+        ]
         return candidates.with_columns(
             pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
-            pl.Series("explanation_fallback", [g[1] for g in got], dtype=pl.Boolean()),
+            pl.Series("explanation_fallback", [g[1] == SOURCE_ITEM for g in got], dtype=pl.Boolean()),
+            pl.Series("explanation_source", [g[1] for g in got], dtype=pl.String()),
         )
 
     def item_only(self, item_id: str) -> str:
@@ -448,6 +495,10 @@ __all__ = [
     "EXPLANATIONS_SCHEMA",
     "PAIRS_SCHEMA",
     "PAIR_RULE",
+    "SOURCES",
+    "SOURCE_ITEM",
+    "SOURCE_LLM",
+    "SOURCE_PAIR",
     "UNTRUSTED_FALLBACK",
     "Explanation",
     "ExplanationTable",
@@ -458,7 +509,9 @@ __all__ = [
     "generate_explanations",
     "item_explanation",
     "item_label",
+    "llm_share",
     "lookup",
     "match_pairs",
     "pair_explanation",
+    "table_sources",
 ]
