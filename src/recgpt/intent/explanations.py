@@ -120,8 +120,11 @@ class ExplanationsConfig(BaseModel):
     item_fallback: str = "More {category} to explore"
     popular_fallback: str = "Popular in {category}"
     popular_share: float = Field(default=0.1, gt=0.0, le=1.0)
+    # Floor measured with the default embedder (all-MiniLM-L6-v2): an interest and an item it serves
+    # score 0.49-0.74 ("Space adventure" / Star Wars 0.53, "Crime thriller" / Heat 0.74), off-genre films
+    # 0.32-0.47, an interest from another domain below 0.2 ("Baking" / any film, "Lab glassware" / films).
     attach_similarity: float = Field(
-        default=0.3,
+        default=0.4,
         ge=-1.0,
         le=1.0,
         description="an item no interest produced (classic channel) is explained with an interest only "
