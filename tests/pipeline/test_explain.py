@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from recgpt.data.dataset import Dataset
-from recgpt.intent.explanations import SOURCE_ITEM, SOURCE_LLM, SOURCES, ExplanationsConfig, llm_share
+from recgpt.intent.explanation_table import llm_share
+from recgpt.intent.explanations import SOURCE_ITEM, SOURCE_LLM, SOURCES, ExplanationsConfig
 from recgpt.intent.phi import PhiConfig, TagToCategory
 from recgpt.pipeline.explain import explanation_pairs
 from tests.conftest import HashEncoder

@@ -78,7 +78,8 @@ def explanation_pairs(config: Any, phi: Any, top: pl.DataFrame, interests: pl.Da
 
 
 def run_explanations(ctx: StageContext) -> dict[str, Any]:
-    from recgpt.intent.explanations import SOURCE_ITEM, ExplanationTable, generate_explanations, llm_share
+    from recgpt.intent.explanation_table import ExplanationTable, llm_share
+    from recgpt.intent.explanations import SOURCE_ITEM, generate_explanations
 
     res, cfg = cast(Resources, ctx.resources), ctx.config
     config = cfg.explanations

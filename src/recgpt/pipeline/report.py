@@ -151,7 +151,8 @@ def _walks(run: RunTables, items: pl.DataFrame) -> str:
 
 def _share_html(served: pl.DataFrame) -> str:
     """Who wrote the served explanations: the LLM's share, with the count of each template."""
-    from recgpt.intent.explanations import SOURCE_ITEM, SOURCE_LLM, SOURCE_PAIR, llm_share
+    from recgpt.intent.explanation_table import llm_share
+    from recgpt.intent.explanations import SOURCE_ITEM, SOURCE_LLM, SOURCE_PAIR
 
     if "source" not in served.columns:
         return "<p>This run predates explanation sources: LLM-written and pair-template texts are not told apart.</p>"
