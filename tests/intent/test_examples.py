@@ -120,6 +120,12 @@ def test_sourdough_tags_are_example_copy_failures() -> None:
     tags, failures = predict_tags(TagsConfig(count=2, reasks=0), engine, [SCIENCE], mine)
     assert failures["reason"].to_list() == ["example_copy"]
     assert tags["tag"].to_list() == ["Lab glassware"]  # fallback: the interest as the tag
+    rationale_copy = json.dumps(
+        {"tags": [{"tag": "glass stirring rods", "interest_id": 1, "rationale": "Sourdough Starter Kit"}]}
+    )
+    engine = LLMEngine(FakeBackend([rationale_copy]), max_retries=0)
+    tags, failures = predict_tags(TagsConfig(count=1, reasks=0), engine, [SCIENCE], mine)
+    assert failures["reason"].to_list() == ["example_copy"]  # a copied rationale counts too (SmolLM2 did)
     engine = LLMEngine(FakeBackend([tags_answer("Sourdough Starter Kit", "graduated glass beakers")]))
     tags, failures = predict_tags(TagsConfig(count=2, reasks=0), engine, [SCIENCE], mine)
     assert tags["tag"].to_list() == ["graduated glass beakers"] and failures.is_empty()
@@ -142,3 +148,11 @@ def test_explanations_that_nearly_copy_the_example_break_a_rule() -> None:
     )
     assert check_explanation(cfg, "dry feet on muddy trail miles", "Wool Socks")[1] == "copies the example"
     assert check_explanation(cfg, "Warm feet on winter hikes", "Wool Socks")[1] is None
+    # SmolLM2 on Pulp Fiction for "Crime thrillers": the example's analysis, reworded
+    smol = "Dry feet for long muddy runs, which suits trail running"
+    assert check_explanation(cfg, smol, "Pulp Fiction", "Crime thrillers Pulp Fiction [Crime]")[1] == (
+        "copies the example"
+    )
+    assert (
+        check_explanation(cfg, "Warm wool socks for trail runs", "Hiking Socks", "Trail running")[1] is None
+    )

@@ -12,8 +12,9 @@ only the explanation) and enforces the rules afterwards (`check_explanation`):
   boundary (`on_too_long="truncate"`, dangling joining words removed) or replaced (`"fallback"`);
 - prohibited words (configurable; default from the paper's list: empty praise, slogans, exaggeration);
 - no repeating the item title (its words in order, or a one-word title with its year) or the
-  bracketed item label the prompt shows; no copy of the prompt's worked example (exact or near,
-  read from the template: `recgpt.intent.examples`); not empty.
+  bracketed item label the prompt shows; no copy of the prompt's worked example (its explanation or
+  its analysis, exact or near, read from the template: `recgpt.intent.examples`, unless the interest
+  and item hold the copied words); not empty.
 
 An explanation (or its analysis) that repeats a flagged catalogue / user payload
 (`recgpt.data.untrusted`, prompt-injection defence) is rejected the same way, and a rule-based text
@@ -48,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recgpt.behavior.items import clean_title
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import clean_phrase, phrase_key
-from recgpt.intent.examples import ExampleFilter, example_values
+from recgpt.intent.examples import ExampleFilter, evidence_stems, example_values
 from recgpt.intent.phi import TagToCategory
 from recgpt.intent.pool import STOP_WORDS, phrase_tokens
 from recgpt.llm.prompts import make_request, template_id
@@ -100,7 +101,7 @@ DEFAULT_PROHIBITED: tuple[str, ...] = (
     "act now",
 )
 EXAMPLE_EXPLANATION = example_values(TEMPLATE, "explanation")[0]  # read from recgpt_explanation.j2
-_EXAMPLES = ExampleFilter([TEMPLATE], fields=("explanation",))
+_EXAMPLES = ExampleFilter([TEMPLATE], fields=("explanation", "analysis"))
 UNTRUSTED_FALLBACK = "Something new to explore"  # a rule-based text would have repeated a flagged payload
 
 
@@ -211,8 +212,14 @@ def _truncate(text: str, max_words: int, max_chars: int) -> str:
     return " ".join(words).rstrip(",;:-")
 
 
-def check_explanation(cfg: ExplanationsConfig, text: str, title: str) -> tuple[str, str | None]:
-    """(tidied text, None) when it passes the rules, else (text, what rule it broke); see module docstring."""
+def check_explanation(
+    cfg: ExplanationsConfig, text: str, title: str, context: str = ""
+) -> tuple[str, str | None]:
+    """(tidied text, None) when it passes the rules, else (text, what rule it broke); see module docstring.
+
+    `context` (the interest and the item label) holds words the text may share with the worked
+    example without being a copy of it (`recgpt.intent.examples`).
+    """
     t = clean_phrase(text)
     if not t:
         return t, "empty"
@@ -220,7 +227,7 @@ def check_explanation(cfg: ExplanationsConfig, text: str, title: str) -> tuple[s
     for w in cfg.prohibited_words:
         if w and re.search(rf"(?<!\w){re.escape(w.lower())}(?!\w)", low):
             return t, f"prohibited word {w!r}"
-    if _EXAMPLES.match(t) is not None:
+    if _EXAMPLES.copy_of(t, evidence_stems([context])) is not None:
         return t, "copies the example"
     if "[" in t or "]" in t:
         return t, "copies the item label"
@@ -310,7 +317,10 @@ class ExplanationsTask(LLMTask[Pair]):
     def postprocess(self, item: Pair, value: Any) -> list[dict[str, Any]]:
         """The rules (`check_explanation`), then the untrusted-payload filter: one row, or none."""
         interest, iid, _ = item
-        text, broken = check_explanation(self.cfg, value.explanation, self.meta[iid]["title"] or "")
+        row = self.meta[iid]
+        text, broken = check_explanation(
+            self.cfg, value.explanation, row["title"] or "", f"{interest} {item_label(row)}"
+        )
         if broken is None and reject_untrusted(self.untrusted, STAGE, (text, value.analysis)):
             broken = "repeats an untrusted payload"
         if broken is not None or not text:

@@ -7,7 +7,7 @@ batch, and post-processes each answer:
 
 - tags are tidied (`clean_phrase`); empty ones, ones longer than `max_words`, copies of the worked
   example (the tag repeats, exactly or nearly, a phrase of the example's answer or input and the
-  user's own history does not hold its words; or the rationale repeats an example rationale:
+  user's own history does not hold its words; or the rationale repeats a phrase of the example:
   `recgpt.intent.examples`), and ones whose `interest_id` is not one of the user's interests are
   dropped (the output schema already limits `interest_id` to the user's ids where the backend
   decodes under a grammar);
@@ -74,9 +74,10 @@ TAGS_SCHEMA = {
 EXAMPLE_TAGS = example_values(TEMPLATE, "tag")
 EXAMPLE_RATIONALES = example_values(TEMPLATE, "rationale")
 # A tag that repeats any phrase of the example (its tags, its input: interests, titles, recent items)
-# is a copy; so is a rationale that repeats an example rationale.
+# is a copy; so is a rationale that repeats any phrase of the example (SmolLM2 wrote "Sourdough
+# Starter Kit" as the rationale of a film tag).
 TAG_EXAMPLES = ExampleFilter([TEMPLATE], fields=("tag", "input"))
-RATIONALE_EXAMPLES = ExampleFilter([TEMPLATE], fields=("rationale",))
+RATIONALE_EXAMPLES = ExampleFilter([TEMPLATE], fields=("rationale", "tag", "input"))
 FALLBACK_RATIONALE = "fallback: interest used as tag"
 
 
