@@ -30,8 +30,9 @@ has an entry for the item, else an **item-only** explanation built from item dat
 
 Every text says who wrote it (`source`, in the stored table and in what is served): `SOURCE_LLM`
 ("llm": the model's text passed the rules), `SOURCE_PAIR` ("template:pair": the rule-based pair
-text) or `SOURCE_ITEM` ("template:item": the item-only text, or `UNTRUSTED_FALLBACK`). `llm_share`
-(`recgpt.intent.explanation_table`) counts them, so a report can say how many of the served explanations the LLM actually wrote.
+text) or `SOURCE_ITEM` ("template:item": the item-only text, or `UNTRUSTED_FALLBACK`).
+`recgpt.intent.explanation_table.llm_share` counts them, so a report can say how many of the served
+explanations the LLM actually wrote.
 
 Generation is `ExplanationsTask`, a `recgpt.llm.task.LLMTask` over (interest, item, category) pairs.
 """

@@ -7,8 +7,9 @@ runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries
 - interests are tidied (`clean_phrase`), empty ones dropped, duplicates (case/spacing-insensitive)
   dropped keeping the first, over-long ones (`max_words`) dropped, copies of the prompt's worked
   example (exact or near, `recgpt.intent.examples`) dropped unless the user's own history or pool
-  holds their words (a small model parrots examples), and interests that merely name one history item (its title, year removed) dropped: the paper rules
-  out interests drawn from a single action, and a small model likes to copy titles;
+  holds their words (a small model parrots examples), and interests that merely name one history
+  item (its title, year removed) dropped: the paper rules out interests drawn from a single action,
+  and a small model likes to copy titles;
 - `interest_id` is re-numbered 1..n in answer order (the model's own ids are not trusted);
 - `kind` = "listed" when the interest is one of the user's preset pool entries (case-insensitive, or
   embedding cosine >= `listed_similarity` when an encoder is given), else "extended";

@@ -155,7 +155,7 @@ def _share_html(served: pl.DataFrame) -> str:
     from recgpt.intent.explanations import SOURCE_ITEM, SOURCE_LLM, SOURCE_PAIR
 
     if "source" not in served.columns:
-        return "<p>This run predates explanation sources: LLM-written and pair-template texts are not told apart.</p>"
+        return "<p>This run predates explanation sources: LLM and pair-template texts are not told apart.</p>"
     s = llm_share(served["source"].to_list())
     n = s["by_source"]
     return (
