@@ -25,12 +25,8 @@ from typer.testing import CliRunner
 from recgpt.cli.app import app
 from recgpt.data.dataset import Dataset
 from recgpt.data.untrusted import REDACTED, UntrustedText, normalise, redact_dataset, scan_dataset, scan_text
-from recgpt.intent.explanations import (
-    UNTRUSTED_FALLBACK,
-    ExplanationsConfig,
-    ExplanationTable,
-    generate_explanations,
-)
+from recgpt.intent.explanation_table import ExplanationTable
+from recgpt.intent.explanations import UNTRUSTED_FALLBACK, ExplanationsConfig, generate_explanations
 from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.engine import LLMEngine
 from recgpt.llm.types import GenerationInput
@@ -392,7 +388,10 @@ def test_without_the_defence_the_attack_reaches_the_tags(
 def test_with_the_defence_no_attacker_string_reaches_any_output(hostile_path: Path, tmp_path: Path) -> None:
     backend = ObeyingFake(omniscient=True)
     console = Console(record=True, width=200)
-    summary = _run(hostile_config(hostile_path, tmp_path), backend, console=console)
+    # every φ match gets its (interest, item) pair asked, so LLM_RE meets the attack too (the hash
+    # encoder's cosines sit below the default floor on which a baseline item gets an interest)
+    cfg = hostile_config(hostile_path, tmp_path, explanations={"attach_similarity": -1.0})
+    summary = _run(cfg, backend, console=console)
     run = summary.run_dir
     assert all(o.status == "ran" for o in summary.outcomes) and (run / "report.html").exists()
     # the flagged-text report names every attack, and the run says how many texts it flagged

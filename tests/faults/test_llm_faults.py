@@ -155,7 +155,13 @@ def test_fallback_share_above_the_limit_fails_with_a_clear_message(data: Path, t
     with pytest.raises(StageFailed) as err:
         _run(cfg, FakeBackend(_parroting))
     msg = str(err.value)
-    for part in ("stage 'interests'", "8 of 8 users (100%) on fallback", "limit 20%", "empty=8", LIMIT_HINT):
+    for part in (
+        "stage 'interests'",
+        "8 of 8 users (100%) on fallback",
+        "limit 20%",
+        "example_copy=8",
+        LIMIT_HINT,
+    ):
         assert part in msg, msg
     assert not (tmp_path / "runs" / "t" / "03_interests" / "done.json").exists()
     # the user raises the limit as told: the stage passes (from the cache: no new call)

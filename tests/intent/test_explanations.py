@@ -8,16 +8,15 @@ import polars as pl
 import pytest
 
 from recgpt.data.dataset import Dataset
+from recgpt.intent.explanation_table import ExplanationTable, lookup
 from recgpt.intent.explanations import (
     EXPLANATIONS_SCHEMA,
     PAIRS_SCHEMA,
     ExplanationsConfig,
-    ExplanationTable,
     check_explanation,
     explanation_request,
     generate_explanations,
     item_explanation,
-    lookup,
     match_pairs,
 )
 from recgpt.intent.phi import PhiConfig, TagToCategory
@@ -111,6 +110,7 @@ def test_generation_enforces_rules_with_fallbacks(toy: Dataset, phi: TagToCatego
     ]
     assert table["fallback"].to_list() == [False, True, True]
     assert table["template"].to_list() == ["recgpt_explanation@1", "rule:pair", "rule:pair"]
+    assert table["source"].to_list() == ["llm", "template:pair", "template:pair"]  # every template marked
     with pytest.raises(KeyError, match="not in the items table"):
         generate_explanations(
             CFG, LLMEngine(FakeBackend([])), pairs.with_columns(pl.lit("zz").alias("item_id")), toy.items
@@ -125,6 +125,7 @@ def test_serving_lookup_and_item_only_fallback(toy: Dataset) -> None:
             "explanation": ["Starship duels"],
             "template": ["recgpt_explanation@1"],
             "fallback": [False],
+            "source": ["llm"],
         },
         schema=EXPLANATIONS_SCHEMA,
     )
@@ -143,6 +144,11 @@ def test_serving_lookup_and_item_only_fallback(toy: Dataset) -> None:
     out = served.annotate(cands)
     assert out["explanation"].to_list() == ["Starship duels", "More Sci-Fi to explore"]
     assert out["explanation_fallback"].to_list() == [False, True]
+    assert out["explanation_source"].to_list() == ["llm", "template:item"]
+    assert served.serve(["Romance", "Space opera"], "s1") == ("Starship duels", "llm")
+    assert served.serve([None], "s4") == ("More Sci-Fi to explore", "template:item")
+    legacy = ExplanationTable(table.drop("source"), toy.items, CFG)  # a table from before `source`
+    assert legacy.serve(["Space opera"], "s1") == ("Starship duels", "llm")
 
 
 def test_item_only_text_obeys_length_rules() -> None:

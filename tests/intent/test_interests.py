@@ -130,7 +130,7 @@ def test_failures_fall_back_to_the_pool() -> None:
     interests, failures, _ = run(cfg, script, [CTX, ctx2])
     assert failures.rows() == [
         ("u1", "invalid_json", failures["detail"][0]),
-        ("u2", "empty", failures["detail"][1]),
+        ("u2", "example_copy", failures["detail"][1]),
     ]
     assert interests.filter(pl.col("user_id") == "u2")["interest"].to_list() == ["Comedy", "Office Party"]
     assert set(interests["template"]) == {"pool-fallback"} and set(interests["kind"]) == {"listed"}

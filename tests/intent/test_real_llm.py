@@ -1,7 +1,10 @@
 """Each intent LLM stage on the real SmolLM2-135M (llama.cpp, 1 thread) for 2 users of the bundled data.
 
 The small model's content is weak (docs/runtime.md); these tests check what must hold whatever it
-writes: schema-valid answers under the grammar, and post-processed tables that keep their contracts.
+writes: schema-valid answers under the grammar, post-processed tables that keep their contracts, and
+a minimum share of real answers (not fallbacks, not templates), so a model that contributes nothing
+fails. Measured with these settings on 12 users of the bundled data (issue 12): interests and tags
+from the LLM for 12 of 12 users, 8 to 9 of 10 explanations written by the LLM; the floors keep a margin.
 """
 
 from __future__ import annotations
@@ -20,13 +23,21 @@ from recgpt.intent.context import UserContext, build_contexts, guard_requests
 from recgpt.intent.explanations import ExplanationsConfig, check_explanation, generate_explanations
 from recgpt.intent.interests import INTERESTS_SCHEMA, InterestsConfig, interest_request, mine_interests
 from recgpt.intent.pool import InterestPool, PoolConfig
-from recgpt.intent.tags import TAGS_SCHEMA, TagsConfig, names_item, predict_tags, recent_titles
+from recgpt.intent.tags import (
+    FALLBACK_RATIONALE,
+    TAGS_SCHEMA,
+    TagsConfig,
+    names_item,
+    predict_tags,
+    recent_titles,
+)
 from recgpt.llm.engine import LLMEngine
 from tests.conftest import HashEncoder
 
 pytestmark = pytest.mark.llm
 ICFG = InterestsConfig(count=3, history_chars=600, pool_size=6)
 TCFG = TagsConfig(count=4, history_chars=400, max_recent_items=5)
+MIN_REAL_SHARE = 0.5  # of users with LLM interests / tags, of pairs with an LLM-written explanation
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +78,8 @@ def test_interests_on_the_real_model(engine: LLMEngine, interests: pl.DataFrame)
     assert set(interests["kind"]) <= {"listed", "extended"}
     assert set(interests["stage"]) <= {"long-term", "short-term"}
     assert interests["user_id"].n_unique() == 2
+    real = interests.filter(pl.col("template") != "pool-fallback")["user_id"].n_unique()
+    assert real / 2 >= MIN_REAL_SHARE, interests.rows()
 
 
 def test_tags_on_the_real_model(
@@ -84,6 +97,8 @@ def test_tags_on_the_real_model(
         recent = recent_titles(ctx, TCFG.freshness_days)
         assert not any(names_item(t, r) for t in mine["tag"] for r in recent)
     assert all(t.split()[-1] == c for t, c in zip(tags["tag"], tags["core"], strict=True))
+    real = tags.filter(pl.col("rationale") != FALLBACK_RATIONALE)["user_id"].n_unique()
+    assert real / len(ctxs) >= MIN_REAL_SHARE, tags.rows()  # fallbacks alone do not pass
 
 
 def test_explanations_on_the_real_model(engine: LLMEngine, setup: tuple[Split, list[UserContext]]) -> None:
@@ -105,3 +120,5 @@ def test_explanations_on_the_real_model(engine: LLMEngine, setup: tuple[Split, l
     for iid, text in table.select("item_id", "explanation").iter_rows():
         assert text and len(text.split()) <= cfg.max_words and len(text) <= cfg.max_chars
         assert check_explanation(cfg, text, titles[iid])[1] is None
+    assert set(table["source"]) <= {"llm", "template:pair"}
+    assert (table["source"] == "llm").mean() >= MIN_REAL_SHARE, table.rows()  # templates alone do not pass

@@ -167,7 +167,7 @@ def test_example_copies_dropped_and_failures_fall_back_to_interests() -> None:
     )
     script = [copied, "{oops"]
     tags, failures = run(cfg, script, [CTX, ctx2], interests)
-    assert failures["reason"].to_list() == ["empty", "invalid_json"]
+    assert failures["reason"].to_list() == ["example_copy", "invalid_json"]
     assert tags["tag"].to_list() == ["Space opera", "Crime thrillers"] * 2
     assert set(tags["rationale"]) == {"fallback: interest used as tag"}
     none, _ = run(TagsConfig(count=2, fallback_to_interests=False), script, [CTX, ctx2], interests)

@@ -3,7 +3,7 @@
 Two users of a slice of the bundled data, small counts and a tiny tri-tower, so each test stays
 within a few minutes on 2 busy cores. What must hold whatever the small model writes: the command
 succeeds, every stage finishes, answers are schema-valid (or fall back visibly), and the tables
-and results exist.
+and results exist, and the LLM wrote a minimum share of the answers (fallbacks and templates alone fail).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from recgpt.pipeline import STAGE_NAMES
 from tests.conftest import TINY_TOWER
 
 pytestmark = pytest.mark.llm
+MIN_REAL_SHARE = 0.5  # users with LLM tags; LLM-written texts among the pairs asked (issue 12)
 SMALL = [
     "--users",
     "2",
@@ -64,6 +65,15 @@ def _check_run(run: Path, output: str) -> dict[str, object]:
     results = json.loads((run / "results.json").read_text())
     assert {r["model"] for r in results["table"]} >= {"recgpt", "fused", "itemknn", "mostpop"}
     assert (run / "report.html").stat().st_size > 10_000
+    llm_stages = ("interests", "tags", "explanations")
+    stats = {s: json.loads((next(run.glob(f"*_{s}")) / "done.json").read_text())["stats"] for s in llm_stages}
+    for stage in ("interests", "tags"):
+        assert 1 - stats[stage]["fallback_share"] >= MIN_REAL_SHARE, (stage, stats[stage])
+    explained = stats["explanations"]
+    if explained["pairs"]:  # baseline items no interest matches get item-only texts and no pair
+        assert explained["llm_texts"] / explained["pairs"] >= MIN_REAL_SHARE, explained
+    # explain_top=1 and 2 users: both served slots say who wrote their text
+    assert explained["served_explanations"]["served"] == 2
     return results
 
 

@@ -58,3 +58,12 @@ def test_help_names_every_option_at_80_columns() -> None:
     assert all(len(line) <= 80 for line in result.output.splitlines())
     for opt in ("--run", "--user", "--k", "--json"):
         assert opt in result.output
+
+
+def test_templates_carry_a_badge(finished_run: Path) -> None:
+    svc = RecommendationService.open(finished_run)
+    user = next(u for u in svc.users() if any(r.item_only for r in svc.recommend(u, k=3)))
+    result = runner.invoke(
+        app, ["recommend", "--run", str(finished_run), "--user", user, "--k", "3"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0 and "(template, item only)" in result.output

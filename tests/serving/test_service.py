@@ -165,3 +165,16 @@ def test_import_does_not_load_torch_or_the_pipeline() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_served_explanation_says_who_wrote_it(
+    service: RecommendationService, finished_run: Path
+) -> None:
+    served = _table(finished_run, "10_explanations/served")
+    sources = {(u, r): s for u, r, s in served.select("user_id", "rank", "source").iter_rows()}
+    for user in service.users():
+        for r in service.recommend(user, k=5):
+            assert r.explanation_source == sources.get((user, r.rank))
+            if r.explanation is not None:
+                assert r.explanation_source in ("llm", "template:pair", "template:item")
+                assert (r.explanation_source == "template:item") == r.item_only

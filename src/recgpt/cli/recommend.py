@@ -42,7 +42,8 @@ def _table(run: Path, user: str, recs: list[Recommendation], width: int) -> Tabl
         note = ""
         if r.explanation is not None:
             about = "item only" if r.item_only else r.explained_interest
-            note = escape(r.explanation) + (f" [dim]({escape(about)})[/dim]" if about else "")
+            badge = "" if r.explanation_source in (None, "llm") else "template, "
+            note = escape(r.explanation) + (f" [dim]({badge}{escape(about)})[/dim]" if about else "")
         t.add_row(
             str(r.rank),
             escape(r.title or r.item_id),

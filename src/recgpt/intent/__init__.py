@@ -20,14 +20,13 @@ Table columns are the chain's shared contracts (`INTERESTS_SCHEMA`, `TAGS_SCHEMA
 from __future__ import annotations
 
 from recgpt.intent.context import UserContext, build_contexts, describe_date, guard_requests, prompt_text
+from recgpt.intent.explanation_table import ExplanationTable, lookup
 from recgpt.intent.explanations import (
     EXPLANATIONS_SCHEMA,
     PAIRS_SCHEMA,
     ExplanationsConfig,
-    ExplanationTable,
     check_explanation,
     generate_explanations,
-    lookup,
     match_pairs,
 )
 from recgpt.intent.interests import (

@@ -12,7 +12,9 @@ only the explanation) and enforces the rules afterwards (`check_explanation`):
   boundary (`on_too_long="truncate"`, dangling joining words removed) or replaced (`"fallback"`);
 - prohibited words (configurable; default from the paper's list: empty praise, slogans, exaggeration);
 - no repeating the item title (its words in order, or a one-word title with its year) or the
-  bracketed item label the prompt shows; no copy of the prompt's worked example; not empty.
+  bracketed item label the prompt shows; no copy of the prompt's worked example (its explanation or
+  its analysis, exact or near, read from the template: `recgpt.intent.examples`, unless the interest
+  and item hold the copied words); not empty.
 
 An explanation (or its analysis) that repeats a flagged catalogue / user payload
 (`recgpt.data.untrusted`, prompt-injection defence) is rejected the same way, and a rule-based text
@@ -21,10 +23,16 @@ text carries a payload.
 
 A text that breaks a rule is asked again (`reasks`, a new seed each); one that still breaks it is
 replaced by a rule-based pair explanation (`pair_fallback`, built from the interest and the matched
-category) and flagged `fallback=True`. At serving time
-`ExplanationTable.explain(interests, item_id)` returns the first of the user's interests that has an
-entry for the item, else an **item-only** explanation built from item data alone ("Popular in
+category) and flagged `fallback=True`. Serving
+(`recgpt.intent.explanation_table.ExplanationTable`) returns the first of the user's interests that
+has an entry for the item, else an **item-only** explanation built from item data alone ("Popular in
 <category>" when training popularity says so, else `item_fallback`).
+
+Every text says who wrote it (`source`, in the stored table and in what is served): `SOURCE_LLM`
+("llm": the model's text passed the rules), `SOURCE_PAIR` ("template:pair": the rule-based pair
+text) or `SOURCE_ITEM` ("template:item": the item-only text, or `UNTRUSTED_FALLBACK`).
+`recgpt.intent.explanation_table.llm_share` counts them, so a report can say how many of the served
+explanations the LLM actually wrote.
 
 Generation is `ExplanationsTask`, a `recgpt.llm.task.LLMTask` over (interest, item, category) pairs.
 """
@@ -42,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recgpt.behavior.items import clean_title
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import clean_phrase, phrase_key
+from recgpt.intent.examples import ExampleFilter, evidence_stems, example_values
 from recgpt.intent.phi import TagToCategory
 from recgpt.intent.pool import STOP_WORDS, phrase_tokens
 from recgpt.llm.prompts import make_request, template_id
@@ -51,12 +60,17 @@ from recgpt.llm.types import LLMRequest, SamplingParams
 TEMPLATE = "recgpt_explanation"
 STAGE = "explanations"
 PAIR_RULE = "rule:pair"
+SOURCE_LLM = "llm"  # written by the LLM and passed the rules
+SOURCE_PAIR = "template:pair"  # the rule-based text of an (interest, item) pair
+SOURCE_ITEM = "template:item"  # the rule-based text about the item alone
+SOURCES = (SOURCE_LLM, SOURCE_PAIR, SOURCE_ITEM)
 EXPLANATIONS_SCHEMA = {
     "interest": pl.String(),
     "item_id": pl.String(),
     "explanation": pl.String(),
     "template": pl.String(),
     "fallback": pl.Boolean(),
+    "source": pl.String(),
 }
 PAIRS_SCHEMA = {
     "interest": pl.String(),
@@ -87,7 +101,8 @@ DEFAULT_PROHIBITED: tuple[str, ...] = (
     "limited time",
     "act now",
 )
-EXAMPLE_EXPLANATION = "Dry feet for your muddy trail miles"
+EXAMPLE_EXPLANATION = example_values(TEMPLATE, "explanation")[0]  # read from recgpt_explanation.j2
+_EXAMPLES = ExampleFilter([TEMPLATE], fields=("explanation", "analysis"))
 UNTRUSTED_FALLBACK = "Something new to explore"  # a rule-based text would have repeated a flagged payload
 
 
@@ -107,6 +122,16 @@ class ExplanationsConfig(BaseModel):
     item_fallback: str = "More {category} to explore"
     popular_fallback: str = "Popular in {category}"
     popular_share: float = Field(default=0.1, gt=0.0, le=1.0)
+    # Floor measured with the default embedder (all-MiniLM-L6-v2): an interest and an item it serves
+    # score 0.49-0.74 ("Space adventure" / Star Wars 0.53, "Crime thriller" / Heat 0.74), off-genre films
+    # 0.32-0.47, an interest from another domain below 0.2 ("Baking" / any film, "Lab glassware" / films).
+    attach_similarity: float = Field(
+        default=0.4,
+        ge=-1.0,
+        le=1.0,
+        description="an item no interest produced (classic channel) is explained with an interest only "
+        "when φ matches them and their embedding cosine reaches this floor; else item-only",
+    )
     temperature: float = 0.0
     max_tokens: int = Field(default=160, ge=16)
     seed: int = 0
@@ -188,8 +213,14 @@ def _truncate(text: str, max_words: int, max_chars: int) -> str:
     return " ".join(words).rstrip(",;:-")
 
 
-def check_explanation(cfg: ExplanationsConfig, text: str, title: str) -> tuple[str, str | None]:
-    """(tidied text, None) when it passes the rules, else (text, what rule it broke); see module docstring."""
+def check_explanation(
+    cfg: ExplanationsConfig, text: str, title: str, context: str = ""
+) -> tuple[str, str | None]:
+    """(tidied text, None) when it passes the rules, else (text, what rule it broke); see module docstring.
+
+    `context` (the interest and the item label) holds words the text may share with the worked
+    example without being a copy of it (`recgpt.intent.examples`).
+    """
     t = clean_phrase(text)
     if not t:
         return t, "empty"
@@ -197,7 +228,7 @@ def check_explanation(cfg: ExplanationsConfig, text: str, title: str) -> tuple[s
     for w in cfg.prohibited_words:
         if w and re.search(rf"(?<!\w){re.escape(w.lower())}(?!\w)", low):
             return t, f"prohibited word {w!r}"
-    if phrase_key(t) == phrase_key(EXAMPLE_EXPLANATION):
+    if _EXAMPLES.copy_of(t, evidence_stems([context])) is not None:
         return t, "copies the example"
     if "[" in t or "]" in t:
         return t, "copies the item label"
@@ -287,7 +318,10 @@ class ExplanationsTask(LLMTask[Pair]):
     def postprocess(self, item: Pair, value: Any) -> list[dict[str, Any]]:
         """The rules (`check_explanation`), then the untrusted-payload filter: one row, or none."""
         interest, iid, _ = item
-        text, broken = check_explanation(self.cfg, value.explanation, self.meta[iid]["title"] or "")
+        row = self.meta[iid]
+        text, broken = check_explanation(
+            self.cfg, value.explanation, row["title"] or "", f"{interest} {item_label(row)}"
+        )
         if broken is None and reject_untrusted(self.untrusted, STAGE, (text, value.analysis)):
             broken = "repeats an untrusted payload"
         if broken is not None or not text:
@@ -299,6 +333,7 @@ class ExplanationsTask(LLMTask[Pair]):
                 "explanation": text,
                 "template": self.template,
                 "fallback": False,
+                "source": SOURCE_LLM,
             }
         ]
 
@@ -315,6 +350,7 @@ class ExplanationsTask(LLMTask[Pair]):
                 "explanation": text,
                 "template": PAIR_RULE,
                 "fallback": True,
+                "source": SOURCE_PAIR,
             }
         ]
 
@@ -347,110 +383,17 @@ def generate_explanations(
     return pl.DataFrame(out.rows, schema=EXPLANATIONS_SCHEMA)
 
 
-# ---------------------------------------------------------------- serving
-
-
-def lookup(table: pl.DataFrame, interest: str, item_id: str) -> str | None:
-    """The stored explanation of (interest, item) (case/spacing-insensitive interest), or None."""
-    key = phrase_key(interest)
-    hit = table.filter(
-        (pl.col("item_id") == item_id)
-        & (pl.col("interest").map_elements(phrase_key, return_dtype=pl.String) == key)
-    )
-    return None if hit.is_empty() else str(hit["explanation"][0])
-
-
-class ExplanationTable:
-    """Serving view of the table: O(1) lookups, then the item-only fallback."""
-
-    def __init__(
-        self,
-        table: pl.DataFrame,
-        items: pl.DataFrame,
-        config: ExplanationsConfig | None = None,
-        popularity: Mapping[str, float] | None = None,
-        untrusted: UntrustedText | None = None,
-    ) -> None:
-        self.config = config or ExplanationsConfig()
-        self.untrusted = (
-            untrusted  # stored texts and rule-based ones that repeat a flagged payload are not served
-        )
-        self._index = {
-            (phrase_key(i), iid): e
-            for i, iid, e in table.select("interest", "item_id", "explanation").iter_rows()
-            if untrusted is None or not untrusted.hit(e)
-        }
-        cols = [c for c in ("item_id", "title", "brand", "categories") if c in items.columns]
-        self._items = {r["item_id"]: r for r in items.select(cols).iter_rows(named=True)}
-        self._popular = self._popular_items(popularity) if popularity else set()
-
-    def _popular_items(self, popularity: Mapping[str, float]) -> set[str]:
-        """Items in the top `popular_share` of their first category by training popularity."""
-        by_cat: dict[str, list[tuple[float, str]]] = {}
-        for iid, row in self._items.items():
-            cats = [c for c in (row.get("categories") or []) if c]
-            if cats:
-                by_cat.setdefault(cats[0], []).append((float(popularity.get(iid, 0.0)), iid))
-        out = set()
-        for members in by_cat.values():
-            members.sort(key=lambda x: (-x[0], x[1]))
-            n = max(1, int(len(members) * self.config.popular_share))
-            out.update(iid for pop, iid in members[:n] if pop > 0)
-        return out
-
-    def get(self, interest: str | None, item_id: str) -> tuple[str, bool]:
-        """(explanation, is_fallback) for one interest and item."""
-        if interest is not None:
-            hit = self._index.get((phrase_key(interest), item_id))
-            if hit is not None:
-                return hit, False
-        return self.item_only(item_id), True
-
-    def explain(self, interests: Sequence[str], item_id: str) -> tuple[str, bool]:
-        """The first of a user's interests with an entry for the item, else the item-only text."""
-        for interest in interests:
-            hit = self._index.get((phrase_key(interest), item_id))
-            if hit is not None:
-                return hit, False
-        return self.item_only(item_id), True
-
-    def annotate(self, candidates: pl.DataFrame) -> pl.DataFrame:
-        """Add `explanation` and `explanation_fallback` to a candidates table (by its `interest` column)."""
-        if "item_id" not in candidates.columns:
-            raise ValueError("candidates table lacks an 'item_id' column")
-        interests = (
-            candidates["interest"].to_list()
-            if "interest" in candidates.columns
-            else [None] * candidates.height
-        )
-        got = [self.get(i, iid) for i, iid in zip(interests, candidates["item_id"].to_list(), strict=True)]
-        return candidates.with_columns(
-            pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
-            pl.Series("explanation_fallback", [g[1] for g in got], dtype=pl.Boolean()),
-        )
-
-    def item_only(self, item_id: str) -> str:
-        """Item-only explanation (KeyError for an item not in the catalogue)."""
-        try:
-            row = self._items[item_id]
-        except KeyError:
-            raise KeyError(f"item {item_id!r} is not in the items table") from None
-        text = item_explanation(self.config, row, popular=item_id in self._popular)
-        if self.untrusted is not None and (
-            self.untrusted.hit(text) or self.untrusted.is_flagged("item", item_id)
-        ):
-            return UNTRUSTED_FALLBACK
-        return text
-
-
 __all__ = [
     "DEFAULT_PROHIBITED",
     "EXPLANATIONS_SCHEMA",
     "PAIRS_SCHEMA",
     "PAIR_RULE",
+    "SOURCES",
+    "SOURCE_ITEM",
+    "SOURCE_LLM",
+    "SOURCE_PAIR",
     "UNTRUSTED_FALLBACK",
     "Explanation",
-    "ExplanationTable",
     "ExplanationsConfig",
     "ExplanationsTask",
     "check_explanation",
@@ -458,7 +401,6 @@ __all__ = [
     "generate_explanations",
     "item_explanation",
     "item_label",
-    "lookup",
     "match_pairs",
     "pair_explanation",
 ]

@@ -6,15 +6,17 @@ runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries
 
 - interests are tidied (`clean_phrase`), empty ones dropped, duplicates (case/spacing-insensitive)
   dropped keeping the first, over-long ones (`max_words`) dropped, copies of the prompt's worked
-  example dropped unless the user's own pool or history mentions them (a small model parrots examples),
-  and interests that merely name one history item (its title, year removed) dropped: the paper rules
-  out interests drawn from a single action, and a small model likes to copy titles;
+  example (exact or near, `recgpt.intent.examples`) dropped unless the user's own history or pool
+  holds their words (a small model parrots examples), and interests that merely name one history
+  item (its title, year removed) dropped: the paper rules out interests drawn from a single action,
+  and a small model likes to copy titles;
 - `interest_id` is re-numbered 1..n in answer order (the model's own ids are not trusted);
 - `kind` = "listed" when the interest is one of the user's preset pool entries (case-insensitive, or
   embedding cosine >= `listed_similarity` when an encoder is given), else "extended";
 - interests whose name or reason repeats a flagged catalogue / user payload (`recgpt.data.untrusted`)
   are dropped like any other invalid item (prompt-injection defence; counted per stage);
-- a user whose request failed or whose interests were all dropped gets a row in `failures` and, with
+- a user whose request failed or whose interests were all dropped gets a row in `failures` (reason
+  `example_copy` when copies of the worked example emptied the answer) and, with
   `fallback_to_pool`, their top pool entries as interests (template "pool-fallback"), so later stages
   always have something to work with. The failure stays visible either way.
 
@@ -44,6 +46,7 @@ from recgpt.intent.context import (
     history_tail,
     phrase_key,
 )
+from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, example_values, relabel_failures
 from recgpt.intent.pool import TextEncoder, phrase_tokens
 from recgpt.llm.prompts import make_request, template_id
 from recgpt.llm.task import LLMTask, TaskEngine, run_task
@@ -62,8 +65,10 @@ INTERESTS_SCHEMA = {
     "template": pl.String(),
 }
 FAILURES_SCHEMA = {"user_id": pl.String(), "reason": pl.String(), "detail": pl.String()}
-# The worked example's interests (recgpt_interests.j2): answers that merely copy them are dropped.
-EXAMPLE_INTERESTS = ("Trail running", "Marathon training", "Home baking")
+# The worked example's interests, read from recgpt_interests.j2 (`recgpt.intent.examples`).
+EXAMPLE_INTERESTS = example_values(TEMPLATE, "interest")
+# Interest names that repeat any phrase of the worked example (its answer or its input) are copies.
+EXAMPLES = ExampleFilter([TEMPLATE], fields=("interest", "input"))
 
 
 class InterestsConfig(BaseModel):
@@ -142,10 +147,14 @@ def postprocess_interests(
     interests: Sequence[Interest],
     encoder: TextEncoder | None = None,
     untrusted: UntrustedText | None = None,
+    copies: CopyLog | None = None,
 ) -> list[dict[str, Any]]:
-    """Tidy, filter, dedupe, number and classify one user's interests (module docstring)."""
-    evidence = " ".join([ctx.history, *ctx.pool]).lower()
-    examples = {phrase_key(e) for e in EXAMPLE_INTERESTS}
+    """Tidy, filter, dedupe, number and classify one user's interests (module docstring).
+
+    `copies` (optional) records how many interests of this answer copied the worked example.
+    """
+    evidence = evidence_stems([ctx.history, *ctx.pool, *(t for t, _ in ctx.items)])
+    n_copies = 0
     pool_keys = {phrase_key(p) for p in ctx.pool}
     titles = {phrase_key(t) for t, _ in ctx.items} | {" ".join(phrase_tokens(t)) for t, _ in ctx.items}
     kept: list[Interest] = []
@@ -155,7 +164,8 @@ def postprocess_interests(
         key = phrase_key(name)
         if not key or key in seen or len(name.split()) > cfg.max_words:
             continue
-        if key in examples and key not in evidence:
+        if EXAMPLES.copy_of(name, evidence, encoder) is not None:
+            n_copies += 1
             continue
         if key not in pool_keys and (key in titles or " ".join(phrase_tokens(name)) in titles):
             continue  # one item's title, not an interest (a pool entry that happens to be a title stays)
@@ -163,6 +173,8 @@ def postprocess_interests(
             continue
         seen.add(key)
         kept.append(it.model_copy(update={"interest": name, "reason": clean_phrase(it.reason)}))
+    if copies is not None:
+        copies.record(ctx.user_id, n_copies)
     pool = ctx.pool[: cfg.pool_size]
     listed = _matches_pool([k.interest for k in kept], pool, encoder, cfg.listed_similarity) if kept else []
     return [
@@ -201,7 +213,7 @@ class InterestsTask(LLMTask[UserContext]):
     """LLM_UI as an `LLMTask` over user contexts (rows: INTERESTS_SCHEMA; fallback: the preset pool)."""
 
     name = STAGE
-    empty_detail = "every interest was empty, duplicate, too long, an example copy or untrusted"
+    empty_detail = "every interest was empty, duplicate, too long, an item title or untrusted"
 
     def __init__(
         self, cfg: InterestsConfig, encoder: TextEncoder | None = None, untrusted: UntrustedText | None = None
@@ -209,12 +221,15 @@ class InterestsTask(LLMTask[UserContext]):
         self.cfg, self.encoder, self.untrusted = cfg, encoder, untrusted
         self.reasks, self.reask_temperature = cfg.reasks, cfg.reask_temperature
         self.template = template_id(TEMPLATE)
+        self.copies = CopyLog()  # example copies per user's last answer (failure reason `example_copy`)
 
     def prompt(self, item: UserContext) -> LLMRequest[Any]:
         return interest_request(self.cfg, item)
 
     def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
-        rows = postprocess_interests(self.cfg, item, value.interests, self.encoder, self.untrusted)
+        rows = postprocess_interests(
+            self.cfg, item, value.interests, self.encoder, self.untrusted, self.copies
+        )
         return [{**r, "template": self.template} for r in rows]
 
     def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
@@ -238,11 +253,10 @@ def mine_interests(
     ids = [c.user_id for c in contexts]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate user ids in contexts")
-    out = run_task(InterestsTask(cfg, encoder, untrusted), engine, contexts)
-    return (
-        pl.DataFrame(out.rows, schema=INTERESTS_SCHEMA),
-        pl.DataFrame(out.failure_rows("user_id"), schema=FAILURES_SCHEMA),
-    )
+    task = InterestsTask(cfg, encoder, untrusted)
+    out = run_task(task, engine, contexts)
+    failures = relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
+    return pl.DataFrame(out.rows, schema=INTERESTS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
 
 
 __all__ = [

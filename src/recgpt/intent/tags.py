@@ -6,7 +6,9 @@ behaviour, the items engaged in the last `freshness_days` days as a "do not repe
 batch, and post-processes each answer:
 
 - tags are tidied (`clean_phrase`); empty ones, ones longer than `max_words`, copies of the worked
-  example (tag or rationale), and ones whose `interest_id` is not one of the user's interests are
+  example (the tag repeats, exactly or nearly, a phrase of the example's answer or input and the
+  user's own history does not hold its words; or the rationale repeats a phrase of the example:
+  `recgpt.intent.examples`), and ones whose `interest_id` is not one of the user's interests are
   dropped (the output schema already limits `interest_id` to the user's ids where the backend
   decodes under a grammar);
 - **freshness**: a tag that names an item the user engaged with in the last `freshness_days` days
@@ -21,7 +23,8 @@ batch, and post-processes each answer:
 - **rank**: round-robin over interests in order of first appearance, keeping the model's order within
   an interest, so the first tags cover as many interests as possible (the paper's diversity goal).
 
-A user whose request failed or whose tags were all dropped gets a `failures` row and, with
+A user whose request failed or whose tags were all dropped gets a `failures` row (reason
+`example_copy` when copies of the worked example emptied the answer) and, with
 `fallback_to_interests`, their interests as tags (rationale "fallback: interest used as tag").
 The stage is `TagsTask`, a `recgpt.llm.task.LLMTask` run by `run_task` (asks, re-asks of emptied
 answers, failures, fallback).
@@ -45,6 +48,7 @@ from recgpt.intent.context import (
     history_tail,
     phrase_key,
 )
+from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, example_values, relabel_failures
 from recgpt.intent.interests import FAILURES_SCHEMA
 from recgpt.intent.pool import phrase_tokens
 from recgpt.llm.prompts import make_request
@@ -64,17 +68,14 @@ TAGS_SCHEMA = {
     "rationale": pl.String(),
     "rank": pl.Int64(),
 }
-# The worked example's tags and rationales (recgpt_tags.j2): tags that merely copy them are dropped.
-EXAMPLE_TAGS = (
-    "lightweight trail running jacket",
-    "spring marathon energy gels",
-    "cast iron bread baking pot",
-)
-EXAMPLE_RATIONALES = (
-    "spring trail runs after buying running shoes",
-    "marathon plan searched this week",
-    "next step after the sourdough kit",
-)
+# The worked example's tags and rationales, read from recgpt_tags.j2 (`recgpt.intent.examples`).
+EXAMPLE_TAGS = example_values(TEMPLATE, "tag")
+EXAMPLE_RATIONALES = example_values(TEMPLATE, "rationale")
+# A tag that repeats any phrase of the example (its tags, its input: interests, titles, recent items)
+# is a copy; so is a rationale that repeats any phrase of the example (SmolLM2 wrote "Sourdough
+# Starter Kit" as the rationale of a film tag).
+TAG_EXAMPLES = ExampleFilter([TEMPLATE], fields=("tag", "input"))
+RATIONALE_EXAMPLES = ExampleFilter([TEMPLATE], fields=("rationale", "tag", "input"))
 FALLBACK_RATIONALE = "fallback: interest used as tag"
 
 
@@ -196,19 +197,25 @@ def postprocess_tags(
     tags: Sequence[Tag],
     interests: Sequence[tuple[int, str]],
     untrusted: UntrustedText | None = None,
+    copies: CopyLog | None = None,
 ) -> list[dict[str, Any]]:
-    """Tidy, filter (interest, freshness, example copies), dedupe, split and rank one user's tags."""
+    """Tidy, filter (interest, freshness, example copies), dedupe, split and rank one user's tags.
+
+    `copies` (optional) records how many tags of this answer copied the worked example.
+    """
     names = dict(interests)
     recent = recent_titles(ctx, cfg.freshness_days)
-    examples = {phrase_key(e) for e in (*EXAMPLE_TAGS, *EXAMPLE_RATIONALES)}
+    evidence = evidence_stems([ctx.history, *ctx.pool, *(t for t, _ in ctx.items)])
+    n_copies = 0
     seen: set[str] = set()
     rows = []
     for t in tags:
         tag = clean_phrase(t.tag)
         key = phrase_key(tag)
-        if not key or key in seen or key in examples or len(tag.split()) > cfg.max_words:
+        if not key or key in seen or len(tag.split()) > cfg.max_words:
             continue
-        if phrase_key(t.rationale) in examples:
+        if TAG_EXAMPLES.copy_of(tag, evidence) or RATIONALE_EXAMPLES.copy_of(t.rationale, evidence):
+            n_copies += 1
             continue
         if t.interest_id not in names:
             continue
@@ -230,6 +237,8 @@ def postprocess_tags(
                 "rank": 0,
             }
         )
+    if copies is not None:
+        copies.record(ctx.user_id, n_copies)
     ranked = _round_robin(rows)
     for rank, r in enumerate(ranked, start=1):
         r["rank"] = rank
@@ -279,7 +288,7 @@ class TagsTask(LLMTask[UserContext]):
     """
 
     name = STAGE
-    empty_detail = "every tag was empty, duplicate, stale, off-interest, an example copy or untrusted"
+    empty_detail = "every tag was empty, duplicate, too long, stale, off-interest or untrusted"
 
     def __init__(
         self,
@@ -289,12 +298,14 @@ class TagsTask(LLMTask[UserContext]):
     ) -> None:
         self.cfg, self.interests, self.untrusted = cfg, interests, untrusted
         self.reasks, self.reask_temperature = cfg.reasks, cfg.reask_temperature
+        self.copies = CopyLog()  # example copies per user's last answer (failure reason `example_copy`)
 
     def prompt(self, item: UserContext) -> LLMRequest[Any]:
         return tag_request(self.cfg, item, self.interests[item.user_id])
 
     def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
-        return postprocess_tags(self.cfg, item, value.tags, self.interests[item.user_id], self.untrusted)
+        mine = self.interests[item.user_id]
+        return postprocess_tags(self.cfg, item, value.tags, mine, self.untrusted, self.copies)
 
     def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
         if not self.cfg.fallback_to_interests:
@@ -321,8 +332,9 @@ def predict_tags(
     failures = [
         {"user_id": u, "reason": "no_interests", "detail": "no interests to tag"} for u in no_interests
     ]
-    out = run_task(TagsTask(cfg, by_user, untrusted), engine, todo)
-    failures += out.failure_rows("user_id")
+    task = TagsTask(cfg, by_user, untrusted)
+    out = run_task(task, engine, todo)
+    failures += relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
     return pl.DataFrame(out.rows, schema=TAGS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
 
 

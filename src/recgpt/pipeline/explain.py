@@ -1,8 +1,19 @@
 """Stage 10: LLM_RE explanations of the top of every final (fused) list.
 
-Each explained slot gets one (interest, item) pair: the producing interest when φ matches it to the
-item, else the user's best-matching interest; slots with no matched interest get none and are served
-an item-only text. The unique pairs go to the LLM once; `served` joins the texts back to the slots.
+Each explained slot gets at most one (interest, item) pair:
+
+- a RecGPT-channel item keeps the interest that retrieved it (its tag's interest), with the
+  category φ matched them on (else none: the item's own first category is used);
+- any other item (the classic channel) gets the user's interest that it actually matches: the
+  item's category is among φ(interest)'s top `phi_top_k` (`match_pairs`) AND the interest-item
+  embedding cosine reaches `explanations.attach_similarity`, the best such interest by cosine.
+  φ alone is not enough: it gives every text, however unrelated (an invented or copied interest),
+  its top categories, so "for fans of <interest>" would otherwise speak to an interest the item
+  does not serve. An item with no such interest gets none and is served an item-only text.
+
+The unique pairs go to the LLM once; `served` joins the texts back to the slots with their `source`
+("llm", "template:pair", "template:item"), and the stage's stats give the share of LLM-written
+explanations among the served ones, with counts.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ EMPTY_EXPLANATIONS = {
     "explanation": pl.String(),
     "template": pl.String(),
     "fallback": pl.Boolean(),
+    "source": pl.String(),
 }
 
 
@@ -46,8 +58,12 @@ def explanation_pairs(config: Any, phi: Any, top: pl.DataFrame, interests: pl.Da
             by_item.setdefault(iid, []).append((interest, cat, score))
         for rank, iid, producer in g.select("rank", "item_id", "interest").iter_rows():
             options = by_item.get(iid, [])
-            own = [o for o in options if producer is not None and o[0] == producer]
-            best = own[0] if own else max(options, key=lambda o: o[2], default=None)
+            best: tuple[str, str | None, float | None] | None
+            if producer is not None:
+                best = next((o for o in options if o[0] == producer), (producer, None, None))
+            else:
+                floor = config.attach_similarity
+                best = max((o for o in options if o[2] >= floor), key=lambda o: o[2], default=None)
             rows.append(
                 {
                     "user_id": u,
@@ -62,7 +78,8 @@ def explanation_pairs(config: Any, phi: Any, top: pl.DataFrame, interests: pl.Da
 
 
 def run_explanations(ctx: StageContext) -> dict[str, Any]:
-    from recgpt.intent.explanations import ExplanationTable, generate_explanations
+    from recgpt.intent.explanation_table import ExplanationTable, llm_share
+    from recgpt.intent.explanations import SOURCE_ITEM, generate_explanations
 
     res, cfg = cast(Resources, ctx.resources), ctx.config
     config = cfg.explanations
@@ -77,7 +94,7 @@ def run_explanations(ctx: StageContext) -> dict[str, Any]:
         else pl.DataFrame(schema=EMPTY_EXPLANATIONS)
     )
     serving = ExplanationTable(table, items, config, popularity=res.popularity, untrusted=res.untrusted)
-    got = [serving.get(i, iid) for i, iid in slots.select("interest", "item_id").iter_rows()]
+    got = [serving.serve([i], iid) for i, iid in slots.select("interest", "item_id").iter_rows()]
     served = (
         top.select("user_id", "rank", "item_id", "channel", "tag", pl.col("interest").alias("producer"))
         .join(
@@ -88,7 +105,8 @@ def run_explanations(ctx: StageContext) -> dict[str, Any]:
         )
         .with_columns(
             pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
-            pl.Series("item_only", [g[1] for g in got], dtype=pl.Boolean()),
+            pl.Series("item_only", [g[1] == SOURCE_ITEM for g in got], dtype=pl.Boolean()),
+            pl.Series("source", [g[1] for g in got], dtype=pl.String()),
         )
     )
     ctx.write("pairs", pairs)
@@ -105,6 +123,7 @@ def run_explanations(ctx: StageContext) -> dict[str, Any]:
         "llm_texts": int((~table["fallback"]).sum()),
         "rule_fallbacks": n_fallback,
         "item_only_slots": int(served["item_only"].sum()),
+        "served_explanations": llm_share(served["source"].to_list()),
         "rejected_untrusted": res.untrusted.rejected["explanations"],
         **fallback_stats(n_fallback, pairs.height, reasons, unit="pairs"),
     }

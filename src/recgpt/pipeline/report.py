@@ -144,7 +144,34 @@ def _walks(run: RunTables, items: pl.DataFrame) -> str:
     config = {"dataset": run.res.cfg.dataset, "explain_top": run.res.cfg.explain_top}
     service = RecommendationService(run.run_dir, config, tables, items=items)
     users = walk_users(tables["interests"], run.res.users, run.cfg.report_users)
-    return "".join(_walk_one(service.view(user, k=WALK_ITEMS)) for user in users)
+    return _share_html(tables["explanations"]) + "".join(
+        _walk_one(service.view(user, k=WALK_ITEMS)) for user in users
+    )
+
+
+def _share_html(served: pl.DataFrame) -> str:
+    """Who wrote the served explanations: the LLM's share, with the count of each template."""
+    from recgpt.intent.explanation_table import llm_share
+    from recgpt.intent.explanations import SOURCE_ITEM, SOURCE_LLM, SOURCE_PAIR
+
+    if "source" not in served.columns:
+        return "<p>This run predates explanation sources: LLM and pair-template texts are not told apart.</p>"
+    s = llm_share(served["source"].to_list())
+    n = s["by_source"]
+    return (
+        f"<p>Explanations served: <b>{n[SOURCE_LLM]} of {s['served']} ({s['llm_share']:.0%}) written by the "
+        f"LLM</b>; {n[SOURCE_PAIR]} pair templates (the LLM's text broke a rule), {n[SOURCE_ITEM]} item-only "
+        "templates (no interest matched the item). Templates carry a <i>template</i> badge below.</p>"
+    )
+
+
+def _badge(source: str | None) -> str:
+    """How the walk-through marks who wrote an explanation (every template is marked)."""
+    if source == "llm":
+        return "LLM"
+    if source is None:
+        return "source unknown"
+    return "template: " + ("item only" if source.endswith(":item") else "pair")
 
 
 def _walk_one(view: UserView) -> str:
@@ -177,8 +204,12 @@ def _walk_one(view: UserView) -> str:
     rows = []
     for r in view.recommendations:
         hit = " <b>(held-out item)</b>" if target and r.item_id == target.item_id else ""
-        why = "item-only fallback" if r.item_only else _e(r.explained_interest)
-        note = "" if r.explanation is None else f"{_e(r.explanation)} <small>({why})</small>"
+        why = "no interest matched" if r.item_only else _e(r.explained_interest)
+        note = (
+            ""
+            if r.explanation is None
+            else f"{_e(r.explanation)} <small>[{_e(_badge(r.explanation_source))}] ({why})</small>"
+        )
         rows.append(
             [
                 _e(r.rank),

@@ -26,9 +26,11 @@ class Recommendation(_Frozen):
 
     `channel` is `recgpt` or the classic baseline's name; `tag` and `interest` are the LLM tag and the
     interest that produced a RecGPT item (None for baseline items). `explained_interest` is the interest
-    the explanation speaks to (the producer when φ matches it to the item, else the user's best match);
-    `item_only` marks an explanation about the item alone (no interest matched). The last three are None
-    beyond the run's explained top (`explain_top`).
+    the explanation speaks to (a RecGPT item: the interest that produced it; a baseline item: the
+    user's interest it matches, if any); `item_only` marks an explanation about the item alone (no
+    interest matched). `explanation_source` says who wrote the text: "llm", or a rule template,
+    "template:pair" / "template:item" (shown as a "template" badge). The last four are None beyond the
+    run's explained top (`explain_top`).
     """
 
     rank: int
@@ -42,6 +44,7 @@ class Recommendation(_Frozen):
     explained_interest: str | None
     explanation: str | None
     item_only: bool | None
+    explanation_source: str | None = None
 
 
 class CompressedHistory(_Frozen):

@@ -43,7 +43,7 @@ CONFIG = "config.json"
 DEFAULT_K = 10
 PHI_TOP = 3  # φ categories shown per tag
 EXAMPLE_USERS = 5  # user ids named in an unknown-user error
-_EXPLAINED = ("explained_interest", "explanation", "item_only")
+_EXPLAINED = ("explained_interest", "explanation", "item_only", "source")
 
 
 class ServingError(DataError):
@@ -133,7 +133,7 @@ class RecommendationService:
         self._targets: dict[str, str | None] = dict(
             zip(self._users, split["target_item_id"].to_list(), strict=True)
         )
-        served = tables["explanations"].select("user_id", "rank", "item_id", *_EXPLAINED)
+        served = _with_source(tables["explanations"]).select("user_id", "rank", "item_id", *_EXPLAINED)
         lists = tables["fusion"].join(served, on=["user_id", "rank", "item_id"], how="left")
         self._lists = _by_user(lists, "rank")
         self._history = _by_user(tables["compress"])
@@ -257,6 +257,16 @@ class RecommendationService:
         }
 
 
+def _with_source(served: pl.DataFrame) -> pl.DataFrame:
+    """The served table with its `source` column; a run written before it existed knows only item-only
+    templates apart (its other texts may be LLM-written or pair templates: None, "unknown")."""
+    if "source" in served.columns:
+        return served
+    return served.with_columns(
+        pl.when(pl.col("item_only")).then(pl.lit("template:item")).otherwise(None).alias("source")
+    )
+
+
 def _rows(df: pl.DataFrame | None, cols: tuple[str, ...]) -> list[dict[str, Any]]:
     return [] if df is None else df.select(*cols).to_dicts()
 
@@ -278,6 +288,7 @@ def _recommendation(row: dict[str, Any], item: Item) -> Recommendation:
         explained_interest=row["explained_interest"],
         explanation=row["explanation"],
         item_only=row["item_only"],
+        explanation_source=row["source"],
     )
 
 

@@ -196,6 +196,27 @@ def render(name: str, **variables: Any) -> tuple[ChatMessage, ...]:
     return tuple(messages)
 
 
+def example_messages(name: str) -> tuple[ChatMessage, ...]:
+    """The worked-example messages of template `name` (its `user_example*` / `assistant_example*` blocks).
+
+    Rendered from the template itself, so filters that spot answers copying a worked example
+    (`recgpt.intent.examples`) read the very text the model saw: one source of truth.
+    """
+    tpl = _load(name)
+    context = tpl.template.new_context({})
+    messages = []
+    for block in tpl.blocks:
+        if not block.startswith(("user_example", "assistant_example")):
+            continue
+        try:
+            text = "".join(tpl.template.blocks[block](context)).strip()
+        except jinja2.UndefinedError as exc:
+            raise PromptError(f"template {tpl.id}, example block {block!r}: {exc.message}") from exc
+        role = "user" if block.startswith("user") else "assistant"
+        messages.append(ChatMessage(role=role, content=text))
+    return tuple(messages)
+
+
 def make_request(
     name: str,
     output_model: type[Any],
@@ -222,6 +243,7 @@ __all__ = [
     "clean_text",
     "data",
     "data_list",
+    "example_messages",
     "list_templates",
     "make_request",
     "render",
