@@ -91,3 +91,18 @@ def test_interests_best_of_n() -> None:
     )
     assert failures.is_empty() and table["interest"].to_list() == ["Space opera", "Crime thrillers"]
     assert table["sample"].to_list() == [1, 1] and set(table["samples"]) == {2}
+
+
+def test_a_calibrated_judge_votes_per_row() -> None:
+    from recgpt.judge.bestofn import judge_check
+
+    check = judge_check(lambda t: t.filter(~t["output"].str.contains("meh")), "tags")
+    rows = [
+        {"tag": "epic space opera novels", "interest": "Space opera"},
+        {"tag": "meh heist films", "interest": "Crime thrillers"},
+    ]
+    assert check(CTX, rows) == [True, False]
+    scorer = AnswerScorer("tag", judge=check)
+    assert scorer(CTX, rows) == pytest.approx(AnswerScorer("tag")(CTX, rows) + 1)
+    with pytest.raises(ValueError, match="not 'explanations'"):
+        judge_check(lambda t: t, "explanations")
