@@ -38,6 +38,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
+from recgpt.intent.bestofn import AnswerScorer
 from recgpt.intent.context import (
     UserContext,
     attribute_text,
@@ -49,9 +50,12 @@ from recgpt.intent.context import (
 from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, example_values, relabel_failures
 from recgpt.intent.pool import TextEncoder, phrase_tokens
 from recgpt.llm.prompts import make_request, template_id
-from recgpt.llm.task import LLMTask, TaskEngine, run_task
+from recgpt.llm.task import LLMTask, TaskEngine, TaskOutput, run_task
 from recgpt.llm.types import LLMRequest, SamplingParams
 
+# Best-of-n bookkeeping of every row (`recgpt.llm.task.SampleChoice.columns`): answers drawn for the
+# user, the kept one's attempt index (0: the first ask; null: fallback) and its score.
+BEST_OF_N_SCHEMA = {"samples": pl.Int64(), "sample": pl.Int64(), "sample_score": pl.Float64()}
 TEMPLATE = "recgpt_interests"
 STAGE = "interests"
 FALLBACK_TEMPLATE = "pool-fallback"
@@ -63,6 +67,7 @@ INTERESTS_SCHEMA = {
     "reason": pl.String(),
     "kind": pl.String(),
     "template": pl.String(),
+    **BEST_OF_N_SCHEMA,
 }
 FAILURES_SCHEMA = {"user_id": pl.String(), "reason": pl.String(), "detail": pl.String()}
 # The worked example's interests, read from recgpt_interests.j2 (`recgpt.intent.examples`).
@@ -91,6 +96,13 @@ class InterestsConfig(BaseModel):
     )
     reask_temperature: float = Field(
         default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
+    )
+    n_samples: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="best-of-n: answers drawn per user (the first as configured, the rest at "
+        "reask_temperature, seed + j); the best-scoring non-empty one is kept",
     )
 
 
@@ -216,10 +228,15 @@ class InterestsTask(LLMTask[UserContext]):
     empty_detail = "every interest was empty, duplicate, too long, an item title or untrusted"
 
     def __init__(
-        self, cfg: InterestsConfig, encoder: TextEncoder | None = None, untrusted: UntrustedText | None = None
+        self,
+        cfg: InterestsConfig,
+        encoder: TextEncoder | None = None,
+        untrusted: UntrustedText | None = None,
+        scorer: AnswerScorer | None = None,
     ) -> None:
         self.cfg, self.encoder, self.untrusted = cfg, encoder, untrusted
-        self.reasks, self.reask_temperature = cfg.reasks, cfg.reask_temperature
+        self.reasks, self.reask_temperature, self.n_samples = cfg.reasks, cfg.reask_temperature, cfg.n_samples
+        self.scorer = scorer or AnswerScorer("interest")
         self.template = template_id(TEMPLATE)
         self.copies = CopyLog()  # example copies per user's last answer (failure reason `example_copy`)
 
@@ -235,6 +252,16 @@ class InterestsTask(LLMTask[UserContext]):
     def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
         return _pool_fallback(self.cfg, item, self.untrusted) if self.cfg.fallback_to_pool else []
 
+    def score(self, item: UserContext, rows: list[dict[str, Any]]) -> float:
+        return self.scorer(item, rows)
+
+
+def stamp_choices(out: TaskOutput, key_column: str = "user_id") -> list[dict[str, Any]]:
+    """The rows of a per-user task output, each with its user's best-of-n columns (BEST_OF_N_SCHEMA):
+    a fallback row says how many answers were drawn before it (`sample` null)."""
+    choice = out.choice_of()
+    return [{**r, **choice[r[key_column]].columns()} for r in out.rows]
+
 
 def mine_interests(
     cfg: InterestsConfig,
@@ -243,23 +270,30 @@ def mine_interests(
     *,
     encoder: TextEncoder | None = None,
     untrusted: UntrustedText | None = None,
+    scorer: AnswerScorer | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """LLM_UI over users: (interests table INTERESTS_SCHEMA, failures table FAILURES_SCHEMA).
 
     `untrusted` (the dataset's flagged payloads) drops answer items that repeat one; None filters nothing.
     An answer the rules emptied is asked again (`cfg.reasks`): a user is on fallback only when the
-    LLM contributed nothing.
+    LLM contributed nothing. With `cfg.n_samples` > 1 each user gets the best of that many answers
+    (`scorer`, default: the rules' `AnswerScorer`); every row records the answers drawn, the kept
+    one's index and its score.
     """
     ids = [c.user_id for c in contexts]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate user ids in contexts")
-    task = InterestsTask(cfg, encoder, untrusted)
+    task = InterestsTask(cfg, encoder, untrusted, scorer)
     out = run_task(task, engine, contexts)
     failures = relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
-    return pl.DataFrame(out.rows, schema=INTERESTS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
+    return (
+        pl.DataFrame(stamp_choices(out), schema=INTERESTS_SCHEMA),
+        pl.DataFrame(failures, schema=FAILURES_SCHEMA),
+    )
 
 
 __all__ = [
+    "BEST_OF_N_SCHEMA",
     "EXAMPLE_INTERESTS",
     "FAILURES_SCHEMA",
     "INTERESTS_SCHEMA",
@@ -270,4 +304,5 @@ __all__ = [
     "interests_model",
     "mine_interests",
     "postprocess_interests",
+    "stamp_choices",
 ]

@@ -40,6 +40,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
+from recgpt.intent.bestofn import AnswerScorer
 from recgpt.intent.context import (
     UserContext,
     attribute_text,
@@ -49,7 +50,7 @@ from recgpt.intent.context import (
     phrase_key,
 )
 from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, example_values, relabel_failures
-from recgpt.intent.interests import FAILURES_SCHEMA
+from recgpt.intent.interests import BEST_OF_N_SCHEMA, FAILURES_SCHEMA, stamp_choices
 from recgpt.intent.pool import phrase_tokens
 from recgpt.llm.prompts import make_request
 from recgpt.llm.task import LLMTask, TaskEngine, run_task
@@ -67,6 +68,7 @@ TAGS_SCHEMA = {
     "interest": pl.String(),
     "rationale": pl.String(),
     "rank": pl.Int64(),
+    **BEST_OF_N_SCHEMA,
 }
 # The worked example's tags and rationales, read from recgpt_tags.j2 (`recgpt.intent.examples`).
 EXAMPLE_TAGS = example_values(TEMPLATE, "tag")
@@ -100,6 +102,13 @@ class TagsConfig(BaseModel):
     )
     reask_temperature: float = Field(
         default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
+    )
+    n_samples: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="best-of-n: answers drawn per user (the first as configured, the rest at "
+        "reask_temperature, seed + j); the best-scoring non-empty one is kept",
     )
 
 
@@ -295,9 +304,11 @@ class TagsTask(LLMTask[UserContext]):
         cfg: TagsConfig,
         interests: Mapping[str, Sequence[tuple[int, str]]],
         untrusted: UntrustedText | None = None,
+        scorer: AnswerScorer | None = None,
     ) -> None:
         self.cfg, self.interests, self.untrusted = cfg, interests, untrusted
-        self.reasks, self.reask_temperature = cfg.reasks, cfg.reask_temperature
+        self.reasks, self.reask_temperature, self.n_samples = cfg.reasks, cfg.reask_temperature, cfg.n_samples
+        self.scorer = scorer or AnswerScorer("tag")
         self.copies = CopyLog()  # example copies per user's last answer (failure reason `example_copy`)
 
     def prompt(self, item: UserContext) -> LLMRequest[Any]:
@@ -312,6 +323,9 @@ class TagsTask(LLMTask[UserContext]):
             return []
         return _interest_fallback(item, self.interests[item.user_id], self.untrusted)
 
+    def score(self, item: UserContext, rows: list[dict[str, Any]]) -> float:
+        return self.scorer(item, rows)
+
 
 def predict_tags(
     cfg: TagsConfig,
@@ -319,12 +333,16 @@ def predict_tags(
     contexts: Sequence[UserContext],
     interests: pl.DataFrame,
     untrusted: UntrustedText | None = None,
+    *,
+    scorer: AnswerScorer | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """LLM_IT over users: (tags table TAGS_SCHEMA, failures table FAILURES_SCHEMA).
 
     `untrusted` (the dataset's flagged payloads) drops tags that repeat one; None filters nothing.
     A user without interests is a failure ("no_interests") and is not asked; an answer the rules
-    emptied is asked again (`cfg.reasks`).
+    emptied is asked again (`cfg.reasks`). With `cfg.n_samples` > 1 each user gets the best of that
+    many answers (`scorer`, default: the rules' `AnswerScorer`; `bestofn.catalogue_grounding` adds
+    grounding); every row records the answers drawn, the kept one's index and its score.
     """
     by_user = user_interests(interests)
     todo = [c for c in contexts if by_user.get(c.user_id)]
@@ -332,10 +350,12 @@ def predict_tags(
     failures = [
         {"user_id": u, "reason": "no_interests", "detail": "no interests to tag"} for u in no_interests
     ]
-    task = TagsTask(cfg, by_user, untrusted)
+    task = TagsTask(cfg, by_user, untrusted, scorer)
     out = run_task(task, engine, todo)
     failures += relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
-    return pl.DataFrame(out.rows, schema=TAGS_SCHEMA), pl.DataFrame(failures, schema=FAILURES_SCHEMA)
+    return pl.DataFrame(stamp_choices(out), schema=TAGS_SCHEMA), pl.DataFrame(
+        failures, schema=FAILURES_SCHEMA
+    )
 
 
 __all__ = [

@@ -20,6 +20,8 @@ from typing import Any
 
 from recgpt.llm.types import FailureReason
 
+_COUNTERS = ("failures", "winners")  # the Counter fields of `StageStats`
+
 
 @dataclass
 class StageStats:
@@ -33,11 +35,13 @@ class StageStats:
     ok: int = 0  # results holding a valid object
     reasks: int = 0  # valid answers the task's rules emptied, asked again (recgpt.llm.task)
     fallbacks: int = 0  # task items the LLM contributed nothing to (failed or emptied): rule-based output
+    samples: int = 0  # best-of-n answers drawn beyond each item's first ask (recgpt.llm.task)
     prompt_tokens: int = 0  # fresh generations only: a cache hit costs no tokens
     completion_tokens: int = 0
     backend_s: float = 0.0  # summed per-request generation latency
     wall_s: float = 0.0
     failures: Counter[str] = field(default_factory=Counter)
+    winners: Counter[str] = field(default_factory=Counter)  # attempt index of each item's kept answer
     first_error: str = ""  # the first transport failure's detail (backend error, timeout)
 
     @property
@@ -52,8 +56,8 @@ class StageStats:
 
     def add(self, other: StageStats) -> None:
         for f in fields(self):
-            if f.name == "failures":
-                self.failures.update(other.failures)
+            if f.name in _COUNTERS:
+                getattr(self, f.name).update(getattr(other, f.name))
             elif f.name == "first_error":
                 self.first_error = self.first_error or other.first_error
             else:
@@ -69,6 +73,8 @@ class StageStats:
             "ok": self.ok,
             "reasks": self.reasks,
             "fallbacks": self.fallbacks,
+            "samples": self.samples,
+            "winners": dict(sorted(self.winners.items(), key=lambda kv: int(kv[0]))),
             "failures": dict(sorted(self.failures.items())),
             "first_error": self.first_error,
             "schema_valid_rate": round(self.schema_valid_rate, 6),
@@ -117,10 +123,11 @@ class Ledger:
         ledger.started_at = float(data.get("started_at", ledger.started_at))
         names = {f.name for f in fields(StageStats)}
         for name, d in (data.get("stages") or {}).items():
-            counts = {k: v for k, v in d.items() if k in names and k != "failures"}
+            counts = {k: v for k, v in d.items() if k in names and k not in _COUNTERS}
             if "valid_calls" not in counts:  # written before valid_calls was: back from the rate
                 counts["valid_calls"] = round(d.get("call_valid_rate", 1.0) * d.get("calls", 0))
-            ledger.stages[name] = StageStats(**counts, failures=Counter(d.get("failures") or {}))
+            counters = {k: Counter(d.get(k) or {}) for k in _COUNTERS}
+            ledger.stages[name] = StageStats(**counts, **counters)
         return ledger
 
     def total(self) -> StageStats:
@@ -168,6 +175,8 @@ class Ledger:
             ("valid objects", lambda s: s.ok),
             ("re-asks", lambda s: s.reasks),
             ("fallbacks", lambda s: s.fallbacks),
+            ("best-of-n samples", lambda s: s.samples),
+            ("kept answer #", lambda s: " ".join(f"{k}:{v}" for k, v in sorted(s.winners.items())) or "-"),
             ("schema_valid_rate", lambda s: f"{s.schema_valid_rate:.1%}"),
             ("valid per call", lambda s: f"{s.call_valid_rate:.1%}"),
             ("prompt tokens", lambda s: s.prompt_tokens),

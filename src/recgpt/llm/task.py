@@ -11,7 +11,13 @@ and give every item the LLM contributed nothing to a rule-based fallback, record
   (`request(item, attempt)` derives the n-th re-ask from it: `reask_temperature`, seed + n);
 - `postprocess(item, value)`: the validated answer -> output rows (`[]`: the rules rejected it all);
 - `fallback(item, reason)`: the rows of an item the LLM contributed nothing to (default: none);
-- `reasks`: how often an emptied answer is asked again.
+- `reasks`: how often an emptied answer is asked again;
+- `n_samples` and `score(item, rows)`: best-of-n. Each item is asked `n_samples` times in the first
+  round (attempt 0 = the prompt as configured, attempt j its j-th variation: `reask_temperature`,
+  seed + j, the very request a re-ask j would send), every answer is post-processed and scored, and
+  the highest-scoring non-empty one is kept (ties: the earliest attempt, so n = 1 is the plain
+  ask-once behaviour). Re-asks continue at attempt n. The default score is the number of rows kept;
+  an intent task adds distinctness, grounding or a judge (`recgpt.intent.bestofn`).
 
 A new task (a SerenGPT-style "surprise" stage, say, with its `seren_surprise.j2` template and a
 `SurpriseConfig`) is a class and a call:
@@ -47,8 +53,11 @@ A new task (a SerenGPT-style "surprise" stage, say, with its `seren_surprise.j2`
     failures = pl.DataFrame(out.failure_rows("user_id"), schema=FAILURES_SCHEMA)
 
 The engine is anything with `run(requests) -> results` and a `ledger` (`TaskEngine`): an
-`LLMEngine`, or a wrapper that checks prompts first. The runner adds `reasks` and `fallbacks` to
-the task's ledger stage. This module returns plain lists of dicts: the LLM layer does not import
+`LLMEngine`, or a wrapper that checks prompts first. The runner adds `reasks`, `fallbacks`,
+`samples` (best-of-n answers drawn beyond the first ask) and `winners` (kept attempt index -> items)
+to the task's ledger stage; `TaskOutput.choices` says per item how many answers were drawn, which
+one was kept and its score. Every attempt has its own seed, so the cache keys each sample apart and
+a resumed run reuses all of them. This module returns plain lists of dicts: the LLM layer does not import
 polars (its worker threads would swallow Ctrl-C in a script that only asks a model).
 """
 
@@ -93,6 +102,7 @@ class LLMTask(ABC, Generic[ItemT]):
     name: str = "default"  # the ledger stage
     reasks: int = 0  # an answer the rules empty is asked again, up to this often
     reask_temperature: float = 0.7
+    n_samples: int = 1  # best-of-n: answers drawn per item in the first round (module docstring)
     empty_detail: str = "the rules rejected every part of the answer"  # the failure detail of an emptied item
 
     @abstractmethod
@@ -112,6 +122,13 @@ class LLMTask(ABC, Generic[ItemT]):
         """Rows of an item the LLM contributed nothing to; `reason` is its failure's. Default: none."""
         return []
 
+    def score(self, item: ItemT, rows: list[dict[str, Any]]) -> float:
+        """How good one non-empty answer's rows are, to pick among best-of-n samples (higher wins).
+
+        Default: the number of rows the rules kept.
+        """
+        return float(len(rows))
+
 
 @dataclass(frozen=True)
 class TaskFailure:
@@ -125,6 +142,21 @@ class TaskFailure:
         return {key_column: self.key, "reason": self.reason, "detail": self.detail}
 
 
+@dataclass(frozen=True)
+class SampleChoice:
+    """Best-of-n bookkeeping of one item: answers drawn, the kept one's attempt index and score."""
+
+    key: str
+    drawn: int  # requests sent for the item: best-of-n samples plus re-asks
+    winner: int | None  # attempt index of the kept answer (0: the first ask); None: on fallback
+    score: float | None  # the kept answer's `LLMTask.score`; None: on fallback
+
+    def columns(self) -> dict[str, Any]:
+        """The per-row columns an output table records (`samples`, `sample`, `sample_score`)."""
+        score = None if self.score is None else round(self.score, 6)
+        return {"samples": self.drawn, "sample": self.winner, "sample_score": score}
+
+
 @dataclass
 class TaskOutput:
     """What `run_task` returns: the rows of every item in item order, failures, fallback flags."""
@@ -132,6 +164,11 @@ class TaskOutput:
     rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[TaskFailure] = field(default_factory=list)  # in item order
     on_fallback: list[bool] = field(default_factory=list)  # per item: its rows (if any) are the fallback's
+    choices: list[SampleChoice] = field(default_factory=list)  # per item, in item order
+
+    def choice_of(self) -> dict[str, SampleChoice]:
+        """Item key -> its `SampleChoice`."""
+        return {c.key: c for c in self.choices}
 
     def failure_rows(self, key_column: str = "key") -> list[dict[str, str]]:
         """The failures as table rows, the key under `key_column` ("user_id", "sample_id", ...)."""
@@ -143,49 +180,100 @@ def _stamped(task: LLMTask[Any], request: LLMRequest[Any]) -> LLMRequest[Any]:
     return request if request.stage == task.name else dataclasses.replace(request, stage=task.name)
 
 
-def run_task(task: LLMTask[ItemT], engine: TaskEngine, items: Sequence[ItemT]) -> TaskOutput:
-    """Run `task` over `items` through `engine`: one batch of first asks, then one batch per re-ask round.
+@dataclass
+class _Candidates:
+    """The answers of one item so far: attempt -> rows (non-empty only), and whether any validated."""
 
-    An item is re-asked only while its first answer validated and the rules left nothing of every
-    answer so far (a failed request is the engine's business: it has retried already). An item ends
-    with the rows of its last non-empty answer, else a `TaskFailure` and `task.fallback`'s rows.
+    kept: dict[int, tuple[float, list[dict[str, Any]]]] = field(default_factory=dict)
+    validated: bool = False
+    drawn: int = 0
+
+    def best(self) -> tuple[int, float, list[dict[str, Any]]] | None:
+        if not self.kept:
+            return None
+        attempt = max(self.kept, key=lambda a: (self.kept[a][0], -a))  # ties: the earliest attempt
+        return attempt, *self.kept[attempt]
+
+
+def _ask(
+    task: LLMTask[ItemT],
+    engine: TaskEngine,
+    items: list[ItemT],
+    todo: list[tuple[int, int]],
+    cands: list[_Candidates],
+) -> list[LLMResult[Any]]:
+    """Send (item index, attempt) requests in one batch, post-process and score each valid answer."""
+    results = engine.run([_stamped(task, task.request(items[i], a)) for i, a in todo])
+    if len(results) != len(todo):
+        raise RuntimeError(f"engine returned {len(results)} results for {len(todo)} requests")
+    for (i, a), res in zip(todo, results, strict=True):
+        cands[i].drawn += 1
+        if res.value is None:
+            continue
+        cands[i].validated = True
+        rows = task.postprocess(items[i], res.value)
+        if rows:
+            cands[i].kept[a] = (task.score(items[i], rows), rows)
+    return results
+
+
+def run_task(task: LLMTask[ItemT], engine: TaskEngine, items: Sequence[ItemT]) -> TaskOutput:
+    """Run `task` over `items` through `engine`: one batch of first asks (`n_samples` per item), then
+    one batch per re-ask round.
+
+    An item is re-asked only while one of its first answers validated and the rules left nothing of
+    every answer so far (a failed request is the engine's business: it has retried already). An item
+    ends with the rows of its best-scoring non-empty answer, else a `TaskFailure` (the first ask's
+    failure, or `EMPTY` when an answer validated) and `task.fallback`'s rows.
     """
     items = list(items)
     if not items:
         return TaskOutput()  # nothing asked: no ledger stage either
+    n = max(1, int(task.n_samples))
+    cands = [_Candidates() for _ in items]
     first = [_stamped(task, task.request(item, 0)) for item in items]
-    results = engine.run(first)
-    if len(results) != len(items):
-        raise RuntimeError(f"engine returned {len(results)} results for {len(items)} requests")
-    rows = [
-        task.postprocess(item, r.value) if r.value is not None else []
-        for item, r in zip(items, results, strict=True)
-    ]
+    # sample-major: the first n_items requests are exactly the plain first asks
+    results = _ask(task, engine, items, [(i, a) for a in range(n) for i in range(len(items))], cands)
+    first_results = results[: len(items)]
     stats = engine.ledger.stage(task.name)
-    for attempt in range(1, task.reasks + 1):
-        redo = [
-            i for i, (r, got) in enumerate(zip(results, rows, strict=True)) if r.value is not None and not got
-        ]
+    stats.samples += (n - 1) * len(items)
+    for attempt in range(n, n + task.reasks):
+        redo = [i for i, c in enumerate(cands) if c.validated and not c.kept]
         if not redo:
             break
         stats.reasks += len(redo)
-        again = engine.run([_stamped(task, task.request(items[i], attempt)) for i in redo])
-        for i, res in zip(redo, again, strict=True):
-            if res.value is not None:
-                rows[i] = task.postprocess(items[i], res.value)
+        _ask(task, engine, items, [(i, attempt) for i in redo], cands)
     out = TaskOutput()
-    for i, (item, request, res, got) in enumerate(zip(items, first, results, rows, strict=True)):
+    for i, (item, request, res, c) in enumerate(zip(items, first, first_results, cands, strict=True)):
         key = request.key if request.key is not None else str(i)
-        if res.value is None:
-            failure = res.failure
-            assert failure is not None  # an LLMResult holds a value or a failure
-            out.failures.append(TaskFailure(key, str(failure.reason), failure.detail))
-        elif not got:
-            out.failures.append(TaskFailure(key, EMPTY, task.empty_detail))
-        out.on_fallback.append(not got)
-        out.rows.extend(got if got else task.fallback(item, out.failures[-1].reason))
+        best = c.best()
+        if best is None:
+            if c.validated:
+                detail = task.empty_detail if n == 1 else f"{task.empty_detail} (all {c.drawn} answers)"
+                out.failures.append(TaskFailure(key, EMPTY, detail))
+            else:
+                failure = res.failure
+                assert failure is not None  # an LLMResult holds a value or a failure
+                out.failures.append(TaskFailure(key, str(failure.reason), failure.detail))
+            out.choices.append(SampleChoice(key, c.drawn, None, None))
+            out.rows.extend(task.fallback(item, out.failures[-1].reason))
+        else:
+            attempt, score, rows = best
+            stats.winners[str(attempt)] += 1
+            out.choices.append(SampleChoice(key, c.drawn, attempt, score))
+            out.rows.extend(rows)
+        out.on_fallback.append(best is None)
     stats.fallbacks += sum(out.on_fallback)
     return out
 
 
-__all__ = ["EMPTY", "LLMTask", "TaskEngine", "TaskFailure", "TaskOutput", "reask_request", "run_task"]
+__all__ = [
+    "EMPTY",
+    "LLMTask",
+    "SampleChoice",
+    "TaskEngine",
+    "TaskFailure",
+    "TaskOutput",
+    "reask_request",
+    "run_task",
+]

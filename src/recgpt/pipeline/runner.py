@@ -183,6 +183,7 @@ def ledger_from_markers(markers: dict[str, dict[str, Any]], run_id: str) -> Ledg
         if m.get("llm"):
             d = dict(m["llm"])
             d["failures"] = Counter(d.get("failures") or {})
+            d["winners"] = Counter(d.get("winners") or {})
             ledger.stages[name] = StageStats(**d)
     return ledger
 
@@ -209,6 +210,7 @@ def _stats_of(stats: StageStats | None) -> dict[str, Any] | None:
         return None
     d = asdict(stats)
     d["failures"] = dict(stats.failures)
+    d["winners"] = dict(stats.winners)  # asdict would turn a Counter's items into keys
     return d
 
 

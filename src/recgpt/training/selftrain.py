@@ -6,18 +6,25 @@ Each round:
    `recgpt train sft` produced) answers the chain's own LLM_IT prompts for a fresh seeded sample of
    training users (`LogsConfig.seed = seed + round`, the chain's evaluation users excluded), built
    exactly as the log builders build them (`builders.tag_contexts` + `builders.logs.tag_prompts`).
-2. **Filter.** An answer is kept only if it validates, the chain's post-processing would keep every
-   tag unchanged (`builders.distill.chain_rules`) and, where the judge is trusted, every tag passes
-   the judge and its rules (`Judge.filter`). Trust is the paper's gate: the judge filters only when
-   its measured agreement with people (`recgpt judge calibrate --out FILE`) reaches
-   `JudgeGate.threshold`; otherwise the round is filtered by the rules alone and says so.
+2. **Best of n, filtered.** Each prompt is answered `n_samples` times (the first as configured, the
+   others at `sample_temperature` with seed + j: `llm.task.reask_request`, so each has its own cache
+   entry). An answer is a candidate only if it validates, the chain's post-processing would keep
+   every tag unchanged (`builders.distill.chain_rules`) and, where the judge is trusted, at least
+   `min_pass` of its tags pass the judge and its rules (`Judge.filter`); of a prompt's candidates the
+   one with the most judge-passed tags is kept (ties: the earliest sample), so a prompt adds at most
+   one sample. Trust is the paper's gate: the judge filters only when its measured agreement with
+   people (`recgpt judge calibrate --out FILE`) reaches `JudgeGate.threshold`; otherwise the round is
+   filtered by the rules alone and says so. One greedy answer per prompt kept 0 of 16 on both
+   datasets (the small model nearly always writes one tag the rules drop); n samples give each
+   prompt n chances.
 3. **Add and retrain.** The kept answers (`source = "self"`, lineage: round, teacher model, verdict)
    join the training set (the SFT samples of the starting model plus every earlier round's kept
    answers), and SFT runs again from the base model on that set, into `out/round-K/`. A round that
    keeps nothing does not retrain (the set did not grow): the next round starts from the same model.
 
-Per round, `rounds.json` records how many answers were generated, failed, rule- and judge-rejected
-and kept (the round's pass rate), the training-set size and the model folder. A finished round is
+Per round, `rounds.json` records how many prompts were asked and answers drawn, how many failed,
+were rule- and judge-rejected, and how many prompts kept one (the round's pass rate), the kept
+samples' index among the n, the training-set size and the model folder. A finished round is
 not redone: re-running the command continues with the next one (and an interrupted SFT resumes from
 its checkpoint).
 """
@@ -27,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from recgpt.data.atomic import write_json_atomic
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import Split
+from recgpt.llm.task import reask_request
 from recgpt.training.builders.contexts import LogsConfig
-from recgpt.training.builders.distill import JudgeFilter
-from recgpt.training.data import concat_samples, load_samples, save_samples
+from recgpt.training.builders.distill import DistillStats, JudgeFilter, run_distill
+from recgpt.training.data import TrainPrompt, concat_samples, load_samples, save_samples
 from recgpt.training.sft import SFTConfig
 
 
@@ -62,6 +72,8 @@ class SelfTrainConfig(BaseModel):
     eval_seed: int = 0
     seed: int = 0
     llm_batch_size: int = Field(default=4, ge=1)
+    n_samples: int = Field(default=3, ge=1, le=16, description="answers drawn per prompt (best of n)")
+    sample_temperature: float = Field(default=0.7, gt=0.0, description="temperature of samples 2..n")
 
 
 @dataclass
@@ -70,7 +82,7 @@ class RoundRecord:
 
     round: int
     teacher: str
-    prompts: int
+    prompts: int  # prompts asked (each up to `samples_per_prompt` times); `kept` counts prompts
     failed: dict[str, int]
     rule_rejected: int
     judge_rejected: int
@@ -81,6 +93,8 @@ class RoundRecord:
     model_dir: str
     sft_s: float = 0.0
     generate_s: float = 0.0
+    samples_per_prompt: int = 1
+    kept_sample: dict[str, int] = field(default_factory=dict)  # index among the n -> prompts kept with it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -138,6 +152,130 @@ def read_rounds(out: str | Path) -> list[RoundRecord]:
     ]
 
 
+def sample_variants(prompts: Sequence[TrainPrompt], n: int, temperature: float) -> list[TrainPrompt]:
+    """Each prompt n times, sample-major: attempt 0 as built, attempt j at `temperature` and seed + j.
+
+    Lineage records the prompt's position and the sample index, so `best_of_n` can regroup them.
+    """
+    return [
+        dataclasses.replace(
+            p,
+            request=p.request if j == 0 else reask_request(p.request, j, temperature),
+            lineage={**p.lineage, "prompt": i, "sample": j},
+        )
+        for j in range(n)
+        for i, p in enumerate(prompts)
+    ]
+
+
+def best_of_n(
+    prompts: Sequence[TrainPrompt],
+    teacher: Any,
+    filter_fn: JudgeFilter | None,
+    *,
+    n: int,
+    temperature: float = 0.7,
+    min_pass: float = 1.0,
+    source: str = "self",
+    round: int | None = None,
+) -> tuple[pl.DataFrame, DistillStats, Counter[str]]:
+    """(kept samples, stats, kept sample index -> prompts): `run_distill` over n samples of every
+    prompt, then at most one sample per prompt, the one with the most judge-passed parts (ties: the
+    earliest). Stats count answers (failed, rule- and judge-rejected) but `prompts`/`kept` count prompts.
+    """
+    cands, stats = run_distill(
+        sample_variants(prompts, n, temperature),
+        teacher,
+        filter_fn,
+        source=source,
+        min_pass=min_pass,
+        round=round,
+    )
+    best: dict[int, tuple[tuple[int, int], int]] = {}  # prompt -> ((passed parts, -sample), row index)
+    for idx, lineage in enumerate(cands["lineage"].to_list()):
+        lin = json.loads(lineage)
+        rank = (int((lin.get("verdict") or {}).get("passed", 0)), -int(lin["sample"]))
+        if lin["prompt"] not in best or rank > best[lin["prompt"]][0]:
+            best[lin["prompt"]] = (rank, idx)
+    rows = [best[i][1] for i in sorted(best)]  # in prompt order
+    kept = cands[rows] if rows else cands.clear()
+    winners = Counter(str(-rank[1]) for rank, _ in best.values())
+    stats.prompts, stats.kept = len(prompts), kept.height
+    return kept, stats, winners
+
+
+def run_round(
+    k: int,
+    config: SelfTrainConfig,
+    sft: SFTConfig,
+    prompts: Sequence[TrainPrompt],
+    teacher: Any,
+    train: pl.DataFrame,
+    prev: str | Path,
+    out: Path,
+    filter_fn: JudgeFilter | None = None,
+    note: str = "no judge given: rules only",
+    *,
+    progress: bool = False,
+    console: Any = None,
+) -> tuple[RoundRecord, pl.DataFrame]:
+    """One round on built prompts: best-of-n generate + filter, save, retrain when something was kept.
+
+    Returns the record and the grown training set. `teacher` is an engine of the current model (any
+    `run` + `backend`); `train` the set so far; `prev` the current model's folder.
+    """
+    from recgpt.training.sft import run_sft
+
+    t0 = time.perf_counter()
+    kept, stats, winners = best_of_n(
+        prompts,
+        teacher,
+        filter_fn,
+        n=config.n_samples,
+        temperature=config.sample_temperature,
+        min_pass=config.min_pass,
+        round=k,
+    )
+    gen_s = time.perf_counter() - t0
+    if console is not None:
+        console.print(
+            f"round {k}: {stats.kept} of {stats.prompts} prompts kept a sample (best of {config.n_samples}; "
+            f"answers failed {sum(stats.failed.values())}, rule-rejected {sum(stats.rule_rejected.values())}, "
+            f"judge-rejected {stats.judge_rejected}; {note}) in {gen_s:.0f} s"
+        )
+    rdir = out / f"round-{k}"
+    rdir.mkdir(parents=True, exist_ok=True)
+    save_samples(kept, rdir / "self.parquet")
+    train = concat_samples(train, kept)
+    t1 = time.perf_counter()
+    if kept.is_empty():  # the training set did not grow: retraining would reproduce the same model
+        model_dir, sft_note = str(prev), "nothing kept: model unchanged, no SFT"
+    else:
+        res = run_sft(sft, train, rdir / "sft", progress=progress, console=console)
+        if not res.complete:
+            raise RuntimeError(f"round {k}: SFT stopped before the end (time budget?); re-run to resume")
+        model_dir, sft_note = str(res.merged_dir), "retrained on the grown set"
+    record = RoundRecord(
+        round=k,
+        teacher=teacher.backend.model_id,
+        prompts=stats.prompts,
+        failed=dict(stats.failed),
+        rule_rejected=sum(stats.rule_rejected.values()),
+        judge_rejected=stats.judge_rejected,
+        kept=stats.kept,
+        judge_used=filter_fn is not None,
+        judge_note=note,
+        train_samples=train.height,
+        model_dir=model_dir,
+        sft_s=round(time.perf_counter() - t1, 1),
+        generate_s=round(gen_s, 1),
+        samples_per_prompt=config.n_samples,
+        kept_sample=dict(sorted(winners.items())),
+        extra={"rule_reasons": dict(stats.rule_rejected.most_common(5)), "sft": sft_note},
+    )
+    return record, train
+
+
 def self_train(
     config: SelfTrainConfig,
     sft: SFTConfig,
@@ -153,9 +291,7 @@ def self_train(
     """Run (or continue) the rounds; `start` = an SFT output folder (`merged/` + `samples.parquet`)."""
     from recgpt.retrieval.embeddings import Embedder
     from recgpt.training.builders import eval_users, tag_contexts
-    from recgpt.training.builders.distill import run_distill
     from recgpt.training.builders.logs import tag_prompts
-    from recgpt.training.sft import run_sft
 
     start = Path(start)
     if not (start / "merged").is_dir() or not (start / "samples.parquet").is_file():
@@ -175,7 +311,6 @@ def self_train(
             load_samples(start / "samples.parquet"),
             *[load_samples(out / f"round-{r.round}" / "self.parquet") for r in records],
         )
-        t0 = time.perf_counter()
         cfg_k = logs.model_copy(update={"users": config.users_per_round, "seed": config.seed + k})
         ctxs = tag_contexts(
             dataset,
@@ -187,49 +322,23 @@ def self_train(
         )
         teacher = _teacher(prev, config.llm_batch_size, out / "llm-cache.sqlite", sft.threads)
         try:
-            kept, stats = run_distill(
-                tag_prompts(ctxs, cfg_k), teacher, filter_fn, source="self", min_pass=config.min_pass, round=k
+            record, train = run_round(
+                k,
+                config,
+                sft,
+                tag_prompts(ctxs, cfg_k),
+                teacher,
+                train,
+                prev,
+                out,
+                filter_fn,
+                note,
+                progress=progress,
+                console=console,
             )
-            teacher_id = teacher.backend.model_id
         finally:
             teacher.close()
-        gen_s = time.perf_counter() - t0
-        if console is not None:
-            console.print(
-                f"round {k}: {stats.kept} of {stats.prompts} answers kept (failed {sum(stats.failed.values())}, "
-                f"rule-rejected {sum(stats.rule_rejected.values())}, judge-rejected {stats.judge_rejected}; "
-                f"{note}) in {gen_s:.0f} s"
-            )
-        rdir = out / f"round-{k}"
-        rdir.mkdir(exist_ok=True)
-        save_samples(kept, rdir / "self.parquet")
-        train = concat_samples(train, kept)
-        t1 = time.perf_counter()
-        if kept.is_empty():  # the training set did not grow: retraining would reproduce the same model
-            model_dir, sft_note = str(prev), "nothing kept: model unchanged, no SFT"
-        else:
-            res = run_sft(sft, train, rdir / "sft", progress=progress, console=console)
-            if not res.complete:
-                raise RuntimeError(f"round {k}: SFT stopped before the end (time budget?); re-run to resume")
-            model_dir, sft_note = str(res.merged_dir), "retrained on the grown set"
-        records.append(
-            RoundRecord(
-                round=k,
-                teacher=teacher_id,
-                prompts=stats.prompts,
-                failed=dict(stats.failed),
-                rule_rejected=sum(stats.rule_rejected.values()),
-                judge_rejected=stats.judge_rejected,
-                kept=stats.kept,
-                judge_used=filter_fn is not None,
-                judge_note=note,
-                train_samples=train.height,
-                model_dir=model_dir,
-                sft_s=round(time.perf_counter() - t1, 1),
-                generate_s=round(gen_s, 1),
-                extra={"rule_reasons": dict(stats.rule_rejected.most_common(5)), "sft": sft_note},
-            )
-        )
+        records.append(record)
         _write_rounds(out, records)
     return records
 
@@ -240,4 +349,14 @@ def samples_of_rounds(out: str | Path) -> pl.DataFrame:
     return concat_samples(*[load_samples(Path(out) / f"round-{r.round}" / "self.parquet") for r in recs])
 
 
-__all__ = ["RoundRecord", "SelfTrainConfig", "judge_filter", "read_rounds", "samples_of_rounds", "self_train"]
+__all__ = [
+    "RoundRecord",
+    "SelfTrainConfig",
+    "best_of_n",
+    "judge_filter",
+    "read_rounds",
+    "run_round",
+    "sample_variants",
+    "samples_of_rounds",
+    "self_train",
+]
