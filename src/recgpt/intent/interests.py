@@ -33,21 +33,23 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.context import (
+    HistoryFit,
     UserContext,
     attribute_text,
     clean_phrase,
     describe_date,
-    history_tail,
+    fit_request,
     phrase_key,
 )
 from recgpt.intent.pool import TextEncoder, phrase_tokens
+from recgpt.llm.engine import engine_window
 from recgpt.llm.prompts import make_request, template_id
 from recgpt.llm.task import LLMTask, TaskEngine, run_task
-from recgpt.llm.types import LLMRequest, SamplingParams
+from recgpt.llm.types import LLMRequest, SamplingParams, TokenWindow
 
 TEMPLATE = "recgpt_interests"
 STAGE = "interests"
@@ -60,6 +62,8 @@ INTERESTS_SCHEMA = {
     "reason": pl.String(),
     "kind": pl.String(),
     "template": pl.String(),
+    "history_tokens": pl.Int64(),  # tokens of B_u the model saw (its own tokenizer)
+    "history_cut": pl.Int64(),  # tokens of B_u cut (oldest first) to fit the model's context
 }
 FAILURES_SCHEMA = {"user_id": pl.String(), "reason": pl.String(), "detail": pl.String()}
 # The worked example's interests (recgpt_interests.j2): answers that merely copy them are dropped.
@@ -73,7 +77,11 @@ class InterestsConfig(BaseModel):
 
     count: int = Field(default=5, ge=1, le=30)
     pool_size: int = Field(default=10, ge=0, description="preset pool entries shown in the prompt")
-    history_chars: int | None = Field(default=2000, ge=1, description="most recent part of B_u kept")
+    history_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="cap on B_u tokens shown (None: all the serving model's context leaves, oldest cut first)",
+    )
     max_words: int = Field(default=6, ge=1)
     listed_similarity: float = Field(default=0.85, ge=0.0, le=1.0)
     fallback_to_pool: bool = True
@@ -87,6 +95,22 @@ class InterestsConfig(BaseModel):
     reask_temperature: float = Field(
         default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_history_chars(cls, data: Any) -> Any:
+        return reject_history_chars(data, "interests")
+
+
+def reject_history_chars(data: Any, section: str) -> Any:
+    """The old `history_chars` key is an error that says what replaced it (it would be ignored silently)."""
+    if isinstance(data, dict) and "history_chars" in data:
+        raise ValueError(
+            f"{section}.history_chars was replaced by {section}.history_tokens: the history budget is the "
+            "serving model's context (tokens, its own tokenizer), oldest part cut first; set history_tokens "
+            "only to cap it further (null: no cap)"
+        )
+    return data
 
 
 class Interest(BaseModel):
@@ -107,22 +131,38 @@ def interests_model(count: int) -> type[BaseModel]:
     )
 
 
-def interest_request(cfg: InterestsConfig, ctx: UserContext) -> LLMRequest[Any]:
-    """The LLM_UI request of one user (key = user id)."""
-    return make_request(
-        TEMPLATE,
-        interests_model(cfg.count),
-        sampling=SamplingParams(
-            temperature=cfg.temperature, max_tokens=cfg.tokens_per_interest * cfg.count + 40, seed=cfg.seed
-        ),
-        stage=STAGE,
-        key=ctx.user_id,
-        count=cfg.count,
-        profile=attribute_text(ctx.attributes),
-        when=describe_date(ctx.asof_ts, cfg.hemisphere),
-        history=history_tail(ctx.history, cfg.history_chars) or "(no reliable behaviour)",
-        pool=list(ctx.pool[: cfg.pool_size]),
-    )
+def interest_prompt(
+    cfg: InterestsConfig, ctx: UserContext, window: TokenWindow | None = None
+) -> tuple[LLMRequest[Any], HistoryFit]:
+    """The LLM_UI request of one user (key = user id) with as much of B_u as `window`'s context holds
+    (`fit_request`; None: an approximate count, no context limit), and what of B_u it shows."""
+
+    def build(history: str) -> LLMRequest[Any]:
+        return make_request(
+            TEMPLATE,
+            interests_model(cfg.count),
+            sampling=SamplingParams(
+                temperature=cfg.temperature,
+                max_tokens=cfg.tokens_per_interest * cfg.count + 40,
+                seed=cfg.seed,
+            ),
+            stage=STAGE,
+            key=ctx.user_id,
+            count=cfg.count,
+            profile=attribute_text(ctx.attributes),
+            when=describe_date(ctx.asof_ts, cfg.hemisphere),
+            history=history,
+            pool=list(ctx.pool[: cfg.pool_size]),
+        )
+
+    return fit_request(build, ctx.history, window, cfg.history_tokens)
+
+
+def interest_request(
+    cfg: InterestsConfig, ctx: UserContext, window: TokenWindow | None = None
+) -> LLMRequest[Any]:
+    """The LLM_UI request of one user (key = user id); `interest_prompt` without the history record."""
+    return interest_prompt(cfg, ctx, window)[0]
 
 
 def _matches_pool(
@@ -204,21 +244,38 @@ class InterestsTask(LLMTask[UserContext]):
     empty_detail = "every interest was empty, duplicate, too long, an example copy or untrusted"
 
     def __init__(
-        self, cfg: InterestsConfig, encoder: TextEncoder | None = None, untrusted: UntrustedText | None = None
+        self,
+        cfg: InterestsConfig,
+        encoder: TextEncoder | None = None,
+        untrusted: UntrustedText | None = None,
+        window: TokenWindow | None = None,
     ) -> None:
-        self.cfg, self.encoder, self.untrusted = cfg, encoder, untrusted
+        self.cfg, self.encoder, self.untrusted, self.window = cfg, encoder, untrusted, window
         self.reasks, self.reask_temperature = cfg.reasks, cfg.reask_temperature
         self.template = template_id(TEMPLATE)
+        self.fits: dict[
+            str, tuple[LLMRequest[Any], HistoryFit]
+        ] = {}  # by user: fitted once, re-asks reuse it
+
+    def _fitted(self, item: UserContext) -> tuple[LLMRequest[Any], HistoryFit]:
+        if item.user_id not in self.fits:
+            self.fits[item.user_id] = interest_prompt(self.cfg, item, self.window)
+        return self.fits[item.user_id]
+
+    def _seen(self, item: UserContext) -> dict[str, int]:
+        fit = self._fitted(item)[1]
+        return {"history_tokens": fit.tokens, "history_cut": fit.cut}
 
     def prompt(self, item: UserContext) -> LLMRequest[Any]:
-        return interest_request(self.cfg, item)
+        return self._fitted(item)[0]
 
     def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
         rows = postprocess_interests(self.cfg, item, value.interests, self.encoder, self.untrusted)
-        return [{**r, "template": self.template} for r in rows]
+        return [{**r, "template": self.template, **self._seen(item)} for r in rows]
 
     def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
-        return _pool_fallback(self.cfg, item, self.untrusted) if self.cfg.fallback_to_pool else []
+        rows = _pool_fallback(self.cfg, item, self.untrusted) if self.cfg.fallback_to_pool else []
+        return [{**r, **self._seen(item)} for r in rows]
 
 
 def mine_interests(
@@ -238,7 +295,7 @@ def mine_interests(
     ids = [c.user_id for c in contexts]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate user ids in contexts")
-    out = run_task(InterestsTask(cfg, encoder, untrusted), engine, contexts)
+    out = run_task(InterestsTask(cfg, encoder, untrusted, engine_window(engine)), engine, contexts)
     return (
         pl.DataFrame(out.rows, schema=INTERESTS_SCHEMA),
         pl.DataFrame(out.failure_rows("user_id"), schema=FAILURES_SCHEMA),
@@ -252,8 +309,10 @@ __all__ = [
     "Interest",
     "InterestsConfig",
     "InterestsTask",
+    "interest_prompt",
     "interest_request",
     "interests_model",
     "mine_interests",
     "postprocess_interests",
+    "reject_history_chars",
 ]

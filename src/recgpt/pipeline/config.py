@@ -231,8 +231,8 @@ def quickstart_config(**overrides: Any) -> RunConfig:
         # SmolLM2-135M's explanations break a rule (e.g. repeat the title) for 3 of 14 pairs (21%) at 10 users
         # even after two re-asks (11% at 30 users): the quickstart allows 35% there; every other limit stays 20%.
         "llm": {"workers": 2, "max_fallback_share": {"explanations": 0.35}},
-        "interests": {"count": 3, "pool_size": 6, "history_chars": 700, "tokens_per_interest": 50},
-        "tags": {"count": 6, "history_chars": 400, "max_recent_items": 6, "tokens_per_tag": 30},
+        "interests": {"count": 3, "pool_size": 6, "tokens_per_interest": 50},
+        "tags": {"count": 6, "max_recent_items": 6, "tokens_per_tag": 30},
         "tritower": {"epochs": 4, "patience": 2},
         "explanations": {"max_tokens": 90},
         "explain_top": 2,
