@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -13,7 +14,7 @@ from recgpt.intent.tags import TagsConfig, tag_prompt
 from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.engine import LLMEngine, engine_window
 from recgpt.llm.prompts import DATA_CAP, Fitted, clean_text, data
-from recgpt.llm.types import approx_tokens
+from recgpt.llm.types import LLMRequest, approx_tokens
 from tests.conftest import BASE_TS
 
 LINES = [f"{d} days ago (rated) | Film number {d} (1990) [Drama/Comedy]" for d in range(400, 0, -1)]
@@ -118,7 +119,7 @@ def test_engine_window_reaches_through_a_wrapper() -> None:
 
 
 def test_fit_request_without_a_window_applies_only_the_cap() -> None:
-    def build(history: str):  # noqa: ANN202 - a request builder
+    def build(history: str) -> LLMRequest[Any]:
         return interest_request(InterestsConfig(), UserContext("u", BASE_TS, history=history))
 
     req, fit = fit_request(build, LONG, None, cap=None)
@@ -126,7 +127,7 @@ def test_fit_request_without_a_window_applies_only_the_cap() -> None:
 
 
 def test_the_old_history_chars_key_is_a_clear_error() -> None:
-    with pytest.raises(ValidationError, match="history_chars was replaced by interests.history_tokens"):
+    with pytest.raises(ValidationError, match=r"history_chars was replaced by interests\.history_tokens"):
         InterestsConfig.model_validate({"history_chars": 700})
-    with pytest.raises(ValidationError, match="tags.history_tokens"):
+    with pytest.raises(ValidationError, match=r"tags\.history_tokens"):
         TagsConfig.model_validate({"history_chars": 400})
