@@ -16,9 +16,10 @@ for `interest_id`: an unconstrained backend's (or the fake backend's) stray word
 
 **Vocabulary** (`build_vocabulary(items, size)`), from the items table only:
 
-- phrases: the leaf category of every item (the last entry of `categories`), by item count, then
-  title phrases of 2-3 words (no stop word at either end, no digits) by the number of titles that
-  hold them (at least `min_titles`), up to `size` phrases in all;
+- phrases: the leaf category of every item (the last entry of `categories`; of a name longer than
+  3 words, e.g. a flattened path, its last 2 words), by item count, then title phrases of 2-3 words
+  (no stop word at either end, every word with a letter) by the number of titles that hold them (at
+  least `min_titles`), up to `size` phrases in all;
 - core words: the last word of each leaf category, by item count, then single title words (3+
   letters, not stop or vague words) by title count, up to `size` words.
 
@@ -47,7 +48,8 @@ _STOP_WORDS = (
 )
 STOP = frozenset(_STOP_WORDS.split())
 VAGUE = frozenset("smart modular set best premium quality great good various other misc".split())  # noqa: SIM905
-_WORD = re.compile(r"[a-z][a-z'&-]*[a-z]|[a-z]")
+_WORD = re.compile(r"[a-z0-9]*[a-z][a-z0-9'&-]*")  # words with a letter ("3d" yes, "4524" no)
+LEAF_WORDS = 3  # a longer leaf name (a flattened path, as the Amazon importer stores it) keeps its last 2 words
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ def _words(text: str) -> list[str]:
 
 def _leaf(categories: Any) -> str:
     cats = [c for c in (categories or []) if c and str(c).strip()]
-    return " ".join(_words(str(cats[-1]))) if cats else ""
+    words = _words(str(cats[-1])) if cats else []
+    return " ".join(words if len(words) <= LEAF_WORDS else words[-2:])
 
 
 def build_vocabulary(items: pl.DataFrame, size: int = 300, *, min_titles: int = 3) -> Vocabulary:

@@ -2,7 +2,11 @@
 
 `mine_interests(cfg, engine, contexts)` renders the `recgpt_interests` prompt (role, principles,
 requirements, constraints, preset pool, output format, one worked example) for each `UserContext`,
-runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries) and post-processes:
+runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries) and post-processes.
+B_u is shown up to what the serving model's context leaves (`recgpt.intent.context.fit_request`:
+context - rest of the prompt - answer, the serving model's tokenizer, oldest lines cut first; an
+optional `history_tokens` cap); each row records `history_tokens` (seen) and `history_cut`.
+Post-processing:
 
 - interests are tidied (`clean_phrase`), empty ones dropped, duplicates (case/spacing-insensitive)
   dropped keeping the first, over-long ones (`max_words`) dropped, copies of the prompt's worked

@@ -3,7 +3,11 @@
 `predict_tags(cfg, engine, contexts, interests)` renders the `recgpt_tags` prompt per user (profile,
 date with month and season for seasonal relevance, the user's interests with their ids, recent
 behaviour, the items engaged in the last `freshness_days` days as a "do not repeat" list), runs the
-batch, and post-processes each answer:
+batch, and post-processes each answer. B_u is fitted to the serving model's context as for LLM_UI
+(`recgpt.intent.context.fit_request`; rows record `history_tokens` / `history_cut`). With
+`grounding` = "core" / "tag" the answer's core word / whole tag is constrained to the catalogue's
+vocabulary (`recgpt.intent.grounding`; off-vocabulary tags of an unconstrained backend are dropped).
+Post-processing:
 
 - tags are tidied (`clean_phrase`); empty ones, ones longer than `max_words`, copies of the worked
   example (tag or rationale), and ones whose `interest_id` is not one of the user's interests are

@@ -221,8 +221,8 @@ def quickstart_config(**overrides: Any) -> RunConfig:
 
     Sized to finish in about 20 minutes on 2 cores: the LLM is about 80% of the time (two
     generations per user plus one per explained item, ~10 s each for SmolLM2 on one busy core, plus
-    re-asks and budget retries), so
-    the user sample, the counts and the prompt lengths (`history_chars`) are what is cut.
+    re-asks and budget retries), so the user sample and the counts are what is cut. The prompts show
+    as much of each user's compressed history as the model's context leaves (no history cap).
     """
     base: dict[str, Any] = {
         "dataset": DEFAULT_DATASET,
