@@ -18,7 +18,12 @@ from recgpt.llm.engine import LLMEngine
 N_CTX = 1024
 LINES = [f"{d} days ago (rated) | Film number {d} (1990) [Drama|Comedy]" for d in range(300, 0, -1)]
 CTX = UserContext(
-    "u1", 1_000_000_000, {"age": "30"}, "\n".join(LINES), ("Drama", "Comedy"), (("Film number 1", 999_990_000),)
+    "u1",
+    1_000_000_000,
+    {"age": "30"},
+    "\n".join(LINES),
+    ("Drama", "Comedy"),
+    (("Film number 1", 999_990_000),),
 )
 
 

@@ -49,7 +49,9 @@ _STOP_WORDS = (
 STOP = frozenset(_STOP_WORDS.split())
 VAGUE = frozenset("smart modular set best premium quality great good various other misc".split())  # noqa: SIM905
 _WORD = re.compile(r"[a-z0-9]*[a-z][a-z0-9'&-]*")  # words with a letter ("3d" yes, "4524" no)
-LEAF_WORDS = 3  # a longer leaf name (a flattened path, as the Amazon importer stores it) keeps its last 2 words
+LEAF_WORDS = (
+    3  # a longer leaf name (a flattened path, as the Amazon importer stores it) keeps its last 2 words
+)
 
 
 @dataclass(frozen=True)

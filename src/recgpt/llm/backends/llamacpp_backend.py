@@ -237,11 +237,17 @@ class LlamaCppBackend(Backend):
         return self._tokenizer_llm
 
     def token_window(self) -> TokenWindow:
-        """`n_ctx` and the model's own tokenizer; a prompt is counted as the GGUF chat template renders it."""
+        """`n_ctx` and the model's own tokenizer; a prompt is counted as the GGUF chat template renders it.
+
+        The counters ask `_vocab()` on every call (never hold a model that `close` may free), so a window
+        stays usable, and safe, after its backend is closed or collected.
+        """
         llm = self._vocab()
 
         def count(text: str) -> int:
-            return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+            return (
+                len(self._vocab().tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+            )
 
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
@@ -259,7 +265,7 @@ class LlamaCppBackend(Backend):
 
         def count_messages(messages: Sequence[ChatMessage]) -> int:
             prompt = fmt(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt
-            return len(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+            return len(self._vocab().tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
 
         return TokenWindow(self.n_ctx, count, count_messages, exact=True, counter="gguf+chat-template")
 

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
@@ -224,24 +224,49 @@ class OpenAIBackend(Backend):
         with urllib.request.urlopen(req, timeout=min(self._timeout_s, 10)) as resp:
             return json.loads(resp.read())
 
-    def token_window(self) -> TokenWindow:
-        """The server's tokenizer and context when it is a llama.cpp server, else an approximation."""
-        if self._window is not None:
-            return self._window
+    def _server_counter(self) -> tuple[Callable[[str], int], str] | None:
+        """A token counter by the server's own tokenizer: llama.cpp's `/tokenize`, or llama-cpp-python's
+        `/extras/tokenize/count` (which adds a BOS token: measured on "" and taken off). None: neither."""
         try:
             self._server_json("/tokenize", {"content": "probe"})["tokens"]
-            props = self._server_json("/props")
-            n_ctx = int((props.get("default_generation_settings") or {}).get("n_ctx") or 0) or self.n_ctx
+
+            def llamacpp(text: str) -> int:
+                return len(self._server_json("/tokenize", {"content": text})["tokens"]) if text else 0
+
+            return llamacpp, "server:/tokenize"
         except Exception:
-            self._window = TokenWindow(
-                self.n_ctx, APPROX_WINDOW.count, APPROX_WINDOW.count_messages, counter="approx"
-            )
+            pass
+        try:
+            bos = int(self._server_json("/extras/tokenize/count", {"input": ""})["count"])
+
+            def python_server(text: str) -> int:
+                return (
+                    int(self._server_json("/extras/tokenize/count", {"input": text})["count"]) - bos
+                    if text
+                    else 0
+                )
+
+            return python_server, "server:/extras/tokenize"
+        except Exception:
+            return None
+
+    def token_window(self) -> TokenWindow:
+        """The server's tokenizer (and llama.cpp's `/props` n_ctx) when it has one, else an approximation;
+        the `n_ctx` option fills in a context the server does not report."""
+        if self._window is not None:
             return self._window
-
-        def count(text: str) -> int:
-            return len(self._server_json("/tokenize", {"content": text})["tokens"]) if text else 0
-
-        self._window = TokenWindow(n_ctx, count, lambda ms: messages_tokens(count, ms), counter="server")
+        found = self._server_counter()
+        if found is None:
+            self._window = TokenWindow(self.n_ctx, APPROX_WINDOW.count, APPROX_WINDOW.count_messages)
+            return self._window
+        count, name = found
+        n_ctx = self.n_ctx
+        try:
+            props = self._server_json("/props")
+            n_ctx = int((props.get("default_generation_settings") or {}).get("n_ctx") or 0) or n_ctx
+        except Exception:
+            pass  # llama-cpp-python's server has no /props: the n_ctx option stands
+        self._window = TokenWindow(n_ctx, count, lambda ms: messages_tokens(count, ms), counter=name)
         return self._window
 
     def close(self) -> None:
