@@ -53,6 +53,14 @@ def test_an_overlong_newest_line_keeps_its_newest_events() -> None:
     assert "Item0," not in fit.text and fit.tokens <= 20
 
 
+def test_an_overlong_older_line_fills_the_room_left_with_its_newest_events() -> None:
+    big = "8 months ago (rated) | " + ", ".join(f"Old{i}" for i in range(200))
+    fit = fit_history(big + "\ntoday (rated) | Newest film", 60, approx_tokens)
+    first, last = fit.text.splitlines()
+    assert last == "today (rated) | Newest film" and first.startswith("8 months ago (rated) | ")
+    assert first.endswith("Old199") and "Old0," not in first and 50 <= fit.tokens <= 60
+
+
 @pytest.mark.parametrize("n_ctx", [1200, 1500, 4000])
 def test_the_request_renders_within_the_fake_models_context(n_ctx: int) -> None:
     window = FakeBackend(n_ctx=n_ctx).token_window()

@@ -189,8 +189,8 @@ def _line_tail(line: str, budget: int, count: Callable[[str], int]) -> str:
 def fit_history(text: str, budget: int | None, count: Callable[[str], int]) -> HistoryFit:
     """The newest lines of a compressed history within `budget` tokens (None: all), oldest cut first.
 
-    Lines are whole events / time buckets (the compressor writes the newest last); when even the
-    newest line is over the budget, its newest events are kept.
+    Lines are whole events / time buckets (the compressor writes the newest last); the line that
+    overflows the budget keeps its newest events in the room left ("when (what) | A, B, C").
     """
     full = count(text)
     if budget is None or full <= budget:
@@ -200,10 +200,9 @@ def fit_history(text: str, budget: int | None, count: Callable[[str], int]) -> H
     used = 0
     for line in reversed(lines):
         cost = count(line) + (1 if kept else 0)
-        if used + cost > budget:
-            if not kept:
-                part = _line_tail(line, budget, count)
-                kept = [part] if part else []
+        if used + cost > budget:  # the line that overflows keeps its newest events in what is left
+            part = _line_tail(line, budget - used - (1 if kept else 0), count)
+            kept = [part, *kept] if part else kept
             break
         kept.insert(0, line)
         used += cost
