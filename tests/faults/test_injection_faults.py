@@ -425,8 +425,8 @@ def test_real_model_on_hostile_prompts_leaks_nothing_into_the_stage_tables(
         tmp_path,
         users=2,
         llm={"spec": f"llamacpp:{smollm2_gguf}", "threads": 1},
-        interests={"count": 2, "history_chars": 700, "pool_size": 5},
-        tags={"count": 3, "history_chars": 500, "max_recent_items": 4},
+        interests={"count": 2, "history_tokens": 175, "pool_size": 5},
+        tags={"count": 3, "history_tokens": 125, "max_recent_items": 4},
     )
     summary = run_pipeline(cfg, encoder=HashEncoder(), console=QUIET, progress=False, until="tags")
     run = summary.run_dir

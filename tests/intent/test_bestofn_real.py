@@ -24,7 +24,7 @@ from recgpt.llm.task import reask_request
 from tests.conftest import HashEncoder
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
-TCFG = TagsConfig(count=4, history_chars=400, max_recent_items=5, reasks=0)
+TCFG = TagsConfig(count=4, history_tokens=100, max_recent_items=5, reasks=0)
 
 
 @pytest.fixture(scope="module")

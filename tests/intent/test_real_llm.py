@@ -35,8 +35,8 @@ from recgpt.llm.engine import LLMEngine
 from tests.conftest import HashEncoder
 
 pytestmark = pytest.mark.llm
-ICFG = InterestsConfig(count=3, history_chars=600, pool_size=6)
-TCFG = TagsConfig(count=4, history_chars=400, max_recent_items=5)
+ICFG = InterestsConfig(count=3, history_tokens=150, pool_size=6)
+TCFG = TagsConfig(count=4, history_tokens=100, max_recent_items=5)
 MIN_REAL_SHARE = 0.5  # of users with LLM interests / tags, of pairs with an LLM-written explanation
 
 

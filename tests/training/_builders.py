@@ -25,8 +25,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 SMALL = LogsConfig(
     users=10,
     points_per_user=2,
-    tags=TagsConfig(count=6, history_chars=400, max_recent_items=6),
-    interests=InterestsConfig(count=3, pool_size=6, history_chars=500),
+    tags=TagsConfig(count=6, history_tokens=100, max_recent_items=6),
+    interests=InterestsConfig(count=3, pool_size=6, history_tokens=125),
     tokenizer="regex",
     compression=CompressionConfig(budget=300),
 )

@@ -6,12 +6,19 @@ interest pool (I_m) and recent items. `build_contexts` assembles them from an ev
 stage can reach past the split point by building its own input. `guard_requests` runs
 `Split.guard_text` over rendered prompts: the leakage check a pipeline (and the tests) can apply
 to every user-specific LLM input.
+
+The history budget is the serving model's (`fit_request`): the compressor fits B_u to its own
+token budget, and LLM_UI / LLM_IT then show as much of it as the model's context holds once the rest
+of the prompt and the answer are reserved, counted with the serving model's tokenizer
+(`recgpt.llm.types.TokenWindow`), cutting the oldest lines first (an over-long newest line keeps its
+newest events). An optional user cap (`history_tokens`) bounds it further. Each request records how
+many history tokens the model saw and how many were cut (`HistoryFit`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,7 +31,8 @@ from recgpt.data.dataset import Dataset
 from recgpt.data.leakage import guard_user_texts
 from recgpt.data.split import EvalTask, Split
 from recgpt.intent.pool import InterestPool
-from recgpt.llm.types import LLMRequest
+from recgpt.llm.prompts import Fitted
+from recgpt.llm.types import APPROX_WINDOW, LLMRequest, TokenWindow
 
 ATTRIBUTE_FIELDS = ("age", "gender", "occupation", "location")
 _SEASONS_NORTH = {
@@ -153,6 +161,104 @@ def contexts_from_tables(
     )
 
 
+HISTORY_PLACEHOLDER = "(no reliable behaviour)"  # what a prompt shows for an empty history
+BUDGET_MARGIN = 16  # tokens kept free besides prompt and answer: a sanitised block may count a little more
+
+
+@dataclass(frozen=True)
+class HistoryFit:
+    """The part of B_u a request shows: its text, its tokens, and the tokens cut (oldest) to fit."""
+
+    text: str
+    tokens: int  # of `text`, by the window's counter: what the model saw
+    cut: int = 0  # tokens of the full history minus `tokens` (0: nothing cut)
+
+
+def _line_tail(line: str, budget: int, count: Callable[[str], int]) -> str:
+    """The newest events of one over-long line ("when (what) | A, B, C") within `budget` tokens."""
+    head, sep, events = line.partition(" | ")
+    prefix, parts = (head + sep, events.split(", ")) if sep else ("", line.split(", "))
+    kept: list[str] = []
+    for part in reversed(parts):
+        if count(prefix + ", ".join([part, *kept])) > budget:
+            break
+        kept.insert(0, part)
+    return prefix + ", ".join(kept) if kept else ""
+
+
+def fit_history(text: str, budget: int | None, count: Callable[[str], int]) -> HistoryFit:
+    """The newest lines of a compressed history within `budget` tokens (None: all), oldest cut first.
+
+    Lines are whole events / time buckets (the compressor writes the newest last); the line that
+    overflows the budget keeps its newest events in the room left ("when (what) | A, B, C").
+    """
+    full = count(text)
+    if budget is None or full <= budget:
+        return HistoryFit(text, full)
+    lines = text.splitlines()
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        cost = count(line) + (1 if kept else 0)
+        if used + cost > budget:  # the line that overflows keeps its newest events in what is left
+            part = _line_tail(line, budget - used - (1 if kept else 0), count)
+            kept = [part, *kept] if part else kept
+            break
+        kept.insert(0, line)
+        used += cost
+    out = "\n".join(kept)
+    tokens = count(out)
+    while kept and tokens > budget:  # per-line sums can miss the joined count by a token or two
+        kept.pop(0)
+        out = "\n".join(kept)
+        tokens = count(out)
+    return HistoryFit(out, tokens, max(0, full - tokens))
+
+
+def fit_request(
+    build: Callable[[str], LLMRequest[Any]],
+    history: str,
+    window: TokenWindow | None = None,
+    cap: int | None = None,
+    margin: int = BUDGET_MARGIN,
+) -> tuple[LLMRequest[Any], HistoryFit]:
+    """`build(history_text)` with as much of `history` as the model's context holds, and what it saw.
+
+    Budget = `window.n_ctx` - tokens of the prompt without history - the answer's `max_tokens` -
+    `margin`, at most `cap`; unknown `n_ctx` (None): `cap` only (None: the whole history). The
+    request is checked after rendering and the history shrunk until prompt + answer fit in `n_ctx`.
+    """
+    window = window or APPROX_WINDOW
+    bare = build(HISTORY_PLACEHOLDER)
+    room: int | None = None
+    if window.n_ctx is not None:
+        rest = window.count_messages(bare.messages) - window.count(HISTORY_PLACEHOLDER)
+        room = window.n_ctx - rest - bare.sampling.max_tokens - margin
+    limits = [x for x in (room, cap) if x is not None]
+    budget = max(0, min(limits)) if limits else None
+    fit = fit_history(history, budget, window.count)
+    request = build(Fitted(fit.text)) if fit.text else bare
+    while window.n_ctx is not None and fit.text:
+        if window.count_messages(request.messages) + request.sampling.max_tokens <= window.n_ctx:
+            break
+        fit = fit_history(history, fit.tokens - max(8, fit.tokens // 10), window.count)
+        request = build(Fitted(fit.text)) if fit.text else bare
+    if not fit.text:
+        fit = HistoryFit("", 0, window.count(history))
+    return request, fit
+
+
+def history_stats(table: Any) -> dict[str, float]:
+    """Mean history tokens seen and share of users cut, from a table with `history_tokens` / `history_cut`."""
+    per_user = table.unique("user_id", keep="first") if table.height else table
+    if not per_user.height or "history_tokens" not in per_user.columns:
+        return {"history_tokens_mean": 0.0, "history_cut_share": 0.0}
+    return {
+        "history_tokens_mean": round(float(per_user["history_tokens"].mean() or 0.0), 1),
+        "history_cut_share": round(float((per_user["history_cut"] > 0).mean() or 0.0), 3),
+    }
+
+
 def history_tail(text: str, max_chars: int | None) -> str:
     """The most recent part of a compressed history (its last lines) within `max_chars`."""
     if max_chars is None or len(text) <= max_chars:
@@ -208,13 +314,19 @@ def guard_requests(split: Split, task: EvalTask, requests: Sequence[LLMRequest[A
 
 __all__ = [
     "ATTRIBUTE_FIELDS",
+    "BUDGET_MARGIN",
+    "HISTORY_PLACEHOLDER",
+    "HistoryFit",
     "UserContext",
     "attribute_text",
     "build_contexts",
     "clean_phrase",
     "contexts_from_tables",
     "describe_date",
+    "fit_history",
+    "fit_request",
     "guard_requests",
+    "history_stats",
     "history_tail",
     "phrase_key",
     "prompt_text",

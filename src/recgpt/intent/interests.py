@@ -2,7 +2,11 @@
 
 `mine_interests(cfg, engine, contexts)` renders the `recgpt_interests` prompt (role, principles,
 requirements, constraints, preset pool, output format, one worked example) for each `UserContext`,
-runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries) and post-processes:
+runs the batch through the `LLMEngine` (cache, grammar-constrained JSON, retries) and post-processes.
+B_u is shown up to what the serving model's context leaves (`recgpt.intent.context.fit_request`:
+context - rest of the prompt - answer, the serving model's tokenizer, oldest lines cut first; an
+optional `history_tokens` cap); each row records `history_tokens` (seen) and `history_cut`.
+Post-processing:
 
 - interests are tidied (`clean_phrase`), empty ones dropped, duplicates (case/spacing-insensitive)
   dropped keeping the first, over-long ones (`max_words`) dropped, copies of the prompt's worked
@@ -35,23 +39,25 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.bestofn import AnswerScorer
 from recgpt.intent.context import (
+    HistoryFit,
     UserContext,
     attribute_text,
     clean_phrase,
     describe_date,
-    history_tail,
+    fit_request,
     phrase_key,
 )
 from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, example_values, relabel_failures
 from recgpt.intent.pool import TextEncoder, phrase_tokens
+from recgpt.llm.engine import engine_window
 from recgpt.llm.prompts import make_request, template_id
 from recgpt.llm.task import LLMTask, TaskEngine, TaskOutput, run_task
-from recgpt.llm.types import LLMRequest, SamplingParams
+from recgpt.llm.types import LLMRequest, SamplingParams, TokenWindow
 
 # Best-of-n bookkeeping of every row (`recgpt.llm.task.SampleChoice.columns`): answers drawn for the
 # user, the kept one's attempt index (0: the first ask; null: fallback) and its score.
@@ -68,6 +74,8 @@ INTERESTS_SCHEMA = {
     "kind": pl.String(),
     "template": pl.String(),
     **BEST_OF_N_SCHEMA,
+    "history_tokens": pl.Int64(),  # tokens of B_u the model saw (its own tokenizer)
+    "history_cut": pl.Int64(),  # tokens of B_u cut (oldest first) to fit the model's context
 }
 FAILURES_SCHEMA = {"user_id": pl.String(), "reason": pl.String(), "detail": pl.String()}
 # The worked example's interests, read from recgpt_interests.j2 (`recgpt.intent.examples`).
@@ -83,7 +91,11 @@ class InterestsConfig(BaseModel):
 
     count: int = Field(default=5, ge=1, le=30)
     pool_size: int = Field(default=10, ge=0, description="preset pool entries shown in the prompt")
-    history_chars: int | None = Field(default=2000, ge=1, description="most recent part of B_u kept")
+    history_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="cap on B_u tokens shown (None: all the serving model's context leaves, oldest cut first)",
+    )
     max_words: int = Field(default=6, ge=1)
     listed_similarity: float = Field(default=0.85, ge=0.0, le=1.0)
     fallback_to_pool: bool = True
@@ -105,6 +117,22 @@ class InterestsConfig(BaseModel):
         "reask_temperature, seed + j); the best-scoring non-empty one is kept",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_history_chars(cls, data: Any) -> Any:
+        return reject_history_chars(data, "interests")
+
+
+def reject_history_chars(data: Any, section: str) -> Any:
+    """The old `history_chars` key is an error that says what replaced it (it would be ignored silently)."""
+    if isinstance(data, dict) and "history_chars" in data:
+        raise ValueError(
+            f"{section}.history_chars was replaced by {section}.history_tokens: the history budget is the "
+            "serving model's context (tokens, its own tokenizer), oldest part cut first; set history_tokens "
+            "only to cap it further (null: no cap)"
+        )
+    return data
+
 
 class Interest(BaseModel):
     """One mined interest, in the paper's field order (ID, Interest, Stage, Reason)."""
@@ -124,22 +152,38 @@ def interests_model(count: int) -> type[BaseModel]:
     )
 
 
-def interest_request(cfg: InterestsConfig, ctx: UserContext) -> LLMRequest[Any]:
-    """The LLM_UI request of one user (key = user id)."""
-    return make_request(
-        TEMPLATE,
-        interests_model(cfg.count),
-        sampling=SamplingParams(
-            temperature=cfg.temperature, max_tokens=cfg.tokens_per_interest * cfg.count + 40, seed=cfg.seed
-        ),
-        stage=STAGE,
-        key=ctx.user_id,
-        count=cfg.count,
-        profile=attribute_text(ctx.attributes),
-        when=describe_date(ctx.asof_ts, cfg.hemisphere),
-        history=history_tail(ctx.history, cfg.history_chars) or "(no reliable behaviour)",
-        pool=list(ctx.pool[: cfg.pool_size]),
-    )
+def interest_prompt(
+    cfg: InterestsConfig, ctx: UserContext, window: TokenWindow | None = None
+) -> tuple[LLMRequest[Any], HistoryFit]:
+    """The LLM_UI request of one user (key = user id) with as much of B_u as `window`'s context holds
+    (`fit_request`; None: an approximate count, no context limit), and what of B_u it shows."""
+
+    def build(history: str) -> LLMRequest[Any]:
+        return make_request(
+            TEMPLATE,
+            interests_model(cfg.count),
+            sampling=SamplingParams(
+                temperature=cfg.temperature,
+                max_tokens=cfg.tokens_per_interest * cfg.count + 40,
+                seed=cfg.seed,
+            ),
+            stage=STAGE,
+            key=ctx.user_id,
+            count=cfg.count,
+            profile=attribute_text(ctx.attributes),
+            when=describe_date(ctx.asof_ts, cfg.hemisphere),
+            history=history,
+            pool=list(ctx.pool[: cfg.pool_size]),
+        )
+
+    return fit_request(build, ctx.history, window, cfg.history_tokens)
+
+
+def interest_request(
+    cfg: InterestsConfig, ctx: UserContext, window: TokenWindow | None = None
+) -> LLMRequest[Any]:
+    """The LLM_UI request of one user (key = user id); `interest_prompt` without the history record."""
+    return interest_prompt(cfg, ctx, window)[0]
 
 
 def _matches_pool(
@@ -233,24 +277,38 @@ class InterestsTask(LLMTask[UserContext]):
         encoder: TextEncoder | None = None,
         untrusted: UntrustedText | None = None,
         scorer: AnswerScorer | None = None,
+        window: TokenWindow | None = None,
     ) -> None:
-        self.cfg, self.encoder, self.untrusted = cfg, encoder, untrusted
+        self.cfg, self.encoder, self.untrusted, self.window = cfg, encoder, untrusted, window
         self.reasks, self.reask_temperature, self.n_samples = cfg.reasks, cfg.reask_temperature, cfg.n_samples
         self.scorer = scorer or AnswerScorer("interest")
-        self.template = template_id(TEMPLATE)
         self.copies = CopyLog()  # example copies per user's last answer (failure reason `example_copy`)
+        self.template = template_id(TEMPLATE)
+        self.fits: dict[
+            str, tuple[LLMRequest[Any], HistoryFit]
+        ] = {}  # by user: fitted once, re-asks reuse it
+
+    def _fitted(self, item: UserContext) -> tuple[LLMRequest[Any], HistoryFit]:
+        if item.user_id not in self.fits:
+            self.fits[item.user_id] = interest_prompt(self.cfg, item, self.window)
+        return self.fits[item.user_id]
+
+    def _seen(self, item: UserContext) -> dict[str, int]:
+        fit = self._fitted(item)[1]
+        return {"history_tokens": fit.tokens, "history_cut": fit.cut}
 
     def prompt(self, item: UserContext) -> LLMRequest[Any]:
-        return interest_request(self.cfg, item)
+        return self._fitted(item)[0]
 
     def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
         rows = postprocess_interests(
             self.cfg, item, value.interests, self.encoder, self.untrusted, self.copies
         )
-        return [{**r, "template": self.template} for r in rows]
+        return [{**r, "template": self.template, **self._seen(item)} for r in rows]
 
     def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
-        return _pool_fallback(self.cfg, item, self.untrusted) if self.cfg.fallback_to_pool else []
+        rows = _pool_fallback(self.cfg, item, self.untrusted) if self.cfg.fallback_to_pool else []
+        return [{**r, **self._seen(item)} for r in rows]
 
     def score(self, item: UserContext, rows: list[dict[str, Any]]) -> float:
         return self.scorer(item, rows)
@@ -283,7 +341,7 @@ def mine_interests(
     ids = [c.user_id for c in contexts]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate user ids in contexts")
-    task = InterestsTask(cfg, encoder, untrusted, scorer)
+    task = InterestsTask(cfg, encoder, untrusted, scorer, engine_window(engine))
     out = run_task(task, engine, contexts)
     failures = relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
     return (
@@ -300,9 +358,11 @@ __all__ = [
     "Interest",
     "InterestsConfig",
     "InterestsTask",
+    "interest_prompt",
     "interest_request",
     "interests_model",
     "mine_interests",
     "postprocess_interests",
+    "reject_history_chars",
     "stamp_choices",
 ]

@@ -3,7 +3,11 @@
 `predict_tags(cfg, engine, contexts, interests)` renders the `recgpt_tags` prompt per user (profile,
 date with month and season for seasonal relevance, the user's interests with their ids, recent
 behaviour, the items engaged in the last `freshness_days` days as a "do not repeat" list), runs the
-batch, and post-processes each answer:
+batch, and post-processes each answer. B_u is fitted to the serving model's context as for LLM_UI
+(`recgpt.intent.context.fit_request`; rows record `history_tokens` / `history_cut`). With
+`grounding` = "core" / "tag" the answer's core word / whole tag is constrained to the catalogue's
+vocabulary (`recgpt.intent.grounding`; off-vocabulary tags of an unconstrained backend are dropped).
+Post-processing:
 
 - tags are tidied (`clean_phrase`); empty ones, ones longer than `max_words`, copies of the worked
   example (the tag repeats, exactly or nearly, a phrase of the example's answer or input and the
@@ -37,24 +41,33 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.bestofn import AnswerScorer
 from recgpt.intent.context import (
+    HistoryFit,
     UserContext,
     attribute_text,
     clean_phrase,
     describe_date,
-    history_tail,
+    fit_request,
     phrase_key,
 )
 from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, example_values, relabel_failures
-from recgpt.intent.interests import BEST_OF_N_SCHEMA, FAILURES_SCHEMA, stamp_choices
+from recgpt.intent.grounding import (
+    Grounding,
+    Vocabulary,
+    build_vocabulary,
+    grounded_tags,
+    grounded_tags_model,
+)
+from recgpt.intent.interests import BEST_OF_N_SCHEMA, FAILURES_SCHEMA, reject_history_chars, stamp_choices
 from recgpt.intent.pool import phrase_tokens
+from recgpt.llm.engine import engine_window
 from recgpt.llm.prompts import make_request
 from recgpt.llm.task import LLMTask, TaskEngine, run_task
-from recgpt.llm.types import LLMRequest, SamplingParams
+from recgpt.llm.types import LLMRequest, SamplingParams, TokenWindow
 
 TEMPLATE = "recgpt_tags"
 STAGE = "tags"
@@ -68,6 +81,8 @@ TAGS_SCHEMA = {
     "interest": pl.String(),
     "rationale": pl.String(),
     "rank": pl.Int64(),
+    "history_tokens": pl.Int64(),  # tokens of B_u the model saw (its own tokenizer); null: not an LLM row
+    "history_cut": pl.Int64(),  # tokens of B_u cut (oldest first) to fit the model's context
     **BEST_OF_N_SCHEMA,
 }
 # The worked example's tags and rationales, read from recgpt_tags.j2 (`recgpt.intent.examples`).
@@ -89,7 +104,11 @@ class TagsConfig(BaseModel):
     count: int = Field(default=10, ge=1, le=60)
     freshness_days: int = Field(default=30, ge=0)
     max_recent_items: int = Field(default=15, ge=0, description="recent items listed as 'do not repeat'")
-    history_chars: int | None = Field(default=1200, ge=1)
+    history_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="cap on B_u tokens shown (None: all the serving model's context leaves, oldest cut first)",
+    )
     max_words: int = Field(default=8, ge=1)
     min_title_chars: int = Field(default=6, ge=1)
     fallback_to_interests: bool = True
@@ -110,6 +129,19 @@ class TagsConfig(BaseModel):
         description="best-of-n: answers drawn per user (the first as configured, the rest at "
         "reask_temperature, seed + j); the best-scoring non-empty one is kept",
     )
+
+    grounding: Grounding = Field(
+        default="free",
+        description="free tags; 'core': the core word from the catalogue's vocabulary; 'tag': the whole tag",
+    )
+    vocabulary_size: int = Field(
+        default=300, ge=10, le=2000, description="grounded vocabulary: most frequent catalogue phrases kept"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_history_chars(cls, data: Any) -> Any:
+        return reject_history_chars(data, "tags")
 
 
 class Tag(BaseModel):
@@ -168,24 +200,56 @@ def names_item(tag: str, title: str, min_title_chars: int = 6) -> bool:
     return any(t_words[i : i + n] == i_words for i in range(len(t_words) - n + 1))
 
 
-def tag_request(cfg: TagsConfig, ctx: UserContext, interests: Sequence[tuple[int, str]]) -> LLMRequest[Any]:
-    """The LLM_IT request of one user (key = user id); `interests` = (interest_id, interest)."""
-    return make_request(
-        TEMPLATE,
-        tags_model(cfg.count, tuple(sorted({i for i, _ in interests}))),
-        sampling=SamplingParams(
-            temperature=cfg.temperature, max_tokens=cfg.tokens_per_tag * cfg.count + 40, seed=cfg.seed
-        ),
-        stage=STAGE,
-        key=ctx.user_id,
-        count=cfg.count,
-        freshness_days=cfg.freshness_days,
-        profile=attribute_text(ctx.attributes),
-        when=describe_date(ctx.asof_ts, cfg.hemisphere),
-        interests=[f"{i}: {name}" for i, name in interests],
-        history=history_tail(ctx.history, cfg.history_chars) or "(no reliable behaviour)",
-        recent=recent_titles(ctx, cfg.freshness_days)[: cfg.max_recent_items],
-    )
+def tag_prompt(
+    cfg: TagsConfig,
+    ctx: UserContext,
+    interests: Sequence[tuple[int, str]],
+    window: TokenWindow | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> tuple[LLMRequest[Any], HistoryFit]:
+    """The LLM_IT request of one user (key = user id) with as much of B_u as `window`'s context holds
+    (`fit_request`), and what of B_u it shows; `interests` = (interest_id, interest). With grounding
+    (`cfg.grounding` != "free") the output schema holds `vocabulary` as an enum."""
+    ids = tuple(sorted({i for i, _ in interests}))
+    if cfg.grounding == "free":
+        model = tags_model(cfg.count, ids)
+    else:
+        if vocabulary is None:
+            raise ValueError(
+                f"tags.grounding={cfg.grounding!r} needs the catalogue's vocabulary (build_vocabulary)"
+            )
+        model = grounded_tags_model(cfg.count, ids, cfg.grounding, vocabulary.terms(cfg.grounding))
+
+    def build(history: str) -> LLMRequest[Any]:
+        return make_request(
+            TEMPLATE,
+            model,
+            sampling=SamplingParams(
+                temperature=cfg.temperature, max_tokens=cfg.tokens_per_tag * cfg.count + 40, seed=cfg.seed
+            ),
+            stage=STAGE,
+            key=ctx.user_id,
+            count=cfg.count,
+            freshness_days=cfg.freshness_days,
+            profile=attribute_text(ctx.attributes),
+            when=describe_date(ctx.asof_ts, cfg.hemisphere),
+            interests=[f"{i}: {name}" for i, name in interests],
+            history=history,
+            recent=recent_titles(ctx, cfg.freshness_days)[: cfg.max_recent_items],
+        )
+
+    return fit_request(build, ctx.history, window, cfg.history_tokens)
+
+
+def tag_request(
+    cfg: TagsConfig,
+    ctx: UserContext,
+    interests: Sequence[tuple[int, str]],
+    window: TokenWindow | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> LLMRequest[Any]:
+    """The LLM_IT request of one user (key = user id); `tag_prompt` without the history record."""
+    return tag_prompt(cfg, ctx, interests, window, vocabulary)[0]
 
 
 def _round_robin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -305,23 +369,49 @@ class TagsTask(LLMTask[UserContext]):
         interests: Mapping[str, Sequence[tuple[int, str]]],
         untrusted: UntrustedText | None = None,
         scorer: AnswerScorer | None = None,
+        window: TokenWindow | None = None,
+        vocabulary: Vocabulary | None = None,
     ) -> None:
         self.cfg, self.interests, self.untrusted = cfg, interests, untrusted
+        self.window, self.vocabulary = window, vocabulary
         self.reasks, self.reask_temperature, self.n_samples = cfg.reasks, cfg.reask_temperature, cfg.n_samples
         self.scorer = scorer or AnswerScorer("tag")
         self.copies = CopyLog()  # example copies per user's last answer (failure reason `example_copy`)
+        self.fits: dict[
+            str, tuple[LLMRequest[Any], HistoryFit]
+        ] = {}  # by user: fitted once, re-asks reuse it
+        self.ungrounded = 0  # answer tags dropped for a core word / tag outside the vocabulary
+
+    def _fitted(self, item: UserContext) -> tuple[LLMRequest[Any], HistoryFit]:
+        if item.user_id not in self.fits:
+            self.fits[item.user_id] = tag_prompt(
+                self.cfg, item, self.interests[item.user_id], self.window, self.vocabulary
+            )
+        return self.fits[item.user_id]
+
+    def _seen(self, item: UserContext) -> dict[str, int]:
+        fit = self._fitted(item)[1]
+        return {"history_tokens": fit.tokens, "history_cut": fit.cut}
 
     def prompt(self, item: UserContext) -> LLMRequest[Any]:
-        return tag_request(self.cfg, item, self.interests[item.user_id])
+        return self._fitted(item)[0]
 
     def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
-        mine = self.interests[item.user_id]
-        return postprocess_tags(self.cfg, item, value.tags, mine, self.untrusted, self.copies)
+        tags = value.tags
+        if self.cfg.grounding != "free":
+            assert self.vocabulary is not None  # tag_prompt refused to build the request otherwise
+            tags, dropped = grounded_tags(tags, self.cfg.grounding, self.vocabulary)
+            self.ungrounded += dropped
+        rows = postprocess_tags(
+            self.cfg, item, tags, self.interests[item.user_id], self.untrusted, self.copies
+        )
+        return [{**r, **self._seen(item)} for r in rows]
 
     def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
         if not self.cfg.fallback_to_interests:
             return []
-        return _interest_fallback(item, self.interests[item.user_id], self.untrusted)
+        rows = _interest_fallback(item, self.interests[item.user_id], self.untrusted)
+        return [{**r, **self._seen(item)} for r in rows]
 
     def score(self, item: UserContext, rows: list[dict[str, Any]]) -> float:
         return self.scorer(item, rows)
@@ -333,12 +423,15 @@ def predict_tags(
     contexts: Sequence[UserContext],
     interests: pl.DataFrame,
     untrusted: UntrustedText | None = None,
+    catalogue: pl.DataFrame | None = None,
     *,
     scorer: AnswerScorer | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """LLM_IT over users: (tags table TAGS_SCHEMA, failures table FAILURES_SCHEMA).
 
     `untrusted` (the dataset's flagged payloads) drops tags that repeat one; None filters nothing.
+    `catalogue` (the items table) is needed with `cfg.grounding` != "free": its vocabulary
+    (`recgpt.intent.grounding.build_vocabulary`) constrains the tags.
     A user without interests is a failure ("no_interests") and is not asked; an answer the rules
     emptied is asked again (`cfg.reasks`). With `cfg.n_samples` > 1 each user gets the best of that
     many answers (`scorer`, default: the rules' `AnswerScorer`; `bestofn.catalogue_grounding` adds
@@ -350,7 +443,12 @@ def predict_tags(
     failures = [
         {"user_id": u, "reason": "no_interests", "detail": "no interests to tag"} for u in no_interests
     ]
-    task = TagsTask(cfg, by_user, untrusted, scorer)
+    vocabulary = None
+    if cfg.grounding != "free":
+        if catalogue is None:
+            raise ValueError(f"tags.grounding={cfg.grounding!r} needs the catalogue (the items table)")
+        vocabulary = build_vocabulary(catalogue, cfg.vocabulary_size)
+    task = TagsTask(cfg, by_user, untrusted, scorer, engine_window(engine), vocabulary)
     out = run_task(task, engine, todo)
     failures += relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
     return pl.DataFrame(stamp_choices(out), schema=TAGS_SCHEMA), pl.DataFrame(
@@ -370,6 +468,7 @@ __all__ = [
     "predict_tags",
     "recent_titles",
     "split_tag",
+    "tag_prompt",
     "tag_request",
     "tags_model",
     "user_interests",

@@ -38,6 +38,7 @@ from recgpt.llm.types import (
     LLMFailure,
     LLMRequest,
     LLMResult,
+    TokenWindow,
     Usage,
 )
 
@@ -108,6 +109,19 @@ def _check(output: GenerationOutput, model: type[BaseModel]) -> BaseModel | LLMF
             FailureReason.TRUNCATED if output.finish_reason == "length" else FailureReason.SCHEMA_MISMATCH
         )
         return LLMFailure(reason=reason, detail=str(exc), last_text=output.text)
+
+
+def engine_window(engine: Any) -> TokenWindow | None:
+    """The token window of the backend behind `engine`: an `LLMEngine`, or a wrapper that holds one as
+    `.engine` (a prompt guard); None when there is no backend to ask (a test double)."""
+    for _ in range(4):  # wrappers of wrappers, bounded
+        backend = getattr(engine, "backend", None)
+        if isinstance(backend, Backend):
+            return backend.token_window()
+        engine = getattr(engine, "engine", None)
+        if engine is None:
+            return None
+    return None
 
 
 def _repair_hint(failure: LLMFailure) -> str:

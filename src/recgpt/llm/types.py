@@ -9,8 +9,9 @@ guarantees (validation, retries, caching, accounting) live in the engine, once.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
@@ -117,6 +118,40 @@ class GenerationOutput:
     error: str | None = None
 
 
+_APPROX_TOKEN = re.compile(r"\w+|[^\w\s]")
+MESSAGE_OVERHEAD = 8  # tokens a chat template adds around one message (role markers), when not measured
+
+
+def approx_tokens(text: str) -> int:
+    """Words and single punctuation marks: a model-free token count (BPE gives ~1.1-1.5x more)."""
+    return len(_APPROX_TOKEN.findall(text))
+
+
+@dataclass(frozen=True)
+class TokenWindow:
+    """What a backend's context holds and how it counts: the budget the intent prompts are fitted to.
+
+    `n_ctx` = context length in tokens (None: unknown, so no model budget, only a user cap applies);
+    `count(text)` = tokens of a text; `count_messages(messages)` = tokens of the whole rendered chat
+    prompt (template markers included); `exact` = both come from the serving model's own tokenizer and
+    chat template, else they are an approximation (`counter` says which).
+    """
+
+    n_ctx: int | None
+    count: Callable[[str], int]
+    count_messages: Callable[[Sequence[ChatMessage]], int]
+    exact: bool = False
+    counter: str = "approx"
+
+
+def messages_tokens(count: Callable[[str], int], messages: Sequence[ChatMessage]) -> int:
+    """Tokens of a chat prompt counted per message, plus `MESSAGE_OVERHEAD` each and the answer's opener."""
+    return sum(count(m.content) + MESSAGE_OVERHEAD for m in messages) + MESSAGE_OVERHEAD
+
+
+APPROX_WINDOW = TokenWindow(None, approx_tokens, lambda ms: messages_tokens(approx_tokens, ms))
+
+
 class Backend(ABC):
     """Turns prompts into raw text. Implementations: llamacpp, openai, transformers, vllm, fake."""
 
@@ -155,6 +190,11 @@ class Backend(ABC):
     def generate_iter(self, inputs: list[GenerationInput]) -> Iterator[tuple[int, GenerationOutput]]:
         """(position in `inputs`, output) pairs, in completion order. Default: one `generate` call."""
         yield from enumerate(self.generate(inputs))
+
+    def token_window(self) -> TokenWindow:
+        """The context length and token counter of the serving model (default: unknown length, an
+        approximate count). Backends that know their model override it."""
+        return APPROX_WINDOW
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release model memory / connections."""

@@ -162,6 +162,7 @@ def failure_stats(
 
 
 def run_interests(ctx: StageContext) -> dict[str, Any]:
+    from recgpt.intent.context import history_stats
     from recgpt.intent.interests import FALLBACK_TEMPLATE, mine_interests
 
     res, cfg = _res(ctx), ctx.config
@@ -173,23 +174,31 @@ def run_interests(ctx: StageContext) -> dict[str, Any]:
     ctx.write("failures", failures)
     stats = failure_stats(interests, failures, len(res.users), pl.col("template") == FALLBACK_TEMPLATE)
     stats["kinds"] = dict(interests.group_by("kind").len().rows())
+    stats.update(history_stats(interests))
     stats["rejected_untrusted"] = res.untrusted.rejected["interests"]
     stats["prompts_guarded"] = engine.checked
     return stats
 
 
 def run_tags(ctx: StageContext) -> dict[str, Any]:
+    from recgpt.intent.context import history_stats
     from recgpt.intent.tags import FALLBACK_RATIONALE, predict_tags
 
     res, cfg = _res(ctx), ctx.config
     engine = guarded_engine(ctx)
     tags, failures = predict_tags(
-        cfg.tags, engine, user_contexts(ctx), ctx.read("interests", "interests"), res.untrusted
+        cfg.tags,
+        engine,
+        user_contexts(ctx),
+        ctx.read("interests", "interests"),
+        res.untrusted,
+        catalogue=res.dataset.items if cfg.tags.grounding != "free" else None,
     )
     ctx.write("tags", tags)
     ctx.write("failures", failures)
     stats = failure_stats(tags, failures, len(res.users), pl.col("rationale") == FALLBACK_RATIONALE)
     stats["distinct_tags"] = tags["tag"].n_unique()
+    stats.update(history_stats(tags))
     stats["rejected_untrusted"] = res.untrusted.rejected["tags"]
     stats["prompts_guarded"] = engine.checked
     return stats

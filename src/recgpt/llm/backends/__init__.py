@@ -54,7 +54,14 @@ _REGISTRY: dict[str, _Entry] = {
         "llm",
         {"threads": "n_threads", "workers": "n_workers", "n_ctx": "n_ctx"},
     ),
-    "openai": _Entry("recgpt.llm.backends.openai_backend", "OpenAIBackend", "model", ("openai",), "llm"),
+    "openai": _Entry(
+        "recgpt.llm.backends.openai_backend",
+        "OpenAIBackend",
+        "model",
+        ("openai",),
+        "llm",
+        {"n_ctx": "n_ctx"},
+    ),
     "transformers": _Entry(
         "recgpt.llm.backends.transformers_backend",
         "TransformersBackend",

@@ -2,14 +2,22 @@
 
 It answers from a list of texts (consumed in order, across calls) or from a function of the input,
 records every input it saw, and can be told to crash on a given `generate` call to simulate a
-process dying mid-batch.
+process dying mid-batch. Its token window is `n_ctx` tokens (None: unbounded) counted by
+`approx_tokens` (words and punctuation marks): small enough to test the history budget with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
+from recgpt.llm.types import (
+    Backend,
+    GenerationInput,
+    GenerationOutput,
+    TokenWindow,
+    approx_tokens,
+    messages_tokens,
+)
 
 Answer = str | GenerationOutput
 Script = Sequence[Answer] | Callable[[GenerationInput], Answer]
@@ -30,6 +38,7 @@ class FakeBackend(Backend):
         *,
         model: str = "fake-model",
         crash_on_call: int | None = None,
+        n_ctx: int | None = 4096,
     ) -> None:
         self._script = script if script is not None else (lambda _inp: "{}")
         self._pos = 0
@@ -38,6 +47,12 @@ class FakeBackend(Backend):
         self.generate_calls = 0
         self.inputs: list[GenerationInput] = []
         self.closed = False
+        self.n_ctx = n_ctx
+
+    def token_window(self) -> TokenWindow:
+        return TokenWindow(
+            self.n_ctx, approx_tokens, lambda ms: messages_tokens(approx_tokens, ms), counter="approx"
+        )
 
     @property
     def model_id(self) -> str:

@@ -17,7 +17,7 @@ import json
 import os
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -27,7 +27,14 @@ from recgpt.llm import lifeline
 from recgpt.llm.backends import file_sha256
 from recgpt.llm.backends.streaming import completed
 from recgpt.llm.models import default_model_path as default_model_path  # re-export: its old home
-from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
+from recgpt.llm.types import (
+    Backend,
+    ChatMessage,
+    GenerationInput,
+    GenerationOutput,
+    TokenWindow,
+    messages_tokens,
+)
 from recgpt.settings import settings
 
 _LOOSE_CHAR = r'char ::= [^"\\]'
@@ -194,6 +201,7 @@ class LlamaCppBackend(Backend):
         }
         self._runner: _Runner | None = None
         self._pool: Executor | None = None
+        self._tokenizer_llm: Any = None
         if n_workers == 1:
             self._runner = _Runner(**config)
         else:
@@ -217,6 +225,49 @@ class LlamaCppBackend(Backend):
             pool.shutdown(wait=False, cancel_futures=True)
             raise RuntimeError(f"llama.cpp workers failed to start: {type(exc).__name__}: {exc}") from exc
         return pool
+
+    def _vocab(self) -> Any:
+        """A llama.cpp model to tokenize with: the in-process one, else a vocabulary-only copy (no weights)."""
+        if self._runner is not None and self._runner.llm is not None:
+            return self._runner.llm
+        if getattr(self, "_tokenizer_llm", None) is None:
+            from llama_cpp import Llama
+
+            self._tokenizer_llm = Llama(model_path=str(self.model_path), vocab_only=True, verbose=False)
+        return self._tokenizer_llm
+
+    def token_window(self) -> TokenWindow:
+        """`n_ctx` and the model's own tokenizer; a prompt is counted as the GGUF chat template renders it.
+
+        The counters ask `_vocab()` on every call (never hold a model that `close` may free), so a window
+        stays usable, and safe, after its backend is closed or collected.
+        """
+        llm = self._vocab()
+
+        def count(text: str) -> int:
+            return (
+                len(self._vocab().tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+            )
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return TokenWindow(
+                self.n_ctx, count, lambda ms: messages_tokens(count, ms), exact=False, counter="gguf"
+            )
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos, bos = llm.token_eos(), llm.token_bos()
+        fmt = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+        )
+
+        def count_messages(messages: Sequence[ChatMessage]) -> int:
+            prompt = fmt(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt
+            return len(self._vocab().tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+        return TokenWindow(self.n_ctx, count, count_messages, exact=True, counter="gguf+chat-template")
 
     @property
     def worker_pids(self) -> list[int]:
@@ -249,6 +300,9 @@ class LlamaCppBackend(Backend):
         yield from completed(self._pool, _worker_generate, inputs)
 
     def close(self) -> None:
+        if getattr(self, "_tokenizer_llm", None) is not None:
+            self._tokenizer_llm.close()
+            self._tokenizer_llm = None
         if self._runner is not None:
             self._runner.close()
             self._runner = None

@@ -18,22 +18,35 @@ The API key (`$OPENAI_API_KEY`) is sent only over HTTPS or to a loopback host; t
 host elsewhere it is withheld, with one warning, unless `RECGPT_ALLOW_INSECURE_KEY=1`
 (`recgpt.llm.credentials`). Credentials written into the URL are the user's explicit choice and are
 used as given, but `model_id` and error texts carry them redacted.
+
+Token window (the intent prompts' history budget): a llama.cpp server's own `/tokenize` and `/props`
+(its `n_ctx`) when the server has them, probed once; else the `n_ctx` option (None: unknown) and an
+approximate count (`recgpt.llm.types.approx_tokens`), which the window marks as not exact.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
 from recgpt.llm.backends.streaming import completed
 from recgpt.llm.credentials import INSECURE_KEY_ENV, is_loopback, is_redacted, key_may_travel, redact
-from recgpt.llm.types import Backend, GenerationInput, GenerationOutput
+from recgpt.llm.types import (
+    APPROX_WINDOW,
+    Backend,
+    GenerationInput,
+    GenerationOutput,
+    TokenWindow,
+    messages_tokens,
+)
 from recgpt.settings import api_key, settings
 
 StructuredMode = Literal["json_schema", "json_object", "auto"]
@@ -111,6 +124,7 @@ class OpenAIBackend(Backend):
         timeout_s: float = 120,
         max_retries: int = 3,
         structured: StructuredMode = "auto",
+        n_ctx: int | None = None,
     ) -> None:
         import openai
 
@@ -156,6 +170,9 @@ class OpenAIBackend(Backend):
         self._mode_settled = len(self._ladder) == 1
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self.n_ctx = n_ctx
+        self._window: TokenWindow | None = None
+        self._timeout_s = timeout_s
 
     @property
     def model_id(self) -> str:
@@ -198,6 +215,59 @@ class OpenAIBackend(Backend):
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="recgpt-openai")
         for j, out in completed(self._pool, self._one, [inp for _, inp in rest]):
             yield rest[j][0], out
+
+    def _server_json(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET/POST `path` at the server root (the base URL without `/v1`); the llama.cpp server extras."""
+        root = str(self._client.base_url).rstrip("/").removesuffix("/v1")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(root + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=min(self._timeout_s, 10)) as resp:
+            return json.loads(resp.read())
+
+    def _server_counter(self) -> tuple[Callable[[str], int], str] | None:
+        """A token counter by the server's own tokenizer: llama.cpp's `/tokenize`, or llama-cpp-python's
+        `/extras/tokenize/count` (which adds a BOS token: measured on "" and taken off). None: neither."""
+        try:
+            self._server_json("/tokenize", {"content": "probe"})["tokens"]
+
+            def llamacpp(text: str) -> int:
+                return len(self._server_json("/tokenize", {"content": text})["tokens"]) if text else 0
+
+            return llamacpp, "server:/tokenize"
+        except Exception:
+            pass
+        try:
+            bos = int(self._server_json("/extras/tokenize/count", {"input": ""})["count"])
+
+            def python_server(text: str) -> int:
+                return (
+                    int(self._server_json("/extras/tokenize/count", {"input": text})["count"]) - bos
+                    if text
+                    else 0
+                )
+
+            return python_server, "server:/extras/tokenize"
+        except Exception:
+            return None
+
+    def token_window(self) -> TokenWindow:
+        """The server's tokenizer (and llama.cpp's `/props` n_ctx) when it has one, else an approximation;
+        the `n_ctx` option fills in a context the server does not report."""
+        if self._window is not None:
+            return self._window
+        found = self._server_counter()
+        if found is None:
+            self._window = TokenWindow(self.n_ctx, APPROX_WINDOW.count, APPROX_WINDOW.count_messages)
+            return self._window
+        count, name = found
+        n_ctx = self.n_ctx
+        try:
+            props = self._server_json("/props")
+            n_ctx = int((props.get("default_generation_settings") or {}).get("n_ctx") or 0) or n_ctx
+        except Exception:
+            pass  # llama-cpp-python's server has no /props: the n_ctx option stands
+        self._window = TokenWindow(n_ctx, count, lambda ms: messages_tokens(count, ms), counter=name)
+        return self._window
 
     def close(self) -> None:
         if self._pool is not None:

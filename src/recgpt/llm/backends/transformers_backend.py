@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from recgpt.llm.backends import file_sha256
-from recgpt.llm.types import Backend, GenerationInput, GenerationOutput, SamplingParams
+from recgpt.llm.types import Backend, GenerationInput, GenerationOutput, SamplingParams, TokenWindow
 from recgpt.settings import settings
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -284,6 +284,27 @@ class TransformersBackend(Backend):
     def close(self) -> None:
         self.model = None
         self._ll_tokenizer = None
+
+    def token_window(self) -> TokenWindow:
+        """The model's tokenizer and chat template; the context is the model's position limit."""
+        tok = self.tokenizer
+        n_ctx = (
+            getattr(self.model.config, "max_position_embeddings", None) if self.model is not None else None
+        )
+
+        def count(text: str) -> int:
+            return len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+        def count_messages(messages: Any) -> int:
+            msgs = [{"role": m.role, "content": m.content} for m in messages]
+            return len(
+                tok(
+                    tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+                    add_special_tokens=False,
+                )["input_ids"]
+            )
+
+        return TokenWindow(int(n_ctx) if n_ctx else None, count, count_messages, exact=True, counter="hf")
 
     # ------------------------------------------------------------------ internals
 

@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 
@@ -67,10 +67,20 @@ class _Trusted(str):
     """Text produced by our own helpers: passes the output filter unchanged."""
 
 
-def clean_text(value: Any, cap: int, *, multiline: bool = False) -> str:
-    """Untrusted value -> safe text: normalised, invisible chars stripped, `<>` neutralised, capped."""
+class Fitted(str):
+    """Untrusted text its caller already fitted to the model's token budget, newest part last (a
+    behaviour history): `data` shows all of it, and should sanitising still push it over a cap, the
+    start is cut, never the newest end."""
+
+
+def clean_text(
+    value: Any, cap: int, *, multiline: bool = False, keep: Literal["head", "tail"] = "head"
+) -> str:
+    """Untrusted value -> safe text: normalised, invisible chars stripped, `<>` neutralised, capped
+    (`keep="tail"`: the end survives the cap, for texts whose newest part is last)."""
     text = value if isinstance(value, str) else str(value)
-    text = text[: cap * 4 + 64]  # bound the work on huge inputs before normalising
+    bound = cap * 4 + 64  # bound the work on huge inputs before normalising
+    text = text[-bound:] if keep == "tail" else text[:bound]
     text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).translate(_NEUTRALISE)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
     if multiline:
@@ -79,8 +89,11 @@ def clean_text(value: Any, cap: int, *, multiline: bool = False) -> str:
     else:
         text = " ".join(text.split())
     if len(text) > cap:
-        keep = cap - len(TRUNCATION_MARK)
-        text = text[:cap] if keep <= 0 else text[:keep].rstrip() + TRUNCATION_MARK
+        room = cap - len(TRUNCATION_MARK)
+        if keep == "tail":
+            text = text[-cap:] if room <= 0 else TRUNCATION_MARK.strip() + " " + text[-room:].lstrip()
+        else:
+            text = text[:cap] if room <= 0 else text[:room].rstrip() + TRUNCATION_MARK
     return text
 
 
@@ -91,8 +104,11 @@ def _block_name(name: str) -> str:
 
 
 def data(value: Any, name: str = "data", cap: int = DATA_CAP) -> str:
-    """One untrusted value as a delimited data block."""
-    body = clean_text(value, cap, multiline=True)
+    """One untrusted value as a delimited data block (a `Fitted` value whole: its caller budgeted it)."""
+    if isinstance(value, Fitted):
+        body = clean_text(value, max(cap, len(value)), multiline=True, keep="tail")
+    else:
+        body = clean_text(value, cap, multiline=True)
     return _Trusted(f'<data name="{_block_name(name)}">\n{body}\n</data>')
 
 
@@ -239,6 +255,7 @@ def make_request(
 
 __all__ = [
     "DATA_RULE",
+    "Fitted",
     "PromptError",
     "clean_text",
     "data",
