@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -50,7 +50,6 @@ from recgpt.cli.options import (
     resolve_threads,
     threads_option,
 )
-from recgpt.cli.train_distill import distill
 from recgpt.cli.train_common import (
     BAD_INPUT,
     CALIBRATION_HELP,
@@ -63,6 +62,7 @@ from recgpt.cli.train_common import (
     curriculum_table,
     wall_time,
 )
+from recgpt.cli.train_distill import distill
 from recgpt.folders import slug
 from recgpt.training.tables import LOG_TASKS, TASKS
 

@@ -74,7 +74,8 @@ def distill(
     ] = 0.7,
     keep_per_prompt: Annotated[int, typer.Option(min=1, help="Distinct answers kept per prompt.")] = 1,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (default runs/train/<data>-distill-<task>).")
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default runs/train/<data>-distill-<task>)."),
     ] = None,
     llm: Annotated[str | None, llm_option(JUDGE_LLM_HELP)] = None,
     calibration: Annotated[Path | None, typer.Option(help=CALIBRATION_HELP)] = None,
@@ -182,7 +183,9 @@ def _train(
     result = run_sft(cfg, samples, out, progress=progress, console=console)  # type: ignore[arg-type]
     console.print(curriculum_table(result))
     if not result.complete:
-        console.print(f"[yellow]stopped at the --max-minutes budget ({max_minutes} min)[/yellow]: re-run to continue")
+        console.print(
+            f"[yellow]stopped at the --max-minutes budget ({max_minutes} min)[/yellow]: re-run to continue"
+        )
     merged = result.merged_dir or result.adapter_dir
     console.print(
         f"use it in the chain:\n  recgpt run --dataset {dataset} --llm transformers:{merged} "

@@ -146,9 +146,7 @@ def distill_prompts(
         kept.append(chosen)
         n_kept += chosen.height
         if console is not None:
-            console.print(
-                f"[progress] distill: {asked}/{len(prompts)} prompts asked, {n_kept} samples kept"
-            )
+            console.print(f"[progress] distill: {asked}/{len(prompts)} prompts asked, {n_kept} samples kept")
         if config.max_samples is not None and n_kept >= config.max_samples:
             break
     samples = concat_samples(*kept)
@@ -199,7 +197,9 @@ def run_teacher_distill(
     from recgpt.training.tables import dataset_split
 
     if config.task not in DISTILL_TASKS:
-        raise ValueError(f"--task {config.task!r} cannot be distilled; choose one of {', '.join(DISTILL_TASKS)}")
+        raise ValueError(
+            f"--task {config.task!r} cannot be distilled; choose one of {', '.join(DISTILL_TASKS)}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds, split = dataset_split(dataset)
