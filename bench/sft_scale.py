@@ -22,6 +22,9 @@ user's most frequent leaf categories, no LLM):
 - TagHR1@K (fixed, the paper's): each tag -> φ's top-1 *leaf* category, hit if a target item's leaf
   category is among the first K tags' categories;
 
+targets: the user's first `--targets` (default 1) next items after the as-of point (the chain's test
+task holds one);
+
 then the SFT - base difference of TagHR1@K with a 95% bootstrap interval over users.
 """
 
@@ -125,7 +128,7 @@ def _answers(spec: str, prompts: list[Any], cache: Path, threads: int) -> list[l
     from recgpt.llm.cache import LLMCache
     from recgpt.llm.engine import LLMEngine
 
-    engine = LLMEngine(make_backend(spec, threads=threads), cache=LLMCache(cache), progress=True)
+    engine = LLMEngine(make_backend(spec, options={"threads": threads}), cache=LLMCache(cache), progress=True)
     try:
         results = engine.run([p.request for p in prompts])
     finally:
@@ -181,7 +184,9 @@ def measure(args: argparse.Namespace) -> None:
     leaf = {r["item_id"]: (r["categories"] or [""])[-1] for r in ds.items.iter_rows(named=True)}
     phi_leaf = _leaf_phi(ds, encoder)
     phi_all = TagToCategory(encoder).fit(ds)
-    models = {"base": f"transformers:{resolve_base(None)}", "sft": f"transformers:{out / 'sft' / 'merged'}"}
+    specs = {"base": f"transformers:{resolve_base(None)}", "sft": f"transformers:{out / 'sft' / 'merged'}"}
+    pairs = [m.partition("=") for m in args.models.split(",")]
+    models = {name: spec or specs[name] for name, _, spec in pairs}
     tags: dict[str, list[list[str] | None]] = {}
     for name, spec in models.items():
         t0 = time.perf_counter()
@@ -213,8 +218,9 @@ def measure(args: argparse.Namespace) -> None:
     for name, rows in tags.items():
         h1, hu = [], []
         for lc, ts in zip(ctxs, rows, strict=True):
-            targets_leaf = {leaf[t.item_id] for t in lc.targets}
-            targets_all = set().union(*(all_cats[t.item_id] for t in lc.targets))
+            nxt = lc.targets[: args.targets]  # the next item(s), as the chain's test task holds one
+            targets_leaf = {leaf[t.item_id] for t in nxt}
+            targets_all = set().union(*(all_cats[t.item_id] for t in nxt))
             h1.append(_hits(ts or [], targets_leaf, leaf_of, KS))
             hu.append(_union_hits(ts or [], targets_all, phi_all, union_scores, KS))
         fixed[name] = np.asarray(h1)
@@ -222,14 +228,18 @@ def measure(args: argparse.Namespace) -> None:
         cells = " ".join(f"{v:>10.3f}" for v in fixed[name].mean(axis=0))
         cells += " ".join(f"{v:>10.3f}" for v in np.asarray(hu).mean(axis=0))
         print(f"{name:<10}{fb:>9} {cells}")
+    result: dict[str, Any] = {"users": len(ctxs), "trained_users": len(trained), "diff": {}}
+    result["rows"] = {n: fixed[n].mean(axis=0).tolist() for n in fixed}
+    result["fallbacks"] = {n: sum(ts is None for ts in rows) for n, rows in tags.items()}
+    (out / "measure.json").write_text(json.dumps(result, indent=2))
+    if not {"base", "sft"} <= set(models):
+        return
     print("\nSFT - base, TagHR1@K (fixed), 95% bootstrap interval over users:")
-    result = {"users": len(ctxs), "trained_users": len(trained), "diff": {}}
     for j, k in enumerate(KS):
         d = fixed["sft"][:, j] - fixed["base"][:, j]
         lo, hi = _boot(d)
         result["diff"][f"TagHR1@{k}"] = [float(d.mean()), lo, hi]
         print(f"  @{k}: {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
-    result["rows"] = {n: fixed[n].mean(axis=0).tolist() for n in fixed}
     (out / "measure.json").write_text(json.dumps(result, indent=2))
 
 
@@ -240,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="/tmp/f/scale")
     ap.add_argument("--tag-count", type=int, default=3)
     ap.add_argument("--users", type=int, default=40, help="held-out users measured")
+    ap.add_argument(
+        "--models", default="base,sft", help="models answered: base, sft or NAME=SPEC (cached per model)"
+    )
+    ap.add_argument("--targets", type=int, default=1, help="next items a tag may hit (first ones)")
     ap.add_argument("--max-minutes", type=float, default=18.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
