@@ -128,14 +128,25 @@ def _leaf_phi(ds: Any, encoder: Any) -> Any:
     return TagToCategory(encoder, PhiConfig(top_categories=1)).fit(items)
 
 
-def _answers(spec: str, prompts: list[Any], cache: Path, threads: int) -> list[list[str] | None]:
+MISSING = ["<not answered>"]  # --cache-only: this model has no cached answer for the prompt
+
+
+def _answers(
+    spec: str, prompts: list[Any], cache: Path, threads: int, cache_only: bool = False
+) -> list[list[str] | None]:
     """The tags the chain keeps per prompt (None: no valid answer or nothing kept: a fallback)."""
     from recgpt.intent.tags import postprocess_tags
     from recgpt.llm.backends import make_backend
     from recgpt.llm.cache import LLMCache
     from recgpt.llm.engine import LLMEngine
+    from recgpt.llm.types import FailureReason, GenerationOutput
 
-    engine = LLMEngine(make_backend(spec, options={"threads": threads}), cache=LLMCache(cache), progress=True)
+    backend = make_backend(spec, options={"threads": threads})
+    if cache_only:  # same backend identity (the cache key), but nothing is generated
+        backend.generate = lambda inputs: [  # type: ignore[method-assign]
+            GenerationOutput(text="", finish_reason="error", error="not cached") for _ in inputs
+        ]
+    engine = LLMEngine(backend, cache=LLMCache(cache), progress=True)
     try:
         results = engine.run([p.request for p in prompts])
     finally:
@@ -143,7 +154,8 @@ def _answers(spec: str, prompts: list[Any], cache: Path, threads: int) -> list[l
     out: list[list[str] | None] = []
     for p, r in zip(prompts, results, strict=True):
         if r.value is None:
-            out.append(None)
+            transport = r.failure is not None and r.failure.reason == FailureReason.BACKEND_ERROR
+            out.append(MISSING if cache_only and transport else None)
             continue
         kept = postprocess_tags(p.meta["tags_config"], p.meta["context"], r.value.tags, p.meta["interests"])
         out.append([k["tag"] for k in kept] or None)
@@ -197,8 +209,15 @@ def measure(args: argparse.Namespace) -> None:
     tags: dict[str, list[list[str] | None]] = {}
     for name, spec in models.items():
         t0 = time.perf_counter()
-        tags[name] = _answers(spec, prompts, out / f"llm-cache-{name}.sqlite", args.threads)
+        tags[name] = _answers(spec, prompts, out / f"llm-cache-{name}.sqlite", args.threads, args.cache_only)
         print(f"{name}: {len(prompts)} prompts answered in {time.perf_counter() - t0:.0f} s", flush=True)
+    answered = [i for i in range(len(ctxs)) if all(tags[m][i] is not MISSING for m in tags)]
+    if len(answered) < len(ctxs):  # --cache-only: the users every model has answered
+        print(f"--cache-only: {len(answered)} of {len(ctxs)} users answered by every model")
+        ctxs = [ctxs[i] for i in answered]
+        if not ctxs:
+            raise SystemExit("no user has a cached answer from every model")
+        tags = {m: [rows[i] for i in answered] for m, rows in tags.items()}
     pop = Counter(leaf[i] for i in split.train_events["item_id"].to_list() if leaf.get(i))
     tags["constant"] = [[pop.most_common(1)[0][0]] * args.tag_count for _ in ctxs]
     tags["history"] = [
@@ -261,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         "--models", default="base,sft", help="models answered: base, sft or NAME=SPEC (cached per model)"
     )
     ap.add_argument("--targets", type=int, default=1, help="next items a tag may hit (first ones)")
+    ap.add_argument("--cache-only", action="store_true", help="generate nothing: users all models answered")
     ap.add_argument("--max-minutes", type=float, default=18.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
