@@ -302,3 +302,53 @@ def test_stopped_run_resumes_and_the_curriculum_continues_the_adapter(
     third = run_sft(cfg, samples, out, progress=False, merge=False)  # finished: nothing is retrained
     assert third.complete and [r.steps for r in third.levels] == [4, 2]
     assert len((out / "log.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.fixture(scope="module")
+def tiny_base(base_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 1-layer, 32-wide Llama with SmolLM2's tokenizer: real training, tiny cost."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-base")
+    cfg = AutoConfig.from_pretrained(str(base_folder))
+    for k, v in {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }.items():
+        setattr(cfg, k, v)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base_folder)).save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_time_budget_stops_saves_and_resumes_on_a_tiny_model(tiny_base: Path, tmp_path: Path) -> None:
+    """`max_minutes` ends training cleanly mid-phase: a checkpoint and a usable adapter are saved, the
+    result says incomplete, and the same call without the budget resumes and finishes the epoch."""
+    out = tmp_path / "sft"
+    budget = SFTConfig(
+        base=str(tiny_base),
+        max_steps=6,
+        batch_size=2,
+        grad_accum=1,
+        max_seq_len=160,
+        save_steps=100,  # no periodic checkpoint: the one on disk is the budget stop's
+        threads=1,
+        max_minutes=0.001,  # 60 ms: over after the first step
+    )
+    first = run_sft(budget, genre_samples(), out, progress=False, merge=False)
+    (level,) = first.levels
+    assert not first.complete and 1 <= level.steps < 6
+    assert latest_checkpoint(out / "checkpoints" / "foundation").name == f"checkpoint-{level.steps}"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    second = run_sft(
+        SFTConfig(**{**budget.to_dict(), "max_minutes": None}),
+        genre_samples(),
+        out,
+        progress=False,
+        merge=False,
+    )
+    assert second.complete and second.levels[0].steps == 6 and second.levels[0].resumed_from == level.steps

@@ -13,6 +13,10 @@ tokens with their answer, and one LoRA step costs about 6-7 ms per token with 2 
 (default 18) stops training cleanly on a busier machine; the adapter trained so far is still merged
 and served, and the same command later continues from the checkpoint.
 
+`train distill --task tags --teacher SPEC` builds SFT data from a teacher's answers to the chain's
+own prompts, reject-sampled by the rules and a calibrated judge (`recgpt.training.teacher`), and with
+`--train` trains on it.
+
 `train export-gguf OUT` converts the merged model to GGUF for llama.cpp with llama.cpp's own
 converter.
 
@@ -28,7 +32,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -46,6 +50,19 @@ from recgpt.cli.options import (
     resolve_threads,
     threads_option,
 )
+from recgpt.cli.train_common import (
+    BAD_INPUT,
+    CALIBRATION_HELP,
+    EVAL_SEED_HELP,
+    EVAL_USERS_HELP,
+    GATE_HELP,
+    JUDGE_LLM_HELP,
+    MAX_MINUTES_HELP,
+    MAX_STEPS_HELP,
+    curriculum_table,
+    wall_time,
+)
+from recgpt.cli.train_distill import distill
 from recgpt.folders import slug
 from recgpt.training.tables import LOG_TASKS, TASKS
 
@@ -54,46 +71,6 @@ train_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-JUDGE_LLM_HELP = "Judge backend that filters the generated answers (default none: the rules only)."
-CALIBRATION_HELP = "`recgpt judge calibrate --out` JSON: the judge's measured accuracy (the gate)."
-GATE_HELP = "Judge accuracy needed before the judge may filter training data."
-EVAL_USERS_HELP = "The chain's evaluation sample to exclude from training (recgpt run --users)."
-EVAL_SEED_HELP = "Its seed (recgpt run --seed)."
-MAX_STEPS_HELP = "Cap on optimizer steps per curriculum level (default: one epoch)."
-MAX_MINUTES_HELP = "Stop training cleanly after this long (resumable)."
-# what the commands raise for inputs that cannot work (a missing folder, too few users, no labels)
-BAD_INPUT = (ValueError, FileNotFoundError)
-
-
-def _summary(result: Any) -> Any:
-    from rich.table import Table
-
-    t = Table(title="curriculum phases")
-    for c in ("level", "samples", "too long", "mean tokens", "steps", "first loss", "last loss", "seconds"):
-        t.add_column(c, justify="left" if c == "level" else "right")
-    for r in result.levels:
-        first = "" if r.first_loss is None else f"{r.first_loss:.3f}"
-        last = "" if r.last_loss is None else f"{r.last_loss:.3f}"
-        steps = f"{r.steps}/{r.max_steps}"
-        t.add_row(
-            r.level,
-            str(r.samples),
-            str(r.dropped_too_long),
-            f"{r.tokens_mean:.0f}",
-            steps,
-            first,
-            last,
-            f"{r.runtime_s:.0f}",
-        )
-    return t
-
-
-def _wall(console: Any, t0: float) -> None:
-    load = os.getloadavg()
-    wall = time.perf_counter() - t0
-    console.print(
-        f"wall time {wall:.1f} s ({wall / 60:.1f} min); load average now {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)"
-    )
 
 
 @train_app.command("sft")
@@ -188,7 +165,7 @@ def sft(
         max_minutes=max_minutes,
     )
     result = run_sft(cfg, samples, out, resume=resume, progress=progress, console=console)
-    console.print(_summary(result))
+    console.print(curriculum_table(result))
     if not result.complete:
         console.print(
             f"[yellow]stopped at the --max-minutes budget ({max_minutes} min)[/yellow]: the adapter "
@@ -203,7 +180,10 @@ def sft(
         )
     else:
         console.print(f"use it as the judge:\n  recgpt judge run RUN_DIR --llm transformers:{merged}")
-    _wall(console, t0)
+    wall_time(console, t0)
+
+
+train_app.command("distill")(distill)
 
 
 @train_app.command("export-gguf")
