@@ -38,7 +38,8 @@ def _run(cfg: RunConfig, backend: Any) -> RunSummary:
 def first_run(
     slice_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[RunConfig, RunSummary, Any]:
-    cfg = fast_config(slice_path, tmp_path_factory.mktemp("runs"))
+    # the default candidates of the classic channel, SASRec included (other scripted runs skip it)
+    cfg = fast_config(slice_path, tmp_path_factory.mktemp("runs"), baselines=RunConfig().baselines)
     backend = fake_backend()
     return cfg, _run(cfg, backend), backend
 

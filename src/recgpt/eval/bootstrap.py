@@ -120,7 +120,9 @@ def wilson(successes: int, n: int, level: float = 0.95) -> Interval:
     den = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, level)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends (no rounding residue)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return Interval(p, lo, hi, n, level)
 
 
 def _z(level: float) -> float:
