@@ -91,9 +91,7 @@ def test_a_test_target_in_a_tune_prompt_aborts_the_stage(
                 (pl.col("user_id") == u) & pl.col("item_id").is_not_null() & (pl.col("behavior") != "tag")
             ).sort("timestamp", "event_id")["item_id"][-1]
             if len(titles[last]) >= 8:
-                ctxs[i] = ctxs[i].__class__(
-                    **{**ctxs[i].__dict__, "history": f"{ctxs[i].history}\n{titles[last]}"}
-                )
+                ctxs[i] = dataclasses.replace(ctxs[i], history=f"{ctxs[i].history}\n{titles[last]}")
                 return ctxs
         raise AssertionError("no tune user with a nameable test target")
 
