@@ -1,12 +1,17 @@
 """Evaluation of a run through the foundation harness, on the sampled test users only.
 
 Rows: the RecGPT channel alone (`recgpt`), the fused list (`fused`), the tri-tower's user tower
-without tags (`user-tower`, to show what the LLM's tags add), the baseline channel (hyper-parameters
-chosen on *all* validation users by the fusion stage) and the comparison baselines (`compare`,
-tuned on validation here). Every list is ranked over the full catalogue with seen items masked and
-scored by `list_metrics` (accuracy and beyond-accuracy); the tag HR@K of the LLM tags is attached to
-the rows that use them. `results.json` holds the table, the tag HR of a non-LLM history baseline,
-and the throughput of every stage so far (users per minute on the sampled users).
+without tags (`user-tower`, to show what the LLM's tags add), the classic channel and every other
+candidate of `baselines` (hyper-parameters chosen on *all* validation users by the tune stage) and the
+comparison baselines (`compare`, tuned on validation here). Every list is ranked over the full
+catalogue with seen items masked and scored by `list_metrics` (accuracy and beyond-accuracy); the tag
+HR@K of the LLM tags is attached to the rows that use them.
+
+`results.json` holds the table, the tune stage's choices (`tune`), the φ stage's tag HR with its
+reference rows (`tag_hr`), the bars judged by 95% intervals over users (`bar`, `ci`: paired bootstrap
+ratios of NDCG@10, the CatDiv@10 difference, Wilson intervals of the fallback shares), the
+accuracy-diversity `frontier` (share 0 -> 1 on the test users; also the `frontier` table) and the
+throughput of every stage so far (users per minute on the sampled users).
 """
 
 from __future__ import annotations

@@ -105,8 +105,11 @@ def print_evidence(payload: dict[str, Any], console: Console) -> None:
     except ImportError:
         tag_hr_table = None
     if tag_hr_table is not None:
-        console.print(tag_hr_table(stats))
-        return
+        try:
+            console.print(tag_hr_table(stats))
+            return
+        except (TypeError, KeyError, ValueError):  # an older φ stats layout: the plain table below
+            pass
     cols, rows = tag_hr_rows(stats)
     tt = Table(
         title="tag HR (share of users whose next item's category is among the first k tags' categories)"
