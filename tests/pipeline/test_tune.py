@@ -148,3 +148,11 @@ def test_the_frontier_runs_from_the_classic_channel_to_the_recgpt_channel(finish
     assert all(c["n"] == results["users"]["sampled"] for k, c in ci.items() if "NDCG" in k)
     assert results["bar"]["verdict"] in ("met", "missed", "inconclusive")
     assert "Accuracy-diversity frontier" in (finished_run / "report.html").read_text()
+
+
+def test_no_validation_user_outside_the_test_sample_falls_back_to_the_fixed_share(
+    slice_path: Path, tmp_path: Path
+) -> None:
+    summary = _run(fast_config(slice_path, tmp_path, users=None), fake_backend(), until="tune")  # all users
+    stats = _stats(summary.run_dir, "07_tune")
+    assert stats["share"] == RunConfig().tune.fixed_share and "test sample" in stats["share_source"]

@@ -56,6 +56,15 @@ def choose_baseline(ctx: StageContext) -> dict[str, Any]:
     return {"baseline": best, "baseline_params": tuned[best]["params"], "baselines": tuned}
 
 
+def _spare_validation_users(ctx: StageContext) -> int:
+    """Validation users outside the test sample: who the share may be tuned on."""
+    from recgpt.data.split import sample_users
+
+    res = cast(Resources, ctx.resources)
+    test_users = ctx.read("split", "users")["user_id"].to_list()
+    return len(sample_users(res.split.valid, None, 0, exclude=test_users))
+
+
 def _subrun(ctx: StageContext, users: int) -> tuple[Resources, RunStore]:
     """Run split -> candidates on validation users disjoint from the test sample; its resources and store."""
     from recgpt.pipeline.runner import run_stages
@@ -128,6 +137,12 @@ def run_tune(ctx: StageContext) -> dict[str, Any]:
         return out
     if tune.users == 0:
         out.update(share=tune.fixed_share, share_source="tuning off (tune.users = 0): tune.fixed_share")
+        return out
+    if not _spare_validation_users(ctx):
+        out.update(
+            share=tune.fixed_share,
+            share_source="tune.fixed_share: every validation user is in the test sample (sample fewer test users)",
+        )
         return out
     sub, store = _subrun(ctx, tune.users)
     curve = validation_curve(
