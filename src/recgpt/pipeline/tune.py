@@ -138,13 +138,14 @@ def run_tune(ctx: StageContext) -> dict[str, Any]:
     if tune.users == 0:
         out.update(share=tune.fixed_share, share_source="tuning off (tune.users = 0): tune.fixed_share")
         return out
-    if not _spare_validation_users(ctx):
+    spare = _spare_validation_users(ctx)
+    if not spare:
         out.update(
             share=tune.fixed_share,
             share_source="tune.fixed_share: every validation user is in the test sample (sample fewer test users)",
         )
         return out
-    sub, store = _subrun(ctx, tune.users)
+    sub, store = _subrun(ctx, min(tune.users, spare))
     curve = validation_curve(
         sub, store, out["baseline"], out["baseline_params"], tune.grid, cfg.fusion.k, cfg.seed
     )
