@@ -156,3 +156,16 @@ def test_no_validation_user_outside_the_test_sample_falls_back_to_the_fixed_shar
     summary = _run(fast_config(slice_path, tmp_path, users=None), fake_backend(), until="tune")  # all users
     stats = _stats(summary.run_dir, "07_tune")
     assert stats["share"] == RunConfig().tune.fixed_share and "test sample" in stats["share_source"]
+
+
+def test_the_run_summary_prints_the_choices_the_intervals_and_tag_hr(finished_run: Path) -> None:
+    from recgpt.pipeline.report import print_results
+
+    payload = json.loads((finished_run / "results.json").read_text())
+    console = Console(record=True, width=250)
+    print_results(payload, console)
+    text = console.export_text()
+    assert f"classic channel: {payload['fusion']['baseline']} (validation NDCG@10: " in text
+    assert "RecGPT share of the fused list:" in text and "95% interval" in text
+    assert "fused/best NDCG@10" in text and f"{payload['users']['sampled']}" in text
+    assert "LLM tags" in text and "history baseline (no LLM)" in text
