@@ -271,6 +271,8 @@ def fast_config(slice_path: Path, runs_dir: Path, **overrides: Any) -> RunConfig
         "explain_top": 3,
         "compare": ["mostpop"],
         "report_users": 2,
+        "tune": {"users": 6},  # a small validation sub-run keeps the scripted chain fast
+        "baselines": ["itemknn", "markov"],  # SASRec's fits take ~20 s here: one run covers it
     }
     from recgpt.pipeline.config import merge
 

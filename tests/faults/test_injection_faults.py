@@ -409,7 +409,8 @@ def test_with_the_defence_no_attacker_string_reaches_any_output(hostile_path: Pa
         assert stats[stage]["rejected_untrusted"] == summary.users, stage  # one per user
         assert stats[stage]["fallback_users"] == 0 and stats[stage]["failures"] == [], stage
     assert stats["explanations"]["rejected_untrusted"] > 0
-    assert leaks(run, exempt={"00_split/untrusted.parquet"}) == {}
+    # the tune stage's validation sub-run writes the same flagged-text report
+    assert leaks(run, exempt={"00_split/untrusted.parquet", "07_tune/valid/00_split/untrusted.parquet"}) == {}
 
 
 @pytest.mark.llm

@@ -167,7 +167,10 @@ def test_fallback_share_above_the_limit_fails_with_a_clear_message(data: Path, t
     # the user raises the limit as told: the stage passes (from the cache: no new call)
     raised = FakeBackend(_parroting)
     cfg2 = fast_config(
-        data, tmp_path / "runs", llm={"spec": "fake", "max_fallback_share": {"interests": 1.0}}
+        data,
+        tmp_path / "runs",
+        llm={"spec": "fake", "max_fallback_share": {"interests": 1.0}},
+        tune={"users": 0},  # no validation sub-run: its users' prompts would be new ones
     )
     summary = _run(cfg2, raised)
     assert summary.status()["report"] == "ran"

@@ -183,7 +183,8 @@ def test_no_stage_recomputes_an_upstream_output(
 
     monkeypatch.setattr(BehaviorCompressor, "compress_many", compress_many)
     monkeypatch.setattr(RecGPTChannel, "candidates", candidates)
-    cfg = fast_config(slice_path, tmp_path)
+    # no tuning sub-run: it compresses and retrieves once more, for its own (validation) users
+    cfg = fast_config(slice_path, tmp_path, tune={"users": 0})
     console = Console(record=True, width=200)
     summary = run_pipeline(
         cfg, backend=fake_backend(), encoder=HashEncoder(), console=console, progress=False

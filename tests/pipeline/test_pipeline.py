@@ -27,7 +27,7 @@ from recgpt.retrieval.fusion import CANDIDATE_SCHEMA
 from tests.conftest import HashEncoder, fake_backend, fast_config
 
 QUIET = Console(quiet=True)
-DOWNSTREAM_OF_TAGS = {"tags", "phi", "candidates", "fusion", "explanations", "eval", "report"}
+DOWNSTREAM_OF_TAGS = {"tags", "phi", "candidates", "tune", "fusion", "explanations", "eval", "report"}
 
 
 def _run(cfg: RunConfig, backend: Any) -> RunSummary:
@@ -38,7 +38,8 @@ def _run(cfg: RunConfig, backend: Any) -> RunSummary:
 def first_run(
     slice_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[RunConfig, RunSummary, Any]:
-    cfg = fast_config(slice_path, tmp_path_factory.mktemp("runs"))
+    # the default candidates of the classic channel, SASRec included (other scripted runs skip it)
+    cfg = fast_config(slice_path, tmp_path_factory.mktemp("runs"), baselines=RunConfig().baselines)
     backend = fake_backend()
     return cfg, _run(cfg, backend), backend
 
@@ -74,11 +75,14 @@ def test_every_stage_writes_its_contract_tables(first_run: tuple[RunConfig, RunS
     cand = pl.read_parquet(run / "07_candidates/candidates.parquet")
     assert cand["tag"].is_not_null().all() and cand["interest"].is_not_null().all()  # provenance kept
     fused = pl.read_parquet(run / "08_fusion/fused.parquet")
-    assert set(fused["channel"]) == {"recgpt", cfg.baseline}
+    tuned = json.loads((run / "07_tune/done.json").read_text())["stats"]
+    assert set(fused["channel"]) == {"recgpt", tuned["baseline"]}
     served = pl.read_parquet(run / "10_explanations/served.parquet")
     assert served.height == len(users) * cfg.explain_top and served["explanation"].is_not_null().all()
     results = json.loads((run / "results.json").read_text())
-    assert [r["model"] for r in results["table"]] == ["recgpt", "fused", "user-tower", "itemknn", "mostpop"]
+    rows = [r["model"] for r in results["table"]]
+    assert rows[:4] == ["recgpt", "fused", "user-tower", tuned["baseline"]]  # the classic channel first
+    assert sorted(rows[3:]) == ["itemknn", "markov", "mostpop", "sasrec"]  # SASRec is a row
     assert results["users"]["sampled"] == cfg.users and "TagHR@30" in results["table"][0]
     assert {s["stage"] for s in results["throughput"]} >= {"interests", "tags", "tritower"}
     lists = pl.read_parquet(run / "09_eval/lists.parquet")

@@ -192,3 +192,34 @@ def test_fused_channel_mixes_at_the_share(split, trained, index) -> None:
         cands.filter(pl.col("channel") == "itemknn")["tag"].null_count()
         == cands.filter(pl.col("channel") == "itemknn").height
     )
+
+
+# ---------------------------------------------------------------- the share chosen on validation
+
+
+def test_the_largest_share_within_the_tolerance_is_chosen() -> None:
+    from recgpt.retrieval.fusion import choose_share
+
+    curve = [(0.0, 0.100), (0.1, 0.104), (0.2, 0.097), (0.3, 0.096), (0.4, 0.0955), (0.5, 0.080), (1.0, 0.05)]
+    got = choose_share(curve, 0.05)
+    assert got.share == 0.4 and got.reference == 0.1 and got.floor == pytest.approx(0.095)
+    assert choose_share(curve, 0.0).share == 0.1  # no loss allowed: only shares that do not lose
+    assert choose_share(curve, 0.6).share == 1.0
+
+
+def test_a_recgpt_channel_that_only_hurts_gets_no_slot() -> None:
+    from recgpt.retrieval.fusion import choose_share
+
+    assert choose_share([(0.0, 0.2), (0.5, 0.1), (1.0, 0.0)], 0.05).share == 0.0
+    empty = choose_share([(0.0, 0.0), (1.0, 0.0)], 0.05)  # no validation hit: nothing to decide on
+    assert empty.share is None and "no validation hit" in empty.reason
+    with pytest.raises(ValueError, match="share 0"):
+        choose_share([(0.5, 0.1)], 0.05)
+
+
+def test_mixing_at_share_0_and_1_gives_each_channel_alone() -> None:
+    from recgpt.retrieval.fusion import mix_all
+
+    rec, base = [[5, 6, 7]], [[1, 2, 5, 3]]
+    assert mix_all(rec, base, 0.0, 4) == [[1, 2, 5, 3]]
+    assert mix_all(rec, base, 1.0, 4) == [[5, 6, 7, 1]]  # RecGPT ran out: the classic channel fills

@@ -115,10 +115,20 @@ def run(
     name: Annotated[str | None, typer.Option(help="Run folder name (default: the dataset's name).")] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Parent folder of runs (default runs/).")] = None,
     baseline: Annotated[
-        str | None, typer.Option(help="Classic channel fused with RecGPT (default itemknn).")
+        str | None,
+        typer.Option(
+            help="Classic channel fused with RecGPT (default auto: the validation-best of `baselines`, "
+            "itemknn, markov and sasrec)."
+        ),
     ] = None,
     share: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="RecGPT share of the fused list.")
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Fix RecGPT's share of the fused list (default: chosen on validation users, "
+            "see tune.users / tune.tolerance; --set share=auto restores it).",
+        ),
     ] = None,
     beta: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="β of h = β·h_user + (1−β)·h_tag.")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -309,9 +309,14 @@ def make_split(dataset: Dataset, config: SplitConfig | None = None) -> Split:
     )
 
 
-def sample_users(task: EvalTask, n: int | None, seed: int) -> list[str]:
-    """A seeded sample of a task's users, sorted (all of them when n is None or too large)."""
-    ids = list(task.user_ids)
+def sample_users(task: EvalTask, n: int | None, seed: int, exclude: Collection[str] = ()) -> list[str]:
+    """A seeded sample of a task's users, sorted (all of them when n is None or too large).
+
+    `exclude` leaves users out before sampling: a tuning sample of validation users drawn disjoint
+    from the test sample, so the users a figure is reported on never shaped a tuned choice.
+    """
+    gone = set(exclude)
+    ids = [u for u in task.user_ids if u not in gone]
     if n is None or n >= len(ids):
         return ids
     return sorted(random.Random(seed).sample(ids, n))

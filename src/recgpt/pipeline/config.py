@@ -129,6 +129,48 @@ class LLMSettings(BaseModel):
         return out
 
 
+SHARE_GRID = tuple(round(i / 10, 1) for i in range(11))
+FIXED_SHARE = 0.3
+DEFAULT_BASELINES = ("itemknn", "markov", "sasrec")
+
+
+class TuneConfig(BaseModel):
+    """How the RecGPT share of the fused list is chosen on validation users (`share = "auto"`).
+
+    The tune stage runs the chain's user stages (split -> candidates) on `users` validation users
+    drawn disjoint from the test sample, mixes their RecGPT candidates with the classic channel at
+    every `grid` share and keeps the largest share whose validation NDCG@10 stays within `tolerance`
+    of the classic channel's own (share 0). `users = 0` turns tuning off: the share is then
+    `fixed_share`, as it is when the classic channel has no validation hit to compare against.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    users: int = Field(default=50, ge=0, description="validation users of the tuning sub-run (0: off)")
+    tolerance: float = Field(default=0.05, ge=0.0, le=1.0, description="NDCG@10 loss allowed vs share 0")
+    grid: tuple[float, ...] = Field(default=SHARE_GRID, description="shares tried (must include 0)")
+    fixed_share: float = Field(default=FIXED_SHARE, ge=0.0, le=1.0, description="share when not tuned")
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return tuple(float(x) for x in v.split(",") if x.strip())
+            except ValueError:
+                raise ValueError(f"tune.grid must be comma-separated shares, got {v!r}") from None
+        return v
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= x <= 1.0 for x in v):
+            raise ValueError(f"tune.grid shares must be in [0, 1], got {v}")
+        if 0.0 not in v:
+            raise ValueError("tune.grid must include 0 (the classic channel alone, the reference)")
+        return tuple(sorted(set(v)))
+
+
 class RunConfig(BaseModel):
     """One run of the chain (see the package docstring for the stages)."""
 
@@ -153,10 +195,24 @@ class RunConfig(BaseModel):
     explanations: ExplanationsConfig = Field(default_factory=ExplanationsConfig)
     explain_top: int = Field(default=5, ge=0, description="explain the top N items of each final list")
     baseline: str = Field(
-        default="itemknn", description="classic channel fused with RecGPT (tuned on validation)"
+        default="auto",
+        description="classic channel fused with RecGPT: a baseline name, or auto (the validation-best "
+        "of `baselines`)",
     )
-    share: float = Field(default=0.3, ge=0.0, le=1.0, description="RecGPT's share of the fused list")
-    compare: tuple[str, ...] = Field(default=("mostpop", "markov"), description="extra baseline rows")
+    baselines: tuple[str, ...] = Field(
+        default=DEFAULT_BASELINES, description="candidates of baseline=auto, each tuned on validation"
+    )
+    share: float | Literal["auto"] = Field(
+        default="auto", description="RecGPT's share of the fused list, or auto (chosen on validation users)"
+    )
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    compare: tuple[str, ...] = Field(default=("mostpop",), description="extra baseline rows")
+    task: Literal["test", "valid"] = Field(
+        default="test", description="whose split points the user stages see (valid: the tuning sub-run)"
+    )
+    exclude_users: tuple[str, ...] = Field(
+        default=(), description="users never sampled (the tuning sub-run excludes the test sample)"
+    )
     ks: tuple[int, ...] = (5, 10, 20, 50)
     report_users: int = Field(default=3, ge=0, description="users walked through in the HTML report")
     category_level: Literal["auto", "leaf", "all"] | int = Field(
@@ -214,9 +270,35 @@ class RunConfig(BaseModel):
     def _baseline(cls, v: str) -> str:
         from recgpt.baselines.registry import RECOMMENDERS
 
-        if v not in RECOMMENDERS:
-            raise ValueError(f"unknown baseline {v!r}; valid: {', '.join(RECOMMENDERS)}")
+        if v != "auto" and v not in RECOMMENDERS:
+            raise ValueError(f"unknown baseline {v!r}; valid: auto, {', '.join(RECOMMENDERS)}")
         return v
+
+    @field_validator("share")
+    @classmethod
+    def _share(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not 0.0 <= v <= 1.0:
+            raise ValueError(f"share must be in [0, 1] or auto, got {v}")
+        return v
+
+    @field_validator("baselines", "compare", mode="before")
+    @classmethod
+    def _names_text(cls, v: Any) -> Any:
+        """`--set baselines=itemknn,markov` arrives as one string."""
+        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+
+    @field_validator("baselines", "compare")
+    @classmethod
+    def _names(cls, v: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        from recgpt.baselines.registry import RECOMMENDERS
+
+        if unknown := [x for x in v if x not in RECOMMENDERS]:
+            raise ValueError(
+                f"{info.field_name}: unknown baseline(s) {unknown}; valid: {', '.join(RECOMMENDERS)}"
+            )
+        if info.field_name == "baselines" and not v:
+            raise ValueError("baselines must name at least one classic channel for baseline=auto")
+        return tuple(dict.fromkeys(v))
 
     def run_name(self, dataset_name: str) -> str:
         """The run folder's name: `name`, else the dataset's name, slugged to one path component
@@ -252,6 +334,10 @@ def quickstart_config(**overrides: Any) -> RunConfig:
         "tritower": {"epochs": 4, "patience": 2},
         "explanations": {"max_tokens": 90},
         "explain_top": 2,
+        # the share is chosen on 6 validation users (2 LLM calls each); SASRec's tuning would double the
+        # quickstart's time, so its classic channel is the better of ItemKNN and Markov on validation
+        "tune": {"users": 6},
+        "baselines": ["itemknn", "markov"],
     }
     return RunConfig.model_validate(merge(base, overrides))
 
@@ -308,6 +394,7 @@ __all__ = [
     "QUICKSTART_USERS",
     "LLMSettings",
     "RunConfig",
+    "TuneConfig",
     "load_config",
     "merge",
     "parse_assignments",

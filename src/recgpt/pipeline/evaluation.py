@@ -1,12 +1,17 @@
 """Evaluation of a run through the foundation harness, on the sampled test users only.
 
 Rows: the RecGPT channel alone (`recgpt`), the fused list (`fused`), the tri-tower's user tower
-without tags (`user-tower`, to show what the LLM's tags add), the baseline channel (hyper-parameters
-chosen on *all* validation users by the fusion stage) and the comparison baselines (`compare`,
-tuned on validation here). Every list is ranked over the full catalogue with seen items masked and
-scored by `list_metrics` (accuracy and beyond-accuracy); the tag HR@K of the LLM tags is attached to
-the rows that use them. `results.json` holds the table, the tag HR of a non-LLM history baseline,
-and the throughput of every stage so far (users per minute on the sampled users).
+without tags (`user-tower`, to show what the LLM's tags add), the classic channel and every other
+candidate of `baselines` (hyper-parameters chosen on *all* validation users by the tune stage) and the
+comparison baselines (`compare`, tuned on validation here). Every list is ranked over the full
+catalogue with seen items masked and scored by `list_metrics` (accuracy and beyond-accuracy); the tag
+HR@K of the LLM tags is attached to the rows that use them.
+
+`results.json` holds the table, the tune stage's choices (`tune`), the φ stage's tag HR with its
+reference rows (`tag_hr`), the bars judged by 95% intervals over users (`bar`, `ci`: paired bootstrap
+ratios of NDCG@10, the CatDiv@10 difference, Wilson intervals of the fallback shares), the
+accuracy-diversity `frontier` (share 0 -> 1 on the test users; also the `frontier` table) and the
+throughput of every stage so far (users per minute on the sampled users).
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
+from recgpt.eval.bootstrap import Interval, paired_difference, paired_ratio, verdict, wilson
 from recgpt.eval.experiment import (
     ExperimentConfig,
     ExperimentResult,
@@ -92,26 +100,26 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
     res, cfg = cast(Resources, ctx.resources), ctx.config
     task, split = res.task, res.split
     k_max = max(cfg.ks)
-    tuned = ctx.stats("fusion")
-    params, validation = tuned["baseline_params"], tuned["validation"]
-    models = list(dict.fromkeys([cfg.baseline, *cfg.compare]))
+    fusion, tuned = ctx.stats("fusion"), ctx.stats("tune")["baselines"]
+    classic, share = fusion["baseline"], float(fusion["share"])
+    models = list(dict.fromkeys([classic, *cfg.baselines, *cfg.compare]))
     exp_cfg = ExperimentConfig(
         models=models,
         split=cfg.split,
         ks=cfg.ks,
         seed=cfg.seed,
         tune=True,
-        model_params={cfg.baseline: params},
+        # the tune stage tuned these on validation already: fit them with their chosen parameters
+        model_params={n: tuned[n]["params"] for n in models if n in tuned},
         category_level=cfg.category_level,
     )
     with make_progress(ctx.console, ctx.progress) as bar:
         base = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar)
-    baseline_recs = next(r.recs for r in base.runs if r.name == cfg.baseline)
+    baseline_recs = next(r.recs for r in base.runs if r.name == classic)
     t0 = time.perf_counter()
     cosine = recommend(cast(Any, _TowerCosine(user_tower)), task, k_max, mask=True)
-    stored = fill_lists(
-        table_lists(ctx.read("candidates", "candidates"), task.user_ids, split.item_pos), cosine, k_max
-    )
+    stored_lists = table_lists(ctx.read("candidates", "candidates"), task.user_ids, split.item_pos)
+    stored = fill_lists(stored_lists, cosine, k_max)
     runs = [
         _stored_run(
             "recgpt",
@@ -130,7 +138,7 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
     runs.append(
         _stored_run(
             "fused",
-            {"share": cfg.share, "k": cfg.fusion.k},
+            {"share": share, "k": cfg.fusion.k},
             fused,
             res,
             cfg.ks,
@@ -146,7 +154,11 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
         )
     )
     runs.extend(base.runs)
-    runs[[r.name for r in runs].index(cfg.baseline)].validation = validation
+    for r in base.runs:
+        if r.name in tuned:
+            r.validation = tuned[r.name]["validation"]
+    frontier = frontier_table(res, [list(x) for x in stored_lists], baseline_recs, cfg, share)
+    ctx.write("frontier", frontier)
     phi = ctx.stats("phi")
     for r in runs:
         if r.name in ("recgpt", "fused"):
@@ -176,9 +188,40 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
         phi,
         throughput({n: m for n, m in markers.items() if n != ctx.stage.name}, len(res.users)),
     )
+    payload["frontier"] = frontier.to_dicts()
     path = ctx.store.run_dir / "results.json"
     write_json_atomic(path, payload)
     return {"results": str(path), "rows": [r.name for r in runs], "bar": payload["bar"]}
+
+
+FRONTIER_METRICS = ("NDCG@10", "CatDiv@10", "Coverage@10", "Gini@10")
+
+
+def frontier_table(
+    res: Resources, recgpt: list[list[int]], classic: np.ndarray, cfg: Any, chosen: float
+) -> pl.DataFrame:
+    """The accuracy-diversity frontier on the test users: the stored RecGPT candidates mixed with the
+    classic channel's lists at every share of `tune.grid` (and the chosen one), scored like the rows.
+
+    Share 0 is the classic channel's list, share 1 the RecGPT list (each filled past its end by the
+    classic channel, as the fused row is); nothing here chooses anything, it shows the trade-off.
+    """
+    from recgpt.retrieval.fusion import mix_all
+
+    k_max = classic.shape[1]
+    rows = []
+    for share in sorted({*cfg.tune.grid, chosen}):
+        lists = fill_lists(mix_all(recgpt, classic, share, cfg.fusion.k), classic, k_max)
+        m = list_metrics(res.split, res.task, lists, cfg.ks)
+        rows.append({"share": share, **{c: m.get(c) for c in FRONTIER_METRICS}, "chosen": share == chosen})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "share": pl.Float64(),
+            **dict.fromkeys(FRONTIER_METRICS, pl.Float64()),
+            "chosen": pl.Boolean(),
+        },
+    )
 
 
 def lists_frame(runs: list[ModelRun], user_ids: list[str], item_ids: np.ndarray) -> pl.DataFrame:
@@ -206,9 +249,69 @@ def lists_frame(runs: list[ModelRun], user_ids: list[str], item_ids: np.ndarray)
     return pl.concat(frames)
 
 
-def bar_check(rows: dict[str, dict[str, float]], baselines: list[str]) -> dict[str, Any]:
-    """The issue's bar: fused NDCG@10 within 5% of the best baseline's, with more CatDiv and Coverage
-    and a lower Gini than that baseline."""
+@dataclass(frozen=True)
+class PerUser:
+    """Per-user NDCG@10 of every row and CatDiv@10 of every row, on the same users (for paired CIs)."""
+
+    ndcg: dict[str, np.ndarray]
+    catdiv: dict[str, np.ndarray]
+
+
+def per_user(result: ExperimentResult, split: Any, task: Any, level: str | int = "auto") -> PerUser:
+    """Per-user NDCG@10 and CatDiv@10 of every row of `result` (NaN NDCG for a user without a target)."""
+    from recgpt.eval.experiment import category_matrix, sets_matrix
+    from recgpt.eval.metrics import evaluate_per_user
+
+    n_items = split.train.n_items
+    truth = sets_matrix(task.targets, n_items)
+    cats, _ = category_matrix(split.dataset, level)
+    ndcg, catdiv = {}, {}
+    for r in result.runs:
+        ndcg[r.name] = evaluate_per_user(r.recs, truth, n_items=n_items, ks=(10,))["NDCG@10"]
+        top = r.recs[:, :10]
+        rows, cols = np.nonzero(top >= 0)
+        listed = sp.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, top[rows, cols])), shape=(len(top), n_items)
+        )
+        catdiv[r.name] = np.diff(sp.csr_matrix(listed @ cats).indptr).astype(np.float64)
+    return PerUser(ndcg, catdiv)
+
+
+def _ci(interval: Interval, bar: float, *, strict: bool = False, above: bool = True) -> dict[str, Any]:
+    return {**interval.to_json(), "bar": bar, "verdict": verdict(interval, bar, strict=strict, above=above)}
+
+
+FALLBACK_BAR = 0.10
+
+
+def fallback_ci(fallback: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each LLM stage's fallback share with its Wilson interval; the bar: below 10% (met when hi < 0.10)."""
+    return {
+        f"{stage} fallback share": _ci(
+            wilson(int(fb["fallback"]), int(fb["asked"])), FALLBACK_BAR, above=False
+        )
+        for stage, fb in fallback.items()
+    }
+
+
+def bar_check(
+    rows: dict[str, dict[str, float]],
+    baselines: list[str],
+    users: PerUser | None = None,
+    *,
+    seed: int = 0,
+    fallback: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The issue's bars, each judged by a 95% interval over users (`recgpt.eval.bootstrap`):
+
+    * fused NDCG@10 >= 0.95 x the best baseline's (ratio CI: met when lo >= 0.95, missed when
+      hi < 0.95), with per-user CatDiv@10 up (difference CI: met when lo > 0) and Gini@10 down
+      (a whole-list figure: point estimate);
+    * the RecGPT channel beats the user tower without tags (ratio CI: met when lo > 1);
+    * every LLM stage's fallback share below 10% (Wilson interval: met when hi < 0.10).
+
+    The point booleans (`ndcg_within_5pct`, ...) stay for a glance; `verdict` is what counts.
+    """
     best = max(baselines, key=lambda b: rows[b]["NDCG@10"])
     f, b = rows["fused"], rows[best]
     ratio = f["NDCG@10"] / b["NDCG@10"] if b["NDCG@10"] > 0 else float("nan")
@@ -218,7 +321,29 @@ def bar_check(rows: dict[str, dict[str, float]], baselines: list[str]) -> dict[s
         "coverage_up": f["Coverage@10"] > b["Coverage@10"],
         "gini_down": f["Gini@10"] < b["Gini@10"],
     }
-    return {"best_baseline": best, "fused_over_best_ndcg": ratio, **checks, "met": all(checks.values())}
+    out: dict[str, Any] = {"best_baseline": best, "fused_over_best_ndcg": ratio, **checks}
+    ci: dict[str, Any] = {}
+    if users is not None:
+        ci["fused/best NDCG@10"] = _ci(paired_ratio(users.ndcg["fused"], users.ndcg[best], seed=seed), 0.95)
+        ci["fused-best CatDiv@10"] = _ci(
+            paired_difference(users.catdiv["fused"], users.catdiv[best], seed=seed), 0.0, strict=True
+        )
+        if "recgpt" in users.ndcg and "user-tower" in users.ndcg:
+            ci["recgpt/user-tower NDCG@10"] = _ci(
+                paired_ratio(users.ndcg["recgpt"], users.ndcg["user-tower"], seed=seed), 1.0, strict=True
+            )
+    ci.update(fallback_ci(fallback or {}))
+    out["ci"] = ci
+    fused_ci = [ci[k]["verdict"] for k in ("fused/best NDCG@10", "fused-best CatDiv@10") if k in ci]
+    if fused_ci:
+        parts = [*fused_ci, "met" if checks["gini_down"] else "missed"]
+        out["verdict"] = (
+            "met" if all(v == "met" for v in parts) else "missed" if "missed" in parts else "inconclusive"
+        )
+    else:
+        out["verdict"] = "met" if all(checks.values()) else "missed"
+    out["met"] = out["verdict"] == "met"
+    return out
 
 
 def results_payload(
@@ -234,6 +359,15 @@ def results_payload(
         if n < len(split.test)
         else "all test users"
     )
+    fusion, tune = ctx.stats("fusion"), ctx.stats("tune")
+    fallback = fallback_from_markers(ctx.finished(), ctx.resources.cfg)
+    bar = bar_check(
+        rows,
+        baselines,
+        per_user(result, split, res.task, cfg.category_level),
+        seed=cfg.seed,
+        fallback=fallback,
+    )
     return {
         "dataset": result.dataset,
         "run": ctx.store.run_dir.name,
@@ -241,7 +375,24 @@ def results_payload(
         "split": cfg.split.kind,
         "n_items": result.n_items,
         "llm": ctx.declared("llm:")["spec"],
-        "fusion": {"beta": cfg.fusion.beta, "share": cfg.share, "baseline": cfg.baseline},
+        "fusion": {
+            "beta": cfg.fusion.beta,
+            "share": fusion["share"],
+            "share_source": fusion.get("share_source"),
+            "baseline": fusion["baseline"],
+        },
+        "tune": {
+            "baseline": tune["baseline"],
+            "baselines": {
+                k: {"params": v["params"], "valid_NDCG@10": v["valid_NDCG@10"], "fit_s": v.get("fit_s")}
+                for k, v in tune["baselines"].items()
+            },
+            "share": tune["share"],
+            "share_source": tune["share_source"],
+            "users": tune.get("tune_users", 0),
+            "tolerance": tune.get("tolerance"),
+            "curve": tune.get("curve", []),
+        },
         "table": [{"model": r.name, **{c: r.test.get(c) for c in HEADLINE}} for r in result.runs],
         "models": [
             {
@@ -255,9 +406,10 @@ def results_payload(
         ],
         "category_level": result.category_level,
         "tag_hr": phi,  # level, llm/history/constant/random rows, separable, note (intent.reference)
-        "bar": bar_check(rows, baselines),
+        "bar": bar,
+        "ci": bar["ci"],
         # explanations run later: the report stage adds them
-        "llm_fallback": fallback_from_markers(ctx.finished(), ctx.resources.cfg),
+        "llm_fallback": fallback,
         "throughput": stages,
         "env": result.env,
     }
@@ -289,12 +441,17 @@ def load_result(lists: pl.DataFrame, res: Resources, payload: dict[str, Any]) ->
 
 
 __all__ = [
+    "FRONTIER_METRICS",
     "HEADLINE",
     "LOWER_BETTER",
+    "PerUser",
     "bar_check",
     "evaluate_channels",
+    "fallback_ci",
+    "frontier_table",
     "lists_frame",
     "load_result",
+    "per_user",
     "results_payload",
     "throughput",
 ]

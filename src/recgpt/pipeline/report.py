@@ -25,9 +25,10 @@ from recgpt.data.atomic import write_json_atomic, write_text_atomic
 from recgpt.data.runstore import RunStore
 from recgpt.eval.report import CSS, _plots
 from recgpt.pipeline.core import StageContext
-from recgpt.pipeline.evaluation import HEADLINE, LOWER_BETTER, load_result, throughput
+from recgpt.pipeline.evaluation import HEADLINE, LOWER_BETTER, fallback_ci, load_result, throughput
 from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.runner import fallback_from_markers, fallback_table, ledger_from_markers
+from recgpt.pipeline.verdicts import evidence_html, print_evidence
 
 if TYPE_CHECKING:
     from recgpt.serving.models import UserView
@@ -65,19 +66,16 @@ def print_results(
     *,
     fallback: bool = True,
 ) -> None:
-    """Table, tag HR of the history baseline, the issue's bar, the LLM fallback per stage (unless
+    """Table, the validation choices, intervals and verdicts, tag HR with its reference rows, the
+    issue's bar, the LLM fallback per stage (unless
     `fallback=False`: `run_pipeline` prints it already) and throughput per stage."""
     console.print(results_table(payload))
-    hist = payload["tag_hr"]["history_tags"]
-    console.print(
-        f"[dim]tag HR of a non-LLM history baseline (last items' categories and titles): "
-        f"@10 {hist.get('TagHR@10', 0):.4f}, @30 {hist.get('TagHR@30', 0):.4f}[/dim]"
-    )
+    print_evidence(payload, console)
     b = payload["bar"]
     console.print(
-        f"fused vs best baseline ({b['best_baseline']}): NDCG@10 ratio {b['fused_over_best_ndcg']:.3f} "
-        f"(within 5%: {b['ndcg_within_5pct']}), CatDiv up: {b['catdiv_up']}, Coverage up: {b['coverage_up']}, "
-        f"Gini down: {b['gini_down']} -> bar {'MET' if b['met'] else 'NOT met'}"
+        f"fused vs best baseline ({b['best_baseline']}): NDCG@10 ratio {b['fused_over_best_ndcg']:.3f}, "
+        f"CatDiv up: {b['catdiv_up']}, Coverage up: {b['coverage_up']}, Gini down: {b['gini_down']} "
+        f"-> bar [bold]{b.get('verdict', 'met' if b['met'] else 'missed')}[/bold] (judged by the intervals above)"
     )
     if fallback:
         console.print(fallback_table(payload.get("llm_fallback") or {}))
@@ -290,7 +288,7 @@ def render_run_html(run: RunTables, payload: dict[str, Any], ledger: dict[str, A
             for n, f in (payload.get("llm_fallback") or {}).items()
         ],
     )
-    b, hist = payload["bar"], payload["tag_hr"]["history_tags"]
+    b, fusion = payload["bar"], payload.get("fusion") or {}
     cfg = run.cfg
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>recgpt run {_e(payload["run"])}</title>
 <style>{CSS} pre{{white-space:pre-wrap;background:#f7f7f7;padding:8px;font-size:12px}}
@@ -298,13 +296,13 @@ span.best{{font-weight:bold;background:#e3f1e3}}</style></head><body>
 <h1>RecGPT chain: {_e(payload["dataset"])} (run {_e(payload["run"])})</h1>
 <p>{_e(payload["users"]["note"])} (seed {cfg.seed}); split <code>{_e(payload["split"])}</code>; full ranking over
 {payload["n_items"]:,} items, seen items masked. LLM <code>{_e(payload["llm"])}</code>; RecGPT share of the fused list
-{cfg.share:.0%} next to <code>{_e(cfg.baseline)}</code>; β = {cfg.fusion.beta}.</p>
+{float(fusion.get("share", 0)):.0%} next to <code>{_e(fusion.get("baseline"))}</code>; β = {cfg.fusion.beta}.</p>
 <h2>Metrics</h2>{_metrics_html(payload)}
-<p>Tag HR = share of users whose held-out item's category is among φ(their tags) (top 10 / 30). Non-LLM history
-baseline tags: @10 {hist.get("TagHR@10", 0):.4f}, @30 {hist.get("TagHR@30", 0):.4f}. Fused vs best baseline
-(<code>{_e(b["best_baseline"])}</code>): NDCG@10 ratio {b["fused_over_best_ndcg"]:.3f}; CatDiv up {b["catdiv_up"]},
-Coverage up {b["coverage_up"]}, Gini down {b["gini_down"]}: bar <b>{"met" if b["met"] else "not met"}</b>.</p>
+<p>Fused vs best baseline (<code>{_e(b["best_baseline"])}</code>): NDCG@10 ratio {b["fused_over_best_ndcg"]:.3f};
+CatDiv up {b["catdiv_up"]}, Coverage up {b["coverage_up"]}, Gini down {b["gini_down"]}: bar
+<b>{_e(b.get("verdict", "met" if b["met"] else "missed"))}</b> (judged by the intervals below).</p>
 <div class="plots">{plots}</div>
+{evidence_html(payload)}
 {judge_html(run.run_dir)}
 <h2>Throughput</h2>{thr}
 <h2>LLM fallback</h2><p>Share of users (explanations: interest-item pairs) the LLM gave nothing usable, who
@@ -318,6 +316,8 @@ got the rule-based fallback; a stage above its limit (<code>llm.max_fallback_sha
 def _write(run: RunTables) -> Path:
     payload = json.loads((run.run_dir / "results.json").read_text())
     payload["llm_fallback"] = fallback_from_markers(run.markers, run.res.cfg)  # now with explanations
+    payload["ci"] = {**payload.get("ci", {}), **fallback_ci(payload["llm_fallback"])}
+    payload["bar"]["ci"] = payload["ci"]
     write_json_atomic(run.run_dir / "results.json", payload)
     ledger = ledger_from_markers(run.markers, run.run_dir.name).to_json()
     return write_text_atomic(run.run_dir / "report.html", render_run_html(run, payload, ledger))

@@ -78,6 +78,19 @@ class GuardedEngine:
         return self.engine.run(requests)
 
 
+class _Lent:
+    """An injected backend lent to a sub-run: everything but `close`, which stays with its owner."""
+
+    def __init__(self, inner: Backend) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def close(self) -> None:
+        """The owner closes the backend."""
+
+
 class Resources:
     """The shared, lazily built objects of one RecGPT run (see the module docstring)."""
 
@@ -122,15 +135,21 @@ class Resources:
             raise ValueError("the split has no test users (each needs at least 3 item events)")
         return sp
 
+    @property
+    def base_task(self) -> EvalTask:
+        """The task the run samples from: test, or validation for the tuning sub-run (`cfg.task`)."""
+        return self.split.valid if self.cfg.task == "valid" else self.split.test
+
     @cached_property
     def users(self) -> list[str]:
-        """The seeded sample of test users (a partition of a run would restrict this list)."""
-        return sample_users(self.split.test, self.cfg.users, self.cfg.seed)
+        """The seeded sample of the task's users, never one of `cfg.exclude_users`."""
+        return sample_users(self.base_task, self.cfg.users, self.cfg.seed, exclude=self.cfg.exclude_users)
 
     @cached_property
     def task(self) -> EvalTask:
-        """The test task restricted to the sampled users: what every user-specific stage sees."""
-        return subtask(self.split.test, self.dataset.events, self.users)
+        """The task restricted to the sampled users: what every user-specific stage sees (its split
+        points, histories and held-out items; the leakage guard checks prompts against this task)."""
+        return subtask(self.base_task, self.dataset.events, self.users)
 
     @cached_property
     def eval_split(self) -> Split:
@@ -143,6 +162,22 @@ class Resources:
 
     def units(self) -> int:
         return len(self.users)
+
+    def derive(self, cfg: RunConfig, store: RunStore) -> Resources:
+        """The resources of a sub-run over the same dataset and split (the tune stage's validation run).
+
+        `cfg` may differ only in who is sampled (`task`, `users`, `exclude_users`) and the LLM cache
+        path: the dataset view, the split, the encoders and φ are shared, and an injected backend is
+        lent without handing over its `close` (the sub-run's runner closes its own engines).
+        """
+        if cfg.split != self.cfg.split or cfg.dataset != self.cfg.dataset:
+            raise ValueError("a derived run must keep the dataset and the split of its parent")
+        backend = _Lent(self._backend) if self._backend is not None else None
+        sub = Resources(cfg, self.source_dataset, store, progress=self.progress, backend=backend)
+        for name in ("untrusted", "dataset", "fingerprint", "split"):  # cached: built once per run
+            sub.__dict__[name] = getattr(self, name)
+        sub._encoder, sub._encoders, sub._phi = self._encoder, self._encoders, self._phi
+        return sub
 
     # ------------------------------------------------------------------ models
 

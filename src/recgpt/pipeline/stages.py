@@ -17,8 +17,9 @@ the evaluation scores the stored candidate and fused lists.
 | 05_phi | tag_categories | φ(tag) at one category level; tag HR@10/@30 of LLM tags and 3 reference rows |
 | 06_tritower | history (+ model/, index/) | tri-tower trained on the train split only |
 | 07_candidates | candidates | RecGPT channel: per-tag β-fused retrieval, interest-quota merge |
-| 08_fusion | fused | baseline channel (tuned on validation) mixed with RecGPT at `share` |
-| 09_eval | lists (+ results.json) | harness metrics of every channel on the sampled users |
+| 07_tune | (valid/: sub-run) | classic channel = validation-best baseline; share chosen on validation users |
+| 08_fusion | fused | classic channel mixed with the RecGPT candidates at the tuned share |
+| 09_eval | lists, frontier (+ results.json) | metrics of every row, CIs, share 0 -> 1 frontier |
 | 10_explanations | pairs, explanations, served | LLM_RE for matched (interest, item) pairs of the final lists |
 | 11_report | (report.html) | metrics table, plots, throughput, ledger, 3 users walked through |
 """
@@ -39,6 +40,7 @@ from recgpt.pipeline.explain import run_explanations
 from recgpt.pipeline.resources import GuardedEngine, Resources
 from recgpt.pipeline.runner import StageFailed, check_llm_stage, fallback_stats
 from recgpt.pipeline.tables import StoredCandidates
+from recgpt.pipeline.tune import run_tune
 from recgpt.progress import LineProgress, make_progress
 
 
@@ -83,8 +85,10 @@ def run_split(ctx: StageContext) -> dict[str, Any]:
         "train_interactions": len(sp.train.item_idx),
         "test_users": len(sp.test),
         "valid_users": len(sp.valid),
+        "task": cfg.task,
         "sampled_users": len(task),
-        "sampled": len(task) < len(sp.test),
+        "sampled": len(task) < len(res.base_task),
+        "excluded_users": len(cfg.exclude_users),
         "seed": cfg.seed,
     }
 
@@ -272,26 +276,26 @@ def run_candidates(ctx: StageContext) -> dict[str, Any]:
 
 
 def run_fusion(ctx: StageContext) -> dict[str, Any]:
-    """The baseline (tuned on validation, fitted on train) mixed with the stored RecGPT candidates."""
+    """The classic channel and share chosen by the tune stage (on validation), fitted on train and
+    mixed with the stored RecGPT candidates of the test users."""
     from recgpt.baselines.registry import get_recommender
-    from recgpt.eval.experiment import ExperimentConfig, run_experiment
     from recgpt.retrieval.channel import FusedChannel
 
     res, cfg = _res(ctx), ctx.config
-    exp_cfg = ExperimentConfig(models=[cfg.baseline], split=cfg.split, ks=cfg.ks, seed=cfg.seed, tune=True)
-    with _bar(ctx) as bar:
-        run = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar).runs[0]
-    baseline = get_recommender(cfg.baseline, **run.params).fit(res.split.train, seed=cfg.seed)
+    tuned = ctx.stats("tune")
+    name, params, share = tuned["baseline"], tuned["baseline_params"], float(tuned["share"])
+    baseline = get_recommender(name, **params).fit(res.split.train, seed=cfg.seed)
     stored = StoredCandidates(ctx.read("candidates", "candidates"), res.split)
     task = res.task
-    fused = FusedChannel(baseline, cast(Any, stored), share=cfg.share, k=cfg.fusion.k)
+    fused = FusedChannel(baseline, cast(Any, stored), share=share, k=cfg.fusion.k)
     table = fused.candidates(task.user_idx, task.histories)
     ctx.write("fused", table)
     return {
-        "baseline": cfg.baseline,
-        "baseline_params": run.params,
-        "validation": run.validation,
-        "share": cfg.share,
+        "baseline": name,
+        "baseline_params": params,
+        "validation": tuned["baselines"][name]["validation"],
+        "share": share,
+        "share_source": tuned["share_source"],
         "recgpt_slots": float((table["channel"] == "recgpt").mean()) if table.height else 0.0,
     }
 
@@ -311,93 +315,124 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
     return {"report": str(report_from_stage(ctx))}
 
 
+USER_STAGES: tuple[Stage, ...] = (
+    Stage(
+        "split",
+        "00_split",
+        run_split,
+        config=("split", "users", "seed", "task", "exclude_users"),
+        title="split and user sample",
+    ),
+    Stage(
+        "compress",
+        "01_compress",
+        run_compress,
+        reads=("split/users",),
+        config=("compression", "tokenizer"),
+        title="behaviour compression (B_u)",
+    ),
+    Stage(
+        "pool",
+        "02_pool",
+        run_pool,
+        reads=("split/users",),
+        config=("pool", "embedder"),
+        title="interest pool (I_m)",
+    ),
+    Stage(
+        "interests",
+        "03_interests",
+        run_interests,
+        reads=("compress/compressed", "pool/matches"),
+        config=("interests", "embedder", "llm:interests"),
+        llm=True,
+        title="LLM_UI interests",
+    ),
+    Stage(
+        "tags",
+        "04_tags",
+        run_tags,
+        reads=("interests/interests", "compress/compressed", "pool/matches"),
+        config=("tags", "llm:tags"),
+        llm=True,
+        title="LLM_IT tags",
+    ),
+    Stage(
+        "phi",
+        "05_phi",
+        run_phi,
+        reads=("tags/tags",),
+        config=("phi", "embedder", "category_level", "seed"),
+        title="φ tag -> category, tag HR",
+    ),
+    Stage(
+        "tritower",
+        "06_tritower",
+        run_tritower,
+        # no user table: the tri-tower depends on the split alone, so the tune stage's sub-run
+        # (other users, same split) has the same key and reuses it
+        config=("split", "tritower", "embedder"),
+        title="tri-tower training (train split)",
+    ),
+    Stage(
+        "candidates",
+        "07_candidates",
+        run_candidates,
+        reads=("tritower/*", "tags/tags"),
+        config=("fusion", "embedder"),
+        title="RecGPT channel retrieval",
+    ),
+)
+# the tune stage re-runs the user stages on validation users: it declares everything they read
+TUNE = Stage(
+    "tune",
+    "07_tune",
+    run_tune,
+    reads=("split/users", "tritower/*"),
+    config=tuple(
+        dict.fromkeys(
+            [
+                *(p for st in USER_STAGES for p in st.config if p not in ("users", "task", "exclude_users")),
+                "baseline",
+                "baselines",
+                "share",
+                "tune",
+                "ks",
+                "seed",
+                "fusion.k",
+            ]
+        )
+    ),
+    title="classic channel and share chosen on validation",
+)
 RECGPT = Pipeline(
     "recgpt",
     RunConfig,
     (
-        Stage(
-            "split", "00_split", run_split, config=("split", "users", "seed"), title="split and user sample"
-        ),
-        Stage(
-            "compress",
-            "01_compress",
-            run_compress,
-            reads=("split/users",),
-            config=("compression", "tokenizer"),
-            title="behaviour compression (B_u)",
-        ),
-        Stage(
-            "pool",
-            "02_pool",
-            run_pool,
-            reads=("split/users",),
-            config=("pool", "embedder"),
-            title="interest pool (I_m)",
-        ),
-        Stage(
-            "interests",
-            "03_interests",
-            run_interests,
-            reads=("compress/compressed", "pool/matches"),
-            config=("interests", "embedder", "llm:interests"),
-            llm=True,
-            title="LLM_UI interests",
-        ),
-        Stage(
-            "tags",
-            "04_tags",
-            run_tags,
-            reads=("interests/interests", "compress/compressed", "pool/matches"),
-            config=("tags", "llm:tags"),
-            llm=True,
-            title="LLM_IT tags",
-        ),
-        Stage(
-            "phi",
-            "05_phi",
-            run_phi,
-            reads=("tags/tags",),
-            config=("phi", "embedder", "category_level", "seed"),
-            title="φ tag -> category, tag HR",
-        ),
-        Stage(
-            "tritower",
-            "06_tritower",
-            run_tritower,
-            reads=("split/users",),
-            config=("tritower", "embedder"),
-            title="tri-tower training (train split)",
-        ),
-        Stage(
-            "candidates",
-            "07_candidates",
-            run_candidates,
-            reads=("tritower/*", "tags/tags"),
-            config=("fusion", "embedder"),
-            title="RecGPT channel retrieval",
-        ),
+        *USER_STAGES,
+        TUNE,
         Stage(
             "fusion",
             "08_fusion",
             run_fusion,
-            reads=("candidates/candidates",),
-            config=("baseline", "share", "ks", "split", "seed", "fusion.k"),
-            title="baseline channel + fused list",
+            reads=("candidates/candidates", "tune/*"),
+            config=("seed", "fusion.k"),
+            title="classic channel + fused list",
         ),
         Stage(
             "eval",
             "09_eval",
             run_eval,
-            reads=("fusion/*", "candidates/candidates", "tritower/*", "phi/*"),
+            reads=("fusion/*", "tune/*", "candidates/candidates", "tritower/*", "phi/*"),
             config=(
                 "compare",
+                "baselines",
                 "ks",
-                "baseline",
                 "split",
                 "seed",
                 "fusion",
                 "embedder",
-                "share",
+                "tune",
                 "llm:",
                 "category_level",
             ),
@@ -427,7 +462,7 @@ RECGPT = Pipeline(
                 "fusion/fused",
                 "split/users",
             ),
-            config=("report_users", "seed", "share", "baseline", "fusion.beta", "ks", "split"),
+            config=("report_users", "seed", "fusion.beta", "ks", "split"),
             title="HTML report",
         ),
     ),
@@ -439,6 +474,7 @@ __all__ = [
     "RECGPT",
     "STAGES",
     "STAGE_NAMES",
+    "USER_STAGES",
     "StageFailed",
     "check_llm_stage",
     "failure_stats",

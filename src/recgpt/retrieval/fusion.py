@@ -268,3 +268,49 @@ def mix_lists(
         else:
             break
     return out
+
+
+def mix_all(
+    primary: Sequence[Sequence[int]], secondary: Sequence[Sequence[int]] | np.ndarray, share: float, k: int
+) -> list[list[int]]:
+    """`mix_lists` for every user: each user's mixed list of at most k item indices."""
+    if len(primary) != len(secondary):
+        raise ValueError(f"one list per user in both channels, got {len(primary)} and {len(secondary)}")
+    return [[it for it, _ in mix_lists(p, s, share, k)] for p, s in zip(primary, secondary, strict=True)]
+
+
+@dataclass(frozen=True)
+class ShareChoice:
+    """The share chosen on a validation curve, and why."""
+
+    share: float | None  # None: the curve cannot decide (the classic channel has no validation hit)
+    reference: float  # the classic channel's validation NDCG@10 (share 0)
+    floor: float  # (1 - tolerance) x reference: the least a chosen share may score
+    reason: str
+
+
+def choose_share(curve: Sequence[tuple[float, float]], tolerance: float) -> ShareChoice:
+    """The largest share whose validation NDCG@10 is >= (1 - tolerance) x the classic channel's (share 0).
+
+    By construction the fused list then loses at most `tolerance` of the classic channel's accuracy on
+    validation; share 0 always qualifies, so a RecGPT channel that only hurts gets no slot. A curve
+    whose share-0 point is 0 (no validation hit) carries no information: `share` is None.
+    """
+    points = dict(curve)
+    if 0.0 not in points:
+        raise ValueError(
+            f"the validation curve needs share 0 (the classic channel alone); got {sorted(points)}"
+        )
+    if not 0.0 <= tolerance <= 1.0:
+        raise ValueError(f"tolerance must be in [0, 1], got {tolerance}")
+    ref = points[0.0]
+    floor = (1.0 - tolerance) * ref
+    if not ref > 0.0:
+        return ShareChoice(None, ref, floor, "the classic channel has no validation hit: nothing to compare")
+    best = max(s for s, v in points.items() if v >= floor)
+    why = (
+        "every larger share loses more than the tolerance"
+        if best < max(points)
+        else "every share stays within the tolerance"
+    )
+    return ShareChoice(best, ref, floor, why)
