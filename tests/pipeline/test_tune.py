@@ -168,4 +168,4 @@ def test_the_run_summary_prints_the_choices_the_intervals_and_tag_hr(finished_ru
     assert f"classic channel: {payload['fusion']['baseline']} (validation NDCG@10: " in text
     assert "RecGPT share of the fused list:" in text and "95% interval" in text
     assert "fused/best NDCG@10" in text and f"{payload['users']['sampled']}" in text
-    assert "LLM tags" in text and "history baseline (no LLM)" in text
+    assert "LLM tags" in text and "history baseline" in text and "constant tag" in text
