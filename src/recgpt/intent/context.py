@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import polars as pl
+from pydantic import BaseModel, Field
 
 from recgpt.behavior import BehaviorCompressor
 from recgpt.behavior.items import clean_title
@@ -52,6 +53,25 @@ _SEASONS_NORTH = {
 _UNCLOSED = re.compile(r"\s*[(\[][^)\]]*$")
 _QUOTES = "\"'`“”‘’«»*_#- "
 _OPPOSITE = {"winter": "summer", "summer": "winter", "spring": "autumn", "autumn": "spring"}
+
+
+class Resampling(BaseModel):
+    """How an LLM stage asks again (shared by LLM_UI and LLM_IT): re-asks of an answer the rules emptied,
+    and best-of-n sampling (`recgpt.llm.task.run_task`)."""
+
+    reasks: int = Field(
+        default=2, ge=0, description="an answer the rules empty is asked again, up to this often"
+    )
+    reask_temperature: float = Field(
+        default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
+    )
+    n_samples: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="best-of-n: answers drawn per user (the first as configured, the rest at "
+        "reask_temperature, seed + j); the best-scoring non-empty one is kept",
+    )
 
 
 @dataclass(frozen=True)
@@ -317,6 +337,7 @@ __all__ = [
     "BUDGET_MARGIN",
     "HISTORY_PLACEHOLDER",
     "HistoryFit",
+    "Resampling",
     "UserContext",
     "attribute_text",
     "build_contexts",

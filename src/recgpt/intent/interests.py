@@ -45,6 +45,7 @@ from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.bestofn import AnswerScorer
 from recgpt.intent.context import (
     HistoryFit,
+    Resampling,
     UserContext,
     attribute_text,
     clean_phrase,
@@ -84,7 +85,7 @@ EXAMPLE_INTERESTS = example_values(TEMPLATE, "interest")
 EXAMPLES = ExampleFilter([TEMPLATE], fields=("interest", "input"))
 
 
-class InterestsConfig(BaseModel):
+class InterestsConfig(Resampling):
     """LLM_UI settings. `count` = interests asked per user (paper: >10; 5 suits the small model)."""
 
     model_config = ConfigDict(frozen=True)
@@ -103,19 +104,6 @@ class InterestsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_interest: int = Field(default=60, ge=10)
     seed: int = 0
-    reasks: int = Field(
-        default=2, ge=0, description="an answer the rules empty is asked again, up to this often"
-    )
-    reask_temperature: float = Field(
-        default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
-    )
-    n_samples: int = Field(
-        default=1,
-        ge=1,
-        le=16,
-        description="best-of-n: answers drawn per user (the first as configured, the rest at "
-        "reask_temperature, seed + j); the best-scoring non-empty one is kept",
-    )
 
     @model_validator(mode="before")
     @classmethod

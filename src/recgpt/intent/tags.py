@@ -47,6 +47,7 @@ from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.bestofn import AnswerScorer
 from recgpt.intent.context import (
     HistoryFit,
+    Resampling,
     UserContext,
     attribute_text,
     clean_phrase,
@@ -96,7 +97,7 @@ RATIONALE_EXAMPLES = ExampleFilter([TEMPLATE], fields=("rationale", "tag", "inpu
 FALLBACK_RATIONALE = "fallback: interest used as tag"
 
 
-class TagsConfig(BaseModel):
+class TagsConfig(Resampling):
     """LLM_IT settings. `count` = tags asked per user (paper: 50; 10 suits the small model)."""
 
     model_config = ConfigDict(frozen=True)
@@ -116,19 +117,6 @@ class TagsConfig(BaseModel):
     temperature: float = 0.0
     tokens_per_tag: int = Field(default=40, ge=10)
     seed: int = 0
-    reasks: int = Field(
-        default=2, ge=0, description="an answer the rules empty is asked again, up to this often"
-    )
-    reask_temperature: float = Field(
-        default=0.7, gt=0.0, description="... sampled at this temperature, a new seed each"
-    )
-    n_samples: int = Field(
-        default=1,
-        ge=1,
-        le=16,
-        description="best-of-n: answers drawn per user (the first as configured, the rest at "
-        "reask_temperature, seed + j); the best-scoring non-empty one is kept",
-    )
 
     grounding: Grounding = Field(
         default="free",
