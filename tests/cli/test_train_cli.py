@@ -108,6 +108,8 @@ def test_train_sft_tags_tiny(tmp_path: Path) -> None:
         "bundled:ml-latest-small",
         "--users",
         "2",
+        "--samples",
+        "1",
         "--threads",
         "1",
         "--no-progress",

@@ -229,6 +229,16 @@ def self_train_cmd(
     users: Annotated[
         int, typer.Option("--users", "-n", min=1, help="Training users the model answers per round.")
     ] = 48,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples",
+            min=1,
+            max=16,
+            help="Answers drawn per prompt (best of n: the first greedy, the others sampled); at most "
+            "one is kept.",
+        ),
+    ] = 3,
     llm: Annotated[str | None, llm_option(JUDGE_LLM_HELP)] = None,
     calibration: Annotated[Path | None, typer.Option(help=CALIBRATION_HELP)] = None,
     gate: Annotated[float, typer.Option(min=0.0, max=1.0, help=GATE_HELP)] = 0.8,
@@ -259,6 +269,7 @@ def self_train_cmd(
     cfg = SelfTrainConfig(
         rounds=rounds,
         users_per_round=users,
+        n_samples=samples,
         judge=judge_spec,
         calibration=calibration,
         gate_threshold=gate,
