@@ -50,6 +50,12 @@ SMALL = [
     f"tritower={json.dumps(TINY_TOWER)}",
     "--set",
     "report_users=1",
+    # the share is tuned on 2 validation users through the same real model (the sub-run)
+    "--set",
+    "tune.users=2",
+    # 2 users: one emptied answer is 50%; the real-answer floor is MIN_REAL_SHARE, asserted below
+    "--set",
+    'llm.max_fallback_share={"interests": 0.5, "tags": 0.5}',
 ]
 
 
