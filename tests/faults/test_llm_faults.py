@@ -311,5 +311,5 @@ def test_quickstart_limits_are_explicit() -> None:
     from recgpt.pipeline.config import quickstart_config
 
     q = quickstart_config(users=10)
-    assert [q.llm.fallback_limit(s) for s in ("interests", "tags", "explanations")] == [0.2, 0.2, 0.35]
+    assert [q.llm.fallback_limit(s) for s in ("interests", "tags", "explanations")] == [0.2, 0.3, 0.35]
     assert quickstart_config(llm={"max_fallback_share": 0.5}).llm.fallback_limit("explanations") == 0.5
