@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 from rich.console import Console
 
 from recgpt.pipeline import run_pipeline
@@ -39,3 +40,26 @@ def test_interests_and_tags_stages_draw_and_record_n_samples(slice_path: Path, t
         cfg2, backend=again, encoder=HashEncoder(), console=Console(quiet=True), progress=False, until="tags"
     )
     assert calls > 0 and again.generate_calls == 0  # every sample came from the cache
+
+
+def test_grounded_best_of_n_scores_tags_against_the_catalogue(slice_path: Path, tmp_path: Path) -> None:
+    """tags.score=grounded adds one point per tag whose nearest title reaches the floor (0: every tag)."""
+    kept: dict[str, dict[str, tuple[float, int]]] = {}
+    for mode in ("rules", "grounded"):
+        tags_cfg = {"n_samples": 2, "score": mode, "grounding_floor": 0.0}
+        cfg = fast_config(slice_path, tmp_path / mode, tags=tags_cfg)
+        summary = run_pipeline(
+            cfg,
+            backend=fake_backend(),
+            encoder=HashEncoder(),
+            console=Console(quiet=True),
+            progress=False,
+            until="tags",
+        )
+        tags = pl.read_parquet(summary.run_dir / "04_tags" / "tags.parquet")
+        llm = tags.filter(pl.col("sample_score").is_not_null())
+        per_user = llm.group_by("user_id").agg(pl.col("sample_score").first(), pl.len())
+        kept[mode] = {u: (s, n) for u, s, n in per_user.rows()}
+    assert kept["rules"] and kept["rules"].keys() == kept["grounded"].keys()
+    for user, (rules, n) in kept["rules"].items():
+        assert kept["grounded"][user][0] == pytest.approx(rules + n)  # every kept tag is grounded at floor 0

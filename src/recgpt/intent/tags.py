@@ -125,6 +125,17 @@ class TagsConfig(Resampling):
     vocabulary_size: int = Field(
         default=300, ge=10, le=2000, description="grounded vocabulary: most frequent catalogue phrases kept"
     )
+    score: Literal["rules", "grounded"] = Field(
+        default="rules",
+        description="best-of-n score (n_samples > 1): rules = tags kept + distinctness; grounded adds one "
+        "point per tag whose nearest catalogue title reaches grounding_floor (bestofn.catalogue_grounding)",
+    )
+    grounding_floor: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="cosine a tag needs to its nearest title to count as grounded",
+    )
 
     @model_validator(mode="before")
     @classmethod

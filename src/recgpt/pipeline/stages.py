@@ -184,6 +184,19 @@ def run_interests(ctx: StageContext) -> dict[str, Any]:
     return stats
 
 
+def tag_scorer(ctx: StageContext) -> Any:
+    """The best-of-n scorer of LLM_IT: None (the rules' default) unless `tags.score` is "grounded" and
+    several answers are drawn; then a tag also scores when its nearest catalogue title reaches the floor."""
+    from recgpt.intent.bestofn import AnswerScorer, catalogue_grounding
+
+    res, cfg = _res(ctx), ctx.config
+    if cfg.tags.score != "grounded" or cfg.tags.n_samples < 2:
+        return None
+    titles = res.dataset.items["title"].drop_nulls().unique(maintain_order=True).to_list()
+    check = catalogue_grounding(res.encoder(cfg.embedder), titles, cfg.tags.grounding_floor)
+    return AnswerScorer("tag", grounding=check)
+
+
 def run_tags(ctx: StageContext) -> dict[str, Any]:
     from recgpt.intent.context import history_stats
     from recgpt.intent.tags import FALLBACK_RATIONALE, predict_tags
@@ -197,6 +210,7 @@ def run_tags(ctx: StageContext) -> dict[str, Any]:
         ctx.read("interests", "interests"),
         res.untrusted,
         catalogue=res.dataset.items if cfg.tags.grounding != "free" else None,
+        scorer=tag_scorer(ctx),
     )
     ctx.write("tags", tags)
     ctx.write("failures", failures)
@@ -353,7 +367,7 @@ USER_STAGES: tuple[Stage, ...] = (
         "04_tags",
         run_tags,
         reads=("interests/interests", "compress/compressed", "pool/matches"),
-        config=("tags", "llm:tags"),
+        config=("tags", "llm:tags", "embedder"),
         llm=True,
         title="LLM_IT tags",
     ),
