@@ -292,3 +292,18 @@ def test_user_chunking_does_not_change_results(monkeypatch):
     monkeypatch.setattr(metrics_module, "_CHUNK_USERS", 7)
     monkeypatch.setattr(metrics_module, "_CHUNK_HITS", 3)
     assert evaluate_lists(**data, ks=(5, 10)) == pytest.approx(whole, rel=1e-12)
+
+
+def test_per_user_category_diversity_averages_to_the_reported_catdiv() -> None:
+
+    from recgpt.eval.metrics import category_diversity_per_user, evaluate_lists
+
+    rng = np.random.default_rng(0)
+    recs = np.stack([rng.permutation(30)[:12] for _ in range(8)])
+    recs[0, 5:] = -1  # a short list
+    cats = sp.csr_matrix((np.ones(30), (np.arange(30), np.arange(30) % 7)), shape=(30, 7))
+    truth = sp.csr_matrix((np.ones(8), (np.arange(8), recs[:, 0].clip(0))), shape=(8, 30))
+    per = category_diversity_per_user(recs, cats, 10)
+    full = evaluate_lists(recs, truth, item_popularity=np.ones(30), ks=(10,), item_categories=cats)
+    assert per.shape == (8,) and per[0] <= 5
+    assert per.mean() == pytest.approx(full["CatDiv@10"])

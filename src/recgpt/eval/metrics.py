@@ -291,6 +291,16 @@ def _ild(lists: np.ndarray, unit: sp.csr_matrix | np.ndarray) -> np.ndarray:
     return out
 
 
+def category_diversity_per_user(
+    recs: np.ndarray, item_categories: sp.spmatrix | np.ndarray, k: int = 10
+) -> np.ndarray:
+    """Per-user CatDiv@k (distinct categories among the non-empty top-k slots), the values whose mean
+    `evaluate_lists` reports: for paired bootstrap intervals."""
+    n_items = item_categories.shape[0]
+    lists = _as_lists(recs, n_items, k)[:, :k]
+    return _category_diversity(lists, _as_csr(item_categories, n_items, "item_categories", True))
+
+
 def _category_diversity(lists: np.ndarray, cats: sp.csr_matrix) -> np.ndarray:
     """Per-user number of distinct categories among the non-empty slots."""
     out = np.zeros(lists.shape[0])

@@ -24,7 +24,6 @@ from typing import Any, cast
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from recgpt.eval.bootstrap import Interval, paired_difference, paired_ratio, verdict, wilson
 from recgpt.eval.experiment import (
@@ -260,7 +259,7 @@ class PerUser:
 def per_user(result: ExperimentResult, split: Any, task: Any, level: str | int = "auto") -> PerUser:
     """Per-user NDCG@10 and CatDiv@10 of every row of `result` (NaN NDCG for a user without a target)."""
     from recgpt.eval.experiment import category_matrix, sets_matrix
-    from recgpt.eval.metrics import evaluate_per_user
+    from recgpt.eval.metrics import category_diversity_per_user, evaluate_per_user
 
     n_items = split.train.n_items
     truth = sets_matrix(task.targets, n_items)
@@ -268,12 +267,7 @@ def per_user(result: ExperimentResult, split: Any, task: Any, level: str | int =
     ndcg, catdiv = {}, {}
     for r in result.runs:
         ndcg[r.name] = evaluate_per_user(r.recs, truth, n_items=n_items, ks=(10,))["NDCG@10"]
-        top = r.recs[:, :10]
-        rows, cols = np.nonzero(top >= 0)
-        listed = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows, top[rows, cols])), shape=(len(top), n_items)
-        )
-        catdiv[r.name] = np.diff(sp.csr_matrix(listed @ cats).indptr).astype(np.float64)
+        catdiv[r.name] = category_diversity_per_user(r.recs, cats, 10)
     return PerUser(ndcg, catdiv)
 
 
