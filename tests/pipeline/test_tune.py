@@ -169,3 +169,41 @@ def test_the_run_summary_prints_the_choices_the_intervals_and_tag_hr(finished_ru
     assert "RecGPT share of the fused list:" in text and "95% interval" in text
     assert "fused/best NDCG@10" in text and f"{payload['users']['sampled']}" in text
     assert "LLM tags" in text and "history baseline" in text and "constant tag" in text
+
+
+def test_the_tune_stage_fits_each_classic_channel_once(
+    slice_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fusion and evaluation test the models the tune stage kept (07_tune/models) instead of fitting
+    them again; a fresh fit with the same parameters ranks the same lists."""
+    import numpy as np
+
+    from recgpt.baselines.registry import get_recommender, load_recommender_class
+    from recgpt.data.split import make_split
+    from recgpt.datasets import load_dataset
+    from recgpt.eval.experiment import recommend
+    from recgpt.pipeline.fitted import load_fitted
+
+    cfg = fast_config(slice_path, tmp_path, share=0.5)  # no sub-run: only the fits are counted
+    fits: dict[str, int] = {}
+    for name in cfg.baselines:
+        cls = load_recommender_class(name)
+        original = cls.fit
+
+        def counted(self: Any, *a: Any, _orig: Any = original, **kw: Any) -> Any:
+            fits[self.name] = fits.get(self.name, 0) + 1
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(cls, "fit", counted)
+    run = _run(cfg, fake_backend(), until="eval").run_dir
+    tune = _stats(run, "07_tune")
+    grid = {n: len(t["validation"]) for n, t in tune["baselines"].items()}
+    assert fits == grid  # the validation search only: no refit in fusion or evaluation
+    kept = load_fitted(run / "07_tune", tune["baseline"], tune["baseline_params"])
+    assert kept is not None
+    split = make_split(load_dataset(str(slice_path)), cfg.split)
+    fresh = get_recommender(tune["baseline"], **tune["baseline_params"]).fit(split.train, seed=cfg.seed)
+    assert np.array_equal(
+        recommend(kept, split.test, 10, mask=True), recommend(fresh, split.test, 10, mask=True)
+    )
+    assert load_fitted(run / "07_tune", tune["baseline"], {"other": 1}) is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,6 +101,7 @@ class ModelRun:
     fit_s: float
     score_s: float
     recs: np.ndarray = field(repr=False)
+    model: Recommender | None = field(default=None, repr=False, compare=False)  # the fitted model (not saved)
 
 
 @dataclass
@@ -232,8 +234,12 @@ def run_experiment(
     *,
     progress: Any | None = None,
     split: Split | None = None,
+    fitted: Mapping[str, Recommender] | None = None,
 ) -> ExperimentResult:
-    """Fit, tune on validation, and test every model of the config on one split of one dataset."""
+    """Fit, tune on validation, and test every model of the config on one split of one dataset.
+
+    `fitted`: models already fitted on this split's train part (e.g. by a pipeline's tune stage) are
+    tested as they are, without fitting or validating again (their `validation` is empty, `fit_s` 0)."""
     from recgpt.baselines.registry import get_recommender, load_recommender_class
 
     check_model_params(cfg.models, cfg.model_params)
@@ -243,6 +249,14 @@ def run_experiment(
         raise ValueError("the split has no test users; check the split configuration")
     runs = []
     for name in cfg.models:
+        if fitted and name in fitted:
+            model = fitted[name]
+            t0 = time.perf_counter()
+            recs = recommend(model, split.test, max(cfg.ks), mask=cfg.mask_seen, batch_size=cfg.batch_size)
+            score_s = time.perf_counter() - t0
+            test = list_metrics(split, split.test, recs, cfg.ks, cfg.category_level)
+            runs.append(ModelRun(name, model.params, [], test, 0.0, score_s, recs, model))
+            continue
         cls = load_recommender_class(name)
         if name in cfg.model_params:
             candidates = [{**cls.default_params(), **cfg.model_params[name]}]
@@ -268,7 +282,7 @@ def run_experiment(
         recs = recommend(model, split.test, max(cfg.ks), mask=cfg.mask_seen, batch_size=cfg.batch_size)
         score_s = time.perf_counter() - t0
         test = list_metrics(split, split.test, recs, cfg.ks, cfg.category_level)
-        runs.append(ModelRun(name, params, validation, test, fit_s, score_s, recs))
+        runs.append(ModelRun(name, params, validation, test, fit_s, score_s, recs, model))
         if progress:
             progress.update(task_id, description=f"{name}: done", completed=len(candidates) + 1)
     env = environment(cfg.seed)

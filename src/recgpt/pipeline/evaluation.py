@@ -37,6 +37,7 @@ from recgpt.eval.experiment import (
     write_json_atomic,
 )
 from recgpt.pipeline.core import StageContext
+from recgpt.pipeline.fitted import load_all
 from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.runner import fallback_from_markers, stage_rate
 from recgpt.pipeline.tables import fill_lists, table_lists
@@ -112,8 +113,10 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
         model_params={n: tuned[n]["params"] for n in models if n in tuned},
         category_level=cfg.category_level,
     )
+    # the tune stage kept its fitted models: test those instead of fitting them again
+    fitted = load_all(ctx.folder("tune"), exp_cfg.model_params)
     with make_progress(ctx.console, ctx.progress) as bar:
-        base = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar)
+        base = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar, fitted=fitted)
     baseline_recs = next(r.recs for r in base.runs if r.name == classic)
     t0 = time.perf_counter()
     cosine = recommend(cast(Any, _TowerCosine(user_tower)), task, k_max, mask=True)
@@ -156,6 +159,8 @@ def evaluate_channels(ctx: StageContext, user_tower: Any) -> dict[str, Any]:
     for r in base.runs:
         if r.name in tuned:
             r.validation = tuned[r.name]["validation"]
+            if r.name in fitted:
+                r.fit_s = float(tuned[r.name]["fit_s"])  # fitted once, in the tune stage
     frontier = frontier_table(res, [list(x) for x in stored_lists], baseline_recs, cfg, share)
     ctx.write("frontier", frontier)
     phi = ctx.stats("phi")

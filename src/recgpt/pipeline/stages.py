@@ -293,12 +293,15 @@ def run_fusion(ctx: StageContext) -> dict[str, Any]:
     """The classic channel and share chosen by the tune stage (on validation), fitted on train and
     mixed with the stored RecGPT candidates of the test users."""
     from recgpt.baselines.registry import get_recommender
+    from recgpt.pipeline.fitted import load_fitted
     from recgpt.retrieval.channel import FusedChannel
 
     res, cfg = _res(ctx), ctx.config
     tuned = ctx.stats("tune")
     name, params, share = tuned["baseline"], tuned["baseline_params"], float(tuned["share"])
-    baseline = get_recommender(name, **params).fit(res.split.train, seed=cfg.seed)
+    baseline = load_fitted(ctx.folder("tune"), name, params) or get_recommender(name, **params).fit(
+        res.split.train, seed=cfg.seed
+    )
     stored = StoredCandidates(ctx.read("candidates", "candidates"), res.split)
     task = res.task
     fused = FusedChannel(baseline, cast(Any, stored), share=share, k=cfg.fusion.k)

@@ -21,6 +21,7 @@ import numpy as np
 
 from recgpt.data.runstore import RunStore
 from recgpt.pipeline.core import StageContext
+from recgpt.pipeline.fitted import load_fitted, save_fitted
 from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.tables import fill_lists, table_lists
 from recgpt.progress import make_progress
@@ -38,6 +39,7 @@ def choose_baseline(ctx: StageContext) -> dict[str, Any]:
     exp_cfg = ExperimentConfig(models=names, split=cfg.split, ks=cfg.ks, seed=cfg.seed, tune=True)
     with make_progress(ctx.console, ctx.progress) as bar:
         runs = run_experiment(res.dataset, exp_cfg, split=res.eval_split, progress=bar).runs
+    save_fitted(ctx.out_dir, [r.model for r in runs if r.model is not None])
     tuned = {
         r.name: {
             "params": r.params,
@@ -102,15 +104,17 @@ def validation_curve(
     grid: tuple[float, ...],
     k: int,
     seed: int,
+    model: Any | None = None,
 ) -> list[dict[str, Any]]:
-    """Validation NDCG@10 of the fused list at every share of `grid`, on the sub-run's users."""
+    """Validation NDCG@10 of the fused list at every share of `grid`, on the sub-run's users
+    (`model`: the baseline already fitted on the split's train part, else it is fitted here)."""
     from recgpt.baselines.registry import get_recommender
     from recgpt.eval.experiment import recommend, sets_matrix
     from recgpt.eval.metrics import evaluate_per_user
     from recgpt.retrieval.fusion import mix_all
 
     split, task = sub.split, sub.task
-    model = get_recommender(baseline, **params).fit(split.train, seed=seed)
+    model = model or get_recommender(baseline, **params).fit(split.train, seed=seed)
     base = recommend(model, task, max(k, 10), mask=True)
     rec = table_lists(store.read("candidates", "candidates"), task.user_ids, split.item_pos)
     truth = sets_matrix(task.targets, split.train.n_items)
@@ -146,8 +150,9 @@ def run_tune(ctx: StageContext) -> dict[str, Any]:
         )
         return out
     sub, store = _subrun(ctx, min(tune.users, spare))
+    fitted = load_fitted(ctx.out_dir, out["baseline"], out["baseline_params"])
     curve = validation_curve(
-        sub, store, out["baseline"], out["baseline_params"], tune.grid, cfg.fusion.k, cfg.seed
+        sub, store, out["baseline"], out["baseline_params"], tune.grid, cfg.fusion.k, cfg.seed, fitted
     )
     choice = choose_share([(p["share"], p["NDCG@10"]) for p in curve], tune.tolerance)
     share = tune.fixed_share if choice.share is None else choice.share
