@@ -64,7 +64,7 @@ CFG = LabelConfig(list_size=5, rule="category", seed=3)
 
 
 def test_eval_lists_only_for_serendipitous_held_out_items(setup) -> None:  # type: ignore[no-untyped-def]
-    ds, split, cat = setup
+    _, split, cat = setup
     lists, stats = eval_lists(CFG, split, cat)
     assert lists.schema == pl.Schema(LISTS_SCHEMA)
     assert stats.users == 30 and stats.unexpected == 15 and stats.lists == 15
@@ -92,10 +92,10 @@ def test_eval_lists_are_deterministic_and_a_subset_keeps_each_users_list(setup) 
 
 
 def test_eval_negatives_were_never_engaged_at_any_time(setup) -> None:  # type: ignore[no-untyped-def]
-    ds, split, cat = setup
+    _, split, cat = setup
     lists, _ = eval_lists(LabelConfig(list_size=8, rule="either", distance=0.5), split, cat)
     assert lists.height
-    engaged = {(u, i) for u, i in ds.events.select("user_id", "item_id").iter_rows()}
+    engaged = {(u, i) for u, i in split.dataset.events.select("user_id", "item_id").iter_rows()}
     for row in lists.iter_rows(named=True):
         negs = [i for i, lab in zip(row["item_ids"], row["labels"], strict=True) if lab == 0]
         assert len(negs) == 7 and not any((row["user_id"], i) in engaged for i in negs)
@@ -131,7 +131,7 @@ def test_unexpectedness_uses_only_history_before_the_point() -> None:
 
 
 def test_train_lists_come_from_train_users_before_their_validation_point(setup) -> None:  # type: ignore[no-untyped-def]
-    ds, split, cat = setup
+    _, split, cat = setup
     lists, stats = train_lists(CFG, split, cat, exclude_users=split.test.user_ids)
     assert set(lists["part"].to_list()) == {"train"}
     assert stats.users == 12 and stats.lists == 9  # t0, t4, t8 buy twice in their home category
@@ -142,9 +142,7 @@ def test_train_lists_come_from_train_users_before_their_validation_point(setup) 
         assert (row["user_id"], pos) in train_pairs
         negs = [i for i, lab in zip(row["item_ids"], row["labels"], strict=True) if lab == 0]
         assert not any((row["user_id"], i) in train_pairs for i in negs)
-    capped, capped_stats = train_lists(
-        CFG.model_copy(update={"train_users": 4}), split, cat, split.test.user_ids
-    )
+    capped, _ = train_lists(CFG.model_copy(update={"train_users": 4}), split, cat, split.test.user_ids)
     assert capped.height == 4 and set(capped["list_id"].to_list()) <= set(lists["list_id"].to_list())
 
 
