@@ -24,7 +24,7 @@ judge_app = typer.Typer(
     rich_markup_mode=None,
 )
 label_app = typer.Typer(
-    help="Export judge samples for people to label; import the labels.",
+    help="Export samples for people to label (judge samples; SERAL serendipity lists); import the labels.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
