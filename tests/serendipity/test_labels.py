@@ -123,7 +123,7 @@ def test_unexpectedness_uses_only_history_before_the_point() -> None:
     ds = Dataset.build(pl.DataFrame(items), users, ev, Manifest(name="cut", source="test"))
     split = make_split(ds, SplitConfig(kind="cutoff", valid_cutoff=500, test_cutoff=800))
     cat = catalogue_arrays(ds, HashEncoder(), "leaf", events=split.train_events)
-    lists, stats = eval_lists(LabelConfig(list_size=4), split, cat)
+    lists, stats = eval_lists(LabelConfig(list_size=4, rule="category"), split, cat)
     assert stats.users == 6 and stats.unexpected == 6
     for row in lists.iter_rows(named=True):
         u = int(row["user_id"][1:])
@@ -131,9 +131,9 @@ def test_unexpectedness_uses_only_history_before_the_point() -> None:
         assert f"Glue-{(u + 1) % 6}" not in row["item_ids"]  # engaged later: never a negative
     u0 = split.test.user_ids.index("u0")
     glue = split.item_pos["Glue-1"]  # u0's second test-window item
-    assert is_unexpected(glue, split.test.histories[u0], cat, LabelConfig())
+    assert is_unexpected(glue, split.test.histories[u0], cat, LabelConfig(rule="category"))
     assert not is_unexpected(
-        glue, np.append(split.test.histories[u0], split.item_pos["Glue-0"]), cat, LabelConfig()
+        glue, np.append(split.test.histories[u0], split.item_pos["Glue-0"]), cat, LabelConfig(rule="category")
     )
 
 
