@@ -7,12 +7,13 @@ import polars as pl
 import pytest
 
 from recgpt.data.dataset import Dataset, Manifest
-from recgpt.data.split import SplitConfig, make_split
+from recgpt.data.split import LeakageError, SplitConfig, make_split
 from recgpt.serendipity.candidates import catalogue_arrays
 from recgpt.serendipity.labels import (
     LISTS_SCHEMA,
     LabelConfig,
     eval_lists,
+    guard_lists,
     is_unexpected,
     train_cuts,
     train_lists,
@@ -183,3 +184,22 @@ def test_several_cuts_per_user_each_see_only_earlier_items(setup) -> None:  # ty
     )
     assert stats.users == cuts.height + 12  # t users have one cut with min_history 1
     assert lists["list_id"].n_unique() == lists.height
+
+
+def test_guard_lists_accepts_built_lists_and_catches_moved_ones(setup) -> None:  # type: ignore[no-untyped-def]
+    _, split, cat = setup
+    cfg = LabelConfig(list_size=4, rule="either", distance=0.5)
+    ev, _ = eval_lists(cfg, split, cat)
+    tr, _ = train_lists(cfg, split, cat)
+    assert guard_lists(split, pl.concat([ev, tr])) == ev.height + tr.height
+    with pytest.raises(LeakageError, match="not at their test point"):
+        guard_lists(split, ev.head(1).with_columns(pl.col("asof_ts") - 1))
+    late = ev.head(1).with_columns(pl.lit("train").alias("part"))  # at the test point
+    with pytest.raises(LeakageError, match="past their validation point"):
+        guard_lists(split, late)
+    held_out = split.item_ids[split.test.targets[0][0]]
+    moved = tr.head(1).with_columns(
+        pl.lit([held_out] * 4).alias("item_ids"), pl.lit([1, 0, 0, 0], dtype=pl.List(pl.Int8)).alias("labels")
+    )
+    with pytest.raises(LeakageError, match="not a train-split event"):
+        guard_lists(split, moved)
