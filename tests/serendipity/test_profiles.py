@@ -126,7 +126,7 @@ def _answer(inp: GenerationInput) -> str:
     if "Robot Planet" in text.split("Behaviour in the window")[-1]:
         return json.dumps({"reasoning": "x", "interests": ["products", "various items", " "]})
     if "Funny Office Party" in text.split("Behaviour in the window")[-1]:
-        return json.dumps({"reasoning": "x", "interests": ["Quality paint brushes"]})  # the example's
+        return json.dumps({"reasoning": "x", "interests": ["Watercolour painting"]})  # the example's
     if "Love in Autumn" in text:
         return "not json"
     words = " ".join(f"w{i}" for i in range(60))
@@ -175,7 +175,7 @@ def test_build_profiles_llm_rows_fallbacks_and_failures(toy_split: Split) -> Non
 def test_example_copies_and_vague_phrases_are_dropped() -> None:
     cfg = ProfileConfig()
     kept, copies = clean_interests(
-        ["Quality paint brushes", "beginner watercolour supplies", "lab glassware", "various products"],
+        ["Watercolour painting", "botanical art book", "lab glassware", "various products"],
         cfg,
         SHORT_EXAMPLES,
         evidence_stems(["Borosilicate Beaker Set [Lab/Glassware]"]),
@@ -183,9 +183,15 @@ def test_example_copies_and_vague_phrases_are_dropped() -> None:
     assert kept == ["lab glassware"] and copies == 2
     # the user's own words win: a painter may get painting interests
     kept, copies = clean_interests(
-        ["Quality paint brushes"], cfg, SHORT_EXAMPLES, evidence_stems(["Quality Paint Brushes [Arts]"])
+        ["Watercolour painting"], cfg, SHORT_EXAMPLES, evidence_stems(["Watercolour Paint Tubes [Arts]"])
     )
-    assert kept == ["Quality paint brushes"] and copies == 0
+    assert kept == ["Watercolour painting"] and copies == 0
+    kept, _ = clean_interests(["Drama, war films; Drama"], cfg, SHORT_EXAMPLES, frozenset())
+    assert kept == ["Drama", "war films"]  # a list written as one entry is split, then de-duplicated
+    kept, _ = clean_interests(
+        ["The Green Mile drama", "prison drama"], cfg, SHORT_EXAMPLES, frozenset(), ["The Green Mile (1999)"]
+    )
+    assert kept == ["prison drama"]  # an interest that names a history item is one item, not an interest
     assert is_vague("various products") and is_vague("the best items") and not is_vague("trail running")
 
 
@@ -223,9 +229,13 @@ def test_profile_prompts_never_name_a_held_out_item(bundled_split: Split) -> Non
 
 # ---------------------------------------------------------------- the real small model
 
-REAL = ProfileConfig(windows=2, window_events=8, history_budget=150, max_tokens=160, reasks=0, interests=3)
+# Measured on 3 bundled users (2 shared cores, issue 13): 5 of 6 short-term rows and 3 of 3 long-term rows
+# from the LLM with one re-ask, 47 s of CPU (the SmolLM2 answers mostly name the window's genres).
+REAL = ProfileConfig(windows=2, window_events=8, history_budget=150, max_tokens=160, reasks=1, interests=3)
 MIN_LLM_SHARE = 0.5
-TIME_LIMIT_S = 60.0
+CPU_LIMIT_S = (
+    60.0  # CPU seconds of this process (llama.cpp on one thread): wall time on a shared machine varies
+)
 
 
 @pytest.mark.slow
@@ -239,9 +249,9 @@ def test_profiles_on_the_real_model(smollm2_gguf: object, bundled_split: Split) 
     inputs = profile_inputs(sp.test.asof, sp.dataset, users, REAL, count)
     engine = LLMEngine(make_backend("llamacpp", n_threads=1, n_ctx=2048), max_retries=1)
     try:
-        start = time.perf_counter()
+        start = time.process_time()
         profiles, failures = build_profiles(REAL, GuardedEngine(engine, sp, sp.test), inputs)
-        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - start
     finally:
         engine.close()
     short = profiles.filter(pl.col("level") == "short")
@@ -250,4 +260,4 @@ def test_profiles_on_the_real_model(smollm2_gguf: object, bundled_split: Split) 
     assert share >= MIN_LLM_SHARE, (share, failures.to_dicts())
     for r in short.filter(pl.col("source") == "llm").iter_rows(named=True):
         assert 1 <= len(r["interests"]) <= REAL.interests and all(i.strip() for i in r["interests"])
-    assert elapsed <= TIME_LIMIT_S, elapsed
+    assert cpu <= CPU_LIMIT_S, cpu
