@@ -172,6 +172,16 @@ def test_build_profiles_llm_rows_fallbacks_and_failures(toy_split: Split) -> Non
     assert len(sent) == 9 and all("Short-term profiles" in s for s in sent[6:])
 
 
+def test_a_user_without_history_gets_the_static_row_only() -> None:
+    empty = ProfileInput(user_id="new", asof_ts=BASE_TS, attributes={"age": "20"}, windows=(), raw_tokens=0)
+    backend = FakeBackend([])
+    profiles, failures = build_profiles(CFG, LLMEngine(backend, max_retries=0), [empty])
+    assert profiles["level"].to_list() == ["static"] and profiles["text"][0] == "age 20"
+    assert failures.height == 0 and backend.generate_calls == 0
+    assert render_profile(profiles, "new") == "Profile: age 20"
+    assert profile_size(profiles, [empty])["ratio"] == 0.0
+
+
 def test_example_copies_and_vague_phrases_are_dropped() -> None:
     cfg = ProfileConfig()
     kept, copies = clean_interests(
