@@ -20,6 +20,7 @@ from recgpt.llm.engine import LLMEngine
 from recgpt.llm.types import GenerationInput, approx_tokens
 from recgpt.pipeline.resources import GuardedEngine
 from recgpt.serendipity.profile_tasks import (
+    LONG_EXAMPLES,
     LONG_STAGE,
     SHORT_EXAMPLES,
     SHORT_STAGE,
@@ -196,12 +197,32 @@ def test_example_copies_and_vague_phrases_are_dropped() -> None:
         ["Watercolour painting"], cfg, SHORT_EXAMPLES, evidence_stems(["Watercolour Paint Tubes [Arts]"])
     )
     assert kept == ["Watercolour painting"] and copies == 0
-    kept, _ = clean_interests(["Drama, war films; Drama"], cfg, SHORT_EXAMPLES, frozenset())
+    films = evidence_stems(
+        ["The Green Mile (1999) [Crime/Drama]", "Platoon (1986) [Drama/War]", "prison films"]
+    )
+    kept, _ = clean_interests(["Drama, war films; Drama"], cfg, SHORT_EXAMPLES, films)
     assert kept == ["Drama", "war films"]  # a list written as one entry is split, then de-duplicated
     kept, _ = clean_interests(
-        ["The Green Mile drama", "prison drama"], cfg, SHORT_EXAMPLES, frozenset(), ["The Green Mile (1999)"]
+        ["The Green Mile drama", "prison drama"], cfg, SHORT_EXAMPLES, films, ["The Green Mile (1999)"]
     )
     assert kept == ["prison drama"]  # an interest that names a history item is one item, not an interest
+    caliper = "ABSOLUTE ORIGIN 0-6 Digital Electronic Caliper with LCD"
+    answer = [
+        "ABSOLUTE ORIGIN 0-6 Digital Electronic",  # a title cut short
+        "2000-01-08, winter)",  # the date line
+        "brand: Mitutoyo]",  # item-text syntax
+        "luxury home office",  # no word of the user's own text (with grounded, the default)
+        "bird photography calipers",  # example words the user never used
+        "digital calipers",
+    ]
+    evidence = evidence_stems([caliper, "Digital Calipers", "Aluminum Rods"])
+    kept, copies = clean_interests(answer, cfg, LONG_EXAMPLES, evidence, [caliper])
+    assert kept == ["digital calipers"] and copies == 1
+    loose = cfg.model_copy(update={"grounded": False})
+    assert clean_interests(answer, loose, LONG_EXAMPLES, evidence, [caliper])[0] == [
+        "luxury home office",
+        "digital calipers",
+    ]
     assert is_vague("various products") and is_vague("the best items") and not is_vague("trail running")
 
 

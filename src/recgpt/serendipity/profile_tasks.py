@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, create_model
 from recgpt.intent.context import attribute_text, clean_phrase, describe_date, fit_request, phrase_key
 from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, relabel_failures, stems
 from recgpt.intent.grounding import VAGUE
+from recgpt.intent.pool import phrase_tokens
 from recgpt.intent.tags import names_item
 from recgpt.llm.engine import engine_window
 from recgpt.llm.prompts import make_request
@@ -54,6 +55,9 @@ SHORT_STAGE = "profiles_short"
 LONG_STAGE = "profiles_long"
 REASONING_WORDS = 40
 _LIST_SEP = re.compile(r"\s*[,;]\s+")
+# Prompt syntax copied into an answer: brackets, "(year)" and "brand:" of item texts, ISO dates of the date line.
+_MARKUP = re.compile(r"[\[\](){}<>|]|\bbrand:|\d{4}-\d{2}")
+TITLE_RUN = 4  # an interest of this many words or more that is a run of a title's words is a title cut short
 # Words that say nothing about what a user likes: a phrase made only of these (and stop words) is vague.
 GENERIC = stems(
     " ".join(
@@ -127,9 +131,13 @@ def clean_interests(
     evidence: frozenset[str],
     titles: Sequence[str] = (),
 ) -> tuple[list[str], int]:
-    """Tidied (an entry listing several, "a, b; c", is split), de-duplicated interests without vague or over-long ones, ones that name an item of
-    `titles` (the history's: an interest is not one item, and a small model copies titles) or copy
-    the worked example; and the number of example copies dropped."""
+    """The interests an answer keeps, and how many example copies it lost.
+
+    An entry listing several ("a, b; c") is split; each part is tidied and dropped when empty, a
+    duplicate, over-long, vague, prompt syntax (brackets, "brand:", a date), a history item's title
+    or a run of `TITLE_RUN`+ of its words (an interest is not one item; a small model copies
+    titles), a copy of the worked example (`ExampleFilter`, or any example word the user's own
+    text lacks), or, with `cfg.grounded`, sharing no word with the user's own text (`evidence`)."""
     kept: list[str] = []
     seen: set[str] = set()
     copies = 0
@@ -139,14 +147,34 @@ def clean_interests(
         key = phrase_key(name)
         if not key or key in seen or len(name.split()) > cfg.max_words or is_vague(name):
             continue
-        if any(names_item(name, t) for t in titles):
+        if _MARKUP.search(name) or any(names_item(name, t) or _title_part(name, t) for t in titles):
             continue
-        if examples.copy_of(name, evidence) is not None:
+        words = stems(name)
+        if examples.copy_of(name, evidence) is not None or (words & examples_words(examples)) - evidence:
             copies += 1
+            continue
+        if cfg.grounded and not words & evidence:
             continue
         seen.add(key)
         kept.append(name)
     return kept[: cfg.interests], copies
+
+
+def _title_part(name: str, title: str) -> bool:
+    """Whether `name` is a run of `TITLE_RUN`+ consecutive words of `title` (a title cut short)."""
+    n, t = phrase_tokens(name), phrase_tokens(title)
+    return len(n) >= TITLE_RUN and any(t[i : i + len(n)] == n for i in range(len(t) - len(n) + 1))
+
+
+@lru_cache(maxsize=8)
+def _example_words(examples: ExampleFilter) -> frozenset[str]:
+    return frozenset().union(*(p.stems for p in examples.phrases))
+
+
+def examples_words(examples: ExampleFilter) -> frozenset[str]:
+    """Every stem of the worked examples' phrases: an interest word from there, absent from the user's
+    own text, came from the example (SmolLM2 wrote "bird photography cameras" for a 3D-printing user)."""
+    return _example_words(examples)
 
 
 def _reasoning(text: str) -> str:
