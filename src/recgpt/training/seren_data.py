@@ -121,7 +121,7 @@ def seren_samples(
             rejected = list(chosen)
             a, b = rejected.index(pos[0]), rejected.index(n)
             rejected[a], rejected[b] = rejected[b], rejected[a]
-            good = _assistant(seren_completion(inp, chosen))
+            good = _assistant(seren_completion(inp, chosen, cfg=cfg))
             rows.append(
                 {
                     "list_id": inp.list_id,
@@ -133,7 +133,7 @@ def seren_samples(
                     "prompt": prompt,
                     "completion": good,
                     "chosen": good,
-                    "rejected": _assistant(seren_completion(inp, rejected)),
+                    "rejected": _assistant(seren_completion(inp, rejected, cfg=cfg)),
                 }
             )
     return pl.DataFrame(rows, schema=SEREN_SAMPLE_SCHEMA)
