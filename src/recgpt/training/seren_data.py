@@ -29,6 +29,9 @@ import polars as pl
 from recgpt.data.sft import SampleError, sample_row, samples_frame
 
 if TYPE_CHECKING:
+    from recgpt.data.split import AsOf, Split
+    from recgpt.llm.task import TaskEngine
+    from recgpt.serendipity.profiles import ProfileConfig
     from recgpt.serendipity.seren import SerenConfig, SerenInput
 
 _MSG = pl.List(pl.Struct({"role": pl.String(), "content": pl.String()}))
@@ -144,6 +147,53 @@ def skipped_lists(lists: pl.DataFrame, samples: pl.DataFrame) -> int:
     return lists.height - samples["list_id"].n_unique()
 
 
+def list_view(split: Split, lists: pl.DataFrame) -> AsOf:
+    """What a list's user may be profiled from: a 'train' list sees the train split's events strictly
+    before its cut (`asof_ts`; never a validation or test event), an 'eval' list the test task's view."""
+    from recgpt.data.split import AsOf
+
+    parts = set(lists["part"].unique().to_list())
+    if parts == {"eval"}:
+        return split.test.asof
+    if parts != {"train"}:
+        raise ValueError(f"profile train and eval lists apart, got parts {sorted(parts)}")
+    if (dup := lists.filter(pl.col("user_id").is_duplicated())).height:
+        raise ValueError(
+            f"list {dup['list_id'][0]!r}: one train list per user (a view has one point per user)"
+        )
+    points = lists.select(
+        "user_id", pl.col("asof_ts").alias("point_ts"), pl.lit(-1, dtype=pl.Int64).alias("point_eid")
+    )  # event id -1: every event at the cut's timestamp is hidden too
+    return AsOf(split.train_events, points)
+
+
+def list_inputs(
+    split: Split,
+    lists: pl.DataFrame,
+    profile_cfg: ProfileConfig,
+    *,
+    engine: TaskEngine | None = None,
+) -> tuple[list[SerenInput], pl.DataFrame]:
+    """SerenGPT inputs of LISTS of one part, with the PROFILES they read: rule profiles
+    (`rule_profiles`, cheap) or, given an `engine`, LLM profiles (`build_profiles`); profiles see only
+    `list_view`. Eval inputs are checked against the test split (`guard_seren_inputs`)."""
+    from recgpt.llm.types import approx_tokens
+    from recgpt.serendipity.profiles import build_profiles, profile_inputs, render_profile, rule_profiles
+    from recgpt.serendipity.seren import guard_seren_inputs, seren_inputs
+
+    view = list_view(split, lists)
+    users = list(dict.fromkeys(lists["user_id"].to_list()))
+    pins = profile_inputs(view, split.dataset, users, profile_cfg, approx_tokens)
+    profiles = (
+        rule_profiles(pins, profile_cfg) if engine is None else build_profiles(profile_cfg, engine, pins)[0]
+    )
+    texts = {u: render_profile(profiles, u) for u in users}
+    inputs = seren_inputs(lists, texts, split.dataset.items)
+    if set(lists["part"].to_list()) == {"eval"}:
+        guard_seren_inputs(split, split.test, inputs)
+    return inputs, profiles
+
+
 def check_seren_samples(samples: pl.DataFrame) -> pl.DataFrame:
     """`samples` conformed to `SEREN_SAMPLE_SCHEMA`, or `SampleError` naming the row and field."""
     missing = [c for c in SEREN_SAMPLE_SCHEMA if c not in samples.columns]
@@ -202,6 +252,8 @@ __all__ = [
     "SEREN_SAMPLE_SCHEMA",
     "check_seren_samples",
     "ipo_records",
+    "list_inputs",
+    "list_view",
     "records_digest",
     "seren_samples",
     "sft_table",

@@ -83,24 +83,31 @@ def seren_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def _ci(m: dict[str, Any], key: str) -> str:
+    ci = (m.get("ci") or {}).get(key) or {}
+    lo, hi = ci.get("lo"), ci.get("hi")
+    return "" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
 def _eval_html(ev: dict[str, Any] | None) -> str:
     if not ev:
         return "<p>Not evaluated yet (<code>evaluate_seren</code>).</p>"
     rows = []
-    for name, m in ev.get("models", {}).items():
-        ci = m.get("ci", {})
+    named = [(n, m, "model") for n, m in ev.get("models", {}).items()]
+    named += [(n, m, "reference") for n, m in ev.get("references", {}).items()]
+    for name, m, kind in named:
         rows.append(
             [
-                name,
+                f"{name} ({kind})",
                 m.get("n_lists", ""),
-                _fmt(m.get("hit@1")),
-                str(ci.get("hit@1", "")),
-                _fmt(m.get("ndcg@3")),
-                str(ci.get("ndcg@3", "")),
+                _fmt(m.get("Hit@1")),
+                _ci(m, "Hit@1"),
+                _fmt(m.get("NDCG@3")),
+                _ci(m, "NDCG@3"),
                 _fmt(m.get("fallback_share")),
             ]
         )
-    head = ["model", "lists", "Hit@1", "95% CI", "NDCG@3", "95% CI", "fallback share"]
+    head = ["ranker", "lists", "Hit@1", "95% CI", "NDCG@3", "95% CI", "fallback share"]
     return _table(head, rows) + f"<p><small>{html.escape(ev.get('note', ''))}</small></p>"
 
 
