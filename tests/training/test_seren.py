@@ -130,6 +130,48 @@ def test_config_maps_to_one_sft_phase_and_checks_tau() -> None:
         SerenTrainConfig(beta=0.1)  # type: ignore[call-arg]
 
 
+def test_list_inputs_profile_train_lists_before_their_cut_and_guard_eval_lists() -> None:
+    from recgpt.data.split import make_split
+    from recgpt.serendipity.candidates import catalogue_arrays
+    from recgpt.serendipity.labels import LabelConfig, eval_lists, train_lists
+    from recgpt.serendipity.profiles import ProfileConfig
+    from recgpt.training.seren_data import list_inputs, list_view
+    from tests.serendipity.test_candidates import HashEncoder
+    from tests.serendipity.test_labels import toy_dataset
+
+    ds = toy_dataset()
+    split = make_split(ds)
+    cat = catalogue_arrays(ds, HashEncoder(), "leaf", events=split.train_events)
+    label_cfg = LabelConfig(list_size=5, rule="category", seed=3)
+    ev, _ = eval_lists(label_cfg, split, cat)
+    tr, _ = train_lists(label_cfg, split, cat, exclude_users=ev["user_id"].to_list())
+    assert tr.height and ev.height and not set(tr["user_id"]) & set(ev["user_id"])
+    view = list_view(split, tr)
+    titles = dict(zip(ds.items["item_id"], ds.items["title"], strict=True))
+    pcfg = ProfileConfig(windows=1, window_events=5, category_level="leaf")
+    inputs, profiles = list_inputs(split, tr, pcfg)
+    assert [i.list_id for i in inputs] == tr["list_id"].to_list() and set(profiles["source"]) == {"rules"}
+    for r, inp in zip(tr.iter_rows(named=True), inputs, strict=True):
+        assert (view.history(r["user_id"])["timestamp"] < r["asof_ts"]).all()  # the cut hides the future
+        future = r["item_ids"][r["labels"].index(1)]
+        assert titles[future] not in inp.profile
+    samples = seren_samples(tr, inputs, SerenConfig(list_size=5), pairs=1)
+    assert samples.height == tr.height  # every train list has one positive and negatives
+    ev_inputs, _ = list_inputs(split, ev, pcfg)  # guard_seren_inputs passes: profiles are pre-test
+    assert len(ev_inputs) == ev.height
+    with pytest.raises(ValueError, match="apart"):
+        list_view(split, pl.concat([tr, ev]))
+
+
+def test_train_seren_is_a_train_command() -> None:
+    from typer.testing import CliRunner
+
+    from recgpt.cli.train import train_app
+
+    res = CliRunner().invoke(train_app, ["seren", "--help"])
+    assert res.exit_code == 0 and "--tau" in res.output and "--profiles" in res.output
+
+
 # ---------------------------------------------------------------------- real training
 
 
