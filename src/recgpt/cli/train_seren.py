@@ -172,9 +172,10 @@ def seren(
         )
     if not result.complete:
         console.print(
-            f"[yellow]stopped at the --budget-s budget ({budget_s:.0f} s per phase)[/yellow]: re-run to continue"
+            f"[yellow]stopped at the --budget-s budget ({budget_s:.0f} s per phase)[/yellow]: re-run the same "
+            "command to continue; the evaluation runs once both phases are complete"
         )
-    if eval_lists_n and ev_lists.height:
+    elif eval_lists_n and ev_lists.height:
         from recgpt.training.seren_eval import eval_references, evaluate_seren, seren_models
 
         ev_inputs, _ = list_inputs(split, ev_lists, profile_cfg, engine=engine)
