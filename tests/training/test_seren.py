@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -170,6 +171,46 @@ def test_train_seren_is_a_train_command() -> None:
 
     res = CliRunner().invoke(train_app, ["seren", "--help"])
     assert res.exit_code == 0 and "--tau" in res.output and "--profiles" in res.output
+
+
+def test_evaluate_seren_scores_each_model_and_the_references(tmp_path: Path) -> None:
+    """Scripted models: an oracle that puts the serendipitous (astronomy / gardening) candidate first,
+    and one that keeps the list order; Hit@1 follows, eval.json and the report show both."""
+    from recgpt.llm.backends.fake import FakeBackend
+    from recgpt.serendipity.references import reference_rankings
+    from recgpt.serendipity.seren import seren_completion
+    from recgpt.training.seren_eval import evaluate_seren
+    from recgpt.training.seren_report import write_seren_report
+
+    lists, inputs = lists_and_inputs(4)
+    lists = lists.with_columns(pl.lit("eval").alias("part"))
+    by_profile_and_first = {(i.profile, i.candidates[0].title): i for i in inputs}
+
+    def answer(oracle: bool) -> Any:
+        def script(gen: Any) -> str:
+            text = gen.messages[-1].content
+            inp = next(v for (p, t), v in by_profile_and_first.items() if p in text and t in text)
+            pos = [j for j, c in enumerate(inp.candidates) if c.category in ("Astronomy", "Gardening")][:1]
+            order = pos + [j for j in range(5) if j not in pos] if oracle else list(range(5))
+            return seren_completion(inp, order, cfg=CFG)
+
+        return script
+
+    models = {
+        "base": FakeBackend(answer(False), model="plain"),
+        "sft+ipo": FakeBackend(answer(True), model="oracle"),
+    }
+    refs = {"random": reference_rankings(lists, "random")}
+    ev = evaluate_seren(CFG, inputs, lists, models, tmp_path, references=refs)
+    assert ev["models"]["sft+ipo"]["Hit@1"] == 1.0 and ev["models"]["sft+ipo"]["fallback_share"] == 0.0
+    assert ev["models"]["base"]["Hit@1"] == float(np.mean([lab[0] for lab in lists["labels"]]))
+    assert ev["references"]["random"]["n_lists"] == 4 and "sft+ipo" in ev["vs_base"]
+    assert json.loads((tmp_path / "eval.json").read_text())["specs"]["base"] == "fake:plain"
+    assert (tmp_path / "eval" / "sft_ipo.parquet").is_file()
+    with pytest.raises(ValueError, match="'eval' lists only"):
+        evaluate_seren(CFG, inputs, lists.with_columns(pl.lit("train").alias("part")), models, tmp_path)
+    write_seren_report(tmp_path)  # a folder evaluated before (or without) training still renders
+    assert "sft+ipo (model)" in (tmp_path / "report.html").read_text()
 
 
 # ---------------------------------------------------------------------- real training

@@ -27,6 +27,7 @@ from recgpt.serendipity.seren import SerenConfig, SerenInput, rank_lists, rankin
 
 if TYPE_CHECKING:
     from recgpt.data.split import Split
+    from recgpt.llm.types import Backend
     from recgpt.serendipity.candidates import Catalogue
 
 
@@ -61,7 +62,7 @@ def evaluate_seren(
     cfg: SerenConfig,
     inputs: Sequence[SerenInput],
     lists: pl.DataFrame,
-    models: Mapping[str, str],
+    models: Mapping[str, str | Backend],
     out: str | os.PathLike[str],
     *,
     references: Mapping[str, pl.DataFrame] | None = None,
@@ -69,7 +70,7 @@ def evaluate_seren(
     seed: int = 0,
     console: Any = None,
 ) -> dict[str, Any]:
-    """Rank the eval `lists` with each model (name -> backend spec) and score them; writes
+    """Rank the eval `lists` with each model (name -> backend spec, or a `Backend`) and score them; writes
     `out/eval/<name>.parquet` (RANKINGS) and `out/eval.json`, and returns what it wrote."""
     from recgpt.llm import LLMCache, LLMEngine, make_backend
 
@@ -78,12 +79,16 @@ def evaluate_seren(
     out = Path(out)
     (out / "eval").mkdir(parents=True, exist_ok=True)
     rankings: dict[str, pl.DataFrame] = {}
-    result: dict[str, Any] = {"models": {}, "references": {}, "specs": dict(models)}
+    result: dict[str, Any] = {"models": {}, "references": {}, "specs": {}}
     for name, spec in models.items():
         t0 = time.perf_counter()
-        backend = (
-            make_backend(spec, threads=threads) if spec.startswith("transformers") else make_backend(spec)
-        )
+        if isinstance(spec, str):
+            backend = (
+                make_backend(spec, threads=threads) if spec.startswith("transformers") else make_backend(spec)
+            )
+        else:
+            backend = spec
+        result["specs"][name] = spec if isinstance(spec, str) else f"{backend.name}:{backend.model_id}"
         with LLMEngine(backend, cache=LLMCache(out / "llm-cache.sqlite"), max_retries=1) as engine:
             ranked, failures = rank_lists(cfg, engine, inputs)
         rankings[name] = ranked
