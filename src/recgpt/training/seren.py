@@ -60,6 +60,7 @@ from recgpt.training.seren_data import (
     records_digest,
     sft_table,
 )
+from recgpt.training.seren_report import write_seren_report
 from recgpt.training.sft import (
     LevelResult,
     SFTConfig,
@@ -414,8 +415,6 @@ def run_seren_training(
         result.rewards = {k: rewards[-1].get(k) for k in REWARD_KEYS} if rewards else {}
     result.wall_s = time.perf_counter() - t0
     write_json_atomic(out / "seren.json", {"config": cfg.model_dump(), "result": result.to_dict()})
-    from recgpt.training.seren_report import write_seren_report
-
     write_seren_report(out)
     return result
 
