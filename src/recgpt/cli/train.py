@@ -63,6 +63,7 @@ from recgpt.cli.train_common import (
     wall_time,
 )
 from recgpt.cli.train_distill import distill
+from recgpt.cli.train_seren import seren
 from recgpt.folders import slug
 from recgpt.training.tables import LOG_TASKS, TASKS
 
@@ -184,6 +185,7 @@ def sft(
 
 
 train_app.command("distill")(distill)
+train_app.command("seren")(seren)
 
 
 @train_app.command("export-gguf")
