@@ -1,0 +1,305 @@
+"""The SERAL stages 02-08 (see `pipeline.seral` for the whole chain and its table of folders).
+
+Each is a function of a `StageContext`: it reads only the tables and config it declares, writes its
+tables into its own folder and returns the stats its marker keeps. User-specific text reaches an
+LLM only through the leakage guards: profiles through the `GuardedEngine` (a prompt naming a
+held-out item aborts the stage), SerenGPT through `seren.guard_seren_inputs` (the *profile* of each
+input must not name a held-out item; the candidate list may, since a ranking evaluation includes the
+target by design).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import numpy as np
+import polars as pl
+
+from recgpt.pipeline.core import StageContext
+from recgpt.pipeline.resources import GuardedEngine, Resources
+from recgpt.pipeline.runner import fallback_stats
+
+VECTORS = "item_vectors.npy"  # 03_candidates/: L2-normalised item embeddings (candidates, labels, nearline)
+
+
+def _res(ctx: StageContext) -> Resources:
+    return cast(Resources, ctx.resources)
+
+
+def titles(res: Resources) -> dict[str, str]:
+    items = res.dataset.items
+    return dict(zip(items["item_id"].to_list(), items["title"].fill_null("").to_list(), strict=True))
+
+
+def points(res: Resources) -> dict[str, int]:
+    """Each sampled user's split point (the AsOf timestamp every SERAL table is built at)."""
+    return {u: int(res.task.asof.point(u)[0]) for u in res.users}
+
+
+# ---------------------------------------------------------------- 02 profiles
+
+
+def run_profiles(ctx: StageContext) -> dict[str, Any]:
+    """Cognition profiles of the sampled users (static, short-term per window, long-term), built from
+    their `AsOf` view through the guarded engine; stats: size against the raw history, fallback."""
+    from recgpt.behavior import make_counter
+    from recgpt.serendipity.profiles import build_profiles, profile_inputs, profile_size
+
+    res, cfg = _res(ctx), ctx.config
+    counter = make_counter(cfg.tokenizer)
+    inputs = profile_inputs(res.task.asof, res.dataset, res.users, cfg.profiles, counter.count)
+    engine = GuardedEngine(ctx.engine(), res.split, res.task)
+    profiles, failures = build_profiles(cfg.profiles, engine, inputs)
+    ctx.write("profiles", profiles)
+    ctx.write("failures", failures)
+    asked = profiles.filter(pl.col("source").is_in(["llm", "fallback"]))
+    fell = asked.filter(pl.col("source") == "fallback")
+    reasons = dict(failures.group_by("reason").len().sort("reason").rows()) if failures.height else {}
+    return {
+        "users": len(res.users),
+        "rows": profiles.height,
+        "levels": dict(profiles.group_by("level").len().sort("level").rows()),
+        "size": profile_size(profiles, inputs),
+        "prompts_guarded": engine.checked,
+        **fallback_stats(fell.height, asked.height, reasons, unit="profiles"),
+    }
+
+
+# ---------------------------------------------------------------- 03 candidates
+
+
+def item_vectors(res: Resources, embedder: str) -> np.ndarray:
+    """L2-normalised embeddings of every catalogue item (title and categories), in split item order."""
+    from recgpt.serendipity.cache import item_texts
+
+    items = res.dataset.items
+    order = items["item_id"].to_list()
+    if order != res.split.item_ids.tolist():
+        pos = {iid: i for i, iid in enumerate(order)}
+        items = items[[pos[i] for i in res.split.item_ids.tolist()]]
+    vecs = np.asarray(res.encoder(embedder).encode(item_texts(items)), dtype=np.float32)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
+
+
+def run_candidates(ctx: StageContext) -> dict[str, Any]:
+    """Serving candidates of every sampled user: items their familiar channels would not show
+    (`candidates.generate_candidates` over their history before the split point)."""
+    from recgpt.serendipity.cache import serving_candidates
+
+    res, cfg = _res(ctx), ctx.config
+    vecs = item_vectors(res, cfg.embedder)
+    np.save(ctx.out_dir / VECTORS, vecs)
+    task = res.task
+    cand = serving_candidates(
+        cfg.candidates,
+        res.dataset,
+        res.split.item_ids,
+        task.histories,
+        task.user_ids,
+        vecs,
+        res.split.train.item_popularity,
+        cfg.seed,
+    )
+    ctx.write("candidates", cand)
+    lens = cand.group_by("user_id").len()["len"]
+    return {
+        "users": cand["user_id"].n_unique(),
+        "mean_list": float(lens.mean()) if lens.len() else 0.0,  # type: ignore[arg-type]
+        "mean_unexpectedness": float(cand["unexpectedness"].mean()) if cand.height else 0.0,  # type: ignore[arg-type]
+        "distinct_items": cand["item_id"].n_unique(),
+        "categories": cand["category"].n_unique(),
+    }
+
+
+# ---------------------------------------------------------------- 04 labels
+
+
+def run_labels(ctx: StageContext) -> dict[str, Any]:
+    """Labelled evaluation lists of the sampled users (`labels.eval_lists`: a list per user whose
+    held-out item is serendipitous), with people's verdicts applied over the log labels."""
+    from recgpt.pipeline.seral_config import VERDICTS_FILE
+    from recgpt.serendipity.labels import apply_verdicts, eval_lists, read_verdicts
+
+    res, cfg = _res(ctx), ctx.config
+    vecs = np.load(ctx.folder("candidates") / VECTORS)
+    lists = eval_lists(cfg.labels, res.split, res.task, vecs, seed=cfg.seed)
+    path = ctx.store.run_dir / VERDICTS_FILE
+    verdicts = read_verdicts(path) if cfg.verdicts is not None and path.exists() else None
+    if verdicts is not None:
+        lists = apply_verdicts(lists, verdicts)
+    ctx.write("lists", lists)
+    n_pos = int(lists["labels"].list.sum().sum()) if lists.height else 0
+    return {
+        "users": len(res.users),
+        "lists": lists.height,
+        "serendipitous_targets": lists.height,
+        "expected_targets": len(res.users) - lists.height,
+        "positives": n_pos,
+        "verdicts": 0 if verdicts is None else verdicts.height,
+    }
+
+
+# ---------------------------------------------------------------- 05 SerenGPT
+
+
+def eval_inputs(ctx: StageContext, lists: pl.DataFrame, profiles: pl.DataFrame) -> list[Any]:
+    """SerenGPT's inputs for the labelled evaluation lists (each user's profile, the list's items)."""
+    from recgpt.data.categories import categories_at_level
+    from recgpt.serendipity.profiles import render_profile
+    from recgpt.serendipity.seren import SerenCandidate, SerenInput
+
+    res, cfg = _res(ctx), ctx.config
+    names = titles(res)
+    levelled = categories_at_level(res.dataset, cfg.candidates.category_level)
+    cat = {i: ", ".join(c) for i, c in zip(levelled.item_ids, levelled.categories, strict=True)}
+    rendered: dict[str, str] = {}
+    out = []
+    for list_id, user, asof, items in lists.select("list_id", "user_id", "asof_ts", "item_ids").iter_rows():
+        if user not in rendered:
+            rendered[user] = render_profile(profiles, user)
+        cands = tuple(SerenCandidate(item_id=i, title=names.get(i, i), category=cat.get(i, "")) for i in items)
+        out.append(SerenInput(list_id=list_id, user_id=user, asof_ts=int(asof), profile=rendered[user], candidates=cands))
+    return out
+
+
+def run_seren(ctx: StageContext) -> dict[str, Any]:
+    """SerenGPT ranks (a) each user's serving candidates (-> the cache) and (b) the labelled evaluation
+    lists (-> Hit@1 / NDCG@3 in the eval stage). Profiles are guarded; candidates may hold the target."""
+    from recgpt.serendipity.cache import serving_inputs
+    from recgpt.serendipity.seren import guard_seren_inputs, rank_lists
+
+    res, cfg = _res(ctx), ctx.config
+    profiles = ctx.read("profiles", "profiles")
+    serve = serving_inputs(ctx.read("candidates", "candidates"), profiles, titles(res), points(res))
+    evals = eval_inputs(ctx, ctx.read("labels", "lists"), profiles)
+    guarded = guard_seren_inputs(res.split, res.task, [*serve, *evals])
+    engine = ctx.engine()
+    t0 = time.perf_counter()
+    rankings, failures = rank_lists(cfg.seren, engine, [*serve, *evals])
+    seconds = time.perf_counter() - t0
+    is_serve = pl.col("list_id").str.starts_with("serve:")
+    ctx.write("serving", rankings.filter(is_serve))
+    ctx.write("eval", rankings.filter(~is_serve))
+    ctx.write("failures", failures)
+    n_lists = len(serve) + len(evals)
+    failed = failures["list_id"].n_unique() if "list_id" in failures.columns else failures.height
+    reasons = dict(failures.group_by("reason").len().sort("reason").rows()) if failures.height else {}
+    return {
+        "serving_lists": len(serve),
+        "eval_lists": len(evals),
+        "profiles_guarded": guarded,
+        "seconds_per_list": round(seconds / n_lists, 3) if n_lists else 0.0,
+        **fallback_stats(min(failed, n_lists), n_lists, reasons, unit="lists"),
+    }
+
+
+# ---------------------------------------------------------------- 06 cache, 07 base, 08 slot
+
+
+def run_cache(ctx: StageContext) -> dict[str, Any]:
+    """The CACHE table: each user's top `slot.cache_size` of SerenGPT's serving ranking."""
+    from recgpt.serendipity.cache import build_cache
+    from recgpt.serendipity.profiles import profile_version
+
+    cfg = ctx.config
+    profiles = ctx.read("profiles", "profiles")
+    rankings = ctx.read("seren", "serving")
+    versions = {u: profile_version(profiles, u) for u in profiles["user_id"].unique().to_list()}
+    model = str(ctx.declared("llm:seren")["spec"])
+    cache = build_cache(rankings, versions, size=cfg.slot.cache_size, model=model, created_ts=int(time.time()))
+    ctx.write("cache", cache)
+    per = cache.group_by("user_id").len()["len"]
+    return {
+        "users": cache["user_id"].n_unique(),
+        "rows": cache.height,
+        "mean_per_user": float(per.mean()) if per.len() else 0.0,  # type: ignore[arg-type]
+        "model": model,
+    }
+
+
+def run_base(ctx: StageContext) -> dict[str, Any]:
+    """The classic channel's list of every sampled user: the validation-best of `baselines` (tuned on
+    validation with the RecGPT chain's own `tune.choose_baseline`), fitted on the train split."""
+    from recgpt.baselines.registry import get_recommender
+    from recgpt.eval.experiment import recommend
+    from recgpt.pipeline.tune import choose_baseline
+
+    res, cfg = _res(ctx), ctx.config
+    chosen = choose_baseline(ctx)
+    name, params = chosen["baseline"], chosen["baseline_params"]
+    model = get_recommender(name, **params).fit(res.split.train, seed=cfg.seed)
+    k = max(max(cfg.ks), cfg.slot.k)
+    recs = recommend(model, res.task, k, mask=True)
+    rows = [
+        (u, r, str(res.split.item_ids[i]))
+        for u, lst in zip(res.task.user_ids, recs.tolist(), strict=True)
+        for r, i in enumerate(lst)
+        if i >= 0
+    ]
+    ctx.write(
+        "base",
+        pl.DataFrame(rows, schema={"user_id": pl.String(), "rank": pl.Int32(), "item_id": pl.String()}, orient="row"),
+    )
+    return {
+        "baseline": name,
+        "baseline_params": params,
+        "baselines": {n: {k: v for k, v in t.items() if k != "validation"} for n, t in chosen["baselines"].items()},
+    }
+
+
+LISTS_SCHEMA = {
+    "list": pl.String(),
+    "user_id": pl.String(),
+    "rank": pl.Int32(),
+    "item_id": pl.String(),
+    "channel": pl.String(),
+}
+WITH_SLOT, WITHOUT_SLOT = "with-slot", "without-slot"
+
+
+def run_slot(ctx: StageContext) -> dict[str, Any]:
+    """The final lists: the classic list with the serendipity slot merged at the quota, and without."""
+    from recgpt.serendipity.slot import SEREN, merge_slot
+
+    res, cfg = _res(ctx), ctx.config
+    length = max(max(cfg.ks), cfg.slot.k)
+    base = {u: g["item_id"].to_list() for (u,), g in ctx.read("base", "base").sort("user_id", "rank").partition_by("user_id", as_dict=True).items()}
+    cache = {u: g["item_id"].to_list() for (u,), g in ctx.read("cache", "cache").sort("user_id", "rank").partition_by("user_id", as_dict=True).items()}
+    rows: list[tuple[str, str, int, str, str]] = []
+    placed = 0
+    for u in res.task.user_ids:
+        b = base.get(u, [])
+        rows += [(WITHOUT_SLOT, u, r, i, "base") for r, i in enumerate(b[:length])]
+        merged = merge_slot(b, cache.get(u, []), cfg.slot, length)
+        placed += sum(c == SEREN for _, c in merged)
+        rows += [(WITH_SLOT, u, r, i, c) for r, (i, c) in enumerate(merged)]
+    ctx.write("lists", pl.DataFrame(rows, schema=LISTS_SCHEMA, orient="row"))
+    n = len(res.task.user_ids)
+    return {
+        "users": n,
+        "quota": cfg.slot.quota,
+        "positions": list(cfg.slot.slots()),
+        "seren_items": placed,
+        "mean_seren_per_user": placed / n if n else 0.0,
+    }
+
+
+__all__ = [
+    "LISTS_SCHEMA",
+    "VECTORS",
+    "WITHOUT_SLOT",
+    "WITH_SLOT",
+    "eval_inputs",
+    "item_vectors",
+    "points",
+    "run_base",
+    "run_cache",
+    "run_candidates",
+    "run_labels",
+    "run_profiles",
+    "run_seren",
+    "run_slot",
+    "titles",
+]

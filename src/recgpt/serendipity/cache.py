@@ -1,0 +1,156 @@
+"""The serendipity cache: each user's SerenGPT-ranked serendipitous items, ready to serve.
+
+SERAL serves serendipity *nearline*: SerenGPT is far too slow for a request path, so it ranks each
+user's serving candidates ahead of time and the top of that ranking is kept in a per-user table (the
+CACHE), which the online list reads through the serendipity slot (`serendipity.slot`). A row carries
+what a server needs to show and to trust the item: the score and reason SerenGPT gave, the version of
+the profile it read (`profiles.profile_version`: sha256[:12] of the user's profile rows, so a stale
+entry is visible), the model that ranked it and when.
+
+This module builds the cache from SerenGPT's rankings of the serving lists (`serving_inputs` turns
+candidates + profiles into SerenGPT's inputs, one list per user, `list_id = "serve:<user>"`), and
+rewrites one user's rows without touching anyone else's (`replace_users`, used by nearline refresh).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from recgpt.data.dataset import Dataset
+
+CACHE_SCHEMA = {
+    "user_id": pl.String(),
+    "item_id": pl.String(),
+    "rank": pl.Int32(),
+    "score": pl.Float32(),
+    "reason": pl.String(),
+    "profile_version": pl.String(),
+    "model": pl.String(),
+    "created_ts": pl.Int64(),
+}
+SERVE_PREFIX = "serve:"
+
+
+def serving_list_id(user_id: str) -> str:
+    """The list id of a user's serving list (their candidates, ranked by SerenGPT for the cache)."""
+    return f"{SERVE_PREFIX}{user_id}"
+
+
+def item_texts(items: pl.DataFrame) -> list[str]:
+    """What an item's embedding is computed from: its title and categories (one line per item)."""
+    cats = items["categories"].to_list() if "categories" in items.columns else [None] * items.height
+    return [
+        f"{title or iid}" + (f" ({', '.join(c)})" if c else "")
+        for iid, title, c in zip(items["item_id"].to_list(), items["title"].to_list(), cats, strict=True)
+    ]
+
+
+def serving_candidates(
+    cfg: object,
+    dataset: Dataset,
+    item_ids: np.ndarray,
+    histories: Sequence[np.ndarray],
+    user_ids: Sequence[str],
+    vectors: np.ndarray,
+    popularity: np.ndarray,
+    seed: int,
+) -> pl.DataFrame:
+    """Each user's serving candidates (`candidates.generate_candidates` at `cfg.category_level`):
+    what the pipeline's candidates stage and nearline refresh both build."""
+    from recgpt.eval.experiment import category_matrix
+    from recgpt.serendipity.candidates import generate_candidates
+
+    cats, names = category_matrix(dataset, cfg.category_level)  # type: ignore[attr-defined]
+    return generate_candidates(
+        cfg,  # type: ignore[arg-type]
+        histories,
+        user_ids,
+        item_ids,
+        vectors,
+        cats,
+        names,
+        popularity,
+        seed,
+    )
+
+
+def serving_inputs(
+    candidates: pl.DataFrame,
+    profiles: pl.DataFrame,
+    titles: Mapping[str, str],
+    points: Mapping[str, int],
+) -> list[object]:
+    """SerenGPT's inputs for the serving lists: one per user with candidates, in candidate rank order,
+    reading the user's rendered profile (`profiles.render_profile`) as of `points[user]`."""
+    from recgpt.serendipity.profiles import render_profile
+    from recgpt.serendipity.seren import SerenCandidate, SerenInput
+
+    out: list[object] = []
+    by_user = candidates.sort("user_id", "rank").partition_by("user_id", as_dict=True, maintain_order=True)
+    for (user,), rows in by_user.items():
+        cands = tuple(
+            SerenCandidate(item_id=i, title=titles.get(i, i), category=c or "")
+            for i, c in rows.select("item_id", "category").iter_rows()
+        )
+        out.append(
+            SerenInput(
+                list_id=serving_list_id(str(user)),
+                user_id=str(user),
+                asof_ts=int(points[str(user)]),
+                profile=render_profile(profiles, str(user)),
+                candidates=cands,
+            )
+        )
+    return out
+
+
+def build_cache(
+    rankings: pl.DataFrame,
+    versions: Mapping[str, str],
+    *,
+    size: int,
+    model: str,
+    created_ts: int,
+) -> pl.DataFrame:
+    """CACHE rows: the top `size` of each user's serving ranking (rank renumbered from 0), with the
+    profile version each was ranked from; sorted by (user_id, rank)."""
+    serve = rankings.filter(pl.col("list_id").str.starts_with(SERVE_PREFIX))
+    top = serve.sort("user_id", "rank").group_by("user_id", maintain_order=True).head(size)
+    top = top.with_columns(pl.int_range(pl.len()).over("user_id").alias("rank"))
+    df = top.select(
+        "user_id",
+        "item_id",
+        "rank",
+        "score",
+        pl.col("reason").fill_null(""),
+        pl.col("user_id").replace_strict(dict(versions), default="").alias("profile_version"),
+        pl.lit(model).alias("model"),
+        pl.lit(int(created_ts)).alias("created_ts"),
+    )
+    return df.cast(CACHE_SCHEMA).sort("user_id", "rank")  # type: ignore[arg-type]
+
+
+def replace_users(table: pl.DataFrame, fresh: pl.DataFrame, users: Sequence[str]) -> pl.DataFrame:
+    """`table` with the rows of `users` replaced by `fresh`'s; every other row kept exactly, in place
+    (the result is sorted like `table`: by user, the untouched users' row order unchanged)."""
+    gone = pl.col("user_id").is_in(list(users))
+    kept = table.with_row_index("_row").filter(~gone)
+    new = fresh.select(table.columns).cast(dict(table.schema)).with_row_index("_row")  # type: ignore[arg-type]
+    new = new.with_columns(pl.col("_row") + len(table))
+    merged = pl.concat([kept, new]).sort("user_id", "_row", maintain_order=True)
+    return merged.drop("_row")
+
+
+__all__ = [
+    "CACHE_SCHEMA",
+    "SERVE_PREFIX",
+    "build_cache",
+    "item_texts",
+    "replace_users",
+    "serving_candidates",
+    "serving_inputs",
+    "serving_list_id",
+]
