@@ -109,6 +109,11 @@ def _attributes(users: pl.DataFrame, user_ids: Sequence[str]) -> dict[str, dict[
     return out
 
 
+def user_attributes(users: pl.DataFrame, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """user_id -> the non-empty `ATTRIBUTE_FIELDS` of the users table (static attributes A_u)."""
+    return _attributes(users, user_ids)
+
+
 def build_contexts(
     task: EvalTask,
     dataset: Dataset,
@@ -352,4 +357,5 @@ __all__ = [
     "phrase_key",
     "prompt_text",
     "stored_histories",
+    "user_attributes",
 ]
