@@ -82,7 +82,10 @@ class SeralConfig(RunConfig):
         defaults = _json(RunConfig().model_dump(mode="json"))
         for name in RECGPT_ONLY:
             if name in data and _json(data[name]) != defaults[name]:
-                if isinstance(data[name], dict) and _json(merge(defaults[name], data[name])) == defaults[name]:
+                if (
+                    isinstance(data[name], dict)
+                    and _json(merge(defaults[name], data[name])) == defaults[name]
+                ):
                     continue
                 raise ValueError(
                     f"{name} is a RecGPT setting; the SERAL pipeline does not read it "
@@ -116,4 +119,11 @@ def load_seral_config(path: Path | None, overrides: dict[str, Any] | None = None
     return SeralConfig.model_validate(merge(data, overrides or {}))
 
 
-__all__ = ["RECGPT_ONLY", "SERAL_SUFFIX", "VERDICTS_FILE", "SeralConfig", "load_seral_config", "verdicts_digest"]
+__all__ = [
+    "RECGPT_ONLY",
+    "SERAL_SUFFIX",
+    "VERDICTS_FILE",
+    "SeralConfig",
+    "load_seral_config",
+    "verdicts_digest",
+]

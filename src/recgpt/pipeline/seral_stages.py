@@ -144,54 +144,46 @@ def run_labels(ctx: StageContext) -> dict[str, Any]:
 # ---------------------------------------------------------------- 05 SerenGPT
 
 
-def eval_inputs(ctx: StageContext, lists: pl.DataFrame, profiles: pl.DataFrame) -> list[Any]:
-    """SerenGPT's inputs for the labelled evaluation lists (each user's profile, the list's items)."""
-    from recgpt.data.categories import categories_at_level
-    from recgpt.serendipity.profiles import render_profile
-    from recgpt.serendipity.seren import SerenCandidate, SerenInput
-
-    res, cfg = _res(ctx), ctx.config
-    names = titles(res)
-    levelled = categories_at_level(res.dataset, cfg.candidates.category_level)
-    cat = {i: ", ".join(c) for i, c in zip(levelled.item_ids, levelled.categories, strict=True)}
-    rendered: dict[str, str] = {}
-    out = []
-    for list_id, user, asof, items in lists.select("list_id", "user_id", "asof_ts", "item_ids").iter_rows():
-        if user not in rendered:
-            rendered[user] = render_profile(profiles, user)
-        cands = tuple(SerenCandidate(item_id=i, title=names.get(i, i), category=cat.get(i, "")) for i in items)
-        out.append(SerenInput(list_id=list_id, user_id=user, asof_ts=int(asof), profile=rendered[user], candidates=cands))
-    return out
-
-
 def run_seren(ctx: StageContext) -> dict[str, Any]:
     """SerenGPT ranks (a) each user's serving candidates (-> the cache) and (b) the labelled evaluation
     lists (-> Hit@1 / NDCG@3 in the eval stage). Profiles are guarded; candidates may hold the target."""
-    from recgpt.serendipity.cache import serving_inputs
-    from recgpt.serendipity.seren import guard_seren_inputs, rank_lists
+    from recgpt.serendipity.cache import SERVE_PREFIX, item_categories, rendered_profiles, serving_lists
+    from recgpt.serendipity.seren import PARTIAL, guard_seren_inputs, rank_lists, seren_inputs
 
     res, cfg = _res(ctx), ctx.config
-    profiles = ctx.read("profiles", "profiles")
-    serve = serving_inputs(ctx.read("candidates", "candidates"), profiles, titles(res), points(res))
-    evals = eval_inputs(ctx, ctx.read("labels", "lists"), profiles)
-    guarded = guard_seren_inputs(res.split, res.task, [*serve, *evals])
-    engine = ctx.engine()
+    profiles = rendered_profiles(ctx.read("profiles", "profiles"))
+    lists = pl.concat(
+        [
+            serving_lists(ctx.read("candidates", "candidates"), points(res)),
+            ctx.read("labels", "lists").select("list_id", "user_id", "asof_ts", "item_ids"),
+        ],
+        how="vertical_relaxed",
+    )
+    inputs = seren_inputs(
+        lists, profiles, res.dataset.items, item_categories(res.dataset, cfg.candidates.category_level)
+    )
+    guarded = guard_seren_inputs(res.split, res.task, inputs)
     t0 = time.perf_counter()
-    rankings, failures = rank_lists(cfg.seren, engine, [*serve, *evals])
+    rankings, failures = rank_lists(cfg.seren, ctx.engine(), inputs)
     seconds = time.perf_counter() - t0
-    is_serve = pl.col("list_id").str.starts_with("serve:")
+    is_serve = pl.col("list_id").str.starts_with(SERVE_PREFIX)
     ctx.write("serving", rankings.filter(is_serve))
     ctx.write("eval", rankings.filter(~is_serve))
     ctx.write("failures", failures)
-    n_lists = len(serve) + len(evals)
-    failed = failures["list_id"].n_unique() if "list_id" in failures.columns else failures.height
-    reasons = dict(failures.group_by("reason").len().sort("reason").rows()) if failures.height else {}
+    fell = failures.filter(pl.col("reason") != PARTIAL)
+    n_serve = int(lists["list_id"].str.starts_with(SERVE_PREFIX).sum())
     return {
-        "serving_lists": len(serve),
-        "eval_lists": len(evals),
+        "serving_lists": n_serve,
+        "eval_lists": len(inputs) - n_serve,
+        "partial_lists": int((failures["reason"] == PARTIAL).sum()),
         "profiles_guarded": guarded,
-        "seconds_per_list": round(seconds / n_lists, 3) if n_lists else 0.0,
-        **fallback_stats(min(failed, n_lists), n_lists, reasons, unit="lists"),
+        "seconds_per_list": round(seconds / len(inputs), 3) if inputs else 0.0,
+        **fallback_stats(
+            fell["list_id"].n_unique(),
+            len(inputs),
+            dict(fell.group_by("reason").len().sort("reason").rows()),
+            unit="lists",
+        ),
     }
 
 
@@ -208,7 +200,9 @@ def run_cache(ctx: StageContext) -> dict[str, Any]:
     rankings = ctx.read("seren", "serving")
     versions = {u: profile_version(profiles, u) for u in profiles["user_id"].unique().to_list()}
     model = str(ctx.declared("llm:seren")["spec"])
-    cache = build_cache(rankings, versions, size=cfg.slot.cache_size, model=model, created_ts=int(time.time()))
+    cache = build_cache(
+        rankings, versions, size=cfg.slot.cache_size, model=model, created_ts=int(time.time())
+    )
     ctx.write("cache", cache)
     per = cache.group_by("user_id").len()["len"]
     return {
@@ -240,12 +234,16 @@ def run_base(ctx: StageContext) -> dict[str, Any]:
     ]
     ctx.write(
         "base",
-        pl.DataFrame(rows, schema={"user_id": pl.String(), "rank": pl.Int32(), "item_id": pl.String()}, orient="row"),
+        pl.DataFrame(
+            rows, schema={"user_id": pl.String(), "rank": pl.Int32(), "item_id": pl.String()}, orient="row"
+        ),
     )
     return {
         "baseline": name,
         "baseline_params": params,
-        "baselines": {n: {k: v for k, v in t.items() if k != "validation"} for n, t in chosen["baselines"].items()},
+        "baselines": {
+            n: {k: v for k, v in t.items() if k != "validation"} for n, t in chosen["baselines"].items()
+        },
     }
 
 
@@ -265,8 +263,20 @@ def run_slot(ctx: StageContext) -> dict[str, Any]:
 
     res, cfg = _res(ctx), ctx.config
     length = max(max(cfg.ks), cfg.slot.k)
-    base = {u: g["item_id"].to_list() for (u,), g in ctx.read("base", "base").sort("user_id", "rank").partition_by("user_id", as_dict=True).items()}
-    cache = {u: g["item_id"].to_list() for (u,), g in ctx.read("cache", "cache").sort("user_id", "rank").partition_by("user_id", as_dict=True).items()}
+    base = {
+        u: g["item_id"].to_list()
+        for (u,), g in ctx.read("base", "base")
+        .sort("user_id", "rank")
+        .partition_by("user_id", as_dict=True)
+        .items()
+    }
+    cache = {
+        u: g["item_id"].to_list()
+        for (u,), g in ctx.read("cache", "cache")
+        .sort("user_id", "rank")
+        .partition_by("user_id", as_dict=True)
+        .items()
+    }
     rows: list[tuple[str, str, int, str, str]] = []
     placed = 0
     for u in res.task.user_ids:
@@ -291,7 +301,6 @@ __all__ = [
     "VECTORS",
     "WITHOUT_SLOT",
     "WITH_SLOT",
-    "eval_inputs",
     "item_vectors",
     "points",
     "run_base",

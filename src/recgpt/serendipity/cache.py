@@ -15,6 +15,7 @@ rewrites one user's rows without touching anyone else's (`replace_users`, used b
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -48,6 +49,14 @@ def item_texts(items: pl.DataFrame) -> list[str]:
     ]
 
 
+def item_categories(dataset: Dataset, level: Any) -> dict[str, str]:
+    """item id -> the category SerenGPT is shown (the last of the item's categories at `level`)."""
+    from recgpt.data.categories import categories_at_level
+
+    levelled = categories_at_level(dataset, level)
+    return {i: (c[-1] if c else "") for i, c in zip(levelled.item_ids, levelled.categories, strict=True)}
+
+
 def serving_candidates(
     cfg: object,
     dataset: Dataset,
@@ -77,34 +86,27 @@ def serving_candidates(
     )
 
 
-def serving_inputs(
-    candidates: pl.DataFrame,
-    profiles: pl.DataFrame,
-    titles: Mapping[str, str],
-    points: Mapping[str, int],
-) -> list[object]:
-    """SerenGPT's inputs for the serving lists: one per user with candidates, in candidate rank order,
-    reading the user's rendered profile (`profiles.render_profile`) as of `points[user]`."""
-    from recgpt.serendipity.profiles import render_profile
-    from recgpt.serendipity.seren import SerenCandidate, SerenInput
+def serving_lists(candidates: pl.DataFrame, points: Mapping[str, int]) -> pl.DataFrame:
+    """Each user's serving candidates as one list (LISTS columns list_id, user_id, asof_ts, item_ids,
+    candidate rank order), ready for `seren.seren_inputs`; `points[user]` is the as-of time."""
+    lists = (
+        candidates.sort("user_id", "rank")
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("item_id").alias("item_ids"))
+    )
+    return lists.select(
+        pl.col("user_id").map_elements(serving_list_id, return_dtype=pl.String()).alias("list_id"),
+        "user_id",
+        pl.col("user_id").replace_strict(dict(points), return_dtype=pl.Int64()).alias("asof_ts"),
+        "item_ids",
+    )
 
-    out: list[object] = []
-    by_user = candidates.sort("user_id", "rank").partition_by("user_id", as_dict=True, maintain_order=True)
-    for (user,), rows in by_user.items():
-        cands = tuple(
-            SerenCandidate(item_id=i, title=titles.get(i, i), category=c or "")
-            for i, c in rows.select("item_id", "category").iter_rows()
-        )
-        out.append(
-            SerenInput(
-                list_id=serving_list_id(str(user)),
-                user_id=str(user),
-                asof_ts=int(points[str(user)]),
-                profile=render_profile(profiles, str(user)),
-                candidates=cands,
-            )
-        )
-    return out
+
+def rendered_profiles(profiles: pl.DataFrame) -> dict[str, str]:
+    """user id -> the profile text SerenGPT reads (`profiles.render_profile`)."""
+    from recgpt.serendipity.profiles import render_profile
+
+    return {u: render_profile(profiles, u) for u in profiles["user_id"].unique(maintain_order=True).to_list()}
 
 
 def build_cache(
@@ -148,9 +150,11 @@ __all__ = [
     "CACHE_SCHEMA",
     "SERVE_PREFIX",
     "build_cache",
+    "item_categories",
     "item_texts",
+    "rendered_profiles",
     "replace_users",
     "serving_candidates",
-    "serving_inputs",
     "serving_list_id",
+    "serving_lists",
 ]

@@ -50,7 +50,9 @@ class SlotConfig(BaseModel):
             if len(set(self.positions)) != len(self.positions) or any(
                 not 0 <= p < self.k for p in self.positions
             ):
-                raise ValueError(f"slot.positions must be distinct ranks in [0, {self.k}), got {self.positions}")
+                raise ValueError(
+                    f"slot.positions must be distinct ranks in [0, {self.k}), got {self.positions}"
+                )
         return self
 
     def slots(self) -> tuple[int, ...]:
