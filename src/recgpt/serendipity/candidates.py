@@ -1,0 +1,332 @@
+"""SerenGPT's candidates: items the user's familiar channels would not show.
+
+A user's *familiar* categories are the categories (at one level, `recgpt.data.categories`) of the
+items in their history before the split point, counted once `familiar_min` history items carry
+them. An item is *unexpected* for a user under a rule:
+
+* ``category``: it has categories at the level and none of them is familiar;
+* ``distance``: its unexpectedness ``1 - mean_h cos(item, h)`` over the history items h (the
+  content-based definition of `../shared/docs/serving-scale.md` §4) is at least `distance`;
+* ``either``: one of the two.
+
+`generate_candidates` retrieves, per user, the nearest neighbours (inner product over unit item
+vectors in a faiss index restricted to the user's unexpected items) of their newest
+`history_items` history items, ranks them by the relevance proxy ``score = max_h cos(item, h)``
+(close to at least one thing the user liked; the mean would be ``1 - unexpectedness`` and would rank
+the *least* unexpected first) and keeps `size`. History items are never candidates. A user with no
+history gets the most popular items (every category is unfamiliar to them). Ties break by a seeded
+permutation of the catalogue, so the output is a pure function of the inputs and the seed.
+
+The functions take arrays (vectors, a csr items x categories matrix, popularity), so tests use small
+synthetic catalogues; `catalogue_arrays` builds them from a `Dataset` with the project's sentence
+encoder (`item_embedding_text`: clean title plus categories, as the interest pool embeds items).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+from recgpt.data.categories import CategoryLevel, categories_at_level, parse_level
+from recgpt.data.dataset import Dataset
+from recgpt.intent.pool import TextEncoder, item_embedding_text
+from recgpt.retrieval.index import ItemIndex
+
+Rule = Literal["category", "distance", "either"]
+CANDIDATES_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "item_id": pl.String(),
+    "rank": pl.Int32(),
+    "score": pl.Float32(),
+    "category": pl.String(),
+    "unexpectedness": pl.Float32(),
+}
+CATEGORY_SEP = "|"  # an item with several categories at the level (MovieLens genres): "Action|Comedy"
+
+
+class CandidateConfig(BaseModel):
+    """How candidates are generated (module docstring)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    size: int = Field(default=10, ge=1, description="candidates per user")
+    per_item: int = Field(default=20, ge=1, description="neighbours retrieved per history item")
+    history_items: int = Field(default=50, ge=1, description="newest history items used as queries")
+    category_level: CategoryLevel | str = "auto"
+    rule: Rule = "category"
+    distance: float = Field(default=0.8, ge=0.0, le=2.0, description="unexpectedness threshold")
+    familiar_min: int = Field(default=1, ge=1, description="history items that make a category familiar")
+
+    def level(self) -> CategoryLevel:
+        """The category level, parsed."""
+        return parse_level(self.category_level)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The arrays candidates and labels read, row i = item index i of the dataset's items table."""
+
+    item_ids: np.ndarray  # (n_items,) str
+    vectors: np.ndarray  # (n_items, dim) float32, L2-normalised
+    categories: sp.csr_matrix  # (n_items, n_categories) 0/1
+    category_names: list[str]
+    popularity: np.ndarray  # (n_items,) interaction counts
+
+    def __post_init__(self) -> None:
+        n = len(self.item_ids)
+        if self.vectors.shape[0] != n or self.categories.shape[0] != n or len(self.popularity) != n:
+            raise ValueError(
+                f"catalogue arrays disagree: {n} item ids, {self.vectors.shape[0]} vectors, "
+                f"{self.categories.shape[0]} category rows, {len(self.popularity)} popularity counts"
+            )
+        if self.categories.shape[1] != len(self.category_names):
+            raise ValueError(
+                f"{self.categories.shape[1]} category columns but {len(self.category_names)} category names"
+            )
+
+    def category_text(self, items: np.ndarray) -> list[str]:
+        """Each item's categories at the level joined by `CATEGORY_SEP` ("" when it has none)."""
+        names = self.category_names
+        csr = self.categories
+        return [
+            CATEGORY_SEP.join(names[c] for c in csr.indices[csr.indptr[i] : csr.indptr[i + 1]])
+            for i in np.asarray(items, dtype=np.int64)
+        ]
+
+
+def category_matrix(
+    categories: Sequence[Sequence[str]], names: Sequence[str] | None = None
+) -> tuple[sp.csr_matrix, list[str]]:
+    """(items x categories 0/1 csr, category names) of per-item category lists."""
+    names = sorted({c for cats in categories for c in cats}) if names is None else list(names)
+    col = {c: j for j, c in enumerate(names)}
+    rows, cols = [], []
+    for i, cats in enumerate(categories):
+        for c in dict.fromkeys(cats):
+            rows.append(i)
+            cols.append(col[c])
+    data = np.ones(len(rows), dtype=np.float32)
+    mat = sp.csr_matrix((data, (rows, cols)), shape=(len(categories), len(names)), dtype=np.float32)
+    return mat, names
+
+
+def catalogue_arrays(
+    dataset: Dataset,
+    encoder: TextEncoder,
+    level: CategoryLevel | str = "auto",
+    *,
+    events: pl.DataFrame | None = None,
+) -> Catalogue:
+    """The dataset's items as a `Catalogue`: encoder vectors, categories at `level`, popularity.
+
+    Popularity counts the item events of `events` (pass the split's train events so a popularity
+    fallback never sees the future); default: every event of the dataset.
+    """
+    items = dataset.items
+    levelled = categories_at_level(dataset, level)
+    mat, names = category_matrix(levelled.categories)
+    vectors = np.asarray(encoder.encode([item_embedding_text(r) for r in items.iter_rows(named=True)]))
+    vectors = vectors.astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms > 0, norms, 1.0)
+    ev = (dataset.events if events is None else events).filter(pl.col("item_id").is_not_null())
+    counts = dict(ev.group_by("item_id").len().iter_rows())
+    ids = items["item_id"].to_numpy().astype(str)
+    pop = np.asarray([counts.get(i, 0) for i in ids], dtype=np.float64)
+    return Catalogue(ids, vectors, mat, names, pop)
+
+
+def familiar_categories(
+    history: np.ndarray, item_categories: sp.csr_matrix, familiar_min: int = 1
+) -> np.ndarray:
+    """Boolean mask over categories: those carried by at least `familiar_min` distinct history items."""
+    hist = np.unique(np.asarray(history, dtype=np.int64))
+    if len(hist) == 0:
+        return np.zeros(item_categories.shape[1], dtype=bool)
+    counts = np.asarray(item_categories[hist].sum(axis=0)).ravel()
+    return counts >= familiar_min
+
+
+def unexpectedness(items: np.ndarray, history: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """1 - mean cosine of each item to the history items (1.0 for every item when history is empty)."""
+    items = np.asarray(items, dtype=np.int64)
+    hist = np.asarray(history, dtype=np.int64)
+    if len(hist) == 0:
+        return np.ones(len(items), dtype=np.float32)
+    centroid = vectors[hist].mean(axis=0)
+    return (1.0 - vectors[items] @ centroid).astype(np.float32)
+
+
+def unexpected_mask(
+    items: np.ndarray,
+    history: np.ndarray,
+    vectors: np.ndarray,
+    item_categories: sp.csr_matrix,
+    *,
+    rule: Rule,
+    distance: float,
+    familiar_min: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is unexpected, unexpectedness) of `items` against `history` under `rule` (module docstring)."""
+    items = np.asarray(items, dtype=np.int64)
+    unexp = unexpectedness(items, history, vectors)
+    if rule not in ("category", "distance", "either"):
+        raise ValueError(f"unknown unexpectedness rule {rule!r}; use category, distance or either")
+    by_distance = unexp >= distance
+    if rule == "distance":
+        return by_distance, unexp
+    familiar = familiar_categories(history, item_categories, familiar_min).astype(np.float32)
+    sub = item_categories[items]
+    has_cats = np.diff(sub.indptr) > 0
+    touches = np.asarray(sub @ familiar).ravel() > 0
+    by_category = has_cats & ~touches
+    return (by_category if rule == "category" else by_category | by_distance), unexp
+
+
+def _tie_order(n: int, seed: int) -> np.ndarray:
+    """A seeded rank per item that breaks score ties (lower first)."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def _faiss_selector(ids: np.ndarray) -> Any:
+    import faiss
+
+    return faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+
+
+def _neighbours(
+    index: ItemIndex, vectors: np.ndarray, queries: np.ndarray, allowed: np.ndarray, k: int
+) -> np.ndarray:
+    """Distinct items among the `k` nearest allowed neighbours of each query."""
+    sel = _faiss_selector(allowed)
+    k = min(k, len(allowed))
+    _, ids = index.index.search(np.ascontiguousarray(vectors[queries]), k, params=sel)
+    found = ids[ids >= 0]
+    return np.unique(found.astype(np.int64))
+
+
+def generate_candidates(
+    cfg: CandidateConfig,
+    histories: Sequence[np.ndarray],
+    user_ids: Sequence[str],
+    item_ids: np.ndarray,
+    item_vectors: np.ndarray,
+    item_categories: sp.csr_matrix,
+    category_names: Sequence[str],
+    popularity: np.ndarray,
+    seed: int = 0,
+    *,
+    exclude: Sequence[np.ndarray] | None = None,
+    index: ItemIndex | None = None,
+) -> pl.DataFrame:
+    """CANDIDATES (`CANDIDATES_SCHEMA`): up to `cfg.size` unexpected neighbours per user (module docstring).
+
+    `histories[u]` are item indices before the user's point (oldest first); `exclude[u]` are more
+    items never to propose to user u (e.g. everything they engaged with, for label negatives).
+    `index` reuses a built index over `item_vectors`.
+    """
+    if len(histories) != len(user_ids):
+        raise ValueError(f"{len(histories)} histories for {len(user_ids)} users")
+    if exclude is not None and len(exclude) != len(user_ids):
+        raise ValueError(f"{len(exclude)} exclusion lists for {len(user_ids)} users")
+    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    n = vectors.shape[0]
+    cat = Catalogue(
+        np.asarray(item_ids).astype(str), vectors, item_categories, list(category_names), popularity
+    )
+    index = index or ItemIndex.build(vectors)
+    tie = _tie_order(n, seed)
+    everything = np.arange(n, dtype=np.int64)
+    pop = np.asarray(popularity, dtype=np.float64)
+    frames: list[pl.DataFrame] = []
+    for u, (user, history) in enumerate(zip(user_ids, histories, strict=True)):
+        hist = np.asarray(history, dtype=np.int64)
+        banned = np.zeros(n, dtype=bool)
+        banned[hist] = True
+        if exclude is not None:
+            banned[np.asarray(exclude[u], dtype=np.int64)] = True
+        ok, unexp = unexpected_mask(
+            everything,
+            hist,
+            vectors,
+            item_categories,
+            rule=cfg.rule,
+            distance=cfg.distance,
+            familiar_min=cfg.familiar_min,
+        )
+        allowed = np.flatnonzero(ok & ~banned)
+        if len(allowed) == 0:
+            continue
+        if len(hist) == 0:
+            chosen = allowed[np.lexsort((tie[allowed], -pop[allowed]))][: cfg.size]
+            scores = np.zeros(len(chosen), dtype=np.float32)
+        else:
+            queries = np.asarray(list(dict.fromkeys(hist[::-1].tolist())), dtype=np.int64)[
+                : cfg.history_items
+            ]
+            found = _neighbours(index, vectors, queries, allowed, max(cfg.per_item, cfg.size))
+            sims = (vectors[found] @ vectors[queries].T).max(axis=1)
+            order = np.lexsort((tie[found], -sims))[: cfg.size]
+            chosen, scores = found[order], sims[order].astype(np.float32)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "user_id": [user] * len(chosen),
+                    "item_id": cat.item_ids[chosen].tolist(),
+                    "rank": np.arange(len(chosen), dtype=np.int32),
+                    "score": scores,
+                    "category": cat.category_text(chosen),
+                    "unexpectedness": unexp[chosen],
+                },
+                schema=CANDIDATES_SCHEMA,
+            )
+        )
+    return pl.concat(frames) if frames else pl.DataFrame(schema=CANDIDATES_SCHEMA)
+
+
+def generate_for(
+    cfg: CandidateConfig,
+    catalogue: Catalogue,
+    histories: Sequence[np.ndarray],
+    user_ids: Sequence[str],
+    seed: int = 0,
+    *,
+    exclude: Sequence[np.ndarray] | None = None,
+    index: ItemIndex | None = None,
+) -> pl.DataFrame:
+    """`generate_candidates` over a `Catalogue`."""
+    return generate_candidates(
+        cfg,
+        histories,
+        user_ids,
+        catalogue.item_ids,
+        catalogue.vectors,
+        catalogue.categories,
+        catalogue.category_names,
+        catalogue.popularity,
+        seed,
+        exclude=exclude,
+        index=index,
+    )
+
+
+__all__ = [
+    "CANDIDATES_SCHEMA",
+    "CATEGORY_SEP",
+    "CandidateConfig",
+    "Catalogue",
+    "Rule",
+    "catalogue_arrays",
+    "category_matrix",
+    "familiar_categories",
+    "generate_candidates",
+    "generate_for",
+    "unexpected_mask",
+    "unexpectedness",
+]
