@@ -87,7 +87,7 @@ SERAL = Pipeline(
             "04_labels",
             run_labels,
             reads=("candidates/*",),
-            config=("labels", "verdicts", "seed"),
+            config=("labels", "candidates", "verdicts"),
             title="labelled evaluation lists",
         ),
         Stage(

@@ -69,39 +69,30 @@ def run_profiles(ctx: StageContext) -> dict[str, Any]:
 # ---------------------------------------------------------------- 03 candidates
 
 
-def item_vectors(res: Resources, embedder: str) -> np.ndarray:
-    """L2-normalised embeddings of every catalogue item (title and categories), in split item order."""
-    from recgpt.serendipity.cache import item_texts
+def catalogue(ctx: StageContext) -> Any:
+    """The run's `candidates.Catalogue` (unit item vectors, categories at `candidates.category_level`,
+    train-split popularity) from the vectors the candidates stage saved."""
+    from recgpt.serendipity.cache import stored_catalogue
 
-    items = res.dataset.items
-    order = items["item_id"].to_list()
-    if order != res.split.item_ids.tolist():
-        pos = {iid: i for i, iid in enumerate(order)}
-        items = items[[pos[i] for i in res.split.item_ids.tolist()]]
-    vecs = np.asarray(res.encoder(embedder).encode(item_texts(items)), dtype=np.float32)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    return np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
+    res, cfg = _res(ctx), ctx.config
+    folder = ctx.out_dir if ctx.stage.name == "candidates" else ctx.folder("candidates")
+    vecs = np.load(folder / VECTORS)
+    return stored_catalogue(res.dataset, vecs, cfg.candidates.category_level, res.split.train_events)
 
 
 def run_candidates(ctx: StageContext) -> dict[str, Any]:
     """Serving candidates of every sampled user: items their familiar channels would not show
-    (`candidates.generate_candidates` over their history before the split point)."""
-    from recgpt.serendipity.cache import serving_candidates
+    (`candidates.generate_candidates` over their history before the split point); saves the item
+    vectors (`item_vectors.npy`) the labels stage and nearline refresh reuse."""
+    from recgpt.serendipity.candidates import catalogue_arrays, generate_for
 
     res, cfg = _res(ctx), ctx.config
-    vecs = item_vectors(res, cfg.embedder)
-    np.save(ctx.out_dir / VECTORS, vecs)
-    task = res.task
-    cand = serving_candidates(
-        cfg.candidates,
-        res.dataset,
-        res.split.item_ids,
-        task.histories,
-        task.user_ids,
-        vecs,
-        res.split.train.item_popularity,
-        cfg.seed,
+    cat = catalogue_arrays(
+        res.dataset, res.encoder(cfg.embedder), cfg.candidates.category_level, events=res.split.train_events
     )
+    np.save(ctx.out_dir / VECTORS, cat.vectors)
+    task = res.task
+    cand = generate_for(cfg.candidates, cat, task.histories, task.user_ids, cfg.seed)
     ctx.write("candidates", cand)
     lens = cand.group_by("user_id").len()["len"]
     return {
@@ -118,26 +109,24 @@ def run_candidates(ctx: StageContext) -> dict[str, Any]:
 
 def run_labels(ctx: StageContext) -> dict[str, Any]:
     """Labelled evaluation lists of the sampled users (`labels.eval_lists`: a list per user whose
-    held-out item is serendipitous), with people's verdicts applied over the log labels."""
+    held-out item is serendipitous), with people's verdicts (`RUN_DIR/verdicts.parquet`) applied
+    over the log labels."""
     from recgpt.pipeline.seral_config import VERDICTS_FILE
-    from recgpt.serendipity.labels import apply_verdicts, eval_lists, read_verdicts
+    from recgpt.serendipity.labels import eval_lists
 
     res, cfg = _res(ctx), ctx.config
-    vecs = np.load(ctx.folder("candidates") / VECTORS)
-    lists = eval_lists(cfg.labels, res.split, res.task, vecs, seed=cfg.seed)
-    path = ctx.store.run_dir / VERDICTS_FILE
-    verdicts = read_verdicts(path) if cfg.verdicts is not None and path.exists() else None
-    if verdicts is not None:
-        lists = apply_verdicts(lists, verdicts)
+    lists, stats = eval_lists(cfg.labels, res.split, catalogue(ctx), res.users, candidates=cfg.candidates)
+    verdicts = 0
+    if cfg.verdicts is not None:
+        from recgpt.serendipity.labels import apply_verdicts, read_verdicts
+
+        table = read_verdicts(ctx.store.run_dir / VERDICTS_FILE)
+        lists, verdicts = apply_verdicts(lists, table), table.height
     ctx.write("lists", lists)
-    n_pos = int(lists["labels"].list.sum().sum()) if lists.height else 0
     return {
-        "users": len(res.users),
-        "lists": lists.height,
-        "serendipitous_targets": lists.height,
-        "expected_targets": len(res.users) - lists.height,
-        "positives": n_pos,
-        "verdicts": 0 if verdicts is None else verdicts.height,
+        **stats.as_dict(),
+        "positives": int(lists["labels"].list.sum().sum()) if lists.height else 0,
+        "verdicts": verdicts,
     }
 
 
@@ -301,7 +290,7 @@ __all__ = [
     "VECTORS",
     "WITHOUT_SLOT",
     "WITH_SLOT",
-    "item_vectors",
+    "catalogue",
     "points",
     "run_base",
     "run_cache",

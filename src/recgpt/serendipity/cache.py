@@ -40,13 +40,24 @@ def serving_list_id(user_id: str) -> str:
     return f"{SERVE_PREFIX}{user_id}"
 
 
-def item_texts(items: pl.DataFrame) -> list[str]:
-    """What an item's embedding is computed from: its title and categories (one line per item)."""
-    cats = items["categories"].to_list() if "categories" in items.columns else [None] * items.height
-    return [
-        f"{title or iid}" + (f" ({', '.join(c)})" if c else "")
-        for iid, title, c in zip(items["item_id"].to_list(), items["title"].to_list(), cats, strict=True)
-    ]
+class StoredVectors:
+    """A `TextEncoder` that answers with vectors already computed (one per catalogue item, in order):
+    rebuilds a run's `candidates.Catalogue` from its saved item vectors without the sentence model."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) != len(self.vectors):
+            raise ValueError(f"{len(texts)} items but {len(self.vectors)} stored vectors: another catalogue?")
+        return self.vectors
+
+
+def stored_catalogue(dataset: Dataset, vectors: np.ndarray, level: Any, events: pl.DataFrame) -> Any:
+    """The `candidates.Catalogue` of `dataset` from stored item vectors; popularity counts `events`."""
+    from recgpt.serendipity.candidates import catalogue_arrays
+
+    return catalogue_arrays(dataset, StoredVectors(vectors), level, events=events)
 
 
 def item_categories(dataset: Dataset, level: Any) -> dict[str, str]:
@@ -55,35 +66,6 @@ def item_categories(dataset: Dataset, level: Any) -> dict[str, str]:
 
     levelled = categories_at_level(dataset, level)
     return {i: (c[-1] if c else "") for i, c in zip(levelled.item_ids, levelled.categories, strict=True)}
-
-
-def serving_candidates(
-    cfg: object,
-    dataset: Dataset,
-    item_ids: np.ndarray,
-    histories: Sequence[np.ndarray],
-    user_ids: Sequence[str],
-    vectors: np.ndarray,
-    popularity: np.ndarray,
-    seed: int,
-) -> pl.DataFrame:
-    """Each user's serving candidates (`candidates.generate_candidates` at `cfg.category_level`):
-    what the pipeline's candidates stage and nearline refresh both build."""
-    from recgpt.eval.experiment import category_matrix
-    from recgpt.serendipity.candidates import generate_candidates
-
-    cats, names = category_matrix(dataset, cfg.category_level)  # type: ignore[attr-defined]
-    return generate_candidates(
-        cfg,  # type: ignore[arg-type]
-        histories,
-        user_ids,
-        item_ids,
-        vectors,
-        cats,
-        names,
-        popularity,
-        seed,
-    )
 
 
 def serving_lists(candidates: pl.DataFrame, points: Mapping[str, int]) -> pl.DataFrame:
@@ -149,12 +131,12 @@ def replace_users(table: pl.DataFrame, fresh: pl.DataFrame, users: Sequence[str]
 __all__ = [
     "CACHE_SCHEMA",
     "SERVE_PREFIX",
+    "StoredVectors",
     "build_cache",
     "item_categories",
-    "item_texts",
     "rendered_profiles",
     "replace_users",
-    "serving_candidates",
     "serving_list_id",
     "serving_lists",
+    "stored_catalogue",
 ]

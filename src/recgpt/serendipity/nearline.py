@@ -239,10 +239,10 @@ def refresh(run_dir: str | Path, events: pl.DataFrame | Path | str, *, backend: 
         item_categories,
         rendered_profiles,
         replace_users,
-        serving_candidates,
         serving_lists,
+        stored_catalogue,
     )
-    from recgpt.serendipity.candidates import CandidateConfig
+    from recgpt.serendipity.candidates import CandidateConfig, generate_for
     from recgpt.serendipity.profiles import ProfileConfig, build_profiles, profile_inputs, profile_version
     from recgpt.serendipity.seren import SerenConfig, rank_lists, seren_inputs
 
@@ -279,12 +279,9 @@ def refresh(run_dir: str | Path, events: pl.DataFrame | Path | str, *, backend: 
     slot = cfg.get("slot") or {}
     all_events = _append(dataset, appended)
     view = _view(all_events, users)
-    item_ids = dataset.items["item_id"].to_numpy().astype(str)
-    pos = {i: n for n, i in enumerate(item_ids.tolist())}
     vectors = np.load(store.dir("candidates") / "item_vectors.npy")
-    popularity = np.bincount(
-        [pos[i] for i in all_events["item_id"].drop_nulls().to_list() if i in pos], minlength=len(item_ids)
-    ).astype(np.float32)
+    catalogue = stored_catalogue(dataset, vectors, ccfg.category_level, all_events)
+    pos = {i: n for n, i in enumerate(catalogue.item_ids.tolist())}
     categories = item_categories(dataset, ccfg.category_level)
     counter = make_counter(cfg.get("tokenizer", "smollm2"))
     engines = _engines(cfg.get("llm") or {}, run_dir, backend)
@@ -300,16 +297,8 @@ def refresh(run_dir: str | Path, events: pl.DataFrame | Path | str, *, backend: 
             inputs = profile_inputs(view, dataset, [u], pcfg, counter.count)
             profiles, _ = build_profiles(pcfg, engines["profiles"], inputs)
             hist = view.history(u)["item_id"].drop_nulls().to_list()
-            cand = serving_candidates(
-                ccfg,
-                dataset,
-                item_ids,
-                [np.asarray([pos[i] for i in hist], dtype=np.int64)],
-                [u],
-                vectors,
-                popularity,
-                int(cfg.get("seed", 0)),
-            )
+            history = np.asarray([pos[i] for i in hist if i in pos], dtype=np.int64)
+            cand = generate_for(ccfg, catalogue, [history], [u], int(cfg.get("seed", 0)))
             lists = serving_lists(cand, {u: view.point(u)[0]})
             seren_in = seren_inputs(lists, rendered_profiles(profiles), dataset.items, categories)
             rankings, _ = rank_lists(scfg, engines["seren"], seren_in)
