@@ -243,11 +243,12 @@ LISTS_SCHEMA = {
     "item_id": pl.String(),
     "channel": pl.String(),
 }
-WITH_SLOT, WITHOUT_SLOT = "with-slot", "without-slot"
+WITH_SLOT, WITHOUT_SLOT, CACHE_ONLY = "with-slot", "without-slot", "cache-only"
 
 
 def run_slot(ctx: StageContext) -> dict[str, Any]:
-    """The final lists: the classic list with the serendipity slot merged at the quota, and without."""
+    """The final lists: the classic list with the serendipity slot merged at the quota, without it,
+    and `cache-only` (every one of the top `slot.k` slots given to the cache: the slot's far end)."""
     from recgpt.serendipity.slot import SEREN, merge_slot
 
     res, cfg = _res(ctx), ctx.config
@@ -266,6 +267,7 @@ def run_slot(ctx: StageContext) -> dict[str, Any]:
         .partition_by("user_id", as_dict=True)
         .items()
     }
+    everything = cfg.slot.model_copy(update={"quota": cfg.slot.k, "positions": ()})
     rows: list[tuple[str, str, int, str, str]] = []
     placed = 0
     for u in res.task.user_ids:
@@ -274,6 +276,8 @@ def run_slot(ctx: StageContext) -> dict[str, Any]:
         merged = merge_slot(b, cache.get(u, []), cfg.slot, length)
         placed += sum(c == SEREN for _, c in merged)
         rows += [(WITH_SLOT, u, r, i, c) for r, (i, c) in enumerate(merged)]
+        whole = merge_slot(b, cache.get(u, []), everything, length)
+        rows += [(CACHE_ONLY, u, r, i, c) for r, (i, c) in enumerate(whole)]
     ctx.write("lists", pl.DataFrame(rows, schema=LISTS_SCHEMA, orient="row"))
     n = len(res.task.user_ids)
     return {
@@ -286,6 +290,7 @@ def run_slot(ctx: StageContext) -> dict[str, Any]:
 
 
 __all__ = [
+    "CACHE_ONLY",
     "LISTS_SCHEMA",
     "VECTORS",
     "WITHOUT_SLOT",

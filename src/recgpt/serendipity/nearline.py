@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 
 from recgpt.data.atomic import write_parquet_atomic
+from recgpt.data.errors import DataError
 from recgpt.data.runstore import RunNotFinished, RunStore
 
 NEARLINE = "nearline"
@@ -48,7 +49,7 @@ SERVING = {
 LOG = "refreshes.jsonl"
 
 
-class EventsError(ValueError):
+class EventsError(DataError):
     """A new-events file that cannot be applied: names the file, the row and the field."""
 
 
