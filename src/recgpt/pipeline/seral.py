@@ -128,7 +128,16 @@ SERAL = Pipeline(
             "09_eval",
             run_eval,
             reads=("slot/lists", "base/*", "labels/lists", "seren/eval", "candidates/*"),
-            config=("ks", "split", "seed", "category_level", "slot", "labels", "llm:seren"),
+            config=(
+                "ks",
+                "split",
+                "seed",
+                "category_level",
+                "slot",
+                "labels",
+                "candidates.category_level",
+                "llm:seren",
+            ),
             title="evaluation",
         ),
         Stage(

@@ -162,8 +162,18 @@ def seren_table(ctx: StageContext, catalogue: Any) -> dict[str, dict[str, Any]]:
     if not lists.height:
         return out
     out[f"SerenGPT ({spec})"] = list_metrics(seren, lists, seed=cfg.seed)
+    task = res.task
+    histories = {u: task.histories[i] for i, u in enumerate(task.user_ids)}
     for kind in REFERENCES:
-        ref = reference_rankings(lists, kind, split=res.split, catalogue=catalogue, seed=cfg.seed)
+        ref = reference_rankings(
+            lists,
+            kind,  # type: ignore[arg-type]
+            item_ids=catalogue.item_ids.tolist(),
+            popularity=catalogue.popularity,
+            item_vectors=catalogue.vectors,
+            histories=histories,
+            seed=cfg.seed,
+        )
         out[kind] = list_metrics(ref, lists, seed=cfg.seed)
     return out
 
@@ -233,7 +243,7 @@ def print_seral_results(payload: dict[str, Any], console: Console, *, fallback: 
     console.print(t)
     for name, c in payload["ci"].items():
         console.print(
-            f"  {name}: {c['value']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}] (bar {c['bar']}): {c['verdict']}"
+            f"  {name}: {_fmt(c['value'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] (bar {c['bar']}): {c['verdict']}"
         )
     console.print(f"serendipity slot bar: [bold]{payload['bar']['verdict']}[/bold]")
     s = Table(title="SerenGPT on the labelled evaluation lists (95% bootstrap intervals over lists)")
@@ -242,7 +252,7 @@ def print_seral_results(payload: dict[str, Any], console: Console, *, fallback: 
     for name, m in payload["seren"].items():
         ci = m.get("ci", {})
         cells = [
-            f"{m[x]:.3f} [{ci[x]['lo']:.3f}, {ci[x]['hi']:.3f}]" if x in ci else _fmt(m.get(x))
+            f"{_fmt(m.get(x))} [{_fmt(ci[x]['lo'])}, {_fmt(ci[x]['hi'])}]" if x in ci else _fmt(m.get(x))
             for x in SEREN_METRICS
         ]
         s.add_row(name, str(m.get("n_lists", 0)), *cells)

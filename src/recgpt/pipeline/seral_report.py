@@ -39,8 +39,8 @@ def _intervals(ci: dict[str, Any]) -> str:
     rows = [
         [
             _e(n),
-            f"{c['value']:.4f}",
-            f"[{c['lo']:.4f}, {c['hi']:.4f}]",
+            _fmt(c["value"]),
+            f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}]",
             _e(c["bar"]),
             f"<b>{_e(c['verdict'])}</b>",
         ]
@@ -54,7 +54,7 @@ def _seren(payload: dict[str, Any]) -> str:
     for name, m in payload["seren"].items():
         ci = m.get("ci", {})
         cells = [
-            f"{m[x]:.3f} [{ci[x]['lo']:.3f}, {ci[x]['hi']:.3f}]" if x in ci else _fmt(m.get(x))
+            f"{_fmt(m.get(x))} [{_fmt(ci[x]['lo'])}, {_fmt(ci[x]['hi'])}]" if x in ci else _fmt(m.get(x))
             for x in SEREN_METRICS
         ]
         rows.append([_e(name), _e(m.get("n_lists", 0)), *cells])
