@@ -40,6 +40,20 @@ def points(res: Resources) -> dict[str, int]:
 # ---------------------------------------------------------------- 02 profiles
 
 
+def fold_ledger(ledger: Any, stage: str) -> dict[str, int]:
+    """Fold the profile tasks' ledger buckets (`profiles_short`, `profiles_long`) into the stage's own,
+    so the runner's LLM check and the run's ledger see the stage (calls per bucket are returned)."""
+    from recgpt.serendipity.profile_tasks import LONG_STAGE, SHORT_STAGE
+
+    total = ledger.stage(stage)
+    calls = {}
+    for name in (SHORT_STAGE, LONG_STAGE):
+        if (part := ledger.stages.pop(name, None)) is not None:
+            total.add(part)
+            calls[name] = part.calls
+    return calls
+
+
 def run_profiles(ctx: StageContext) -> dict[str, Any]:
     """Cognition profiles of the sampled users (static, short-term per window, long-term), built from
     their `AsOf` view through the guarded engine; stats: size against the raw history, fallback."""
@@ -51,6 +65,7 @@ def run_profiles(ctx: StageContext) -> dict[str, Any]:
     inputs = profile_inputs(res.task.asof, res.dataset, res.users, cfg.profiles, counter.count)
     engine = GuardedEngine(ctx.engine(), res.split, res.task)
     profiles, failures = build_profiles(cfg.profiles, engine, inputs)
+    levels = fold_ledger(engine.ledger, ctx.stage.name)
     ctx.write("profiles", profiles)
     ctx.write("failures", failures)
     asked = profiles.filter(pl.col("source").is_in(["llm", "fallback"]))
@@ -62,6 +77,7 @@ def run_profiles(ctx: StageContext) -> dict[str, Any]:
         "levels": dict(profiles.group_by("level").len().sort("level").rows()),
         "size": profile_size(profiles, inputs),
         "prompts_guarded": engine.checked,
+        "llm_calls_by_level": levels,
         **fallback_stats(fell.height, asked.height, reasons, unit="profiles"),
     }
 
