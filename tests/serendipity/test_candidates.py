@@ -12,6 +12,7 @@ import pytest
 from recgpt.data.dataset import Dataset, Manifest
 from recgpt.serendipity.candidates import (
     CandidateConfig,
+    RuleConfig,
     catalogue_arrays,
     category_matrix,
     familiar_categories,
@@ -76,7 +77,8 @@ def test_familiar_category_items_are_never_candidates() -> None:
 @pytest.mark.parametrize("rule", ["category", "distance", "either"])
 def test_history_items_are_never_candidates_and_ranks_are_by_score(rule: str) -> None:
     histories = _histories(30, 60, 2)
-    out = _run(CandidateConfig(size=6, rule=rule, distance=0.9), histories)  # type: ignore[arg-type]
+    cfg = CandidateConfig(size=6, rule=rule, distance=0.9, distance_kind="absolute")  # type: ignore[arg-type]
+    out = _run(cfg, histories)
     assert out.height > 0
     for u, hist in enumerate(histories):
         got = out.filter(pl.col("user_id") == f"u{u}").sort("rank")
@@ -90,13 +92,29 @@ def test_history_items_are_never_candidates_and_ranks_are_by_score(rule: str) ->
 def test_distance_rule_admits_only_far_items() -> None:
     vecs, mat, _ = synthetic()
     hist = np.asarray([0, 6, 12])  # all category c0
-    ok, unexp = unexpected_mask(np.arange(60), hist, vecs, mat, rule="distance", distance=1.0)
+    items = np.arange(60)
+    absolute = RuleConfig(rule="distance", distance=1.0, distance_kind="absolute")
+    ok, unexp = unexpected_mask(items, hist, vecs, mat, absolute)
     assert np.array_equal(ok, unexp >= 1.0)
     assert np.allclose(unexp, 1.0 - vecs @ vecs[hist].mean(axis=0), atol=1e-5)
-    ok_cat, _ = unexpected_mask(np.arange(60), hist, vecs, mat, rule="category", distance=1.0)
-    ok_either, _ = unexpected_mask(np.arange(60), hist, vecs, mat, rule="either", distance=1.0)
+    ok_cat, _ = unexpected_mask(items, hist, vecs, mat, absolute.model_copy(update={"rule": "category"}))
+    ok_either, _ = unexpected_mask(items, hist, vecs, mat, absolute.model_copy(update={"rule": "either"}))
     assert np.array_equal(ok_either, ok | ok_cat)
     assert not ok_cat[hist].any()
+    # quantile: farther from the history than 75% of the catalogue
+    ok_q, unexp_q = unexpected_mask(items, hist, vecs, mat, RuleConfig(rule="distance", distance=0.75))
+    assert np.array_equal(unexp_q, unexp) and ok_q.sum() == 15
+    assert unexp[ok_q].min() > unexp[~ok_q].max()
+    with pytest.raises(ValueError, match="quantile"):
+        RuleConfig(distance=1.5)
+
+
+def test_familiar_needs_enough_history_items() -> None:
+    _, mat, names = synthetic()
+    hist = np.asarray([0, 6, 12, 18, 1, 2])  # c0 x4 (item 0 is also c1), c1 x2, c2 x1
+    assert [names[c] for c in np.flatnonzero(familiar_categories(hist, mat))] == ["c0", "c1", "c2"]
+    assert [names[c] for c in np.flatnonzero(familiar_categories(hist, mat, 2))] == ["c0", "c1"]
+    assert [names[c] for c in np.flatnonzero(familiar_categories(hist, mat, 1, 0.5))] == ["c0"]
 
 
 def test_deterministic_with_the_seed() -> None:

@@ -9,7 +9,14 @@ import pytest
 from recgpt.data.dataset import Dataset, Manifest
 from recgpt.data.split import SplitConfig, make_split
 from recgpt.serendipity.candidates import catalogue_arrays
-from recgpt.serendipity.labels import LISTS_SCHEMA, LabelConfig, eval_lists, is_unexpected, train_lists
+from recgpt.serendipity.labels import (
+    LISTS_SCHEMA,
+    LabelConfig,
+    eval_lists,
+    is_unexpected,
+    train_cuts,
+    train_lists,
+)
 from tests.serendipity.test_candidates import HashEncoder
 
 CATS = ("Drills", "Glue", "Saws", "Tape", "Paint", "Gloves")
@@ -159,3 +166,20 @@ def test_train_lists_never_read_validation_or_test_events(setup) -> None:  # typ
     valid_ts = {u: split.valid.asof.point(u)[0] for u in split.valid.user_ids}
     for u, ts in a.select("user_id", "asof_ts").iter_rows():
         assert u not in valid_ts or ts < valid_ts[u]
+
+
+def test_several_cuts_per_user_each_see_only_earlier_items(setup) -> None:  # type: ignore[no-untyped-def]
+    _, split, cat = setup
+    cuts = train_cuts(split, exclude_users=[], min_history=2, per_user=3)
+    u0 = cuts.filter(pl.col("user_id") == "u0")
+    assert u0["list_id"].to_list() == ["train-u0-4", "train-u0-3", "train-u0-2"]
+    seq = split.train.sequences[list(split.user_ids).index("u0")].tolist()
+    for row in u0.iter_rows(named=True):
+        j = int(row["list_id"].rsplit("-", 1)[1])
+        assert row["history"] == seq[:j] and row["future"] == seq[j]
+    assert cuts.filter(pl.col("user_id") == "t0").is_empty()  # one item before its only cut
+    lists, stats = train_lists(
+        LabelConfig(list_size=4, rule="either", distance=0.5, cuts_per_user=3), split, cat
+    )
+    assert stats.users == cuts.height + 12  # t users have one cut with min_history 1
+    assert lists["list_id"].n_unique() == lists.height

@@ -134,7 +134,7 @@ def parse_label(value: Any) -> bool | None:
     raise ValueError(value)
 
 
-def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(where, row) pairs: `where` = "row N (line L)" for CSV, "row N (line N)" for JSONL."""
     suffix = _suffix(path)
     if not path.is_file():
@@ -166,7 +166,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
 def read_labelled(path: str | Path, annotator: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(samples, labels) of a filled annotation file (module docstring for the rules)."""
     path = Path(path)
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise LabelError(f"{path}: no rows")
     columns = set().union(*(r.keys() for _, r in rows))
@@ -254,5 +254,6 @@ __all__ = [
     "import_labels",
     "parse_label",
     "read_labelled",
+    "read_rows",
     "stratified",
 ]

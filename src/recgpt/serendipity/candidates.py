@@ -6,8 +6,16 @@ them. An item is *unexpected* for a user under a rule:
 
 * ``category``: it has categories at the level and none of them is familiar;
 * ``distance``: its unexpectedness ``1 - mean_h cos(item, h)`` over the history items h (the
-  content-based definition of `../shared/docs/serving-scale.md` §4) is at least `distance`;
+  content-based definition of `../shared/docs/serving-scale.md` §4) is at least a threshold:
+  with ``distance_kind="quantile"`` (default) the `distance` quantile of the user's unexpectedness
+  over the whole catalogue (0.8: farther from the history than 80% of the catalogue; scale-free
+  across encoders and datasets: MiniLM's absolute distances of held-out items span 0.56-0.71 on
+  MovieLens-100k), with ``"absolute"`` `distance` itself;
 * ``either``: one of the two.
+
+A category counts as familiar once at least `familiar_min` history items and at least a share
+`familiar_share` of them carry it (0.0: any engaged category is familiar; MovieLens users who have
+seen every genre make the strict rule almost never fire, a share of 0.1-0.2 makes minor genres new).
 
 `generate_candidates` retrieves, per user, the nearest neighbours (inner product over unit item
 vectors in a faiss index restricted to the user's unexpected items) of their newest
@@ -31,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recgpt.data.categories import CategoryLevel, categories_at_level, parse_level
 from recgpt.data.dataset import Dataset
@@ -39,6 +47,7 @@ from recgpt.intent.pool import TextEncoder, item_embedding_text
 from recgpt.retrieval.index import ItemIndex
 
 Rule = Literal["category", "distance", "either"]
+DistanceKind = Literal["quantile", "absolute"]
 CANDIDATES_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(),
     "item_id": pl.String(),
@@ -50,18 +59,35 @@ CANDIDATES_SCHEMA: dict[str, pl.DataType] = {
 CATEGORY_SEP = "|"  # an item with several categories at the level (MovieLens genres): "Action|Comedy"
 
 
-class CandidateConfig(BaseModel):
-    """How candidates are generated (module docstring)."""
+class RuleConfig(BaseModel):
+    """When an item is unexpected for a user (module docstring); shared by candidates and labels."""
 
     model_config = ConfigDict(frozen=True)
+
+    rule: Rule = "category"
+    distance: float = Field(default=0.8, ge=0.0, le=2.0, description="unexpectedness threshold")
+    distance_kind: DistanceKind = "quantile"
+    familiar_min: int = Field(default=1, ge=1, description="history items that make a category familiar")
+    familiar_share: float = Field(default=0.0, ge=0.0, lt=1.0, description="history share that does")
+
+    @model_validator(mode="after")
+    def _quantile_in_range(self) -> RuleConfig:
+        if self.distance_kind == "quantile" and self.distance > 1.0:
+            raise ValueError(f"distance is a quantile (distance_kind='quantile'): 0..1, got {self.distance}")
+        return self
+
+    def rule_only(self) -> RuleConfig:
+        """Just the unexpectedness fields (to copy into another config)."""
+        return RuleConfig(**{k: getattr(self, k) for k in RuleConfig.model_fields})
+
+
+class CandidateConfig(RuleConfig):
+    """How candidates are generated (module docstring)."""
 
     size: int = Field(default=10, ge=1, description="candidates per user")
     per_item: int = Field(default=20, ge=1, description="neighbours retrieved per history item")
     history_items: int = Field(default=50, ge=1, description="newest history items used as queries")
     category_level: CategoryLevel | str = "auto"
-    rule: Rule = "category"
-    distance: float = Field(default=0.8, ge=0.0, le=2.0, description="unexpectedness threshold")
-    familiar_min: int = Field(default=1, ge=1, description="history items that make a category familiar")
 
     def level(self) -> CategoryLevel:
         """The category level, parsed."""
@@ -143,14 +169,15 @@ def catalogue_arrays(
 
 
 def familiar_categories(
-    history: np.ndarray, item_categories: sp.csr_matrix, familiar_min: int = 1
+    history: np.ndarray, item_categories: sp.csr_matrix, familiar_min: int = 1, familiar_share: float = 0.0
 ) -> np.ndarray:
-    """Boolean mask over categories: those carried by at least `familiar_min` distinct history items."""
+    """Boolean mask over categories: those carried by at least `familiar_min` distinct history items
+    and by at least a share `familiar_share` of them."""
     hist = np.unique(np.asarray(history, dtype=np.int64))
     if len(hist) == 0:
         return np.zeros(item_categories.shape[1], dtype=bool)
     counts = np.asarray(item_categories[hist].sum(axis=0)).ravel()
-    return counts >= familiar_min
+    return (counts >= familiar_min) & (counts >= familiar_share * len(hist)) & (counts > 0)
 
 
 def unexpectedness(items: np.ndarray, history: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -168,25 +195,24 @@ def unexpected_mask(
     history: np.ndarray,
     vectors: np.ndarray,
     item_categories: sp.csr_matrix,
-    *,
-    rule: Rule,
-    distance: float,
-    familiar_min: int = 1,
+    cfg: RuleConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(is unexpected, unexpectedness) of `items` against `history` under `rule` (module docstring)."""
+    """(is unexpected, unexpectedness) of `items` against `history` under `cfg` (module docstring)."""
     items = np.asarray(items, dtype=np.int64)
     unexp = unexpectedness(items, history, vectors)
-    if rule not in ("category", "distance", "either"):
-        raise ValueError(f"unknown unexpectedness rule {rule!r}; use category, distance or either")
-    by_distance = unexp >= distance
-    if rule == "distance":
+    threshold = cfg.distance
+    if cfg.distance_kind == "quantile":
+        everything = unexpectedness(np.arange(vectors.shape[0]), history, vectors)
+        threshold = float(np.quantile(everything, cfg.distance))
+    by_distance = unexp >= threshold
+    if cfg.rule == "distance":
         return by_distance, unexp
-    familiar = familiar_categories(history, item_categories, familiar_min).astype(np.float32)
+    familiar = familiar_categories(history, item_categories, cfg.familiar_min, cfg.familiar_share)
     sub = item_categories[items]
     has_cats = np.diff(sub.indptr) > 0
-    touches = np.asarray(sub @ familiar).ravel() > 0
+    touches = np.asarray(sub @ familiar.astype(np.float32)).ravel() > 0
     by_category = has_cats & ~touches
-    return (by_category if rule == "category" else by_category | by_distance), unexp
+    return (by_category if cfg.rule == "category" else by_category | by_distance), unexp
 
 
 def _tie_order(n: int, seed: int) -> np.ndarray:
@@ -251,15 +277,7 @@ def generate_candidates(
         banned[hist] = True
         if exclude is not None:
             banned[np.asarray(exclude[u], dtype=np.int64)] = True
-        ok, unexp = unexpected_mask(
-            everything,
-            hist,
-            vectors,
-            item_categories,
-            rule=cfg.rule,
-            distance=cfg.distance,
-            familiar_min=cfg.familiar_min,
-        )
+        ok, unexp = unexpected_mask(everything, hist, vectors, item_categories, cfg)
         allowed = np.flatnonzero(ok & ~banned)
         if len(allowed) == 0:
             continue
@@ -321,7 +339,9 @@ __all__ = [
     "CATEGORY_SEP",
     "CandidateConfig",
     "Catalogue",
+    "DistanceKind",
     "Rule",
+    "RuleConfig",
     "catalogue_arrays",
     "category_matrix",
     "familiar_categories",

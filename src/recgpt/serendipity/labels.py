@@ -28,11 +28,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from recgpt.data.split import Split
 from recgpt.retrieval.index import ItemIndex
-from recgpt.serendipity.candidates import CandidateConfig, Catalogue, Rule, generate_for, unexpected_mask
+from recgpt.serendipity.candidates import (
+    CandidateConfig,
+    Catalogue,
+    RuleConfig,
+    generate_for,
+    unexpected_mask,
+)
 
 LISTS_SCHEMA: dict[str, pl.DataType] = {
     "list_id": pl.String(),
@@ -45,30 +51,19 @@ LISTS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-class LabelConfig(BaseModel):
-    """How log labels and lists are made (module docstring)."""
-
-    model_config = ConfigDict(frozen=True)
+class LabelConfig(RuleConfig):
+    """How log labels and lists are made (module docstring; the unexpectedness fields are `RuleConfig`'s)."""
 
     list_size: int = Field(default=10, ge=2, description="items per list: 1 positive + negatives")
-    rule: Rule = "category"
-    distance: float = Field(default=0.8, ge=0.0, le=2.0, description="unexpectedness threshold")
-    familiar_min: int = Field(default=1, ge=1, description="history items that make a category familiar")
     train_users: int | None = Field(default=None, ge=1, description="most train lists (None: all)")
+    cuts_per_user: int = Field(default=1, ge=1, description="train lists: cuts per user, newest first")
     min_history: int = Field(default=1, ge=1, description="train lists: history items before the cut")
     seed: int = 0
 
     def candidates(self, base: CandidateConfig | None = None) -> CandidateConfig:
-        """The candidate config for negatives: `base` (or defaults) with this config's rule."""
+        """The candidate config for negatives: `base` (or defaults) with this config's rule and size."""
         base = base or CandidateConfig()
-        return base.model_copy(
-            update={
-                "size": self.list_size - 1,
-                "rule": self.rule,
-                "distance": self.distance,
-                "familiar_min": self.familiar_min,
-            }
-        )
+        return base.model_copy(update={**self.rule_only().model_dump(), "size": self.list_size - 1})
 
 
 @dataclass
@@ -90,29 +85,27 @@ class LabelStats:
         return {**asdict(self), "share_unexpected": round(self.share_unexpected, 4)}
 
 
-def is_unexpected(item: int, history: np.ndarray, catalogue: Catalogue, cfg: LabelConfig) -> bool:
-    """Whether item index `item` is unexpected against `history` (indices before the point) under `cfg`."""
-    ok, _ = unexpected_mask(
-        np.asarray([item]),
-        history,
-        catalogue.vectors,
-        catalogue.categories,
-        rule=cfg.rule,
-        distance=cfg.distance,
-        familiar_min=cfg.familiar_min,
-    )
-    return bool(ok[0]) and int(item) not in set(np.asarray(history).tolist())
+def is_unexpected(item: int, history: np.ndarray, catalogue: Catalogue, cfg: RuleConfig) -> bool:
+    """Whether item index `item` is unexpected against `history` (indices before the point) under `cfg`.
+
+    An item already in the history is never unexpected (a re-purchase is no discovery).
+    """
+    if int(item) in set(np.asarray(history).tolist()):
+        return False
+    ok, _ = unexpected_mask(np.asarray([item]), history, catalogue.vectors, catalogue.categories, cfg)
+    return bool(ok[0])
 
 
-def _user_seed(seed: int, user_id: str, part: str) -> int:
-    """A per-user seed independent of which other users are labelled."""
-    return int.from_bytes(hashlib.sha256(f"{seed}|{part}|{user_id}".encode()).digest()[:8], "little")
+def _list_seed(seed: int, list_id: str) -> int:
+    """A per-list seed independent of which other lists are made."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{list_id}".encode()).digest()[:8], "little")
 
 
 def _make_lists(
     part: str,
     cfg: LabelConfig,
     catalogue: Catalogue,
+    list_ids: Sequence[str],
     users: Sequence[str],
     histories: Sequence[np.ndarray],
     futures: Sequence[int],
@@ -155,10 +148,10 @@ def _make_lists(
             items = [str(catalogue.item_ids[futures[k]]), *negs[: cfg.list_size - 1]]
             labels = [1] + [0] * (cfg.list_size - 1)
             order = list(range(len(items)))
-            random.Random(_user_seed(cfg.seed, user, part)).shuffle(order)
+            random.Random(_list_seed(cfg.seed, list_ids[k])).shuffle(order)
             rows.append(
                 {
-                    "list_id": f"{part}-{user}",
+                    "list_id": list_ids[k],
                     "user_id": user,
                     "part": part,
                     "asof_ts": int(points[k]),
@@ -201,6 +194,7 @@ def eval_lists(
         "eval",
         cfg,
         catalogue,
+        [f"eval-{u}" for u in wanted],
         wanted,
         [task.histories[pos[u]] for u in wanted],
         [int(task.targets[pos[u]][0]) for u in wanted],
@@ -212,11 +206,15 @@ def eval_lists(
     return lists, stats
 
 
-def train_cuts(split: Split, exclude_users: Collection[str] = (), min_history: int = 1) -> pl.DataFrame:
-    """Per train user (not in `exclude_users`): the train-split sequence cut before its last item.
+def train_cuts(
+    split: Split, exclude_users: Collection[str] = (), min_history: int = 1, per_user: int = 1
+) -> pl.DataFrame:
+    """Cuts of the train users' (not in `exclude_users`) train-split sequences, newest first.
 
-    Columns: user_id, history (item indices, oldest first), future (item index), asof_ts (the
-    future event's timestamp). Only the train split's events are read.
+    Cut j of a user: the train item at position j is the future, items before it the history. The
+    `per_user` newest positions with at least `min_history` items before them are cut. Columns:
+    list_id ('train-<user>-<j>'), user_id, history (item indices, oldest first), future (item index),
+    asof_ts (the future event's timestamp). Only the train split's events are read.
     """
     tr = split.train
     bounds = np.searchsorted(tr.user_idx, np.arange(tr.n_users + 1))
@@ -225,17 +223,20 @@ def train_cuts(split: Split, exclude_users: Collection[str] = (), min_history: i
     for u in range(tr.n_users):
         lo, hi = int(bounds[u]), int(bounds[u + 1])
         user = str(split.user_ids[u])
-        if hi - lo < min_history + 1 or user in gone:
+        if user in gone:
             continue
-        rows.append(
-            {
-                "user_id": user,
-                "history": tr.item_idx[lo : hi - 1].tolist(),
-                "future": int(tr.item_idx[hi - 1]),
-                "asof_ts": int(tr.timestamp[hi - 1]),
-            }
-        )
+        for j in range(hi - lo - 1, max(min_history, hi - lo - per_user) - 1, -1):
+            rows.append(
+                {
+                    "list_id": f"train-{user}-{j}",
+                    "user_id": user,
+                    "history": tr.item_idx[lo : lo + j].tolist(),
+                    "future": int(tr.item_idx[lo + j]),
+                    "asof_ts": int(tr.timestamp[lo + j]),
+                }
+            )
     schema = {
+        "list_id": pl.String(),
         "user_id": pl.String(),
         "history": pl.List(pl.Int64()),
         "future": pl.Int64(),
@@ -254,25 +255,29 @@ def train_lists(
 ) -> tuple[pl.DataFrame, LabelStats]:
     """(LISTS part 'train', stats): at most `cfg.train_users` lists from train users (module docstring).
 
-    Users are visited in a seeded order, so a cap picks a seeded sample of the users that qualify.
+    Cuts are visited in a seeded order, so the cap picks a seeded sample of the cuts that qualify.
+    Negatives never include an item of the user's whole train sequence (before or after the cut).
     """
-    cuts = train_cuts(split, exclude_users, cfg.min_history)
+    cuts = train_cuts(split, exclude_users, cfg.min_history, cfg.cuts_per_user)
     order = list(range(cuts.height))
     random.Random(cfg.seed).shuffle(order)
     cuts = cuts[order] if order else cuts
     users = cuts["user_id"].to_list()
     histories = [np.asarray(h, dtype=np.int64) for h in cuts["history"].to_list()]
+    train_seq = split.train.sequences
+    split_pos = {str(u): i for i, u in enumerate(split.user_ids)}
     futures = cuts["future"].to_list()
     stats = LabelStats("train")
     lists = _make_lists(
         "train",
         cfg,
         catalogue,
+        cuts["list_id"].to_list(),
         users,
         histories,
         futures,
         cuts["asof_ts"].to_list(),
-        histories,  # negatives: never an item of the user's train history (the future is excluded too)
+        [train_seq[split_pos[u]] for u in users],
         candidates,
         stats,
         limit=cfg.train_users,
