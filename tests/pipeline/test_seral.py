@@ -198,3 +198,40 @@ def test_cli_runs_the_seral_pipeline(first_run: tuple[SeralConfig, RunSummary, A
     assert "with-slot" in out.output and "SerenGPT" in out.output and "none (all up to date)" in out.output
     bad = CliRunner().invoke(app, ["run", "--pipeline", "seral", "--share", "0.5", "--dataset", "x"])
     assert bad.exit_code == 2 and "RecGPT settings" in bad.output
+
+
+def test_verdicts_in_the_run_folder_rerun_the_labels(
+    first_run: tuple[SeralConfig, RunSummary, Any], tmp_path: Path
+) -> None:
+    """People's verdicts (`RUN_DIR/verdicts.parquet`) override log labels and re-run labels and what follows."""
+    from recgpt.serendipity.verdicts import write_verdicts
+
+    cfg, summary, _ = first_run
+    run = tmp_path / summary.run_dir.name
+    shutil.copytree(summary.run_dir, run)
+    lists = pl.read_parquet(run / "04_labels/lists.parquet")
+    first = lists.row(0, named=True)
+    item = first["item_ids"][first["labels"].index(1)]  # the log-serendipitous item: people say no
+    verdicts = pl.DataFrame(
+        {
+            "user_id": [first["user_id"]],
+            "item_id": [item],
+            "serendipitous": [False],
+            "annotator": ["a"],
+            "round": [0],
+        }
+    )
+    write_verdicts(verdicts, run / "verdicts.parquet")
+    again = _run(cfg.model_copy(update={"runs_dir": tmp_path}), seral_backend())
+    assert {n for n, s in again.status().items() if s == "ran"} == {
+        "labels",
+        "seren",
+        "cache",
+        "slot",
+        "eval",
+        "report",
+    }
+    after = pl.read_parquet(run / "04_labels/lists.parquet").row(0, named=True)
+    at = after["item_ids"].index(item)
+    assert after["labels"][at] == 0 and after["label_source"][at] == "human"
+    assert json.loads((run / "04_labels/done.json").read_text())["stats"]["verdicts"] == 1

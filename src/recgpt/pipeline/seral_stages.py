@@ -134,7 +134,7 @@ def run_labels(ctx: StageContext) -> dict[str, Any]:
     lists, stats = eval_lists(cfg.labels, res.split, catalogue(ctx), res.users, candidates=cfg.candidates)
     verdicts = 0
     if cfg.verdicts is not None:
-        from recgpt.serendipity.labels import apply_verdicts, read_verdicts
+        from recgpt.serendipity.verdicts import apply_verdicts, read_verdicts
 
         table = read_verdicts(ctx.store.run_dir / VERDICTS_FILE)
         lists, verdicts = apply_verdicts(lists, table), table.height
