@@ -83,7 +83,7 @@ def _walk(user: str, t: dict[str, pl.DataFrame], res: Resources, titles: dict[st
     return "\n".join(
         [
             f"<h3>User {_e(user)}</h3>",
-            f"<p>Held-out next item (never shown to any stage): <b>{', '.join(name(i) for i in target_ids) or '-'}</b></p>",
+            f"<p>Held-out next item (never shown to any stage): <b>{', '.join(_e(titles.get(i) or i) for i in target_ids) or '-'}</b></p>",
             f"<h4>1. Compressed history B_u ({comp['tokens'][0] if comp.height else 0} tokens)</h4>",
             f"<pre>{_e(comp['text'][0] if comp.height else '')}</pre>",
             f"<h4>2. Cognition profile (version {_e(version)})</h4>",
