@@ -42,7 +42,7 @@ def nearline(
         from recgpt.llm import make_backend
 
         backend = make_backend(llm)
-    report = refresh(run, events, backend=backend)
+    report = refresh(run, events, backend=backend, model=llm)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return

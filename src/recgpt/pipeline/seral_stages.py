@@ -19,8 +19,7 @@ import polars as pl
 from recgpt.pipeline.core import StageContext
 from recgpt.pipeline.resources import GuardedEngine, Resources
 from recgpt.pipeline.runner import fallback_stats
-
-VECTORS = "item_vectors.npy"  # 03_candidates/: L2-normalised item embeddings (candidates, labels, nearline)
+from recgpt.serendipity.cache import VECTORS_FILE as VECTORS
 
 
 def _res(ctx: StageContext) -> Resources:

@@ -33,6 +33,9 @@ CACHE_SCHEMA = {
     "created_ts": pl.Int64(),
 }
 SERVE_PREFIX = "serve:"
+VECTORS_FILE = (
+    "item_vectors.npy"  # 03_candidates/: the unit item vectors candidates, labels and nearline share
+)
 
 
 def serving_list_id(user_id: str) -> str:
@@ -131,6 +134,7 @@ def replace_users(table: pl.DataFrame, fresh: pl.DataFrame, users: Sequence[str]
 __all__ = [
     "CACHE_SCHEMA",
     "SERVE_PREFIX",
+    "VECTORS_FILE",
     "StoredVectors",
     "build_cache",
     "item_categories",

@@ -229,13 +229,34 @@ def _append(dataset: Any, appended: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([ev, new], how="diagonal_relaxed").sort("timestamp", "event_id")
 
 
-def refresh(run_dir: str | Path, events: pl.DataFrame | Path | str, *, backend: Any = None) -> NearlineReport:
+def refresh(
+    run_dir: str | Path,
+    events: pl.DataFrame | Path | str,
+    *,
+    backend: Any = None,
+    model: str | None = None,
+) -> NearlineReport:
     """Apply `events` to the finished SERAL run in `run_dir` and refresh only the affected users
-    (module docstring); `backend` replaces the run's LLM backend (tests)."""
+    (module docstring), under the run folder's lock (never beside a running `recgpt run`).
+    `backend` replaces the run's LLM backend (tests, `--llm`); `model` is then the identity the
+    cache rows record (default: the run's SerenGPT spec)."""
+    from recgpt.folders import FolderLock
+
+    lock = FolderLock(Path(run_dir)).acquire()
+    try:
+        return _refresh(Path(run_dir), events, backend, model)
+    finally:
+        lock.release()
+
+
+def _refresh(
+    run_dir: Path, events: pl.DataFrame | Path | str, backend: Any, model: str | None
+) -> NearlineReport:
     from recgpt.behavior import make_counter
     from recgpt.data.untrusted import UntrustedText, redact_dataset
     from recgpt.datasets import load_dataset
     from recgpt.serendipity.cache import (
+        VECTORS_FILE,
         build_cache,
         item_categories,
         rendered_profiles,
@@ -248,7 +269,6 @@ def refresh(run_dir: str | Path, events: pl.DataFrame | Path | str, *, backend: 
     from recgpt.serendipity.seren import SerenConfig, rank_lists, seren_inputs
 
     started = time.perf_counter()
-    run_dir = Path(run_dir)
     store = RunStore.open(run_dir)
     if store.marker("cache") is None:
         raise RunNotFinished(f"{run_dir}: the SERAL run has no finished cache stage (06_cache); run it first")
@@ -269,10 +289,8 @@ def refresh(run_dir: str | Path, events: pl.DataFrame | Path | str, *, backend: 
     earlier = pl.read_parquet(log_path) if log_path.exists() else accepted.clear().drop("row")
     appended = pl.concat([earlier, accepted.drop("row")], how="vertical_relaxed")
     users = sorted(set(accepted["user_id"].to_list()))
-    out = NearlineReport(run_dir, source, accepted.height, rejected, [], 0.0)
     if not users:
         return NearlineReport(run_dir, source, 0, rejected, [], time.perf_counter() - started)
-    write_parquet_atomic(appended, log_path)
 
     pcfg = ProfileConfig.model_validate(cfg.get("profiles") or {})
     ccfg = CandidateConfig.model_validate(cfg.get("candidates") or {})
@@ -280,15 +298,14 @@ def refresh(run_dir: str | Path, events: pl.DataFrame | Path | str, *, backend: 
     slot = cfg.get("slot") or {}
     all_events = _append(dataset, appended)
     view = _view(all_events, users)
-    vectors = np.load(store.dir("candidates") / "item_vectors.npy")
+    vectors = np.load(store.dir("candidates") / VECTORS_FILE)
     catalogue = stored_catalogue(dataset, vectors, ccfg.category_level, all_events)
     pos = {i: n for n, i in enumerate(catalogue.item_ids.tolist())}
     categories = item_categories(dataset, ccfg.category_level)
     counter = make_counter(cfg.get("tokenizer", "smollm2"))
     engines = _engines(cfg.get("llm") or {}, run_dir, backend)
-    model = str(
-        (cfg.get("llm") or {}).get("stages", {}).get("seren") or (cfg.get("llm") or {}).get("spec", "")
-    )
+    llm = cfg.get("llm") or {}
+    model = model or str((llm.get("stages") or {}).get("seren") or llm.get("spec", ""))
     fresh: dict[str, list[pl.DataFrame]] = {name: [] for name in SERVING}
     done: list[UserRefresh] = []
     try:
@@ -333,6 +350,7 @@ def refresh(run_dir: str | Path, events: pl.DataFrame | Path | str, *, backend: 
     for name in SERVING:
         table = replace_users(state[name], pl.concat(fresh[name], how="vertical_relaxed"), users)
         files[name] = str(write_parquet_atomic(table, folder / f"{name}.parquet"))
+    files["events"] = str(write_parquet_atomic(appended, log_path))  # last: a failed refresh logs nothing
     out = NearlineReport(
         run_dir, source, accepted.height, rejected, done, time.perf_counter() - started, files
     )
