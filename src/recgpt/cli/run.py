@@ -28,7 +28,7 @@ LLM_HELP = f"LLM backend of every LLM stage (default llamacpp: the embedded Smol
 LLM_THREADS_HELP = "llama.cpp threads per worker process (default: RECGPT_LLM_THREADS or 1)."
 LLM_WORKERS_HELP = "llama.cpp worker processes (each loads the model; one per free core is fastest)."
 STAGE_LLM_HELP = (
-    "One LLM stage's own backend, STAGE=SPEC (interests, tags or explanations), "
+    "One LLM stage's own backend, STAGE=SPEC (interests, tags or explanations; SERAL: profiles or seren), "
     "e.g. tags=transformers:runs/train/x/merged (repeatable)."
 )
 
