@@ -188,7 +188,7 @@ def run_seral(
     from recgpt.datasets import load_dataset
     from recgpt.llm.backends import BackendUnavailable, check_spec
     from recgpt.llm.credentials import redact
-    from recgpt.pipeline.preflight import PreflightError, check_catalogue
+    from recgpt.pipeline.preflight import PreflightError
     from recgpt.pipeline.resources import Resources
     from recgpt.pipeline.run import _announce_sample
 
@@ -204,7 +204,11 @@ def run_seral(
                     raise PreflightError(
                         redact(f"LLM of stage {stage.name} {cfg.llm.spec_for(stage.name)!r}: {e}")
                     ) from None
-    check_catalogue(cfg, dataset.items.height)
+    for option, k in (("ks", max(cfg.ks)), ("slot.k", cfg.slot.k)):
+        if k > dataset.items.height:
+            raise PreflightError(
+                f"{option}: cut-off K={k} is larger than the catalogue ({dataset.items.height} items)"
+            )
     run_dir = cfg.run_dir(dataset.manifest.name)
     cfg = cfg.model_copy(update={"verdicts": verdicts_digest(run_dir)})
     store = RunStore(run_dir, SERAL.folders)
