@@ -35,7 +35,9 @@ app.add_typer(
     judge_cli.judge_app, name="judge", help="LLM judge of a run's outputs, and its agreement with humans."
 )
 app.add_typer(
-    judge_cli.label_app, name="label", help="Export judge samples for people to label; import the labels."
+    judge_cli.label_app,
+    name="label",
+    help="Export samples for people to label (judge samples; SERAL serendipity lists); import the labels.",
 )
 app.add_typer(
     train_cli.train_app,

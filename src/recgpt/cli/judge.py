@@ -5,7 +5,7 @@ backend (default: the run's own LLM) through the run's LLM cache, so a killed ru
 re-run costs no model call; it writes `RUN_DIR/judge/` (samples, verdicts, pass_rates.json,
 judge.json), prints the pass rate per task and criterion, and refreshes the run's report.
 `label export` writes a stratified sample for annotation; `label import` adds the filled file to a
-judge data buffer; `judge calibrate` compares judge verdicts with the human labels (Table 9 shape).
+judge data buffer (for a SERAL run: serendipity samples and the run's human verdicts, `label_seral`); `judge calibrate` compares judge verdicts with the human labels (Table 9 shape).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ judge_app = typer.Typer(
     rich_markup_mode=None,
 )
 label_app = typer.Typer(
-    help="Export judge samples for people to label; import the labels.",
+    help="Export samples for people to label (judge samples; SERAL serendipity lists); import the labels.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -210,22 +210,36 @@ def calibrate_cmd(
 @label_app.command("export")
 @cli_errors(*BAD_INPUT)
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder (RecGPT or SERAL).")],
     out: Annotated[Path, typer.Option(help="Annotation file to write: .csv or .jsonl.")],
     n: Annotated[
-        int | None, typer.Option("-n", "--n", min=1, help="Samples to export, stratified across tasks.")
+        int | None,
+        typer.Option("-n", "--n", min=1, help="Samples to export, stratified across tasks (SERAL: lists)."),
     ] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the stratified sample.")] = 0,
     tasks: Annotated[str | None, typer.Option(help=TASKS_HELP)] = None,
     include_fallbacks: Annotated[
         bool, typer.Option("--include-fallbacks", help="Also export rule/pool fallbacks.")
     ] = False,
+    category_level: Annotated[
+        str | None, typer.Option(help="SERAL: category level shown (default: the run's, else auto).")
+    ] = None,
 ) -> None:
-    """Write a stratified sample of a run's outputs with empty label columns for people to fill."""
+    """Write a sample of a run's outputs with empty label columns for people to fill.
+
+    A SERAL run (it has 04_labels/lists.parquet) exports serendipity samples: one row per list item
+    with the log label, SerenGPT's proposal when it ran, and an empty 'verdict' column.
+    """
+    from recgpt.cli.label_seral import export_seral, is_seral_run
+
+    console = _console()
+    if is_seral_run(run_dir):
+        export_seral(run_dir, out, n=n, seed=seed, category_level=category_level, console=console)
+        return
+
     from recgpt.judge.labels import export_labels, stratified
     from recgpt.judge.samples import open_run, samples_from_state
 
-    console = _console()
     state = open_run(run_dir, llm={}, progress=False, console=console)
     try:
         samples = samples_from_state(state, _tasks(tasks), llm_only=not include_fallbacks)
@@ -243,17 +257,33 @@ def export(
 @cli_errors(*BAD_INPUT)
 def import_(
     file: Annotated[Path, typer.Argument(help="Filled annotation file (.csv / .jsonl).")],
-    buffer: Annotated[Path, typer.Option(help="Judge data buffer folder (created if missing).")],
+    buffer: Annotated[
+        Path | None, typer.Option(help="Judge data buffer folder (created if missing).")
+    ] = None,
+    seral_run: Annotated[
+        Path | None,
+        typer.Option(help="SERAL run folder: write/extend its verdicts.parquet instead of a judge buffer."),
+    ] = None,
     round: Annotated[int | None, typer.Option(min=0, help="Annotation round (default: the next).")] = None,
     annotator: Annotated[str | None, typer.Option(help="Annotator for rows that name none.")] = None,
 ) -> None:
-    """Read labels back (validated) and add the labelled samples to the judge data buffer."""
+    """Read labels back (validated): into the judge data buffer, or a SERAL run's human verdicts."""
+    if (buffer is None) == (seral_run is None):
+        raise fail(
+            "error", "give exactly one of --buffer (judge labels) and --seral-run (verdicts)", EXIT_BAD_INPUT
+        )
+    console = _console()
+    if seral_run is not None:
+        from recgpt.cli.label_seral import import_seral
+
+        import_seral(file, seral_run, round=round, annotator=annotator, console=console)
+        return
+    assert buffer is not None
     import polars as pl
 
     from recgpt.judge.buffer import JudgeBuffer
     from recgpt.judge.labels import read_labelled
 
-    console = _console()
     samples, labels = read_labelled(file, annotator)
     buf = JudgeBuffer(buffer)
     k = buf.next_round() if round is None else round

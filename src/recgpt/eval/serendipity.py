@@ -203,7 +203,10 @@ def serendipity_metrics(
 ) -> dict[str, float]:
     """Unexp@k (embedding), UnexpCat@k, Serendipity@k and PVR@k (and PVR-slot@k with `channel`) for
     each cut-off; the embedding / category figures need their inputs and are left out without them."""
-    n_items = (item_vectors if item_vectors is not None else item_categories).shape[0]  # type: ignore[union-attr]
+    basis = item_vectors if item_vectors is not None else item_categories
+    if basis is None:
+        raise ValueError("serendipity metrics need item_vectors or item_categories")
+    n_items = basis.shape[0]
     rule_kw = {
         "rule": rule,
         "item_vectors": item_vectors,

@@ -233,11 +233,7 @@ class OpenedRun:
 
     @cached_property
     def dataset(self) -> Dataset:
-        from recgpt.data.untrusted import UntrustedText, redact_dataset
-        from recgpt.datasets import load_dataset
-
-        source = load_dataset(self.config["dataset"])
-        return redact_dataset(source, UntrustedText.of(source).report)
+        return run_dataset(self.config)
 
     @cached_property
     def split(self) -> Split:
@@ -280,6 +276,17 @@ class OpenedRun:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+def run_dataset(config: Mapping[str, Any]) -> Dataset:
+    """The dataset a run's `config.json` names, with the redaction of instruction-like text the run applied."""
+    from recgpt.data.untrusted import UntrustedText, redact_dataset
+    from recgpt.datasets import load_dataset
+
+    if "dataset" not in config:
+        raise ValueError("the run's config.json names no dataset (no 'dataset' field)")
+    source = load_dataset(config["dataset"])
+    return redact_dataset(source, UntrustedText.of(source).report)
 
 
 def open_run(
@@ -429,6 +436,7 @@ __all__ = [
     "facts_of",
     "make_samples",
     "open_run",
+    "run_dataset",
     "sample_id",
     "sample_per_task",
     "samples_from_run",

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -176,8 +176,18 @@ def familiar_categories(
     hist = np.unique(np.asarray(history, dtype=np.int64))
     if len(hist) == 0:
         return np.zeros(item_categories.shape[1], dtype=bool)
-    counts = np.asarray(item_categories[hist].sum(axis=0)).ravel()
+    seen = np.zeros(item_categories.shape[0], dtype=np.float32)
+    seen[hist] = 1.0
+    counts = np.asarray(item_categories.T @ seen).ravel()  # a sparse mat-vec: no row slicing
     return (counts >= familiar_min) & (counts >= familiar_share * len(hist)) & (counts > 0)
+
+
+def catalogue_unexpectedness(history: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """1 - mean cosine of every catalogue item to the history items (all 1.0 when history is empty)."""
+    hist = np.asarray(history, dtype=np.int64)
+    if len(hist) == 0:
+        return np.ones(vectors.shape[0], dtype=np.float32)
+    return (1.0 - vectors @ vectors[hist].mean(axis=0)).astype(np.float32)
 
 
 def unexpectedness(items: np.ndarray, history: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -186,33 +196,33 @@ def unexpectedness(items: np.ndarray, history: np.ndarray, vectors: np.ndarray) 
     hist = np.asarray(history, dtype=np.int64)
     if len(hist) == 0:
         return np.ones(len(items), dtype=np.float32)
-    centroid = vectors[hist].mean(axis=0)
-    return (1.0 - vectors[items] @ centroid).astype(np.float32)
+    return (1.0 - vectors[items] @ vectors[hist].mean(axis=0)).astype(np.float32)
 
 
 def unexpected_mask(
-    items: np.ndarray,
+    items: np.ndarray | None,
     history: np.ndarray,
     vectors: np.ndarray,
     item_categories: sp.csr_matrix,
     cfg: RuleConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(is unexpected, unexpectedness) of `items` against `history` under `cfg` (module docstring)."""
-    items = np.asarray(items, dtype=np.int64)
-    unexp = unexpectedness(items, history, vectors)
-    threshold = cfg.distance
-    if cfg.distance_kind == "quantile":
-        everything = unexpectedness(np.arange(vectors.shape[0]), history, vectors)
-        threshold = float(np.quantile(everything, cfg.distance))
-    by_distance = unexp >= threshold
-    if cfg.rule == "distance":
-        return by_distance, unexp
-    familiar = familiar_categories(history, item_categories, cfg.familiar_min, cfg.familiar_share)
-    sub = item_categories[items]
-    has_cats = np.diff(sub.indptr) > 0
-    touches = np.asarray(sub @ familiar.astype(np.float32)).ravel() > 0
-    by_category = has_cats & ~touches
-    return (by_category if cfg.rule == "category" else by_category | by_distance), unexp
+    """(is unexpected, unexpectedness) of `items` (None: the whole catalogue) against `history`
+    under `cfg` (module docstring)."""
+    everything = catalogue_unexpectedness(history, vectors)
+    pick = slice(None) if items is None else np.asarray(items, dtype=np.int64)
+    unexp = everything[pick]
+    ok = np.zeros(len(unexp), dtype=bool)
+    if cfg.rule in ("distance", "either"):
+        threshold = cfg.distance
+        if cfg.distance_kind == "quantile":
+            threshold = float(np.quantile(everything, cfg.distance))
+        ok |= unexp >= threshold
+    if cfg.rule in ("category", "either"):
+        familiar = familiar_categories(history, item_categories, cfg.familiar_min, cfg.familiar_share)
+        touches = np.asarray(item_categories @ familiar.astype(np.float32)).ravel() > 0
+        has_cats = np.diff(item_categories.indptr) > 0
+        ok |= (has_cats & ~touches)[pick]
+    return ok, unexp
 
 
 def _tie_order(n: int, seed: int) -> np.ndarray:
@@ -220,21 +230,18 @@ def _tie_order(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-def _faiss_selector(ids: np.ndarray) -> Any:
-    import faiss
-
-    return faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
-
-
 def _neighbours(
     index: ItemIndex, vectors: np.ndarray, queries: np.ndarray, allowed: np.ndarray, k: int
 ) -> np.ndarray:
-    """Distinct items among the `k` nearest allowed neighbours of each query."""
-    sel = _faiss_selector(allowed)
-    k = min(k, len(allowed))
-    _, ids = index.index.search(np.ascontiguousarray(vectors[queries]), k, params=sel)
-    found = ids[ids >= 0]
-    return np.unique(found.astype(np.int64))
+    """Distinct items among the `k` nearest allowed neighbours (a faiss bitmap selector) of each query."""
+    import faiss
+
+    mask = np.zeros(index.n_items, dtype=bool)
+    mask[allowed] = True
+    bits = np.packbits(mask, bitorder="little")
+    params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(index.n_items, faiss.swig_ptr(bits)))
+    _, ids = index.index.search(np.ascontiguousarray(vectors[queries]), min(k, len(allowed)), params=params)
+    return np.unique(ids[ids >= 0].astype(np.int64))
 
 
 def generate_candidates(
@@ -268,16 +275,18 @@ def generate_candidates(
     )
     index = index or ItemIndex.build(vectors)
     tie = _tie_order(n, seed)
-    everything = np.arange(n, dtype=np.int64)
     pop = np.asarray(popularity, dtype=np.float64)
-    frames: list[pl.DataFrame] = []
+    users: list[str] = []
+    picked: list[np.ndarray] = []
+    score_parts: list[np.ndarray] = []
+    unexp_parts: list[np.ndarray] = []
     for u, (user, history) in enumerate(zip(user_ids, histories, strict=True)):
         hist = np.asarray(history, dtype=np.int64)
         banned = np.zeros(n, dtype=bool)
         banned[hist] = True
         if exclude is not None:
             banned[np.asarray(exclude[u], dtype=np.int64)] = True
-        ok, unexp = unexpected_mask(everything, hist, vectors, item_categories, cfg)
+        ok, unexp = unexpected_mask(None, hist, vectors, item_categories, cfg)
         allowed = np.flatnonzero(ok & ~banned)
         if len(allowed) == 0:
             continue
@@ -292,20 +301,23 @@ def generate_candidates(
             sims = (vectors[found] @ vectors[queries].T).max(axis=1)
             order = np.lexsort((tie[found], -sims))[: cfg.size]
             chosen, scores = found[order], sims[order].astype(np.float32)
-        frames.append(
-            pl.DataFrame(
-                {
-                    "user_id": [user] * len(chosen),
-                    "item_id": cat.item_ids[chosen].tolist(),
-                    "rank": np.arange(len(chosen), dtype=np.int32),
-                    "score": scores,
-                    "category": cat.category_text(chosen),
-                    "unexpectedness": unexp[chosen],
-                },
-                schema=CANDIDATES_SCHEMA,
-            )
-        )
-    return pl.concat(frames) if frames else pl.DataFrame(schema=CANDIDATES_SCHEMA)
+        users += [user] * len(chosen)
+        picked.append(chosen)
+        score_parts.append(scores)
+        unexp_parts.append(unexp[chosen])
+    chosen = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    ranks = np.concatenate([np.arange(len(c), dtype=np.int32) for c in picked]) if picked else []
+    return pl.DataFrame(
+        {
+            "user_id": users,
+            "item_id": cat.item_ids[chosen].tolist(),
+            "rank": ranks,
+            "score": np.concatenate(score_parts) if picked else [],
+            "category": cat.category_text(chosen),
+            "unexpectedness": np.concatenate(unexp_parts) if picked else [],
+        },
+        schema=CANDIDATES_SCHEMA,
+    )
 
 
 def generate_for(
