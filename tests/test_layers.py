@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("intent",),  # the LLM chain: interests, tags, explanations
     ("retrieval",),  # tri-tower, channels, fusion
     ("judge",),  # judging the chain's outputs, human labels, calibration
+    ("serendipity",),  # SERAL: profiles, candidates, labels, SerenGPT, cache, slot (below training)
     ("training",),  # SFT samples builders, distillation, self-training (uses the judge)
     ("serving",),  # the recommendation service over a finished run
     ("pipeline",),  # stages, the runner, the run's report

@@ -26,7 +26,7 @@ def seral_run(tmp_path: Path) -> Path:
     data = ds.save(tmp_path / "toy")
     split = make_split(ds)
     cat = catalogue_arrays(ds, HashEncoder(), "leaf", events=split.train_events)
-    lists, _ = eval_lists(LabelConfig(list_size=4), split, cat)
+    lists, _ = eval_lists(LabelConfig(list_size=4, rule="category"), split, cat)
     run = tmp_path / "runs" / "toy-seral"
     (run / "04_labels").mkdir(parents=True)
     lists.write_parquet(run / "04_labels" / "lists.parquet")

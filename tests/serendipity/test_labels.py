@@ -7,12 +7,13 @@ import polars as pl
 import pytest
 
 from recgpt.data.dataset import Dataset, Manifest
-from recgpt.data.split import SplitConfig, make_split
+from recgpt.data.split import LeakageError, SplitConfig, make_split
 from recgpt.serendipity.candidates import catalogue_arrays
 from recgpt.serendipity.labels import (
     LISTS_SCHEMA,
     LabelConfig,
     eval_lists,
+    guard_lists,
     is_unexpected,
     train_cuts,
     train_lists,
@@ -123,7 +124,7 @@ def test_unexpectedness_uses_only_history_before_the_point() -> None:
     ds = Dataset.build(pl.DataFrame(items), users, ev, Manifest(name="cut", source="test"))
     split = make_split(ds, SplitConfig(kind="cutoff", valid_cutoff=500, test_cutoff=800))
     cat = catalogue_arrays(ds, HashEncoder(), "leaf", events=split.train_events)
-    lists, stats = eval_lists(LabelConfig(list_size=4), split, cat)
+    lists, stats = eval_lists(LabelConfig(list_size=4, rule="category"), split, cat)
     assert stats.users == 6 and stats.unexpected == 6
     for row in lists.iter_rows(named=True):
         u = int(row["user_id"][1:])
@@ -131,9 +132,9 @@ def test_unexpectedness_uses_only_history_before_the_point() -> None:
         assert f"Glue-{(u + 1) % 6}" not in row["item_ids"]  # engaged later: never a negative
     u0 = split.test.user_ids.index("u0")
     glue = split.item_pos["Glue-1"]  # u0's second test-window item
-    assert is_unexpected(glue, split.test.histories[u0], cat, LabelConfig())
+    assert is_unexpected(glue, split.test.histories[u0], cat, LabelConfig(rule="category"))
     assert not is_unexpected(
-        glue, np.append(split.test.histories[u0], split.item_pos["Glue-0"]), cat, LabelConfig()
+        glue, np.append(split.test.histories[u0], split.item_pos["Glue-0"]), cat, LabelConfig(rule="category")
     )
 
 
@@ -183,3 +184,22 @@ def test_several_cuts_per_user_each_see_only_earlier_items(setup) -> None:  # ty
     )
     assert stats.users == cuts.height + 12  # t users have one cut with min_history 1
     assert lists["list_id"].n_unique() == lists.height
+
+
+def test_guard_lists_accepts_built_lists_and_catches_moved_ones(setup) -> None:  # type: ignore[no-untyped-def]
+    _, split, cat = setup
+    cfg = LabelConfig(list_size=4, rule="either", distance=0.5)
+    ev, _ = eval_lists(cfg, split, cat)
+    tr, _ = train_lists(cfg, split, cat)
+    assert guard_lists(split, pl.concat([ev, tr])) == ev.height + tr.height
+    with pytest.raises(LeakageError, match="not at their test point"):
+        guard_lists(split, ev.head(1).with_columns(pl.col("asof_ts") - 1))
+    late = ev.head(1).with_columns(pl.lit("train").alias("part"))  # at the test point
+    with pytest.raises(LeakageError, match="past their validation point"):
+        guard_lists(split, late)
+    held_out = split.item_ids[split.test.targets[0][0]]
+    moved = tr.head(1).with_columns(
+        pl.lit([held_out] * 4).alias("item_ids"), pl.lit([1, 0, 0, 0], dtype=pl.List(pl.Int8)).alias("labels")
+    )
+    with pytest.raises(LeakageError, match="not a train-split event"):
+        guard_lists(split, moved)

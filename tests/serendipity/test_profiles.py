@@ -20,6 +20,7 @@ from recgpt.llm.engine import LLMEngine
 from recgpt.llm.types import GenerationInput, approx_tokens
 from recgpt.pipeline.resources import GuardedEngine
 from recgpt.serendipity.profile_tasks import (
+    LONG_EXAMPLES,
     LONG_STAGE,
     SHORT_EXAMPLES,
     SHORT_STAGE,
@@ -126,7 +127,7 @@ def _answer(inp: GenerationInput) -> str:
     if "Robot Planet" in text.split("Behaviour in the window")[-1]:
         return json.dumps({"reasoning": "x", "interests": ["products", "various items", " "]})
     if "Funny Office Party" in text.split("Behaviour in the window")[-1]:
-        return json.dumps({"reasoning": "x", "interests": ["Quality paint brushes"]})  # the example's
+        return json.dumps({"reasoning": "x", "interests": ["Watercolour painting"]})  # the example's
     if "Love in Autumn" in text:
         return "not json"
     words = " ".join(f"w{i}" for i in range(60))
@@ -172,10 +173,20 @@ def test_build_profiles_llm_rows_fallbacks_and_failures(toy_split: Split) -> Non
     assert len(sent) == 9 and all("Short-term profiles" in s for s in sent[6:])
 
 
+def test_a_user_without_history_gets_the_static_row_only() -> None:
+    empty = ProfileInput(user_id="new", asof_ts=BASE_TS, attributes={"age": "20"}, windows=(), raw_tokens=0)
+    backend = FakeBackend([])
+    profiles, failures = build_profiles(CFG, LLMEngine(backend, max_retries=0), [empty])
+    assert profiles["level"].to_list() == ["static"] and profiles["text"][0] == "age 20"
+    assert failures.height == 0 and backend.generate_calls == 0
+    assert render_profile(profiles, "new") == "Profile: age 20"
+    assert profile_size(profiles, [empty])["ratio"] == 0.0
+
+
 def test_example_copies_and_vague_phrases_are_dropped() -> None:
     cfg = ProfileConfig()
     kept, copies = clean_interests(
-        ["Quality paint brushes", "beginner watercolour supplies", "lab glassware", "various products"],
+        ["Watercolour painting", "botanical art book", "lab glassware", "various products"],
         cfg,
         SHORT_EXAMPLES,
         evidence_stems(["Borosilicate Beaker Set [Lab/Glassware]"]),
@@ -183,9 +194,35 @@ def test_example_copies_and_vague_phrases_are_dropped() -> None:
     assert kept == ["lab glassware"] and copies == 2
     # the user's own words win: a painter may get painting interests
     kept, copies = clean_interests(
-        ["Quality paint brushes"], cfg, SHORT_EXAMPLES, evidence_stems(["Quality Paint Brushes [Arts]"])
+        ["Watercolour painting"], cfg, SHORT_EXAMPLES, evidence_stems(["Watercolour Paint Tubes [Arts]"])
     )
-    assert kept == ["Quality paint brushes"] and copies == 0
+    assert kept == ["Watercolour painting"] and copies == 0
+    films = evidence_stems(
+        ["The Green Mile (1999) [Crime/Drama]", "Platoon (1986) [Drama/War]", "prison films"]
+    )
+    kept, _ = clean_interests(["Drama, war films; Drama"], cfg, SHORT_EXAMPLES, films)
+    assert kept == ["Drama", "war films"]  # a list written as one entry is split, then de-duplicated
+    kept, _ = clean_interests(
+        ["The Green Mile drama", "prison drama"], cfg, SHORT_EXAMPLES, films, ["The Green Mile (1999)"]
+    )
+    assert kept == ["prison drama"]  # an interest that names a history item is one item, not an interest
+    caliper = "ABSOLUTE ORIGIN 0-6 Digital Electronic Caliper with LCD"
+    answer = [
+        "ABSOLUTE ORIGIN 0-6 Digital Electronic",  # a title cut short
+        "2000-01-08, winter)",  # the date line
+        "brand: Mitutoyo]",  # item-text syntax
+        "luxury home office",  # no word of the user's own text (with grounded, the default)
+        "bird photography calipers",  # example words the user never used
+        "digital calipers",
+    ]
+    evidence = evidence_stems([caliper, "Digital Calipers", "Aluminum Rods"])
+    kept, copies = clean_interests(answer, cfg, LONG_EXAMPLES, evidence, [caliper])
+    assert kept == ["digital calipers"] and copies == 1
+    loose = cfg.model_copy(update={"grounded": False})
+    assert clean_interests(answer, loose, LONG_EXAMPLES, evidence, [caliper])[0] == [
+        "luxury home office",
+        "digital calipers",
+    ]
     assert is_vague("various products") and is_vague("the best items") and not is_vague("trail running")
 
 
@@ -223,9 +260,13 @@ def test_profile_prompts_never_name_a_held_out_item(bundled_split: Split) -> Non
 
 # ---------------------------------------------------------------- the real small model
 
-REAL = ProfileConfig(windows=2, window_events=8, history_budget=150, max_tokens=160, reasks=0, interests=3)
+# Measured on 3 bundled users (2 shared cores, issue 13): 5 of 6 short-term rows and 3 of 3 long-term rows
+# from the LLM with one re-ask, 47 s of CPU (the SmolLM2 answers mostly name the window's genres).
+REAL = ProfileConfig(windows=2, window_events=8, history_budget=150, max_tokens=160, reasks=1, interests=3)
 MIN_LLM_SHARE = 0.5
-TIME_LIMIT_S = 60.0
+CPU_LIMIT_S = (
+    60.0  # CPU seconds of this process (llama.cpp on one thread): wall time on a shared machine varies
+)
 
 
 @pytest.mark.slow
@@ -239,9 +280,9 @@ def test_profiles_on_the_real_model(smollm2_gguf: object, bundled_split: Split) 
     inputs = profile_inputs(sp.test.asof, sp.dataset, users, REAL, count)
     engine = LLMEngine(make_backend("llamacpp", n_threads=1, n_ctx=2048), max_retries=1)
     try:
-        start = time.perf_counter()
+        start = time.process_time()
         profiles, failures = build_profiles(REAL, GuardedEngine(engine, sp, sp.test), inputs)
-        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - start
     finally:
         engine.close()
     short = profiles.filter(pl.col("level") == "short")
@@ -250,4 +291,4 @@ def test_profiles_on_the_real_model(smollm2_gguf: object, bundled_split: Split) 
     assert share >= MIN_LLM_SHARE, (share, failures.to_dicts())
     for r in short.filter(pl.col("source") == "llm").iter_rows(named=True):
         assert 1 <= len(r["interests"]) <= REAL.interests and all(i.strip() for i in r["interests"])
-    assert elapsed <= TIME_LIMIT_S, elapsed
+    assert cpu <= CPU_LIMIT_S, cpu

@@ -142,6 +142,17 @@ def test_an_answer_naming_no_candidate_is_asked_again_then_falls_back_to_the_lis
     assert rankings["item_id"][0] == "i4" and set(rankings["source"]) == {"llm"} and failures.height == 0
 
 
+def test_an_answer_copying_the_worked_example_is_asked_again_then_falls_back() -> None:
+    copy = _answer([(4, 4, 4, "birds seen on her hikes, a new hobby"), (2, 3, 5, "new")], [1, 3, 5])
+    rankings, failures, backend = _run([copy, copy])
+    assert backend.generate_calls == 2 and set(rankings["source"]) == {"fallback"}
+    assert failures["reason"].to_list() == ["example_copy"]
+    # a reason made of the list's own words is no copy
+    own = _answer([(1, 4, 4, "glass beaker set for lab glassware"), (2, 3, 5, "new")], [3, 4, 5])
+    rankings, failures, _ = _run([own])
+    assert set(rankings["source"]) == {"llm"} and failures.height == 0
+
+
 def test_a_failed_request_falls_back_with_its_reason() -> None:
     other = SerenInput("L2", "u2", 1_000, "Recent: soldering", CANDS[:3])
     good = _answer([(3, 4, 4, "ok"), (1, 3, 3, "ok")], [2])

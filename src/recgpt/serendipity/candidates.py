@@ -13,6 +13,12 @@ them. An item is *unexpected* for a user under a rule:
   MovieLens-100k), with ``"absolute"`` `distance` itself;
 * ``either``: one of the two.
 
+Default: ``distance`` at quantile 0.8. Measured on the full test users (loo split, MiniLM item
+vectors, categories at level auto): the held-out item is unexpected for 9.2% of MovieLens-100k users
+and 10.5% of Amazon-Scientific users under it; under ``category`` for 0.6% (MovieLens users have seen
+nearly every genre) and 73% (Amazon's categories are one flattened path string per item, 767 of
+them, so almost every purchase is a "new category").
+
 A category counts as familiar once at least `familiar_min` history items and at least a share
 `familiar_share` of them carry it (0.0: any engaged category is familiar; MovieLens users who have
 seen every genre make the strict rule almost never fire, a share of 0.1-0.2 makes minor genres new).
@@ -64,7 +70,7 @@ class RuleConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    rule: Rule = "category"
+    rule: Rule = "distance"
     distance: float = Field(default=0.8, ge=0.0, le=2.0, description="unexpectedness threshold")
     distance_kind: DistanceKind = "quantile"
     familiar_min: int = Field(default=1, ge=1, description="history items that make a category familiar")

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from recgpt.data.split import Split
+from recgpt.data.split import LeakageError, Split
 from recgpt.retrieval.index import ItemIndex
 from recgpt.serendipity.candidates import (
     CandidateConfig,
@@ -285,11 +285,39 @@ def train_lists(
     return lists, stats
 
 
+def guard_lists(split: Split, lists: pl.DataFrame) -> int:
+    """Raise `LeakageError` if a list was built from the wrong side of its user's split point.
+
+    Eval lists must sit at the user's test point; train lists strictly before the user's validation
+    point (users without one: anywhere in their train events), with their log positive a train-split
+    event of that user at `asof_ts`. Returns the number of lists checked.
+    """
+    train = split.train_events.filter(pl.col("item_id").is_not_null())
+    train_pairs = {(u, i, t) for u, i, t in train.select("user_id", "item_id", "timestamp").iter_rows()}
+    for row in lists.iter_rows(named=True):
+        user, ts = row["user_id"], row["asof_ts"]
+        if row["part"] == "eval":
+            if not split.test.asof.has_point(user) or split.test.asof.point(user)[0] != ts:
+                raise LeakageError(f"list {row['list_id']}: eval list of {user!r} is not at their test point")
+            continue
+        if split.valid.asof.has_point(user) and ts > split.valid.asof.point(user)[0]:
+            raise LeakageError(
+                f"list {row['list_id']}: train list of {user!r} reaches past their validation point"
+            )
+        for item, label, source in zip(row["item_ids"], row["labels"], row["label_source"], strict=True):
+            if label == 1 and source == "log" and (user, item, ts) not in train_pairs:
+                raise LeakageError(
+                    f"list {row['list_id']}: the positive {item!r} is not a train-split event of {user!r} at {ts}"
+                )
+    return lists.height
+
+
 __all__ = [
     "LISTS_SCHEMA",
     "LabelConfig",
     "LabelStats",
     "eval_lists",
+    "guard_lists",
     "is_unexpected",
     "train_cuts",
     "train_lists",

@@ -10,7 +10,7 @@ Two `LLMTask`s (`recgpt.llm.task`: asking, re-asks of emptied answers, fallback 
   fallback); the answer is `{"reasoning", "stable_interests"}`.
 
 Post-processing is the intent stages' (`clean_phrase`, case/spacing-insensitive duplicates, over-long
-phrases) plus: vague phrases (nothing left once words like "products", "various" are removed) are
+phrases, phrases that merely name one history item, `recgpt.intent.tags.names_item`) plus: vague phrases (nothing left once words like "products", "various" are removed) are
 dropped, and so are copies of the templates' worked examples (`recgpt.intent.examples`, unless the
 user's own text holds their words); the reasoning is cut to `REASONING_WORDS`. An item the LLM
 contributed nothing to gets the rule row (`recgpt.serendipity.profiles`) with source 'fallback' and
@@ -20,6 +20,7 @@ is keyed by the user id, so a guarding engine (and `guard_requests`) checks it a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +32,8 @@ from pydantic import BaseModel, Field, create_model
 from recgpt.intent.context import attribute_text, clean_phrase, describe_date, fit_request, phrase_key
 from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, relabel_failures, stems
 from recgpt.intent.grounding import VAGUE
+from recgpt.intent.pool import phrase_tokens
+from recgpt.intent.tags import names_item
 from recgpt.llm.engine import engine_window
 from recgpt.llm.prompts import make_request
 from recgpt.llm.task import LLMTask, TaskEngine, TaskOutput, run_task
@@ -51,6 +54,10 @@ LONG_TEMPLATE = "seral_long"
 SHORT_STAGE = "profiles_short"
 LONG_STAGE = "profiles_long"
 REASONING_WORDS = 40
+_LIST_SEP = re.compile(r"\s*[,;]\s+")
+# Prompt syntax copied into an answer: brackets, "(year)" and "brand:" of item texts, ISO dates of the date line.
+_MARKUP = re.compile(r"[\[\](){}<>|]|\bbrand:|\d{4}-\d{2}")
+TITLE_RUN = 4  # an interest of this many words or more that is a run of a title's words is a title cut short
 # Words that say nothing about what a user likes: a phrase made only of these (and stop words) is vague.
 GENERIC = stems(
     " ".join(
@@ -118,24 +125,56 @@ def is_vague(phrase: str) -> bool:
 
 
 def clean_interests(
-    values: Sequence[str], cfg: ProfileConfig, examples: ExampleFilter, evidence: frozenset[str]
+    values: Sequence[str],
+    cfg: ProfileConfig,
+    examples: ExampleFilter,
+    evidence: frozenset[str],
+    titles: Sequence[str] = (),
 ) -> tuple[list[str], int]:
-    """Tidied, de-duplicated interests without vague or over-long ones or example copies; and the
-    number of copies dropped."""
+    """The interests an answer keeps, and how many example copies it lost.
+
+    An entry listing several ("a, b; c") is split; each part is tidied and dropped when empty, a
+    duplicate, over-long, vague, prompt syntax (brackets, "brand:", a date), a history item's title
+    or a run of `TITLE_RUN`+ of its words (an interest is not one item; a small model copies
+    titles), a copy of the worked example (`ExampleFilter`, or any example word the user's own
+    text lacks), or, with `cfg.grounded`, sharing no word with the user's own text (`evidence`)."""
     kept: list[str] = []
     seen: set[str] = set()
     copies = 0
-    for v in values:
+    parts = [p for v in values for p in _LIST_SEP.split(v)]  # "Drama, War" is two interests
+    for v in parts:
         name = clean_phrase(v)
         key = phrase_key(name)
         if not key or key in seen or len(name.split()) > cfg.max_words or is_vague(name):
             continue
-        if examples.copy_of(name, evidence) is not None:
+        if _MARKUP.search(name) or any(names_item(name, t) or _title_part(name, t) for t in titles):
+            continue
+        words = stems(name)
+        if examples.copy_of(name, evidence) is not None or (words & examples_words(examples)) - evidence:
             copies += 1
+            continue
+        if cfg.grounded and not words & evidence:
             continue
         seen.add(key)
         kept.append(name)
     return kept[: cfg.interests], copies
+
+
+def _title_part(name: str, title: str) -> bool:
+    """Whether `name` is a run of `TITLE_RUN`+ consecutive words of `title` (a title cut short)."""
+    n, t = phrase_tokens(name), phrase_tokens(title)
+    return len(n) >= TITLE_RUN and any(t[i : i + len(n)] == n for i in range(len(t) - len(n) + 1))
+
+
+@lru_cache(maxsize=8)
+def _example_words(examples: ExampleFilter) -> frozenset[str]:
+    return frozenset().union(*(p.stems for p in examples.phrases))
+
+
+def examples_words(examples: ExampleFilter) -> frozenset[str]:
+    """Every stem of the worked examples' phrases: an interest word from there, absent from the user's
+    own text, came from the example (SmolLM2 wrote "bird photography cameras" for a 3D-printing user)."""
+    return _example_words(examples)
 
 
 def _reasoning(text: str) -> str:
@@ -183,6 +222,7 @@ def short_request(
             when=describe_date(inp.asof_ts),
             span=span_text(window.start_ts, window.end_ts, inp.asof_ts),
             history=history,
+            categories=[c for c, _ in window.categories[: max(cfg.top_categories, 1)]],
         )
 
     return fit_request(build, window.text, token_window)[0]
@@ -229,7 +269,7 @@ class ShortTask(LLMTask[ShortItem]):
     """Short-term profiles as an `LLMTask` (rows: PROFILES; fallback: the window's rule row)."""
 
     name = SHORT_STAGE
-    empty_detail = "every interest was empty, duplicate, too long, vague or a copy of the example"
+    empty_detail = "every interest was empty, duplicate, too long, vague, an item title or an example copy"
 
     def __init__(self, cfg: ProfileConfig, window: TokenWindow | None = None) -> None:
         self.cfg, self.window = cfg, window
@@ -246,7 +286,9 @@ class ShortTask(LLMTask[ShortItem]):
         evidence = evidence_stems(
             [item.window.text, *item.window.titles, *(c for c, _ in item.window.categories)]
         )
-        interests, copies = clean_interests(value.interests, self.cfg, SHORT_EXAMPLES, evidence)
+        interests, copies = clean_interests(
+            value.interests, self.cfg, SHORT_EXAMPLES, evidence, item.window.titles
+        )
         self.copies.record(item.key, copies)
         if not interests:
             return []
@@ -273,7 +315,9 @@ class LongTask(LLMTask[LongItem]):
     """Long-term profiles as an `LLMTask` (rows: PROFILES; fallback: the user's rule long row)."""
 
     name = LONG_STAGE
-    empty_detail = "every stable interest was empty, duplicate, too long, vague or a copy of the example"
+    empty_detail = (
+        "every stable interest was empty, duplicate, too long, vague, an item title or an example copy"
+    )
 
     def __init__(self, cfg: ProfileConfig) -> None:
         self.cfg = cfg
@@ -293,7 +337,8 @@ class LongTask(LLMTask[LongItem]):
                 *(i for r in item.shorts for i in r["interests"]),
             ]
         )
-        interests, copies = clean_interests(value.stable_interests, self.cfg, LONG_EXAMPLES, evidence)
+        titles = [t for w in inp.windows for t in w.titles]
+        interests, copies = clean_interests(value.stable_interests, self.cfg, LONG_EXAMPLES, evidence, titles)
         self.copies.record(inp.user_id, copies)
         if not interests:
             return []

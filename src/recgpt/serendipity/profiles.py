@@ -73,6 +73,9 @@ class ProfileConfig(Resampling):
     window_events: int = Field(default=20, ge=1, description="newest reliable events per window")
     interests: int = Field(default=5, ge=1, le=10, description="interests per profile row")
     max_words: int = Field(default=6, ge=1, description="longer interests are dropped")
+    grounded: bool = Field(
+        default=True, description="an LLM interest must share a word with the user's own text"
+    )
     temperature: float = Field(default=0.0, ge=0.0)
     max_tokens: int = Field(default=200, ge=32, description="answer tokens of one profile request")
     seed: int = 0

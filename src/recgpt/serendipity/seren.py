@@ -18,7 +18,9 @@ int, any length), so an unconstrained backend's stray value costs a slot, not th
 **Post-processing** (`SerenTask.postprocess`): ids outside the list and repeats are dropped (first
 kept); scores are clamped to 1..5; candidates the answer did not place are appended in candidate
 order (the list is then *partial*: counted with a FAILURES row of reason `partial`, the answer is
-kept). An answer whose judged block names no valid id is emptied and asked again (`reasks`); a list
+kept). An answer whose judged block names no valid id, or whose reasons repeat a reason of the
+worked example (`recgpt.intent.examples`; failure reason `example_copy`), is emptied and asked again
+(`reasks`); a list
 the LLM contributed nothing to gets the **fallback**: the candidates in the order given (source
 'fallback'). LISTS are shuffled with a seed (H2), so the fallback is a random order and cannot
 inflate Hit@1. Every list on fallback has a FAILURES row (the `run_task` reason).
@@ -47,6 +49,7 @@ from recgpt.behavior.items import clean_title
 from recgpt.data.leakage import guard_user_texts
 from recgpt.data.split import EvalTask, Split
 from recgpt.intent.context import Resampling, clean_phrase
+from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, relabel_failures
 from recgpt.intent.interests import FAILURES_SCHEMA
 from recgpt.llm.prompts import make_request
 from recgpt.llm.task import LLMTask, TaskEngine, reask_request, run_task
@@ -68,6 +71,9 @@ RANKINGS_SCHEMA = {
     "source": pl.String(),  # 'llm' | 'fallback' | 'reference:<kind>'
 }
 SEREN_FAILURES_SCHEMA = {**FAILURES_SCHEMA, "list_id": pl.String()}
+# A judged reason that repeats a reason of the worked example (SmolLM2 wrote "birds seen on her hikes"
+# for lab supplies) marks the answer as a copy of the example: emptied, asked again, else fallback.
+REASON_EXAMPLES = ExampleFilter([TEMPLATE], fields=("reason",))
 
 
 class SerenConfig(Resampling):
@@ -264,6 +270,12 @@ class SerenTask(LLMTask[SerenInput]):
     def __init__(self, cfg: SerenConfig) -> None:
         self.cfg = cfg
         self.reasks, self.reask_temperature, self.n_samples = cfg.reasks, cfg.reask_temperature, cfg.n_samples
+        self.copies = CopyLog()  # per list id: judged reasons that copied the worked example
+
+    def _copies(self, item: SerenInput, reasons: Sequence[str]) -> int:
+        """How many of an answer's reasons repeat a reason of the worked example (not the list's own words)."""
+        evidence = evidence_stems([item.profile, *candidate_lines(self.cfg, item)])
+        return sum(REASON_EXAMPLES.copy_of(r, evidence) is not None for r in reasons if r)
 
     def prompt(self, item: SerenInput) -> LLMRequest[Any]:
         return seren_request(self.cfg, item)
@@ -278,7 +290,9 @@ class SerenTask(LLMTask[SerenInput]):
                 seen.add(i)
                 reason = " ".join(clean_phrase(j.reason).split()[: self.cfg.reason_words])
                 placed.append((i, _clamp(j.relevance), _clamp(j.unexpected), reason))
-        if not placed:
+        copies = self._copies(item, [p[3] for p in placed])
+        self.copies.record(item.list_id, copies)
+        if not placed or copies:
             return []
         for r in value.rest:
             i = int(r) - 1
@@ -310,7 +324,8 @@ def rank_lists(
     ids = [i.list_id for i in inputs]
     if len(set(ids)) != len(ids):
         raise ValueError("rank_lists: list_id values must be unique")
-    out = run_task(SerenTask(cfg), engine, inputs)
+    task = SerenTask(cfg)
+    out = run_task(task, engine, inputs)
     failures = iter(out.failures)
     fail_rows: list[dict[str, Any]] = []
     for inp, on_fallback in zip(inputs, out.on_fallback, strict=True):
@@ -319,6 +334,7 @@ def rank_lists(
             fail_rows.append(
                 {"user_id": inp.user_id, "reason": f.reason, "detail": f.detail, "list_id": inp.list_id}
             )
+    fail_rows = relabel_failures(fail_rows, task.copies, "list_id")
     by_list: dict[str, int] = {}
     for r in out.rows:
         placed = r.pop("_placed", None)
