@@ -17,6 +17,7 @@ from recgpt.cli import data as data_cli
 from recgpt.cli import evaluate as evaluate_cli
 from recgpt.cli import judge as judge_cli
 from recgpt.cli import llm as llm_cli
+from recgpt.cli import nearline as nearline_cli
 from recgpt.cli import recommend as recommend_cli
 from recgpt.cli import run as run_cli
 from recgpt.cli import train as train_cli
@@ -48,6 +49,7 @@ app.command("compress")(compress_cli.compress)
 app.command("run")(run_cli.run)
 app.command("quickstart")(run_cli.quickstart)
 app.command("recommend")(recommend_cli.recommend)
+app.command("nearline")(nearline_cli.nearline)
 
 
 def recgpt_version() -> str:

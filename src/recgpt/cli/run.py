@@ -28,7 +28,7 @@ LLM_HELP = f"LLM backend of every LLM stage (default llamacpp: the embedded Smol
 LLM_THREADS_HELP = "llama.cpp threads per worker process (default: RECGPT_LLM_THREADS or 1)."
 LLM_WORKERS_HELP = "llama.cpp worker processes (each loads the model; one per free core is fastest)."
 STAGE_LLM_HELP = (
-    "One LLM stage's own backend, STAGE=SPEC (interests, tags or explanations), "
+    "One LLM stage's own backend, STAGE=SPEC (interests, tags or explanations; SERAL: profiles or seren), "
     "e.g. tags=transformers:runs/train/x/merged (repeatable)."
 )
 
@@ -141,13 +141,34 @@ def run(
     assignments: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
     until: Annotated[str | None, typer.Option(help="Stop after this stage (e.g. tags).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help=PROGRESS_HELP)] = True,
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline",
+            help="recgpt (the RecGPT chain) or seral (serendipity: profiles, SerenGPT, cache, slot; "
+            "run folder <name>-seral).",
+        ),
+    ] = "recgpt",
 ) -> None:
-    """Run (or resume) the whole RecGPT chain on a dataset: tables per stage, one table, an HTML report."""
+    """Run (or resume) the whole RecGPT chain (or SERAL) on a dataset: tables per stage, one table, an HTML report."""
     from recgpt.pipeline.config import load_config
     from recgpt.pipeline.preflight import PreflightError, check_until
 
+    if pipeline not in ("recgpt", "seral"):
+        raise typer.BadParameter(
+            f"unknown pipeline {pipeline!r}; use recgpt or seral", param_hint="--pipeline"
+        )
+    if pipeline == "seral" and (share is not None or beta is not None):
+        raise typer.BadParameter(
+            "--share and --beta are RecGPT settings; SERAL does not fuse", param_hint="--pipeline"
+        )
     try:
-        check_until(until)
+        if pipeline == "seral":
+            from recgpt.pipeline.seral import check_seral_until
+
+            check_seral_until(until)
+        else:
+            check_until(until)
     except PreflightError as e:
         raise typer.BadParameter(str(e)) from e
     over = _overrides(
@@ -175,10 +196,43 @@ def run(
             raise typer.BadParameter(f"expected STAGE=SPEC, got {item!r}", param_hint="--stage-llm")
         over.setdefault("llm", {}).setdefault("stages", {})[stage.strip()] = spec.strip()
     try:
-        cfg = load_config(config, over)
+        if pipeline == "seral":
+            from recgpt.pipeline.seral_config import load_seral_config
+
+            cfg = load_seral_config(config, over)
+        else:
+            cfg = load_config(config, over)
     except (ValueError, ValidationError) as e:
         raise typer.BadParameter(config_error(e)) from e
+    if pipeline == "seral":
+        _execute_seral(cfg, until=until, progress=progress)
+        return
     _execute(cfg, until=until, progress=progress, title="recgpt run")
+
+
+def _execute_seral(cfg: Any, *, until: str | None, progress: bool) -> None:
+    """Run the SERAL pipeline and print its tables (`pipeline.seral_eval.print_seral_results`)."""
+    from recgpt.pipeline.run import default_console
+    from recgpt.pipeline.seral import run_seral
+    from recgpt.pipeline.seral_eval import print_seral_results
+
+    console = default_console()
+    console.print(
+        f"[bold]recgpt run --pipeline seral[/bold]: {escape(f'dataset {cfg.dataset}, LLM {cfg.llm.shown_spec()}')}"
+    )
+    t0 = time.perf_counter()
+    summary = run_seral(cfg, console=console, progress=progress, until=until)
+    wall = time.perf_counter() - t0
+    results = summary.run_dir / "results.json"
+    if results.exists() and summary.outcomes and summary.outcomes[-1].name in ("eval", "report"):
+        print_seral_results(json.loads(results.read_text()), console, fallback=False)
+    summary.ledger.print(console)
+    ran = [o.name for o in summary.outcomes if o.status == "ran"]
+    console.print(
+        f"stages run now: {', '.join(ran) or 'none (all up to date)'}; model calls now: {summary.model_calls}"
+    )
+    console.print(f"run folder: {summary.run_dir}\nreport:     {summary.run_dir / 'report.html'}")
+    console.print(f"wall time {wall:.1f} s ({wall / 60:.1f} min)")
 
 
 @cli_errors()

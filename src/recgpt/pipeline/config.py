@@ -30,6 +30,8 @@ BUNDLED_PREFIX = "bundled:"
 DEFAULT_DATASET = "bundled:ml-latest-small"
 QUICKSTART_USERS = 30
 LLM_STAGES = ("interests", "tags", "explanations")
+SERAL_LLM_STAGES = ("profiles", "seren")  # the SERAL pipeline's LLM stages (`pipeline.seral`)
+ALL_LLM_STAGES = (*LLM_STAGES, *SERAL_LLM_STAGES)
 
 
 class LLMSettings(BaseModel):
@@ -73,9 +75,9 @@ class LLMSettings(BaseModel):
     @field_validator("stages")
     @classmethod
     def _stages(cls, v: dict[str, str]) -> dict[str, str]:
-        if unknown := set(v) - set(LLM_STAGES):
+        if unknown := set(v) - set(ALL_LLM_STAGES):
             raise ValueError(
-                f"llm.stages names unknown LLM stage(s) {sorted(unknown)}; valid: {', '.join(LLM_STAGES)}"
+                f"llm.stages names unknown LLM stage(s) {sorted(unknown)}; valid: {', '.join(ALL_LLM_STAGES)}"
             )
         return v
 
@@ -91,7 +93,7 @@ class LLMSettings(BaseModel):
     @classmethod
     def _limits(cls, v: float | dict[str, float]) -> float | dict[str, float]:
         limits = v if isinstance(v, dict) else {"*": v}
-        if unknown := set(limits) - {*LLM_STAGES, "*"}:
+        if unknown := set(limits) - {*ALL_LLM_STAGES, "*"}:
             raise ValueError(f"llm.max_fallback_share names unknown LLM stage(s) {sorted(unknown)}")
         if bad := [x for x in limits.values() if not 0.0 <= x <= 1.0]:
             raise ValueError(f"llm.max_fallback_share must be shares in [0, 1], got {bad}")
@@ -390,10 +392,12 @@ def load_config(
 
 
 __all__ = [
+    "ALL_LLM_STAGES",
     "BUNDLED_PREFIX",
     "DEFAULT_DATASET",
     "LLM_STAGES",
     "QUICKSTART_USERS",
+    "SERAL_LLM_STAGES",
     "LLMSettings",
     "RunConfig",
     "TuneConfig",
