@@ -1,3 +1,3 @@
-"""recgpt: intent-centric recommendation with LLMs (RecGPT; SERAL planned), measured honestly."""
+"""recgpt: intent-centric recommendation with LLMs (RecGPT and SERAL), measured honestly."""
 
 __version__ = "0.1.0"

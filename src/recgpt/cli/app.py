@@ -24,7 +24,7 @@ from recgpt.cli import train as train_cli
 
 app = typer.Typer(
     name="recgpt",
-    help="Intent-centric recommendation with LLMs (RecGPT; SERAL planned), measured against classic recommenders.",
+    help="Intent-centric recommendation with LLMs (RecGPT and SERAL), measured against classic recommenders.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,  # plain click help: readable at 80 columns, option names never truncated
@@ -42,7 +42,7 @@ app.add_typer(
 app.add_typer(
     train_cli.train_app,
     name="train",
-    help="Align the chain's LLMs: curriculum SFT, self-training, incremental.",
+    help="Align the LLMs: curriculum SFT, self-training, incremental, SerenGPT (SFT + IPO).",
 )
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compress")(compress_cli.compress)
@@ -75,7 +75,7 @@ def _root(
         typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
     ] = False,
 ) -> None:
-    """Intent-centric recommendation with LLMs (RecGPT; SERAL planned), measured against classic recommenders."""
+    """Intent-centric recommendation with LLMs (RecGPT and SERAL), measured against classic recommenders."""
 
 
 def main() -> None:
