@@ -12,12 +12,13 @@ import sys
 
 from rich.console import Console
 
+from recgpt.data.dataset import Dataset
 from recgpt.data.runstore import RunStore
 from recgpt.datasets import load_dataset
 from recgpt.intent.pool import TextEncoder
 from recgpt.llm.types import Backend
 from recgpt.pipeline.config import RunConfig
-from recgpt.pipeline.core import stage_key
+from recgpt.pipeline.core import Pipeline, stage_key
 from recgpt.pipeline.preflight import check_until, preflight
 from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.runner import RunSummary, StageOutcome, run_ledger, run_stages
@@ -42,10 +43,34 @@ def run_pipeline(
     check_until(until)
     dataset = load_dataset(cfg.dataset)
     preflight(cfg, dataset, until=until, check_llm=backend is None)
-    store = RunStore(cfg.run_dir(dataset.manifest.name), RECGPT.folders)
+    return start_run(
+        RECGPT,
+        cfg,
+        dataset,
+        console=console,
+        progress=progress,
+        backend=backend,
+        encoder=encoder,
+        until=until,
+    )
+
+
+def start_run(
+    pipeline: Pipeline,
+    cfg: RunConfig,
+    dataset: Dataset,
+    *,
+    console: Console,
+    progress: bool,
+    backend: Backend | None,
+    encoder: TextEncoder | None,
+    until: str | None,
+) -> RunSummary:
+    """Run (or resume) a checked `pipeline` over `dataset` in `cfg`'s run folder (RecGPT, SERAL)."""
+    store = RunStore(cfg.run_dir(dataset.manifest.name), pipeline.folders)
     res = Resources(cfg, dataset, store, progress=progress, backend=backend, encoder=encoder)
     return run_stages(
-        RECGPT,
+        pipeline,
         cfg,
         store,
         res,
@@ -72,4 +97,12 @@ def default_console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
-__all__ = ["RunSummary", "StageOutcome", "default_console", "run_ledger", "run_pipeline", "stage_key"]
+__all__ = [
+    "RunSummary",
+    "StageOutcome",
+    "default_console",
+    "run_ledger",
+    "run_pipeline",
+    "stage_key",
+    "start_run",
+]

@@ -28,9 +28,8 @@ from typing import Any
 
 from rich.console import Console
 
-from recgpt.data.runstore import RunStore
 from recgpt.pipeline.core import Pipeline, Stage, StageContext
-from recgpt.pipeline.runner import RunSummary, run_stages
+from recgpt.pipeline.runner import RunSummary
 from recgpt.pipeline.seral_config import SeralConfig, verdicts_digest
 from recgpt.pipeline.seral_stages import (
     run_base,
@@ -164,10 +163,9 @@ SERAL_STAGE_NAMES = SERAL.names
 
 def check_seral_until(until: str | None) -> None:
     """`--until` must name a SERAL stage."""
-    from recgpt.pipeline.preflight import PreflightError
+    from recgpt.pipeline.preflight import check_until
 
-    if until is not None and until not in SERAL.names:
-        raise PreflightError(f"--until {until!r}: not a SERAL stage; stages: {', '.join(SERAL.names)}")
+    check_until(until, SERAL)
 
 
 def run_seral(
@@ -186,42 +184,18 @@ def run_seral(
     through `cfg.verdicts` (filled here).
     """
     from recgpt.datasets import load_dataset
-    from recgpt.llm.backends import BackendUnavailable, check_spec
-    from recgpt.llm.credentials import redact
-    from recgpt.pipeline.preflight import PreflightError
-    from recgpt.pipeline.resources import Resources
-    from recgpt.pipeline.run import _announce_sample
+    from recgpt.pipeline.preflight import check_catalogue, check_llm_specs
+    from recgpt.pipeline.run import start_run
 
     console = console or Console()
     check_seral_until(until)
     dataset = load_dataset(cfg.dataset)
     if backend is None:
-        for stage in SERAL.until(until):
-            if stage.llm:
-                try:
-                    check_spec(cfg.llm.spec_for(stage.name))
-                except (ValueError, BackendUnavailable) as e:
-                    raise PreflightError(
-                        redact(f"LLM of stage {stage.name} {cfg.llm.spec_for(stage.name)!r}: {e}")
-                    ) from None
-    for option, k in (("ks", max(cfg.ks)), ("slot.k", cfg.slot.k)):
-        if k > dataset.items.height:
-            raise PreflightError(
-                f"{option}: cut-off K={k} is larger than the catalogue ({dataset.items.height} items)"
-            )
-    run_dir = cfg.run_dir(dataset.manifest.name)
-    cfg = cfg.model_copy(update={"verdicts": verdicts_digest(run_dir)})
-    store = RunStore(run_dir, SERAL.folders)
-    res = Resources(cfg, dataset, store, progress=progress, backend=backend, encoder=encoder)
-    return run_stages(
-        SERAL,
-        cfg,
-        store,
-        res,
-        console=console,
-        progress=progress,
-        until=until,
-        on_start=lambda: _announce_sample(res, console),
+        check_llm_specs(cfg, until, SERAL)
+    check_catalogue(cfg, dataset.items.height, (("ks", max(cfg.ks)), ("slot.k", cfg.slot.k)))
+    cfg = cfg.model_copy(update={"verdicts": verdicts_digest(cfg.run_dir(dataset.manifest.name))})
+    return start_run(
+        SERAL, cfg, dataset, console=console, progress=progress, backend=backend, encoder=encoder, until=until
     )
 
 
