@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -44,19 +44,28 @@ def _rate(v: float | None) -> str:
     return "-" if v is None else f"{v:,.1f}"
 
 
-def results_table(payload: dict[str, Any]) -> Table:
-    """The run's one table: accuracy, beyond-accuracy and tag HR per row."""
-    cols = [c for c in HEADLINE if any(r.get(c) is not None for r in payload["table"])]
-    t = Table(
-        title=f"{payload['dataset']} - run {payload['run']}: {payload['users']['note']}, "
-        f"full ranking over {payload['n_items']:,} items, seen items masked"
-    )
-    t.add_column("model")
+def metrics_table(
+    rows: list[dict[str, Any]], headline: Sequence[str], title: str, first: str = "model"
+) -> Table:
+    """One row per `rows` entry (named by its "model"), the `headline` metrics some row has."""
+    cols = [c for c in headline if any(r.get(c) is not None for r in rows)]
+    t = Table(title=title)
+    t.add_column(first)
     for c in cols:
         t.add_column(c, justify="right")
-    for r in payload["table"]:
+    for r in rows:
         t.add_row(r["model"], *(_fmt(r.get(c)) for c in cols))
     return t
+
+
+def results_table(payload: dict[str, Any]) -> Table:
+    """The run's one table: accuracy, beyond-accuracy and tag HR per row."""
+    return metrics_table(
+        payload["table"],
+        HEADLINE,
+        f"{payload['dataset']} - run {payload['run']}: {payload['users']['note']}, "
+        f"full ranking over {payload['n_items']:,} items, seen items masked",
+    )
 
 
 def print_results(

@@ -27,6 +27,7 @@ from recgpt.data.atomic import write_json_atomic
 from recgpt.eval.bootstrap import paired_difference, paired_ratio, verdict
 from recgpt.pipeline.core import StageContext
 from recgpt.pipeline.evaluation import throughput
+from recgpt.pipeline.report import _fmt, metrics_table
 from recgpt.pipeline.resources import Resources
 from recgpt.pipeline.runner import fallback_from_markers, fallback_table
 from recgpt.pipeline.tables import fill_lists, table_lists
@@ -224,23 +225,13 @@ def evaluate_seral(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def print_seral_results(payload: dict[str, Any], console: Console, *, fallback: bool = True) -> None:
     """The SERAL tables: the slot rows, the bar with its intervals, SerenGPT vs references."""
-    cols = [c for c in HEADLINE if any(r.get(c) is not None for r in payload["table"])]
-    t = Table(
-        title=f"{payload['dataset']} - SERAL run {payload['run']}: {payload['users']['note']}, "
+    title = (
+        f"{payload['dataset']} - SERAL run {payload['run']}: {payload['users']['note']}, "
         f"classic channel {payload['base']['baseline']}, slot {payload['slot']['quota']} of {payload['slot']['k']}"
     )
-    t.add_column("list")
-    for c in cols:
-        t.add_column(c, justify="right")
-    for r in payload["table"]:
-        t.add_row(r["model"], *(_fmt(r.get(c)) for c in cols))
-    console.print(t)
+    console.print(metrics_table(payload["table"], HEADLINE, title, first="list"))
     for name, c in payload["ci"].items():
         console.print(
             f"  {name}: {_fmt(c['value'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] (bar {c['bar']}): {c['verdict']}"
