@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -268,6 +269,38 @@ def test_bad_urls_name_the_url_with_the_password_masked(tmp_path: Path) -> None:
     assert "postgresql://bob:***@127.0.0.1:1/db" in str(err.value) and "hunter2" not in str(err.value)
     with pytest.raises(StoreError, match="run folder"):
         Store.open(None)
+
+
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """WAL: the request path keeps reading while a worker holds the write lock; writers queue."""
+    with Store.open(None, run_dir=tmp_path) as store:
+        store.put_list("a", [{"item_id": "x"}], source="run")
+        other = sqlite3.connect(tmp_path / "serving.db", isolation_level=None)
+        assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO list_heads VALUES ('b', 1, 0.0)")
+        started = time.monotonic()
+        current = store.current_list("a")
+        assert current is not None and current.version == 1
+        assert time.monotonic() - started < 1.0
+        writer = threading.Thread(target=store.put_list, args=("a", [], "nearline"))
+        writer.start()
+        time.sleep(0.2)
+        assert writer.is_alive()  # waiting for the lock, not failing
+        other.execute("COMMIT")
+        writer.join(10)
+        current = store.current_list("a")
+        assert current is not None and current.version == 2
+        other.close()
+
+
+def test_bad_lists_are_refused_before_writing(fresh_store: Store) -> None:
+    with pytest.raises(StoreError, match=r"field 'items'.*not JSON"):
+        fresh_store.put_list("a", [{"score": float("nan")}], source="nearline")
+    with pytest.raises(StoreError, match="field 'user_id'"):
+        fresh_store.seed_lists({"x" * 200: []})
+    assert fresh_store.current_list("a") is None
+    assert fresh_store.add_events([]).accepted == 0
 
 
 def test_default_url_is_the_runs_sqlite_file(tmp_path: Path) -> None:

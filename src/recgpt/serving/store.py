@@ -12,6 +12,8 @@ mode with synchronous=FULL).
                        source="nearline")
         store.finish(claim)
 
+Opening (URL checks, SQLite pragmas, migrations, error messages) lives in `store_db.py`.
+
 Concurrency: posting is idempotent by `event_id` through `INSERT ... ON CONFLICT DO NOTHING` (a race
 between two posts of the same event writes it once), claims use `FOR UPDATE SKIP LOCKED` on PostgreSQL
 and write transactions that take SQLite's write lock up front (`BEGIN IMMEDIATE`), so two workers never
@@ -21,38 +23,27 @@ claim the same user.
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from recgpt.data.errors import DataError
 from recgpt.data.schema import EVENT_SCHEMA
-from recgpt.serving.events import EventIn, event_rows
+from recgpt.serving.events import MAX_ID_CHARS, EventIn, event_rows
+from recgpt.serving.store_db import StoreError, StoreUnavailable, connect, masked, transaction
 from recgpt.serving.store_schema import events, list_heads, lists, refresh_queue
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+__all__ = ["Claim", "IngestResult", "Store", "StoreError", "StoreUnavailable", "StoredList"]
+
 SQLITE_FILE = "serving.db"
-BUSY_TIMEOUT_S = 30.0  # how long a SQLite writer waits for the write lock before giving up
-CONNECT_TIMEOUT_S = 10  # PostgreSQL: an unreachable server fails open() within this
 KEEP_VERSIONS = 10  # older list versions of a user are pruned when a new one is written
 CHUNK = 500  # rows per multi-row statement (well under SQLite's bound-parameter limit)
-PG_MIGRATION_LOCK = 0x7265636770740E  # advisory lock key: one `alembic upgrade` at a time per database
 SOURCES = ("run", "nearline", "fallback")
-
-
-class StoreError(DataError):
-    """The store cannot be opened or used: a malformed URL, an unreachable or broken database."""
 
 
 @dataclass(frozen=True)
@@ -84,61 +75,6 @@ class Claim:
     first_event_at: float
 
 
-def masked(url: str | URL) -> str:
-    """The URL as it may appear in logs and errors: any password replaced by ***."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):  # not parseable: mask whatever sits between "user:" and "@"
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
-
-
-def _normalise(url: str) -> URL:
-    """Parse the URL and pick the driver: SQLite files, PostgreSQL through psycopg 3."""
-    shown = masked(url)
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise StoreError(
-            f"malformed store URL {shown!r}: expected sqlite:///PATH or postgresql://..."
-        ) from exc
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        if not parsed.database or parsed.database == ":memory:":
-            raise StoreError(f"store URL {shown!r} names no file: use sqlite:///PATH/serving.db")
-        return parsed.set(drivername="sqlite+pysqlite")
-    if backend in ("postgresql", "postgres"):
-        driver = parsed.drivername.partition("+")[2]
-        if driver not in ("", "psycopg"):
-            raise StoreError(f"store URL {shown!r}: only the psycopg driver (postgresql://) is supported")
-        return parsed.set(drivername="postgresql+psycopg")
-    raise StoreError(f"store URL {shown!r}: unsupported database '{backend}' (sqlite or postgresql)")
-
-
-def _sqlite_engine(url: URL) -> Engine:
-    """A SQLite engine whose write transactions take the write lock at BEGIN (no upgrade deadlocks)."""
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # pysqlite's own BEGIN is deferred; we emit ours in "begin"
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = FULL")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("recgpt_write", True)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
 class Store:
     """Events, lists and the refresh queue in one database; safe to share between threads."""
 
@@ -161,37 +97,7 @@ class Store:
             if run_dir is None:
                 raise StoreError("no store: pass a URL or the run folder to keep serving.db in")
             url = f"sqlite:///{Path(run_dir).resolve() / SQLITE_FILE}"
-        parsed = _normalise(url)
-        try:
-            if parsed.get_backend_name() == "sqlite":
-                engine = _sqlite_engine(parsed)
-            else:
-                engine = create_engine(
-                    parsed, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
-                )
-        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise StoreError(f"cannot use store {masked(url)!r}: {exc}") from exc
-        store = cls(engine, url)
-        try:
-            store._upgrade()
-        except DBAPIError as exc:
-            engine.dispose()
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-            raise StoreError(f"cannot open store {store.masked_url!r}: {reason}") from exc
-        except BaseException:
-            engine.dispose()
-            raise
-        return store
-
-    def _upgrade(self) -> None:
-        """`alembic upgrade head` on our own connection, one process at a time."""
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self._engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE holds the write lock throughout
-            if self.dialect == "postgresql":
-                conn.execute(select(func.pg_advisory_xact_lock(PG_MIGRATION_LOCK)))
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        return cls(connect(url), url)
 
     def close(self) -> None:
         """Release the connections (the data is already committed)."""
@@ -206,17 +112,11 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.masked_url!r})"
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
-            yield conn
+    def _write(self) -> AbstractContextManager[Connection]:
+        return transaction(self._engine, self.url, write=True)
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
-            conn.execution_options(recgpt_write=False)
-            with conn.begin():
-                yield conn
+    def _read(self) -> AbstractContextManager[Connection]:
+        return transaction(self._engine, self.url, write=False)
 
     # ---- events --------------------------------------------------------------------------------------
 
@@ -226,6 +126,8 @@ class Store:
         An event whose `event_id` is already stored (or repeated in the batch) counts as a duplicate and
         is not written again; sorted keys keep concurrent posts from deadlocking on PostgreSQL.
         """
+        if not batch:
+            return IngestResult(accepted=0, duplicates=0, users=[])
         now = time.time()
         rows = sorted(event_rows(batch, now), key=lambda r: r["event_id"])
         inserted: set[int] = set()
@@ -288,7 +190,7 @@ class Store:
     def put_list(self, user_id: str, items: list[dict], source: str) -> StoredList:
         """Write a new version of the user's list (previous version + 1, or 1) and return it."""
         _check_source(source)
-        payload = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+        payload = _items_json(user_id, items)
         now = time.time()
         with self._write() as conn:
             head = (
@@ -322,6 +224,7 @@ class Store:
         _check_source(source)
         now = time.time()
         users = sorted(seeds)
+        payloads = {u: _items_json(u, seeds[u]) for u in users}
         written = 0
         with self._write() as conn:
             for start in range(0, len(users), CHUNK):
@@ -343,7 +246,7 @@ class Store:
                             "version": 1,
                             "created_at": now,
                             "source": source,
-                            "items": json.dumps(seeds[u], ensure_ascii=False, separators=(",", ":")),
+                            "items": payloads[u],
                         }
                         for u in new
                     ],
@@ -455,3 +358,17 @@ class Store:
 def _check_source(source: str) -> None:
     if source not in SOURCES:
         raise StoreError(f"unknown list source '{source}' (one of {', '.join(SOURCES)})", field="source")
+
+
+def _items_json(user_id: str, items: list[dict]) -> str:
+    """The list as JSON text, refused before any write when it cannot be stored and read back."""
+    if not user_id or len(user_id) > MAX_ID_CHARS:
+        raise StoreError(
+            f"user_id must be 1 to {MAX_ID_CHARS} characters, got {len(user_id)}", field="user_id"
+        )
+    if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+        raise StoreError(f"the list of user '{user_id}' must be a list of dicts", field="items")
+    try:
+        return json.dumps(items, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"the list of user '{user_id}' is not JSON: {exc}", field="items") from exc
