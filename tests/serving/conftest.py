@@ -96,7 +96,8 @@ def _start_cluster() -> PgCluster:
     if bin_dir is None:
         require_or_skip("PostgreSQL", "no initdb/pg_ctl in /usr/lib/postgresql/*/bin or on PATH")
     as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="recgpt-pg-"))  # under /tmp: readable by the postgres user
+    # /tmp: reachable by the postgres user, and short enough for the socket path (about 100 bytes at most)
+    root = Path(tempfile.mkdtemp(prefix="recgpt-pg-", dir="/tmp" if Path("/tmp").is_dir() else None))
     if os.geteuid() == 0:
         if shutil.which("runuser") is None:
             require_or_skip("PostgreSQL", "running as root without runuser to drop to the postgres user")

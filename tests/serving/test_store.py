@@ -88,7 +88,11 @@ def test_same_batch_twice_is_written_once(fresh_store: Store) -> None:
     assert (first.accepted, first.duplicates, first.users) == (3, 1, ["a", "b"])
     again = fresh_store.add_events(batch)
     assert (again.accepted, again.duplicates, again.users) == (0, 4, [])
-    assert fresh_store.count_events() == 3
+    assert (fresh_store.count_events(), fresh_store.count_events("a"), fresh_store.count_events("zz")) == (
+        3,
+        2,
+        0,
+    )
     assert [e["event_id"] for e in fresh_store.user_events("a")] == [1, 2]
     assert fresh_store.user_events("b")[0] == {
         "event_id": 3, "user_id": "b", "item_id": None, "query": "q", "behavior": "search",
@@ -171,10 +175,13 @@ def test_stale_claim_is_claimed_again_and_failure_is_recorded(fresh_store: Store
     time.sleep(0.02)
     [retaken] = fresh_store.claim(stale_after_s=0.01)  # the first worker died
     assert retaken.user_id == "a"
-    fresh_store.fail(retaken, "LLM timed out", retry_after_s=60)
+    fresh_store.fail(retaken, "LLM timed out", retry_after_s=0.05)
     entry = fresh_store.queue_entry("a")
     assert entry is not None and entry["attempts"] == 1 and entry["last_error"] == "LLM timed out"
     assert fresh_store.claim() == []  # backing off
+    time.sleep(0.06)
+    [retaken] = fresh_store.claim()
+    assert retaken.attempts == 1
     fresh_store.finish(retaken)
     assert fresh_store.queue_stats()["pending"] == 0
 

@@ -73,6 +73,7 @@ class Claim:
     user_id: str
     generation: int
     first_event_at: float
+    attempts: int = 0  # failed refreshes before this claim: a worker may give up and serve a fallback
 
 
 class Store:
@@ -164,10 +165,13 @@ class Store:
         with self._read() as conn:
             return [dict(row._mapping) for row in conn.execute(stmt)]
 
-    def count_events(self) -> int:
-        """How many events are stored."""
+    def count_events(self, user_id: str | None = None) -> int:
+        """How many events are stored, in all or for one user."""
+        stmt = select(func.count()).select_from(events)
+        if user_id is not None:
+            stmt = stmt.where(events.c.user_id == user_id)
         with self._read() as conn:
-            return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+            return int(conn.execute(stmt).scalar_one())
 
     # ---- lists ---------------------------------------------------------------------------------------
 
@@ -276,7 +280,7 @@ class Store:
         now = time.time()
         q = refresh_queue.c
         stmt = (
-            select(q.user_id, q.generation, q.first_event_at)
+            select(q.user_id, q.generation, q.first_event_at, q.attempts)
             .where(
                 (q.claimed_generation.is_(None)) | (q.claimed_at < now - stale_after_s),
                 (q.not_before.is_(None)) | (q.not_before <= now),
@@ -294,7 +298,7 @@ class Store:
                     .where(q.user_id == r.user_id)
                     .values(claimed_generation=r.generation, claimed_at=now)
                 )
-        return [Claim(r.user_id, int(r.generation), float(r.first_event_at)) for r in rows]
+        return [Claim(r.user_id, int(r.generation), float(r.first_event_at), int(r.attempts)) for r in rows]
 
     def finish(self, claim: Claim) -> None:
         """The user's list was refreshed: dequeue them, unless events arrived since the claim.
