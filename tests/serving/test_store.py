@@ -194,6 +194,36 @@ def test_failure_without_backoff_releases_at_once(fresh_store: Store) -> None:
     assert again.user_id == "a"
 
 
+def test_refreshing_while_events_arrive_never_misses_one(fresh_store: Store) -> None:
+    """Two posters and two workers at once: when the queue drains, each user's last refresh saw all."""
+    seen: dict[str, int] = {}
+    posting_done = threading.Event()
+    posters_finish = threading.Barrier(2, action=posting_done.set)
+
+    def role(i: int) -> None:
+        if i < 2:  # poster: 15 batches of 4 events over 5 users
+            for b in range(15):
+                base = 1000 * i + 4 * b
+                fresh_store.add_events([ev(n, f"u{n % 5}") for n in range(base, base + 4)])
+            posters_finish.wait()
+            return
+        while True:  # worker: stops once posting is over and the queue is empty
+            done = posting_done.is_set()
+            claims = fresh_store.claim(limit=2)
+            if not claims and done:
+                return
+            if not claims:
+                time.sleep(0.002)
+            for c in claims:
+                seen[c.user_id] = max(e["event_id"] for e in fresh_store.user_events(c.user_id))
+                fresh_store.finish(c)
+
+    run_threads(4, role)
+    assert fresh_store.queue_stats()["pending"] == 0
+    assert seen == {u: max(e["event_id"] for e in fresh_store.user_events(u)) for u in seen}
+    assert len(seen) == 5
+
+
 # ---- lists -------------------------------------------------------------------------------------------
 
 
