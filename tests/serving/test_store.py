@@ -259,6 +259,8 @@ def test_seed_lists_writes_only_missing_users_and_versions_since(fresh_store: St
     assert a is not None and a.items == [{"item_id": "mine"}] and a.source == "nearline"
     assert b is not None and b.version == 1 and b.source == "run"
     assert set(fresh_store.versions_since(0)) == {"a", "b"}
+    assert fresh_store.current_lists() == {"a": a, "b": b}
+    assert fresh_store.current_lists(["b", "nobody"]) == {"b": b}
     assert fresh_store.versions_since(t0 - 1e-6) == {"b": (1, b.created_at)}
     two = fresh_store.put_list("b", [], "fallback")
     assert fresh_store.versions_since(b.created_at) == {"b": (2, two.created_at)}

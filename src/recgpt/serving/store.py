@@ -177,19 +177,33 @@ class Store:
 
     def current_list(self, user_id: str) -> StoredList | None:
         """The user's newest list, or None when none was ever written."""
-        stmt = (
-            select(lists.c.version, lists.c.created_at, lists.c.source, lists.c["items"])
-            .where(lists.c.user_id == user_id)
-            .order_by(lists.c.version.desc())
-            .limit(1)
+        return self.current_lists([user_id]).get(user_id)
+
+    def current_lists(self, user_ids: Sequence[str] | None = None) -> dict[str, StoredList]:
+        """user -> newest list for the given users (None: every user), in one query per 500 users.
+
+        What a list cache loads at start and after `versions_since` says which users changed.
+        """
+        stmt = select(lists).join(
+            list_heads, (lists.c.user_id == list_heads.c.user_id) & (lists.c.version == list_heads.c.version)
         )
+        chunks = (
+            [None] if user_ids is None else [user_ids[i : i + CHUNK] for i in range(0, len(user_ids), CHUNK)]
+        )
+        out: dict[str, StoredList] = {}
         with self._read() as conn:
-            row = conn.execute(stmt).first()
-        if row is None:
-            return None
-        return StoredList(
-            user_id, int(row.version), float(row.created_at), row.source, json.loads(row._mapping["items"])
-        )
+            for part in chunks:
+                query = stmt if part is None else stmt.where(lists.c.user_id.in_(part))
+                for row in conn.execute(query):
+                    m = row._mapping
+                    out[m["user_id"]] = StoredList(
+                        m["user_id"],
+                        int(m["version"]),
+                        float(m["created_at"]),
+                        m["source"],
+                        json.loads(m["items"]),
+                    )
+        return out
 
     def put_list(self, user_id: str, items: list[dict], source: str) -> StoredList:
         """Write a new version of the user's list (previous version + 1, or 1) and return it."""
