@@ -22,8 +22,10 @@ from pydantic import ValidationError
 from sqlalchemy import create_engine, text
 
 from recgpt.serving.events import EventBatch, EventIn, event_rows
-from recgpt.serving.store import Store, StoreError
+from recgpt.serving.store import Store, StoreError, StoreUnavailable
+from recgpt.serving.store_db import normalise
 from recgpt.serving.store_schema import metadata
+from tests.serving.conftest import PgCluster
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -276,7 +278,7 @@ def test_open_twice_and_concurrently_migrates_once(store_url: str) -> None:
     try:
         again.add_events([ev(1)])
         assert stores[0].count_events() == 1
-        engine = create_engine(again.url.replace("postgresql://", "postgresql+psycopg://"))
+        engine = create_engine(normalise(again.url))
         with engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
         engine.dispose()
@@ -289,7 +291,7 @@ def test_migrated_database_matches_the_schema(fresh_store: Store) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    engine = create_engine(fresh_store.url.replace("postgresql://", "postgresql+psycopg://"))
+    engine = create_engine(normalise(fresh_store.url))
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()
@@ -340,6 +342,26 @@ def test_bad_lists_are_refused_before_writing(fresh_store: Store) -> None:
         fresh_store.seed_lists({"x" * 200: []})
     assert fresh_store.current_list("a") is None
     assert fresh_store.add_events([]).accepted == 0
+
+
+def test_database_lost_in_use_is_unavailable(pg_cluster: PgCluster) -> None:
+    """A store whose database disappears answers StoreUnavailable (the API's 503), not a driver error."""
+    url = pg_cluster.new_database()
+    with Store.open(url) as store:
+        store.add_events([ev(1)])
+        pg_cluster.run(
+            "dropdb",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg_cluster.port),
+            "-U",
+            "postgres",
+            "--force",
+            url.rsplit("/", 1)[1],
+        )
+        with pytest.raises(StoreUnavailable, match=f"store '{url}' unavailable"):
+            store.count_events()
 
 
 def test_default_url_is_the_runs_sqlite_file(tmp_path: Path) -> None:
