@@ -317,6 +317,7 @@ def mine_interests(
     encoder: TextEncoder | None = None,
     untrusted: UntrustedText | None = None,
     scorer: AnswerScorer | None = None,
+    copies: CopyLog | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """LLM_UI over users: (interests table INTERESTS_SCHEMA, failures table FAILURES_SCHEMA).
 
@@ -324,12 +325,16 @@ def mine_interests(
     An answer the rules emptied is asked again (`cfg.reasks`): a user is on fallback only when the
     LLM contributed nothing. With `cfg.n_samples` > 1 each user gets the best of that many answers
     (`scorer`, default: the rules' `AnswerScorer`); every row records the answers drawn, the kept
-    one's index and its score.
+    one's index and its score. `copies` (optional) counts the interests dropped as copies of the
+    worked example, also from answers that kept other interests (`copies.total`: the stage's
+    `example_copies`).
     """
     ids = [c.user_id for c in contexts]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate user ids in contexts")
     task = InterestsTask(cfg, encoder, untrusted, scorer, engine_window(engine))
+    if copies is not None:
+        task.copies = copies
     out = run_task(task, engine, contexts)
     failures = relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
     return (

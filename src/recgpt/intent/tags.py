@@ -425,6 +425,7 @@ def predict_tags(
     catalogue: pl.DataFrame | None = None,
     *,
     scorer: AnswerScorer | None = None,
+    copies: CopyLog | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """LLM_IT over users: (tags table TAGS_SCHEMA, failures table FAILURES_SCHEMA).
 
@@ -435,6 +436,8 @@ def predict_tags(
     emptied is asked again (`cfg.reasks`). With `cfg.n_samples` > 1 each user gets the best of that
     many answers (`scorer`, default: the rules' `AnswerScorer`; `bestofn.catalogue_grounding` adds
     grounding); every row records the answers drawn, the kept one's index and its score.
+    `copies` (optional) counts the tags dropped as copies of the worked example, also from answers
+    that kept other tags (`copies.total`: the stage's `example_copies`).
     """
     by_user = user_interests(interests)
     todo = [c for c in contexts if by_user.get(c.user_id)]
@@ -448,6 +451,8 @@ def predict_tags(
             raise ValueError(f"tags.grounding={cfg.grounding!r} needs the catalogue (the items table)")
         vocabulary = build_vocabulary(catalogue, cfg.vocabulary_size)
     task = TagsTask(cfg, by_user, untrusted, scorer, engine_window(engine), vocabulary)
+    if copies is not None:
+        task.copies = copies
     out = run_task(task, engine, todo)
     failures += relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
     return pl.DataFrame(stamp_choices(out), schema=TAGS_SCHEMA), pl.DataFrame(
