@@ -22,7 +22,7 @@ one index per user, -1 = none). serving-scale.md §4 and metrics.md give the def
   ratio would. With `channel` (bool (n_users, K): slots filled by the serendipity slot), a slot counts
   only when it is unexpected *and* came from that channel: the slot's own contribution.
 
-**SerenGPT rankings** (RANKINGS against LISTS, `list_metrics`): Hit@1, NDCG@3, NDCG@10 over the
+**SerenGPT rankings** (RANKINGS against LISTS, `ranking_metrics`): Hit@1, NDCG@3, NDCG@10 over the
 labelled lists (at least one positive label), each with a 95% bootstrap interval over lists
 (`recgpt.eval.bootstrap`); `compare_rankings` pairs two rankings of the same lists (e.g. SFT + IPO vs
 the base model) as a ratio and a difference of means with paired intervals.
@@ -280,7 +280,7 @@ def _mean_interval(values: np.ndarray, *, resamples: int, seed: int) -> dict[str
     return paired_difference(values, np.zeros_like(values), resamples=resamples, seed=seed).to_json()
 
 
-def list_metrics(
+def ranking_metrics(
     rankings: pl.DataFrame, lists: pl.DataFrame, *, seed: int = 0, resamples: int = DEFAULT_RESAMPLES
 ) -> dict[str, Any]:
     """Hit@1, NDCG@3, NDCG@10 (means over the labelled lists), `n_lists`, and under `ci` each metric's
@@ -325,9 +325,9 @@ __all__ = [
     "category_unexpectedness_at_k",
     "compare_rankings",
     "embedding_unexpectedness",
-    "list_metrics",
     "per_list_metrics",
     "pvr_at_k",
+    "ranking_metrics",
     "serendipity_at_k",
     "serendipity_metrics",
     "unexpected_slots",
