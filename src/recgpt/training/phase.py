@@ -109,6 +109,25 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def runtime_args(save_steps: int, save_total_limit: int, seed: int, device: str) -> dict[str, Any]:
+    """Trainer arguments of how a phase runs, not what it learns, alike in every phase: a log row per
+    step (for log.jsonl), step checkpoints, a seeded data order, no tqdm or reporting, CPU or GPU loading."""
+    return {
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": save_total_limit,
+        "seed": seed,
+        "data_seed": seed,
+        "report_to": [],
+        "disable_tqdm": True,
+        "gradient_checkpointing": False,
+        "use_cpu": device == "cpu",
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": device != "cpu",
+    }
+
+
 def finished(phase_dir: Path, res: LevelResult) -> bool:
     """Whether the phase completed in an earlier run (then `res` is filled from its done.json)."""
     if not ((phase_dir / DONE).is_file() and (phase_dir / "adapter" / "adapter_config.json").is_file()):
@@ -198,4 +217,5 @@ __all__ = [
     "latest_checkpoint",
     "pick_device",
     "run_phase",
+    "runtime_args",
 ]

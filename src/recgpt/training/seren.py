@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recgpt.behavior.report import write_parquet_atomic
 from recgpt.data.atomic import write_json_atomic
 from recgpt.training.export import merge_adapter, resolve_base
-from recgpt.training.phase import LevelResult, finished, keep_fitting, pick_device, run_phase
+from recgpt.training.phase import LevelResult, finished, keep_fitting, pick_device, run_phase, runtime_args
 from recgpt.training.seren_data import (
     SFT_LEVEL,
     check_seren_samples,
@@ -203,18 +203,7 @@ def _ipo_args(cfg: SerenTrainConfig, ckpt_dir: Path, device: str) -> Any:
         learning_rate=cfg.ipo_learning_rate,
         lr_scheduler_type="linear",
         max_length=cfg.max_length,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[],
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-        use_cpu=device == "cpu",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device != "cpu",
+        **runtime_args(cfg.save_steps, cfg.save_total_limit, cfg.seed, device),
     )
 
 

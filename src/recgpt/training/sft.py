@@ -64,6 +64,7 @@ from recgpt.training.phase import (
     latest_checkpoint,
     pick_device,
     run_phase,
+    runtime_args,
 )
 from recgpt.training.report import write_report
 
@@ -243,20 +244,9 @@ def _trl_args(config: SFTConfig, phase_dir: Path, steps: int | None, device: str
         weight_decay=config.weight_decay,
         max_length=config.max_seq_len,
         completion_only_loss=config.completion_only_loss,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to=[],
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-        use_cpu=device == "cpu",
         bf16=config.dtype == "bfloat16" and device != "cpu",
         fp16=config.dtype == "float16" and device != "cpu",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device != "cpu",
+        **runtime_args(config.save_steps, config.save_total_limit, config.seed, device),
     )
 
 
