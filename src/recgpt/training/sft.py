@@ -32,7 +32,8 @@ how many were dropped is reported per level.
 Re-running with `resume=True` continues from the newest complete checkpoint of the unfinished
 phase (a killed job loses at most `save_steps` steps; `max_minutes` stops before a step that would
 overrun it, with a checkpoint); a finished run is not retrained. The folder remembers a fingerprint
-of the config and samples, and refuses to resume a different run.
+of the config and samples, and refuses to resume a different run. Each phase runs through
+`training.phase.run_phase`, the runner SerenGPT's IPO phase shares.
 """
 
 from __future__ import annotations

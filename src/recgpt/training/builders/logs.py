@@ -79,7 +79,10 @@ def _prepare(
     window: tuple[int, int] | None,
     progress: bool,
 ) -> tuple[LogSource, Sequence[LogContext]]:
-    """The builders' shared resources, and the contexts unless the caller already built them."""
+    """The builders' shared resources, and the contexts unless the caller already built them.
+
+    The three builders keep their own (repeated) keyword signatures: they are public and typed, and
+    this is their shared body."""
     src = LogSource(dataset, split, config, **resources)
     if contexts is None:
         contexts = tag_contexts(
