@@ -111,7 +111,7 @@ def run_dataset(name: str, ds: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     from recgpt.baselines.registry import get_recommender
     from recgpt.data.split import make_split
-    from recgpt.eval.experiment import ExperimentConfig, list_metrics, recommend, run_experiment
+    from recgpt.eval.experiment import ExperimentConfig, recommend, run_experiment, topk_metrics
     from recgpt.retrieval.channel import FusedChannel, RecGPTChannel
     from recgpt.retrieval.embeddings import Embedder
     from recgpt.retrieval.index import ItemIndex
@@ -147,7 +147,7 @@ def run_dataset(name: str, ds: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     def evaluate(label: str, rec: Any) -> None:
         recs = recommend(rec, split.test, max(KS), mask=True)
-        rows[label] = list_metrics(split, split.test, recs, KS)
+        rows[label] = topk_metrics(split, split.test, recs, KS)
 
     evaluate("user tower", RecGPTChannel(model, index, None, context=context, k=max(KS)))
     oracle, hist = oracle_tags(split), history_tags(split)

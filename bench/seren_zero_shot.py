@@ -32,7 +32,7 @@ from recgpt.behavior.items import clean_title
 from recgpt.data.categories import categories_at_level
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import make_split
-from recgpt.eval.serendipity import list_metrics
+from recgpt.eval.serendipity import ranking_metrics
 from recgpt.llm.backends import make_backend
 from recgpt.llm.cache import LLMCache
 from recgpt.llm.engine import LLMEngine
@@ -150,7 +150,7 @@ def main() -> None:
     report["failure_reasons"] = dict(Counter(failures["reason"].to_list()))
     print(json.dumps(report))
     for name, r in rows.items():
-        m = list_metrics(r, lists, seed=args.seed)
+        m = ranking_metrics(r, lists, seed=args.seed)
         ci = m["ci"]
         cells = "  ".join(
             f"{k} {m[k]:.3f} [{ci[k]['lo']:.2f}, {ci[k]['hi']:.2f}]" for k in ("Hit@1", "NDCG@3", "NDCG@10")

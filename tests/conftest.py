@@ -26,7 +26,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -38,6 +38,8 @@ from recgpt.data.split import Split, make_split
 from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.types import ChatMessage, GenerationInput, LLMRequest, SamplingParams
 from recgpt.pipeline.config import RunConfig
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 DAY = 86_400
@@ -254,8 +256,14 @@ def slice_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def fast_config(slice_path: Path, runs_dir: Path, **overrides: Any) -> RunConfig:
-    """A config that runs the whole chain in seconds: fake LLM, regex tokens, tiny tri-tower."""
+def scripted_config(
+    cls: type[ConfigT], slice_path: Path, runs_dir: Path, settings: dict[str, Any], overrides: dict[str, Any]
+) -> ConfigT:
+    """A `cls` config that runs in seconds on the bundled slice (fake LLM, regex tokens, 8 users, a
+    small compression budget, 2 users in the report): the base the RecGPT and SERAL tests share,
+    `settings` the pipeline's own fast choices, `overrides` the test's."""
+    from recgpt.pipeline.config import merge
+
     base: dict[str, Any] = {
         "dataset": str(slice_path),
         "runs_dir": str(runs_dir),
@@ -264,19 +272,25 @@ def fast_config(slice_path: Path, runs_dir: Path, **overrides: Any) -> RunConfig
         "llm": {"spec": "fake", "chunk_size": 4},
         "tokenizer": "regex",
         "compression": {"budget": 300},
+        "report_users": 2,
+        **settings,
+    }
+    return cls.model_validate(merge(base, overrides))
+
+
+def fast_config(slice_path: Path, runs_dir: Path, **overrides: Any) -> RunConfig:
+    """A config that runs the whole chain in seconds: fake LLM, regex tokens, tiny tri-tower."""
+    settings: dict[str, Any] = {
         "pool": {"min_support": 3, "centroid_sample": 50},
         "interests": {"count": 3},
         "tags": {"count": 4},
         "tritower": TINY_TOWER,
         "explain_top": 3,
         "compare": ["mostpop"],
-        "report_users": 2,
         "tune": {"users": 6},  # a small validation sub-run keeps the scripted chain fast
         "baselines": ["itemknn", "markov"],  # SASRec's fits take ~20 s here: one run covers it
     }
-    from recgpt.pipeline.config import merge
-
-    return RunConfig.model_validate(merge(base, overrides))
+    return scripted_config(RunConfig, slice_path, runs_dir, settings, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ import scipy.sparse as sp
 from recgpt.eval.serendipity import (
     category_unexpectedness_at_k,
     compare_rankings,
-    list_metrics,
     per_list_metrics,
     pvr_at_k,
+    ranking_metrics,
     serendipity_at_k,
     serendipity_metrics,
     unexpected_slots,
@@ -120,10 +120,10 @@ def _ranking(lists: pl.DataFrame, best_first: bool) -> pl.DataFrame:
 
 def test_perfect_ranking_scores_one_and_reversed_scores_lower() -> None:
     lists = _lists(50, 10)
-    perfect = list_metrics(_ranking(lists, True), lists, seed=1)
+    perfect = ranking_metrics(_ranking(lists, True), lists, seed=1)
     assert perfect["n_lists"] == 50
     assert perfect["Hit@1"] == perfect["NDCG@3"] == perfect["NDCG@10"] == 1.0
-    reversed_ = list_metrics(_ranking(lists, False), lists, seed=1)
+    reversed_ = ranking_metrics(_ranking(lists, False), lists, seed=1)
     assert reversed_["Hit@1"] == 0.0 and reversed_["NDCG@3"] == 0.0
     assert reversed_["NDCG@10"] == pytest.approx(1 / math.log2(11))
     ci = perfect["ci"]["Hit@1"]
@@ -156,7 +156,7 @@ def test_ndcg_with_two_positives_and_unlabelled_lists_left_out() -> None:
 
 def test_random_reference_hits_about_one_in_list_size() -> None:
     lists = _lists(3000, 10, seed=2)
-    m = list_metrics(reference_rankings(lists, "random", seed=5), lists, seed=0, resamples=200)
+    m = ranking_metrics(reference_rankings(lists, "random", seed=5), lists, seed=0, resamples=200)
     assert m["Hit@1"] == pytest.approx(0.1, abs=0.02)
     assert m["ci"]["Hit@1"]["lo"] < 0.1 < m["ci"]["Hit@1"]["hi"] or abs(m["Hit@1"] - 0.1) < 0.02
     again = reference_rankings(lists.head(5), "random", seed=5)
@@ -193,7 +193,7 @@ def test_compare_rankings_pairs_the_same_lists() -> None:
     lists = _lists(40, 5)
     good, rand = _ranking(lists, True), reference_rankings(lists, "random", seed=1)
     out = compare_rankings(good, rand, lists, seed=0, resamples=300)
-    base = list_metrics(rand, lists)["Hit@1"]
+    base = ranking_metrics(rand, lists)["Hit@1"]
     assert out["Hit@1"]["ratio"]["value"] == pytest.approx(1.0 / base)
     assert out["Hit@1"]["difference"]["value"] == pytest.approx(1.0 - base)
     assert out["NDCG@3"]["difference"]["lo"] > 0 and out["Hit@1"]["ratio"]["n"] == 40

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from recgpt.intent.context import UserContext
-from recgpt.intent.examples import ExampleFilter, evidence_stems, is_near, stems, template_examples
+from recgpt.intent.examples import CopyLog, ExampleFilter, evidence_stems, is_near, stems, template_examples
 from recgpt.intent.explanations import ExplanationsConfig, check_explanation
 from recgpt.intent.interests import EXAMPLE_INTERESTS, INTERESTS_SCHEMA, InterestsConfig, mine_interests
 from recgpt.intent.tags import EXAMPLE_TAGS, TagsConfig, predict_tags
@@ -129,6 +129,27 @@ def test_sourdough_tags_are_example_copy_failures() -> None:
     engine = LLMEngine(FakeBackend([tags_answer("Sourdough Starter Kit", "graduated glass beakers")]))
     tags, failures = predict_tags(TagsConfig(count=2, reasks=0), engine, [SCIENCE], mine)
     assert tags["tag"].to_list() == ["graduated glass beakers"] and failures.is_empty()
+
+
+def test_copies_dropped_from_partially_kept_answers_are_counted() -> None:
+    """An answer keeping one real tag (interest) and losing one example copy is no failure, but the
+    dropped copy still counts: `copies.total` is what the stage reports as `example_copies`."""
+    mine = pl.DataFrame(
+        [{"user_id": "sci", "interest_id": 1, "interest": "Lab glassware", "stage": "long-term"}],
+        schema={k: INTERESTS_SCHEMA[k] for k in ("user_id", "interest_id", "interest", "stage")},
+    )
+    tag_copies = CopyLog()
+    engine = LLMEngine(FakeBackend([tags_answer("graduated glass beakers", "Sourdough Starter Kit")]))
+    tags, failures = predict_tags(TagsConfig(count=2, reasks=0), engine, [SCIENCE], mine, copies=tag_copies)
+    assert tags["tag"].to_list() == ["graduated glass beakers"] and failures.is_empty()
+    assert tag_copies.total == 1 and tag_copies.last == {"sci": 1}
+    interest_copies = CopyLog()
+    engine = LLMEngine(FakeBackend([interests_answer("Lab glassware", "Marathon training plan")]))
+    interests, failures = mine_interests(
+        InterestsConfig(count=2, reasks=0), engine, [SCIENCE], copies=interest_copies
+    )
+    assert interests["interest"].to_list() == ["Lab glassware"] and failures.is_empty()
+    assert interest_copies.total == 1
 
 
 def test_embedding_similarity_flags_paraphrases_when_an_encoder_is_given() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.types import GenerationInput
-from recgpt.pipeline.config import merge
 from recgpt.pipeline.seral_config import SeralConfig
+from tests.conftest import scripted_config
 
 SHORT = ["space opera adventures", "courtroom dramas", "animated musicals"]
 LONG = ["character driven dramas", "science fiction worlds"]
@@ -54,19 +54,11 @@ def seral_backend(**kwargs: Any) -> FakeBackend:
 
 def seral_config(slice_path: Path, runs_dir: Path, **overrides: Any) -> SeralConfig:
     """The SERAL pipeline in seconds: fake LLM, regex tokens, small profiles, ItemKNN as the classic channel."""
-    base: dict[str, Any] = {
-        "dataset": str(slice_path),
-        "runs_dir": str(runs_dir),
-        "name": "t",
-        "users": 8,
-        "llm": {"spec": "fake", "chunk_size": 4},
-        "tokenizer": "regex",
-        "compression": {"budget": 300},
+    settings: dict[str, Any] = {
         "baselines": ["itemknn"],
-        "report_users": 2,
         "profiles": {"windows": 2, "window_events": 10},
         # MovieLens users have seen most genres: 'either' (new genre or far in embedding space) keeps lists
         "candidates": {"rule": "either"},
         "labels": {"rule": "either"},
     }
-    return SeralConfig.model_validate(merge(base, overrides))
+    return scripted_config(SeralConfig, slice_path, runs_dir, settings, overrides)

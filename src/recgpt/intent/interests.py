@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.bestofn import AnswerScorer
 from recgpt.intent.context import (
+    FittedPrompts,
     HistoryFit,
     Resampling,
     UserContext,
@@ -272,31 +273,20 @@ class InterestsTask(LLMTask[UserContext]):
         self.scorer = scorer or AnswerScorer("interest")
         self.copies = CopyLog()  # example copies per user's last answer (failure reason `example_copy`)
         self.template = template_id(TEMPLATE)
-        self.fits: dict[
-            str, tuple[LLMRequest[Any], HistoryFit]
-        ] = {}  # by user: fitted once, re-asks reuse it
-
-    def _fitted(self, item: UserContext) -> tuple[LLMRequest[Any], HistoryFit]:
-        if item.user_id not in self.fits:
-            self.fits[item.user_id] = interest_prompt(self.cfg, item, self.window)
-        return self.fits[item.user_id]
-
-    def _seen(self, item: UserContext) -> dict[str, int]:
-        fit = self._fitted(item)[1]
-        return {"history_tokens": fit.tokens, "history_cut": fit.cut}
+        self.fitted = FittedPrompts(lambda item: interest_prompt(self.cfg, item, self.window))
 
     def prompt(self, item: UserContext) -> LLMRequest[Any]:
-        return self._fitted(item)[0]
+        return self.fitted.request(item)
 
     def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
         rows = postprocess_interests(
             self.cfg, item, value.interests, self.encoder, self.untrusted, self.copies
         )
-        return [{**r, "template": self.template, **self._seen(item)} for r in rows]
+        return [{**r, "template": self.template, **self.fitted.seen(item)} for r in rows]
 
     def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
         rows = _pool_fallback(self.cfg, item, self.untrusted) if self.cfg.fallback_to_pool else []
-        return [{**r, **self._seen(item)} for r in rows]
+        return [{**r, **self.fitted.seen(item)} for r in rows]
 
     def score(self, item: UserContext, rows: list[dict[str, Any]]) -> float:
         return self.scorer(item, rows)
@@ -317,6 +307,7 @@ def mine_interests(
     encoder: TextEncoder | None = None,
     untrusted: UntrustedText | None = None,
     scorer: AnswerScorer | None = None,
+    copies: CopyLog | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """LLM_UI over users: (interests table INTERESTS_SCHEMA, failures table FAILURES_SCHEMA).
 
@@ -324,12 +315,16 @@ def mine_interests(
     An answer the rules emptied is asked again (`cfg.reasks`): a user is on fallback only when the
     LLM contributed nothing. With `cfg.n_samples` > 1 each user gets the best of that many answers
     (`scorer`, default: the rules' `AnswerScorer`); every row records the answers drawn, the kept
-    one's index and its score.
+    one's index and its score. `copies` (optional) counts the interests dropped as copies of the
+    worked example, also from answers that kept other interests (`copies.total`: the stage's
+    `example_copies`).
     """
     ids = [c.user_id for c in contexts]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate user ids in contexts")
     task = InterestsTask(cfg, encoder, untrusted, scorer, engine_window(engine))
+    if copies is not None:
+        task.copies = copies
     out = run_task(task, engine, contexts)
     failures = relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
     return (

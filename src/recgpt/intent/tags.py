@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from recgpt.data.untrusted import UntrustedText, reject_untrusted
 from recgpt.intent.bestofn import AnswerScorer
 from recgpt.intent.context import (
+    FittedPrompts,
     HistoryFit,
     Resampling,
     UserContext,
@@ -376,24 +377,15 @@ class TagsTask(LLMTask[UserContext]):
         self.reasks, self.reask_temperature, self.n_samples = cfg.reasks, cfg.reask_temperature, cfg.n_samples
         self.scorer = scorer or AnswerScorer("tag")
         self.copies = CopyLog()  # example copies per user's last answer (failure reason `example_copy`)
-        self.fits: dict[
-            str, tuple[LLMRequest[Any], HistoryFit]
-        ] = {}  # by user: fitted once, re-asks reuse it
-        self.ungrounded = 0  # answer tags dropped for a core word / tag outside the vocabulary
-
-    def _fitted(self, item: UserContext) -> tuple[LLMRequest[Any], HistoryFit]:
-        if item.user_id not in self.fits:
-            self.fits[item.user_id] = tag_prompt(
+        self.fitted = FittedPrompts(
+            lambda item: tag_prompt(
                 self.cfg, item, self.interests[item.user_id], self.window, self.vocabulary
             )
-        return self.fits[item.user_id]
-
-    def _seen(self, item: UserContext) -> dict[str, int]:
-        fit = self._fitted(item)[1]
-        return {"history_tokens": fit.tokens, "history_cut": fit.cut}
+        )
+        self.ungrounded = 0  # answer tags dropped for a core word / tag outside the vocabulary
 
     def prompt(self, item: UserContext) -> LLMRequest[Any]:
-        return self._fitted(item)[0]
+        return self.fitted.request(item)
 
     def postprocess(self, item: UserContext, value: Any) -> list[dict[str, Any]]:
         tags = value.tags
@@ -404,13 +396,13 @@ class TagsTask(LLMTask[UserContext]):
         rows = postprocess_tags(
             self.cfg, item, tags, self.interests[item.user_id], self.untrusted, self.copies
         )
-        return [{**r, **self._seen(item)} for r in rows]
+        return [{**r, **self.fitted.seen(item)} for r in rows]
 
     def fallback(self, item: UserContext, reason: str) -> list[dict[str, Any]]:
         if not self.cfg.fallback_to_interests:
             return []
         rows = _interest_fallback(item, self.interests[item.user_id], self.untrusted)
-        return [{**r, **self._seen(item)} for r in rows]
+        return [{**r, **self.fitted.seen(item)} for r in rows]
 
     def score(self, item: UserContext, rows: list[dict[str, Any]]) -> float:
         return self.scorer(item, rows)
@@ -425,6 +417,7 @@ def predict_tags(
     catalogue: pl.DataFrame | None = None,
     *,
     scorer: AnswerScorer | None = None,
+    copies: CopyLog | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """LLM_IT over users: (tags table TAGS_SCHEMA, failures table FAILURES_SCHEMA).
 
@@ -435,6 +428,8 @@ def predict_tags(
     emptied is asked again (`cfg.reasks`). With `cfg.n_samples` > 1 each user gets the best of that
     many answers (`scorer`, default: the rules' `AnswerScorer`; `bestofn.catalogue_grounding` adds
     grounding); every row records the answers drawn, the kept one's index and its score.
+    `copies` (optional) counts the tags dropped as copies of the worked example, also from answers
+    that kept other tags (`copies.total`: the stage's `example_copies`).
     """
     by_user = user_interests(interests)
     todo = [c for c in contexts if by_user.get(c.user_id)]
@@ -448,6 +443,8 @@ def predict_tags(
             raise ValueError(f"tags.grounding={cfg.grounding!r} needs the catalogue (the items table)")
         vocabulary = build_vocabulary(catalogue, cfg.vocabulary_size)
     task = TagsTask(cfg, by_user, untrusted, scorer, engine_window(engine), vocabulary)
+    if copies is not None:
+        task.copies = copies
     out = run_task(task, engine, todo)
     failures += relabel_failures(out.failure_rows("user_id"), task.copies, "user_id")
     return pl.DataFrame(stamp_choices(out), schema=TAGS_SCHEMA), pl.DataFrame(

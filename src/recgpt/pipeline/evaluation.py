@@ -4,7 +4,7 @@ Rows: the RecGPT channel alone (`recgpt`), the fused list (`fused`), the tri-tow
 without tags (`user-tower`, to show what the LLM's tags add), the classic channel and every other
 candidate of `baselines` (hyper-parameters chosen on *all* validation users by the tune stage) and the
 comparison baselines (`compare`, tuned on validation here). Every list is ranked over the full
-catalogue with seen items masked and scored by `list_metrics` (accuracy and beyond-accuracy); the tag
+catalogue with seen items masked and scored by `topk_metrics` (accuracy and beyond-accuracy); the tag
 HR@K of the LLM tags is attached to the rows that use them.
 
 `results.json` holds the table, the tune stage's choices (`tune`), the φ stage's tag HR with its
@@ -31,9 +31,9 @@ from recgpt.eval.experiment import (
     ExperimentResult,
     ModelRun,
     environment,
-    list_metrics,
     recommend,
     run_experiment,
+    topk_metrics,
     write_json_atomic,
 )
 from recgpt.pipeline.core import StageContext
@@ -86,7 +86,7 @@ def _stored_run(
     seconds: float,
     level: Any = "auto",
 ) -> ModelRun:
-    metrics = list_metrics(res.split, res.task, recs, ks, level)
+    metrics = topk_metrics(res.split, res.task, recs, ks, level)
     return ModelRun(name, params, [], metrics, 0.0, seconds, recs)
 
 
@@ -216,7 +216,7 @@ def frontier_table(
     rows = []
     for share in sorted({*cfg.tune.grid, chosen}):
         lists = fill_lists(mix_all(recgpt, classic, share, cfg.fusion.k), classic, k_max)
-        m = list_metrics(res.split, res.task, lists, cfg.ks)
+        m = topk_metrics(res.split, res.task, lists, cfg.ks)
         rows.append({"share": share, **{c: m.get(c) for c in FRONTIER_METRICS}, "chosen": share == chosen})
     return pl.DataFrame(
         rows,

@@ -2,7 +2,7 @@
 
 1. **The serendipity slot.** Rows `with-slot` (the classic list with the cache merged at the quota),
    `without-slot` (the classic list alone) and `cache-only` (the cache first, the classic list after:
-   the slot at quota = k, for scale), each scored by the harness (`eval.experiment.list_metrics`:
+   the slot at quota = k, for scale), each scored by the harness (`eval.experiment.topk_metrics`:
    NDCG@10, HR@10, CatDiv@10, Coverage@10, Gini@10, ...) and by `eval.serendipity.serendipity_metrics`
    (Unexp@10: mean embedding unexpectedness; UnexpCat@10; Serendipity@10 = mean over users of
    |top-10 items that are held out (relevant) and unexpected by the labels' rule| / non-empty slots;
@@ -93,7 +93,7 @@ def _ci(interval: Any, bar: float, *, strict: bool = False) -> dict[str, Any]:
 
 def slot_rows(ctx: StageContext, catalogue: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The three list rows (module docstring) and the slot bar's intervals."""
-    from recgpt.eval.experiment import list_metrics, sets_matrix
+    from recgpt.eval.experiment import sets_matrix, topk_metrics
     from recgpt.eval.metrics import evaluate_per_user
     from recgpt.eval.serendipity import serendipity_metrics
 
@@ -112,7 +112,7 @@ def slot_rows(ctx: StageContext, catalogue: Any) -> tuple[list[dict[str, Any]], 
     recs = {name: _recs(table, name, task.user_ids, split.item_pos, k) for name in ROWS}
     rows = []
     for name, r in recs.items():
-        m = list_metrics(split, task, r, cfg.ks, cfg.category_level)
+        m = topk_metrics(split, task, r, cfg.ks, cfg.category_level)
         m.update(
             serendipity_metrics(
                 r,
@@ -152,7 +152,7 @@ def slot_rows(ctx: StageContext, catalogue: Any) -> tuple[list[dict[str, Any]], 
 
 def seren_table(ctx: StageContext, catalogue: Any) -> dict[str, dict[str, Any]]:
     """Hit@1 / NDCG@3 / NDCG@10 (with intervals) of SerenGPT and of each reference on the eval lists."""
-    from recgpt.eval.serendipity import list_metrics
+    from recgpt.eval.serendipity import ranking_metrics
     from recgpt.serendipity.references import reference_rankings
 
     res, cfg = cast(Resources, ctx.resources), ctx.config
@@ -162,7 +162,7 @@ def seren_table(ctx: StageContext, catalogue: Any) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if not lists.height:
         return out
-    out[f"SerenGPT ({spec})"] = list_metrics(seren, lists, seed=cfg.seed)
+    out[f"SerenGPT ({spec})"] = ranking_metrics(seren, lists, seed=cfg.seed)
     task = res.task
     histories = {u: task.histories[i] for i, u in enumerate(task.user_ids)}
     for kind in REFERENCES:
@@ -175,7 +175,7 @@ def seren_table(ctx: StageContext, catalogue: Any) -> dict[str, dict[str, Any]]:
             histories=histories,
             seed=cfg.seed,
         )
-        out[kind] = list_metrics(ref, lists, seed=cfg.seed)
+        out[kind] = ranking_metrics(ref, lists, seed=cfg.seed)
     return out
 
 

@@ -49,10 +49,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recgpt.data.categories import CategoryLevel, categories_at_level, parse_level
 from recgpt.data.dataset import Dataset
+from recgpt.eval.serendipity import Rule, rule_mask
 from recgpt.intent.pool import TextEncoder, item_embedding_text
 from recgpt.retrieval.index import ItemIndex
 
-Rule = Literal["category", "distance", "either"]
 DistanceKind = Literal["quantile", "absolute"]
 CANDIDATES_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(),
@@ -217,18 +217,20 @@ def unexpected_mask(
     everything = catalogue_unexpectedness(history, vectors)
     pick = slice(None) if items is None else np.asarray(items, dtype=np.int64)
     unexp = everything[pick]
-    ok = np.zeros(len(unexp), dtype=bool)
-    if cfg.rule in ("distance", "either"):
+
+    def far() -> np.ndarray:
         threshold = cfg.distance
         if cfg.distance_kind == "quantile":
             threshold = float(np.quantile(everything, cfg.distance))
-        ok |= unexp >= threshold
-    if cfg.rule in ("category", "either"):
+        return unexp >= threshold
+
+    def new_category() -> np.ndarray:
         familiar = familiar_categories(history, item_categories, cfg.familiar_min, cfg.familiar_share)
         touches = np.asarray(item_categories @ familiar.astype(np.float32)).ravel() > 0
         has_cats = np.diff(item_categories.indptr) > 0
-        ok |= (has_cats & ~touches)[pick]
-    return ok, unexp
+        return (has_cats & ~touches)[pick]
+
+    return rule_mask(cfg.rule, category=new_category, distance=far), unexp
 
 
 def _tie_order(n: int, seed: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Non-LLM references for SerenGPT on the same lists: random, popularity, embedding distance.
 
 Each ranks every LISTS row's candidates and returns RANKINGS (`recgpt.serendipity.seren`) with source
-`reference:<kind>`, so `recgpt.eval.serendipity.list_metrics` scores them exactly like SerenGPT:
+`reference:<kind>`, so `recgpt.eval.serendipity.ranking_metrics` scores them exactly like SerenGPT:
 
 - `random`: a seeded permutation per list (seed and list id), the chance level: Hit@1 ≈ 1/list size.
 - `popularity`: most popular first (training interaction counts; ties keep the list order): what a

@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from recgpt.data.atomic import write_json_atomic
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import Split
-from recgpt.training.builders.contexts import LogContext, LogsConfig
 from recgpt.training.builders.distill import JudgeFilter
+from recgpt.training.builders.source import LogContext, LogsConfig
 from recgpt.training.data import save_samples
 from recgpt.training.sft import SFTConfig
 
@@ -112,7 +112,7 @@ def incremental(
     """Build, purify and train on one window (module docstring); returns the summary it writes."""
     from recgpt.retrieval.embeddings import Embedder
     from recgpt.training.builders import build_tag_samples, eval_users, tag_contexts
-    from recgpt.training.builders.contexts import LogSource
+    from recgpt.training.builders.source import LogSource
     from recgpt.training.selftrain import judge_filter
     from recgpt.training.sft import run_sft
 

@@ -47,8 +47,8 @@ from recgpt.data.atomic import write_json_atomic
 from recgpt.data.dataset import Dataset
 from recgpt.data.split import Split
 from recgpt.llm.task import reask_request
-from recgpt.training.builders.contexts import LogsConfig
 from recgpt.training.builders.distill import DistillStats, JudgeFilter, run_distill
+from recgpt.training.builders.source import LogsConfig
 from recgpt.training.data import TrainPrompt, concat_samples, load_samples, save_samples
 from recgpt.training.sft import SFTConfig
 

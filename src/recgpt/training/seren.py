@@ -18,8 +18,8 @@ compute reference log-probs through it; the default with a fresh `peft_config` �
 base — would anchor IPO to the zero-shot model the SFT phase moved away from. Chosen and rejected
 share every token but the two swapped entries, so Δ measures exactly the first-place decision.
 
-**Resume and budget.** Each phase resumes from its newest complete checkpoint (`sft.latest_checkpoint`)
-and stops before a step that would overrun `budget_s` (per phase; `sft._deadline_stop`), saving a
+**Resume and budget.** Each phase resumes from its newest complete checkpoint (`phase.latest_checkpoint`)
+and stops before a step that would overrun `budget_s` (per phase; `phase.deadline_stop`), saving a
 checkpoint; a finished phase is not retrained; IPO starts only once SFT is complete. Each folder
 remembers a fingerprint of its config and samples and refuses to resume a different run.
 Adapters and merged models are written to a temp sibling and renamed (`export.replace_dir`).
@@ -51,8 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recgpt.behavior.report import write_parquet_atomic
 from recgpt.data.atomic import write_json_atomic
-from recgpt.training.export import merge_adapter, replace_dir, resolve_base
-from recgpt.training.report import log_callback, loss_ends, read_log, truncate_log
+from recgpt.training.export import merge_adapter, resolve_base
+from recgpt.training.phase import LevelResult, finished, keep_fitting, pick_device, run_phase, runtime_args
 from recgpt.training.seren_data import (
     SFT_LEVEL,
     check_seren_samples,
@@ -61,17 +61,8 @@ from recgpt.training.seren_data import (
     sft_table,
 )
 from recgpt.training.seren_report import write_seren_report
-from recgpt.training.sft import (
-    LevelResult,
-    SFTConfig,
-    SFTResult,
-    _deadline_stop,
-    latest_checkpoint,
-    run_sft,
-    token_lengths,
-)
+from recgpt.training.sft import SFTConfig, SFTResult, run_sft, token_lengths
 
-_DONE = "done.json"
 REWARD_KEYS = (
     "rewards/chosen",
     "rewards/rejected",
@@ -212,18 +203,7 @@ def _ipo_args(cfg: SerenTrainConfig, ckpt_dir: Path, device: str) -> Any:
         learning_rate=cfg.ipo_learning_rate,
         lr_scheduler_type="linear",
         max_length=cfg.max_length,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[],
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-        use_cpu=device == "cpu",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device != "cpu",
+        **runtime_args(cfg.save_steps, cfg.save_total_limit, cfg.seed, device),
     )
 
 
@@ -262,52 +242,27 @@ def _train_ipo(
     callbacks: Sequence[Any],
 ) -> Path:
     """The IPO phase from the SFT adapter (reference = the SFT model); returns the adapter folder."""
-    import torch
-    from datasets import Dataset
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import DPOTrainer
 
-    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(sft_adapter), is_trainable=True)  # TRL copies it to "ref"
-    deadline = time.time() + cfg.budget_s if cfg.budget_s else None
     ckpt_dir = ipo_dir / "checkpoints"
-    trainer = DPOTrainer(
-        model=model,
-        args=_ipo_args(cfg, ckpt_dir, device),
-        train_dataset=Dataset.from_list(records),
-        processing_class=tokenizer,
-        callbacks=[
-            log_callback(ipo_dir, "ipo", progress),
-            _reward_log(ipo_dir),
-            *callbacks,
-            *([_deadline_stop(deadline)] if deadline else []),
-        ],
+    return run_phase(
+        DPOTrainer,
+        _ipo_args(cfg, ckpt_dir, pick_device(cfg.device)),
+        records,
+        res,
+        base=base,
+        dtype="float32",
+        adapter=sft_adapter,  # a PeftModel with the SFT adapter: TRL copies it to the frozen "ref"
+        lora=None,
+        phase_dir=ipo_dir,
+        ckpt_dir=ckpt_dir,
+        log_dir=ipo_dir,
+        resume=resume,
+        deadline=time.time() + cfg.budget_s if cfg.budget_s else None,
+        progress=progress,
+        callbacks=[_reward_log(ipo_dir), *callbacks],
+        on_resume=lambda step: _truncate_rewards(ipo_dir, step),
     )
-    trainer.remove_callback(PrinterCallback)
-    ckpt = latest_checkpoint(ckpt_dir) if resume else None
-    if ckpt is not None:
-        res.resumed_from = int(ckpt.name.split("-")[-1])
-        truncate_log(ipo_dir, "ipo", res.resumed_from)
-        _truncate_rewards(ipo_dir, res.resumed_from)
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    res.runtime_s = round(time.perf_counter() - started, 1)
-    res.steps, res.max_steps = trainer.state.global_step, trainer.state.max_steps
-    res.complete = res.steps >= res.max_steps
-    res.first_loss, res.last_loss = loss_ends(read_log(ipo_dir), "ipo")
-    tmp = ipo_dir / "adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])  # not the frozen "ref" copy
-    adapter = replace_dir(tmp, ipo_dir / "adapter")
-    if res.complete:
-        write_json_atomic(ipo_dir / _DONE, dataclasses.asdict(res))
-    del trainer, model
-    return adapter
 
 
 def _ipo_records(
@@ -320,20 +275,7 @@ def _ipo_records(
         tokenizer, [{"prompt": r["prompt"], "completion": r["rejected"]} for r in records]
     )
     lengths = [max(a, b) for a, b in zip(chosen, rejected, strict=True)]
-    kept = [r for r, n in zip(records, lengths, strict=True) if n <= max_len]
-    if not kept:
-        raise ValueError(
-            f"every IPO pair is longer than max_length={max_len} tokens (shortest {min(lengths)}): raise it"
-        )
-    kept_len = [n for n in lengths if n <= max_len]
-    res = LevelResult(
-        level="ipo",
-        samples=len(kept),
-        dropped_too_long=len(records) - len(kept),
-        tokens_mean=round(sum(kept_len) / len(kept_len), 1),
-        tokens_max=max(kept_len),
-    )
-    return kept, res
+    return keep_fitting(records, lengths, max_len, "ipo", "IPO pair", "max_length")
 
 
 # ---------------------------------------------------------------------- both phases
@@ -385,11 +327,8 @@ def run_seren_training(
         result.ipo, result.ipo_dropped_too_long = res, res.dropped_too_long
         ipo_dir = out / "ipo"
         _prepare_ipo_dir(ipo_dir, _ipo_fingerprint(cfg, out / "sft", records), resume)
-        finished_earlier = (
-            resume and (ipo_dir / _DONE).is_file() and (ipo_dir / "adapter" / "adapter_config.json").is_file()
-        )
+        finished_earlier = resume and finished(ipo_dir, res)
         if finished_earlier:
-            res.__dict__.update(json.loads((ipo_dir / _DONE).read_text()))  # finished earlier
             result.ipo_adapter = ipo_dir / "adapter"
         else:
             bar = make_progress(console or Console(), progress)

@@ -4,7 +4,7 @@ Every model ranks the same eval LISTS through `recgpt.serendipity.seren.rank_lis
 SERAL pipeline runs: same prompt, rules, fallback), each served by the transformers backend so the
 three differ only in their weights (the base is the same dequantized SmolLM2 folder that training
 started from). Answers are cached in `out/llm-cache.sqlite` keyed by model digest, so a stopped
-evaluation resumes. Metrics are H3's `list_metrics` (Hit@1, NDCG@3, NDCG@10 with bootstrap CIs) and
+evaluation resumes. Metrics are H3's `ranking_metrics` (Hit@1, NDCG@3, NDCG@10 with bootstrap CIs) and
 `compare_rankings` (paired ratios and differences against the base); the non-LLM references
 (`reference_rankings`: random = chance, popularity, distance) are scored on the same lists.
 """
@@ -21,7 +21,7 @@ import polars as pl
 
 from recgpt.behavior.report import write_parquet_atomic
 from recgpt.data.atomic import write_json_atomic
-from recgpt.eval.serendipity import compare_rankings, list_metrics
+from recgpt.eval.serendipity import compare_rankings, ranking_metrics
 from recgpt.serendipity.references import reference_rankings
 from recgpt.serendipity.seren import SerenConfig, SerenInput, rank_lists, ranking_stats
 
@@ -95,7 +95,7 @@ def evaluate_seren(
         write_parquet_atomic(ranked, out / "eval" / f"{name.replace('+', '_')}.parquet")
         stats = ranking_stats(ranked, failures)
         result["models"][name] = {
-            **list_metrics(ranked, lists, seed=seed),
+            **ranking_metrics(ranked, lists, seed=seed),
             **stats,
             "seconds": round(time.perf_counter() - t0, 1),
         }
@@ -106,7 +106,7 @@ def evaluate_seren(
                 f"(fallback {m['fallback_share']:.0%}, {m['seconds']:.0f} s)"
             )
     for name, ranked in (references or {}).items():
-        result["references"][name] = list_metrics(ranked, lists, seed=seed)
+        result["references"][name] = ranking_metrics(ranked, lists, seed=seed)
     if "base" in rankings:
         result["vs_base"] = {
             name: compare_rankings(r, rankings["base"], lists, seed=seed)

@@ -32,7 +32,8 @@ how many were dropped is reported per level.
 Re-running with `resume=True` continues from the newest complete checkpoint of the unfinished
 phase (a killed job loses at most `save_steps` steps; `max_minutes` stops before a step that would
 overrun it, with a checkpoint); a finished run is not retrained. The folder remembers a fingerprint
-of the config and samples, and refuses to resume a different run.
+of the config and samples, and refuses to resume a different run. Each phase runs through
+`training.phase.run_phase`, the runner SerenGPT's IPO phase shares.
 """
 
 from __future__ import annotations
@@ -57,9 +58,17 @@ from recgpt.data.atomic import write_json_atomic
 from recgpt.progress import make_progress
 from recgpt.training.data import LEVELS, SAMPLE_SCHEMA, SampleError, to_chat, validate_samples
 from recgpt.training.export import merge_adapter, replace_dir, resolve_base
-from recgpt.training.report import log_callback, loss_ends, read_log, truncate_log, write_report
+from recgpt.training.phase import (
+    LevelResult,
+    finished,
+    keep_fitting,
+    latest_checkpoint,
+    pick_device,
+    run_phase,
+    runtime_args,
+)
+from recgpt.training.report import write_report
 
-_DONE = "done.json"
 # Fields that do not change what is learned: a resumed run may change them freely.
 _RUNTIME_FIELDS = ("threads", "max_minutes", "save_steps", "save_total_limit", "device")
 
@@ -143,24 +152,6 @@ class SFTConfig:
 
 
 @dataclass
-class LevelResult:
-    """What one curriculum phase did."""
-
-    level: str
-    samples: int
-    dropped_too_long: int
-    tokens_mean: float
-    tokens_max: int
-    steps: int = 0
-    max_steps: int = 0
-    first_loss: float | None = None
-    last_loss: float | None = None
-    resumed_from: int | None = None
-    runtime_s: float = 0.0
-    complete: bool = False
-
-
-@dataclass
 class SFTResult:
     """Where the trained model is and how training went."""
 
@@ -236,39 +227,6 @@ def samples_digest(samples: pl.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------- checkpoints and log
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """Newest *complete* `checkpoint-N` (trainer_state.json is written last; a killed save has none)."""
-    if not folder.is_dir():
-        return None
-    done = []
-    for p in folder.glob("checkpoint-*"):
-        if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file():
-            done.append((int(p.name.split("-")[-1]), p))
-    return max(done)[1] if done else None
-
-
-def _deadline_stop(deadline: float) -> Any:
-    """Stop before a step that would end past the deadline (steps last minutes on a busy CPU), saving
-    a checkpoint so that the next run resumes exactly there."""
-    from transformers import TrainerCallback
-
-    class _Stop(TrainerCallback):
-        longest = 0.0  # the slowest step so far predicts the next one (batches mix long and short samples)
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.started = time.time()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.longest = max(self.longest, time.time() - self.started)
-            if time.time() + self.longest >= deadline and state.global_step < state.max_steps:
-                control.should_training_stop = control.should_save = True
-
-    return _Stop()
-
-
 # ---------------------------------------------------------------------- training
 
 
@@ -287,20 +245,9 @@ def _trl_args(config: SFTConfig, phase_dir: Path, steps: int | None, device: str
         weight_decay=config.weight_decay,
         max_length=config.max_seq_len,
         completion_only_loss=config.completion_only_loss,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to=[],
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-        use_cpu=device == "cpu",
         bf16=config.dtype == "bfloat16" and device != "cpu",
         fp16=config.dtype == "float16" and device != "cpu",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device != "cpu",
+        **runtime_args(config.save_steps, config.save_total_limit, config.seed, device),
     )
 
 
@@ -317,60 +264,34 @@ def _train_phase(
     progress: Any,
     extra_callbacks: Sequence[Any],
 ) -> Path:
-    """One curriculum phase; returns the adapter folder it wrote (complete or not)."""
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    """One curriculum phase (`phase.run_phase`); returns the adapter folder it wrote (complete or not)."""
+    from peft import LoraConfig
     from trl import SFTTrainer
 
-    device = config.device if config.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=getattr(torch, config.dtype))
-    peft_config = None
-    if prev_adapter is not None:  # continue the same LoRA weights (see the module docstring)
-        model = PeftModel.from_pretrained(model, str(prev_adapter), is_trainable=True)
-    else:
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules,
-            task_type="CAUSAL_LM",
-        )
-    trainer = SFTTrainer(
-        model=model,
-        args=_trl_args(config, phase_dir, config.steps_for(res.level), device),
-        train_dataset=Dataset.from_list(records),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[
-            log_callback(phase_dir.parent.parent, res.level, progress),
-            *extra_callbacks,
-            *([_deadline_stop(deadline)] if deadline else []),
-        ],
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        task_type="CAUSAL_LM",
     )
-    trainer.remove_callback(
-        PrinterCallback
-    )  # it prints every log dict; the rich bar and log.jsonl replace it
-    ckpt = latest_checkpoint(phase_dir) if resume else None
-    if ckpt is not None:
-        res.resumed_from = int(ckpt.name.split("-")[-1])
-        truncate_log(phase_dir.parent.parent, res.level, res.resumed_from)  # steps after it are redone
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    res.runtime_s = round(time.perf_counter() - started, 1)
-    res.steps, res.max_steps = trainer.state.global_step, trainer.state.max_steps
-    res.complete = res.steps >= res.max_steps
-    res.first_loss, res.last_loss = loss_ends(read_log(phase_dir.parent.parent), res.level)
-    adapter = phase_dir / "adapter"
-    trainer.model.save_pretrained(str(adapter))
-    if res.complete:
-        (phase_dir / _DONE).write_text(json.dumps(dataclasses.asdict(res)))
-    del trainer, model
-    return adapter
+    return run_phase(
+        SFTTrainer,
+        _trl_args(config, phase_dir, config.steps_for(res.level), pick_device(config.device)),
+        records,
+        res,
+        base=base,
+        dtype=config.dtype,
+        adapter=prev_adapter,  # continue the same LoRA weights (see the module docstring)
+        lora=lora,
+        phase_dir=phase_dir,
+        ckpt_dir=phase_dir,
+        log_dir=phase_dir.parent.parent,
+        resume=resume,
+        deadline=deadline,
+        progress=progress,
+        callbacks=extra_callbacks,
+    )
 
 
 def _prepare_out(
@@ -424,22 +345,9 @@ def _level_records(
 ) -> tuple[list[Any], LevelResult]:
     """A level's training records without the ones longer than `max_len` tokens, and their stats."""
     records = to_records(rows)
-    lengths = token_lengths(tokenizer, records)
-    kept = [r for r, n in zip(records, lengths, strict=True) if n <= max_len]
-    kept_len = [n for n in lengths if n <= max_len]
-    if not kept:
-        raise ValueError(
-            f"every {level} sample is longer than max_seq_len={max_len} tokens "
-            f"(shortest {min(lengths)}): raise max_seq_len"
-        )
-    res = LevelResult(
-        level=level,
-        samples=len(kept),
-        dropped_too_long=len(records) - len(kept),
-        tokens_mean=round(sum(kept_len) / len(kept_len), 1),
-        tokens_max=max(kept_len),
+    return keep_fitting(
+        records, token_lengths(tokenizer, records), max_len, level, f"{level} sample", "max_seq_len"
     )
-    return kept, res
 
 
 def run_sft(
@@ -481,12 +389,7 @@ def run_sft(
             kept, res = _level_records(tokenizer, rows, level, config.max_seq_len)
             result.levels.append(res)
             phase_dir = out / "checkpoints" / level
-            if (
-                resume
-                and (phase_dir / _DONE).is_file()
-                and (phase_dir / "adapter" / "adapter_config.json").is_file()
-            ):
-                res.__dict__.update(json.loads((phase_dir / _DONE).read_text()))  # finished earlier
+            if resume and finished(phase_dir, res):
                 adapter = phase_dir / "adapter"
                 continue
             adapter = _train_phase(
@@ -514,3 +417,17 @@ def run_sft(
     write_json_atomic(out / "train_config.json", meta)
     write_report(out)
     return result
+
+
+__all__ = [
+    "LevelResult",
+    "SFTConfig",
+    "SFTResult",
+    "check_samples",
+    "compact_answer",
+    "latest_checkpoint",
+    "run_sft",
+    "samples_digest",
+    "to_records",
+    "token_lengths",
+]

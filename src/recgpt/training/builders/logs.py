@@ -34,25 +34,25 @@ re-checked by `guard_samples` before it is returned.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel
 
 from recgpt.behavior import BehaviorCompressor
 from recgpt.data.dataset import Dataset
-from recgpt.data.split import LeakageError, Split
+from recgpt.data.split import Split
 from recgpt.intent.context import phrase_key
 from recgpt.intent.explanations import check_explanation, explanation_request
 from recgpt.intent.interests import Interest, interest_request, postprocess_interests
 from recgpt.intent.pool import InterestPool, TextEncoder
 from recgpt.intent.tags import Tag, names_item, postprocess_tags, recent_titles, tag_request
-from recgpt.llm.types import ChatMessage, LLMRequest
-from recgpt.training.builders.contexts import (
+from recgpt.training.builders.contexts import select_points, tag_contexts
+from recgpt.training.builders.guard import guard_samples
+from recgpt.training.builders.items import short_category
+from recgpt.training.builders.source import (
     VAGUE_WORDS,
     LogContext,
     LogsConfig,
@@ -61,10 +61,7 @@ from recgpt.training.builders.contexts import (
     eval_users,
     matches,
     pick_tags,
-    select_points,
-    tag_contexts,
 )
-from recgpt.training.builders.items import Catalogue, short_category
 from recgpt.training.data import TrainPrompt, prompt_sample, samples_frame
 
 
@@ -82,7 +79,10 @@ def _prepare(
     window: tuple[int, int] | None,
     progress: bool,
 ) -> tuple[LogSource, Sequence[LogContext]]:
-    """The builders' shared resources, and the contexts unless the caller already built them."""
+    """The builders' shared resources, and the contexts unless the caller already built them.
+
+    The three builders keep their own (repeated) keyword signatures: they are public and typed, and
+    this is their shared body."""
     src = LogSource(dataset, split, config, **resources)
     if contexts is None:
         contexts = tag_contexts(
@@ -441,47 +441,6 @@ def build_explanation_samples(
             cap_used[cat_key] += 1
             made += 1
     return samples_frame(rows)
-
-
-# ---------------------------------------------------------------- leakage guard
-
-
-def guard_samples(
-    samples: pl.DataFrame, split: Split, catalogue: Catalogue, *, exclude_users: Collection[str] = ()
-) -> None:
-    """Raise `LeakageError` if a user sample's prompt names one of its target items or a held-out item
-    of the evaluation split, belongs to an excluded user, or has an as-of at/after the user's
-    validation point."""
-    from recgpt.intent.context import guard_requests as guard_user_prompts
-
-    excluded = set(exclude_users)
-    by_task: dict[str, list[LLMRequest[Any]]] = {}
-    for r in samples.filter(pl.col("user_id").is_not_null()).iter_rows(named=True):
-        u = r["user_id"]
-        if u in excluded:
-            raise LeakageError(f"sample {r['sample_id']} belongs to excluded (evaluation) user {u!r}")
-        msgs = json.loads(r["messages"])
-        text = "\n".join(m["content"] for m in msgs).lower()
-        for item in json.loads(r["lineage"]).get("target_items", []):
-            if any(n in text for n in catalogue.names(item)):
-                raise LeakageError(f"sample {r['sample_id']}: target item {item!r} is named in its prompt")
-        task = (
-            split.valid
-            if split.valid.asof.has_point(u)
-            else split.test
-            if split.test.asof.has_point(u)
-            else None
-        )
-        if task is None:
-            continue  # a user without evaluation points has nothing held out
-        if r["as_of"] > task.asof.point(u)[0]:
-            raise LeakageError(
-                f"sample {r['sample_id']}: as-of {r['as_of']} is after {u!r}'s {task.name} point"
-            )
-        req = LLMRequest(messages=tuple(ChatMessage(**m) for m in msgs), output_model=BaseModel, key=u)
-        by_task.setdefault(task.name, []).append(req)
-    for name, reqs in by_task.items():
-        guard_user_prompts(split, split.valid if name == split.valid.name else split.test, reqs)
 
 
 __all__ = [
