@@ -141,6 +141,8 @@ class RecGPTRefresher:
             for iid, title, cats in items.select("item_id", "title", "categories").iter_rows()
         }
         self._events = res.dataset.events
+        for stage in ("interests", "tags"):  # the model loads now, not on the first request's refresh
+            res.engine(stage)
         self._lock = threading.Lock()
         self.last_timings: RefreshTimings | None = None
         self.last_tables: dict[str, pl.DataFrame] = {}  # the last refresh's interests and tags
