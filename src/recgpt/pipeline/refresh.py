@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import polars as pl
@@ -136,10 +136,7 @@ class RecGPTRefresher:
         self._table = ExplanationTable(
             table, items, cfg.explanations, popularity=res.popularity, untrusted=res.untrusted
         )
-        self._items = {
-            iid: Item(item_id=iid, title=title, categories=list(cats or []))
-            for iid, title, cats in items.select("item_id", "title", "categories").iter_rows()
-        }
+        self._items = {r[0]: r for r in items.select("item_id", "title", "categories").iter_rows()}
         self._events = res.dataset.events
         for stage in ("interests", "tags"):  # the model loads now, not on the first request's refresh
             res.engine(stage)
@@ -183,7 +180,7 @@ class RecGPTRefresher:
         candidates = channel.candidates(task.user_idx, task.histories)
         clock.lap("candidates")
         stored = StoredCandidates(candidates, res.split)
-        fused = FusedChannel(self._classic, stored, share=self._share, k=cfg.fusion.k)  # type: ignore[arg-type]
+        fused = FusedChannel(self._classic, cast(Any, stored), share=self._share, k=cfg.fusion.k)
         lists = fused.candidates(task.user_idx, task.histories)
         clock.lap("fusion")
         top = lists.filter(pl.col("rank") <= cfg.explain_top).sort("user_id", "rank")
@@ -297,19 +294,19 @@ class _TableOrTemplate:
 
 
 def _recommendations(
-    lists: pl.DataFrame, served: pl.DataFrame, items: dict[str, Item]
+    lists: pl.DataFrame, served: pl.DataFrame, items: dict[str, tuple[Any, ...]]
 ) -> list[dict[str, Any]]:
     """The fused list joined with its explanations, as the service serves a run's list."""
     explained = served.select(
         "user_id", "rank", "item_id", "explained_interest", "explanation", "item_only", "source"
     )
     rows = lists.join(explained, on=["user_id", "rank", "item_id"], how="left").sort("rank")
-    return [
-        recommendation(
-            r, items.get(r["item_id"]) or Item(item_id=r["item_id"], title=None, categories=[])
-        ).model_dump(mode="json")
-        for r in rows.iter_rows(named=True)
-    ]
+    out = []
+    for r in rows.iter_rows(named=True):
+        _, title, cats = items.get(r["item_id"], (None, None, None))
+        item = Item(item_id=r["item_id"], title=title, categories=list(cats or []))
+        out.append(recommendation(r, item).model_dump(mode="json"))
+    return out
 
 
 class _Clock:
