@@ -20,7 +20,7 @@ from recgpt.behavior.items import clean_title
 from recgpt.intent.interests import FALLBACK_TEMPLATE
 from recgpt.intent.tags import FALLBACK_RATIONALE
 from recgpt.pipeline.refresh import RecGPTRefresher, make_refresher
-from recgpt.serving.service import RecommendationService, ServingError, UnknownUser
+from recgpt.serving.service import NotARun, RecommendationService, ServingError, UnknownUser
 from tests.conftest import HashEncoder, fake_backend
 
 NEW_EVENT_ID = 10**9
@@ -120,14 +120,25 @@ def test_duplicates_and_unknown_items_are_not_history(run: Path) -> None:
     assert timings is not None and (timings.new_events, timings.skipped_unknown_items) == (0, 1)
 
 
-def test_items_outside_the_explanation_table_get_templates(run: Path) -> None:
-    refresher = RecGPTRefresher(run, backend=fake_backend(), encoder=HashEncoder())
-    user = RecommendationService.open(run).users()[2]
-    items = refresher.res.dataset.items["item_id"].to_list()
-    got = refresher.refresh(user, [_new_event(refresher, user, iid, n) for n, iid in enumerate(items[:5])])
+def test_explanations_come_from_the_table_or_the_templates_never_the_llm(run: Path) -> None:
+    backend = fake_backend()
+    refresher = RecGPTRefresher(run, backend=backend, encoder=HashEncoder())
+    table = pl.read_parquet(next(run.glob("*_explanations")) / "explanations.parquet")
+    known = {(i, iid): src for i, iid, src in table.select("interest", "item_id", "source").iter_rows()}
     top = int(json.loads((run / "config.json").read_text())["explain_top"])
-    assert all(r["explanation"] for r in got[:top]) and not any(r["explanation"] for r in got[top:])
-    assert {r["explanation_source"] for r in got[:top]} <= {"llm", "template:pair", "template:item"}
+    items = refresher.res.dataset.items["item_id"].to_list()
+    seen: set[str | None] = set()
+    for n, user in enumerate(RecommendationService.open(run).users()):
+        events = [_new_event(refresher, user, iid, j) for j, iid in enumerate(items[5 * n : 5 * n + 5])]
+        got = refresher.refresh(user, events)
+        assert all(r["explanation"] for r in got[:top]) and not any(r["explanation"] for r in got[top:])
+        for r in got[:top]:
+            pair = (r["explained_interest"], r["item_id"])
+            want = "template:item" if pair[0] is None else known.get(pair, "template:pair")
+            assert r["explanation_source"] == want, r
+            seen.add(want)
+    assert "template:pair" in seen  # a refreshed list pairs an interest with an item the table lacks
+    assert not any("explanation" in (i.json_schema or {}).get("properties", {}) for i in backend.inputs)
 
 
 def test_unknown_users_and_seral_runs_are_clear_errors(run: Path, tmp_path: Path) -> None:
@@ -139,6 +150,8 @@ def test_unknown_users_and_seral_runs_are_clear_errors(run: Path, tmp_path: Path
     (seral / "config.json").write_text(json.dumps({"dataset": "bundled:x", "seren": {}, "slot": {}}))
     with pytest.raises(ServingError, match="SERAL run"):
         make_refresher(seral)
+    with pytest.raises(NotARun, match=r"no config\.json"):
+        make_refresher(tmp_path)
 
 
 @pytest.mark.slow

@@ -108,11 +108,7 @@ class RecGPTRefresher:
         from recgpt.datasets import load_dataset
         from recgpt.intent.explanation_table import ExplanationTable
 
-        try:
-            store = RunStore.open(run_dir)
-        except RunNotFinished as e:
-            raise NotARun(str(e)) from None
-        config = _config(store)
+        store, config = _open(run_dir)
         if is_seral(config):
             raise ServingError(f"{store.run_dir} is a SERAL run; RecGPTRefresher refreshes RecGPT runs")
         if missing := [s for s in NEEDED if store.marker(s) is None]:
@@ -325,7 +321,12 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
-def _config(store: RunStore) -> dict[str, Any]:
+def _open(run_dir: str | Path) -> tuple[RunStore, dict[str, Any]]:
+    """The run folder's store and its config.json, or `NotARun` saying what is wrong."""
+    try:
+        store = RunStore.open(run_dir)
+    except RunNotFinished as e:
+        raise NotARun(str(e)) from None
     path = store.run_dir / "config.json"
     if not path.is_file():
         raise NotARun(f"{store.run_dir} is not a run folder (no config.json)")
@@ -335,7 +336,7 @@ def _config(store: RunStore) -> dict[str, Any]:
         raise NotARun(f"{path}: cannot read the run's config: {e}") from e
     if not isinstance(data, dict):
         raise NotARun(f"{path}: the run's config is not a JSON object")
-    return data
+    return store, data
 
 
 def make_refresher(run_dir: str | Path, *, llm: str | None = None) -> Refresher:
@@ -344,8 +345,7 @@ def make_refresher(run_dir: str | Path, *, llm: str | None = None) -> Refresher:
     `llm` (a backend spec, e.g. "llamacpp") replaces the run's LLM. SERAL runs are refreshed by
     `recgpt nearline` (`recgpt.serendipity.nearline`), which does not serve a final list per user yet,
     so serving one is a clear error for now."""
-    store = RunStore.open(run_dir)
-    config = _config(store)
+    store, config = _open(run_dir)
     if is_seral(config):
         raise ServingError(
             f"{store.run_dir} is a SERAL run: serving SERAL runs is not supported yet "
