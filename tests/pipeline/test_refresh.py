@@ -100,10 +100,10 @@ def test_new_events_reach_the_prompt_and_the_list_through_the_cache(run: Path) -
     assert timings is not None and timings.new_events == 1
     # only this user's requests: one LLM_UI and one LLM_IT prompt, plus re-asks of emptied answers
     assert 2 <= len(new_inputs) == timings.llm_calls <= 6
-    again = refresher.refresh(user, events)
+    again, timed = refresher.timed_refresh(user, events)
     assert again == after
     assert len(backend.inputs) == asked + len(new_inputs)  # the repeat was answered by the cache
-    assert refresher.last_timings is not None and refresher.last_timings.llm_calls == 0
+    assert timed.llm_calls == 0 and timed is refresher.last_timings
 
 
 def test_duplicates_and_unknown_items_are_not_history(run: Path) -> None:

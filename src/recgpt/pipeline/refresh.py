@@ -145,10 +145,18 @@ class RecGPTRefresher:
     def refresh(self, user_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The user's new final list (`Recommendation` dicts, rank order, `fusion.k` long) from the
         run's data for the user plus `events` (the user's store events, all of them)."""
+        return self.timed_refresh(user_id, events)[0]
+
+    def timed_refresh(
+        self, user_id: str, events: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], RefreshTimings]:
+        """`refresh` and its timings together (`last_timings` may be another thread's by the time it is read)."""
         with self._lock:
             return self._refresh(str(user_id), events)
 
-    def _refresh(self, user: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _refresh(
+        self, user: str, events: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], RefreshTimings]:
         from recgpt.intent.context import build_contexts
         from recgpt.pipeline.explain import explanation_pairs, serve_slots
         from recgpt.pipeline.tables import StoredCandidates
@@ -195,7 +203,7 @@ class RecGPTRefresher:
             llm_calls=res.model_calls() - calls,
             classic_uses_history=self.classic_uses_history,
         )
-        return out
+        return out, self.last_timings
 
     def _history(self, user: str, events: Sequence[dict[str, Any]]) -> tuple[pl.DataFrame, int, int]:
         """(the user's events, how many store events are new to it, how many were skipped: unknown item).
