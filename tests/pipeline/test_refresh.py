@@ -118,6 +118,11 @@ def test_duplicates_and_unknown_items_are_not_history(run: Path) -> None:
     assert refresher.refresh(user, events) == plain
     timings = refresher.last_timings
     assert timings is not None and (timings.new_events, timings.skipped_unknown_items) == (0, 1)
+    search = _new_event(refresher, user, "") | {"item_id": None, "behavior": "search", "query": "space opera"}
+    assert len(refresher.refresh(user, [search])) == _k(run)  # a search is history, not an item
+    assert refresher.last_timings is not None and refresher.last_timings.new_events == 1
+    with pytest.raises(ValueError, match="'timestamp' is missing"):
+        refresher.refresh(user, [{**search, "timestamp": None}])
 
 
 def test_explanations_come_from_the_table_or_the_templates_never_the_llm(run: Path) -> None:

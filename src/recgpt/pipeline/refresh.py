@@ -208,7 +208,8 @@ class RecGPTRefresher:
     def _history(self, user: str, events: Sequence[dict[str, Any]]) -> tuple[pl.DataFrame, int, int]:
         """(the user's events, how many store events are new to it, how many were skipped: unknown item).
 
-        A store event whose `event_id` the dataset already holds for the user is the same event."""
+        A store event the dataset already holds for the user (same `event_id`, item and timestamp: a
+        replayed event) is not counted twice; `ValueError` names a missing or malformed field."""
         if self.sees_heldout:
             base = self._events.filter(pl.col("user_id") == user)
         else:
@@ -216,21 +217,19 @@ class RecGPTRefresher:
             base = (
                 view.history(user) if view.has_point(user) else self._events.filter(pl.col("user_id") == user)
             )
-        known, pos = set(base["event_id"].to_list()), self.res.split.item_pos
+        rows = base.select("event_id", "item_id", "timestamp").iter_rows()
+        known, pos = {eid: (iid, ts) for eid, iid, ts in rows}, self.res.split.item_pos
         fresh: dict[int, dict[str, Any]] = {}
         skipped = 0
-        for e in events:
-            eid = int(e["event_id"])
-            if str(e.get("user_id", user)) != user:
-                raise ValueError(
-                    f"event {eid}: user_id {e.get('user_id')!r} is not the refreshed user {user!r}"
-                )
-            if eid in known or eid in fresh:
+        for n, e in enumerate(events):
+            row = _event(n, e, user)
+            eid = row["event_id"]
+            if known.get(eid) == (row["item_id"], row["timestamp"]) or eid in fresh:
                 continue
-            if e.get("item_id") is not None and str(e["item_id"]) not in pos:
+            if row["item_id"] is not None and row["item_id"] not in pos:
                 skipped += 1
                 continue
-            fresh[eid] = {c: e.get(c) for c in base.columns} | {"user_id": user}
+            fresh[eid] = {c: row.get(c) for c in base.columns}
         if not fresh:
             return base, 0, skipped
         added = pl.DataFrame(list(fresh.values()), schema=base.schema)
@@ -265,6 +264,27 @@ class RecGPTRefresher:
     def close(self) -> None:
         """Close the LLM engines (and their cache connections)."""
         self.res.close()
+
+
+def _event(n: int, event: dict[str, Any], user: str) -> dict[str, Any]:
+    """One store event checked field by field (`n`: its position), ids and item as strings."""
+    for name in ("event_id", "behavior", "timestamp"):
+        if event.get(name) is None:
+            raise ValueError(f"event {n}: field {name!r} is missing")
+    if str(event.get("user_id", user)) != user:
+        raise ValueError(f"event {n}: field 'user_id' is {event.get('user_id')!r}, not the refreshed user")
+    try:
+        eid, ts = int(event["event_id"]), int(event["timestamp"])
+    except (TypeError, ValueError):
+        raise ValueError(f"event {n}: fields 'event_id' and 'timestamp' must be integers") from None
+    item = event.get("item_id")
+    return {
+        **event,
+        "event_id": eid,
+        "timestamp": ts,
+        "user_id": user,
+        "item_id": None if item is None else str(item),
+    }
 
 
 class _TableOrTemplate:
