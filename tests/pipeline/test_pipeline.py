@@ -76,6 +76,8 @@ def test_every_stage_writes_its_contract_tables(first_run: tuple[RunConfig, RunS
     assert cand["tag"].is_not_null().all() and cand["interest"].is_not_null().all()  # provenance kept
     fused = pl.read_parquet(run / "08_fusion/fused.parquet")
     tuned = json.loads((run / "07_tune/done.json").read_text())["stats"]
+    for stage in ("03_interests", "04_tags"):  # copies of the worked example are counted, kept answers too
+        assert json.loads((run / stage / "done.json").read_text())["stats"]["example_copies"] >= 0
     assert set(fused["channel"]) == {"recgpt", tuned["baseline"]}
     served = pl.read_parquet(run / "10_explanations/served.parquet")
     assert served.height == len(users) * cfg.explain_top and served["explanation"].is_not_null().all()

@@ -34,6 +34,7 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from recgpt.intent.context import UserContext, contexts_from_tables
+from recgpt.intent.examples import CopyLog
 from recgpt.pipeline import steps
 from recgpt.pipeline.config import RunConfig
 from recgpt.pipeline.core import Pipeline, Stage, StageContext
@@ -170,11 +171,13 @@ def run_interests(ctx: StageContext) -> dict[str, Any]:
 
     res, cfg = _res(ctx), ctx.config
     engine = guarded_engine(ctx)
-    interests, failures = steps.mine(res, cfg, engine, user_contexts(ctx))
+    copies = CopyLog()
+    interests, failures = steps.mine(res, cfg, engine, user_contexts(ctx), copies)
     ctx.write("interests", interests)
     ctx.write("failures", failures)
     stats = failure_stats(interests, failures, len(res.users), pl.col("template") == FALLBACK_TEMPLATE)
     stats["kinds"] = dict(interests.group_by("kind").len().rows())
+    stats["example_copies"] = copies.total  # dropped copies, also from answers that kept other interests
     stats.update(history_stats(interests))
     stats["rejected_untrusted"] = res.untrusted.rejected["interests"]
     stats["prompts_guarded"] = engine.checked
@@ -187,11 +190,15 @@ def run_tags(ctx: StageContext) -> dict[str, Any]:
 
     res, cfg = _res(ctx), ctx.config
     engine = guarded_engine(ctx)
-    tags, failures = steps.tag(res, cfg, engine, user_contexts(ctx), ctx.read("interests", "interests"))
+    copies = CopyLog()
+    tags, failures = steps.tag(
+        res, cfg, engine, user_contexts(ctx), ctx.read("interests", "interests"), copies
+    )
     ctx.write("tags", tags)
     ctx.write("failures", failures)
     stats = failure_stats(tags, failures, len(res.users), pl.col("rationale") == FALLBACK_RATIONALE)
     stats["distinct_tags"] = tags["tag"].n_unique()
+    stats["example_copies"] = copies.total  # dropped copies, also from answers that kept other tags
     stats.update(history_stats(tags))
     stats["rejected_untrusted"] = res.untrusted.rejected["tags"]
     stats["prompts_guarded"] = engine.checked

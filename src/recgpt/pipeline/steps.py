@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from recgpt.intent.examples import CopyLog
 from recgpt.pipeline.resources import Resources
 
 if TYPE_CHECKING:  # these pull in torch / faiss
@@ -34,13 +35,19 @@ def interest_pool(res: Resources, cfg: Any) -> InterestPool:
 
 
 def mine(
-    res: Resources, cfg: Any, engine: Any, contexts: list[UserContext]
+    res: Resources, cfg: Any, engine: Any, contexts: list[UserContext], copies: CopyLog | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """LLM_UI over `contexts`: (interests, failures) (config: `interests`, `embedder`)."""
+    """LLM_UI over `contexts`: (interests, failures) (config: `interests`, `embedder`); `copies` counts
+    the interests dropped as copies of the prompt's worked example."""
     from recgpt.intent.interests import mine_interests
 
     return mine_interests(
-        cfg.interests, engine, contexts, encoder=res.encoder(cfg.embedder), untrusted=res.untrusted
+        cfg.interests,
+        engine,
+        contexts,
+        encoder=res.encoder(cfg.embedder),
+        untrusted=res.untrusted,
+        copies=copies,
     )
 
 
@@ -57,9 +64,15 @@ def tag_scorer(res: Resources, cfg: Any) -> Any:
 
 
 def tag(
-    res: Resources, cfg: Any, engine: Any, contexts: list[UserContext], interests: pl.DataFrame
+    res: Resources,
+    cfg: Any,
+    engine: Any,
+    contexts: list[UserContext],
+    interests: pl.DataFrame,
+    copies: CopyLog | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """LLM_IT over `contexts` and their interests: (tags, failures) (config: `tags`, `embedder`)."""
+    """LLM_IT over `contexts` and their interests: (tags, failures) (config: `tags`, `embedder`);
+    `copies` counts the tags dropped as copies of the prompt's worked example."""
     from recgpt.intent.tags import predict_tags
 
     return predict_tags(
@@ -70,6 +83,7 @@ def tag(
         res.untrusted,
         catalogue=res.dataset.items if cfg.tags.grounding != "free" else None,
         scorer=tag_scorer(res, cfg),
+        copies=copies,
     )
 
 
