@@ -35,7 +35,12 @@ def store_url(value: str | None) -> str | None:
 
 def refresher_for(run: Path, llm: str | None) -> Refresher:
     """The pipeline's per-user refresh for this run (RecGPT or SERAL, by the run's config)."""
-    from recgpt.pipeline.refresh import make_refresher
+    try:
+        from recgpt.pipeline.refresh import make_refresher
+    except ModuleNotFoundError as e:
+        if e.name != "recgpt.pipeline.refresh":
+            raise
+        raise typer.BadParameter("this install has no nearline refresh (recgpt.pipeline.refresh)") from e
 
     return make_refresher(run, llm=llm)
 
@@ -85,9 +90,11 @@ def serve(
     """Serve a run's lists (GET /v1/users/{id}/recommendations), take events (POST /v1/events), refresh."""
     import uvicorn
 
+    from recgpt.serving import RecommendationService
     from recgpt.serving.app import create_app
     from recgpt.serving.store import Store
 
+    service = RecommendationService.open(run)  # before anything is written next to it
     refresher = refresher_for(run, llm) if workers is Workers.nearline else None
     db = Store.open(store_url(store), run_dir=run)
     try:
@@ -98,6 +105,7 @@ def serve(
             refresher=refresher,
             workers=refresher is not None,
             max_staleness_s=max_staleness,
+            service=service,
         )
         if not api_key:
             typer.echo(

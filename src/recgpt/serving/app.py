@@ -140,11 +140,13 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     max_staleness_s: float = DEFAULT_MAX_STALENESS_S,
     poll_s: float = 0.5,
+    service: RecommendationService | None = None,
 ) -> FastAPI:
     """The app over a finished run and a store. The run is opened here (so a folder that is no finished run
     fails before a port is bound); seeding, the cache, the poller and the `workers` thread start with the
-    app's lifespan and stop with it. The store stays the caller's to close."""
-    service = RecommendationService.open(run_dir)
+    app's lifespan and stop with it. The store stays the caller's to close. `service`: the run's service
+    when the caller opened it already."""
+    service = service or RecommendationService.open(run_dir)
     metrics = ServingMetrics()
     live = LiveLists(
         service,
