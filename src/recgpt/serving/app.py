@@ -209,7 +209,7 @@ def create_app(
         return UserDetail(
             **view,
             known=known,
-            events=len(live.store.user_events(user_id)),
+            events=live.store.count_events(user_id),
             version=None if fallback else entry.version,
             source=entry.source,
             serendipity=None,

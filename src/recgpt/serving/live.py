@@ -107,10 +107,10 @@ class LiveLists:
         after = self._seen - POLL_OVERLAP_S if since is None else since
         versions = self.store.versions_since(after)
         landed = 0
-        for user in self.cache.stale(versions):
-            stored = self.store.current_list(user)
-            if stored is not None and self.land(stored):
-                landed += 1
+        stale = self.cache.stale(versions)
+        if stale:
+            for stored in self.store.current_lists(None if since == 0.0 else stale).values():
+                landed += self.land(stored)
         if versions:
             self._seen = max(self._seen, max(created for _, created in versions.values()))
         stats = self.store.queue_stats()

@@ -5,7 +5,7 @@ Pipelines plug in through the `Refresher` protocol (RecGPT's per-user chain is
 loop runs as a thread of the server (`recgpt serve --workers nearline`) or as its own process
 (`recgpt nearline --store URL`); several may run against one store, since `Store.claim` hands each
 user to one worker at a time. A failed refresh is recorded on the queue entry (`Store.fail`) and
-the loop goes on: the user keeps the list they had and is tried again.
+the loop goes on: the user keeps the list they had and is tried again after a growing back-off.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ log = logging.getLogger("recgpt.serving.worker")
 
 DEFAULT_POLL_S = 0.5
 DEFAULT_STALE_AFTER_S = 300.0  # a claim older than this is taken to be a dead worker's and handed out again
+RETRY_BASE_S, RETRY_MAX_S = 2.0, 600.0  # a failed user waits 2, 4, 8, ... s (at most 10 min) before a retry
+
+
+def retry_after(attempts: int) -> float:
+    """Back-off before the next try of a user whose refresh failed `attempts` times before this one."""
+    return min(RETRY_MAX_S, RETRY_BASE_S * 2.0 ** min(attempts, 20))
 
 
 class Refresher(Protocol):
@@ -88,7 +94,7 @@ class RefreshWorker:
             self.failed += 1
             log.warning("nearline refresh of user %r failed: %r", user, e)
             try:
-                self.store.fail(claim, repr(e))
+                self.store.fail(claim, repr(e), retry_after_s=retry_after(claim.attempts))
             except Exception as e2:  # the store itself is down: the claim goes stale and is retried
                 log.error("could not record the failed refresh of %r: %r", user, e2)
             if self.on_failed is not None:
@@ -103,7 +109,8 @@ class RefreshWorker:
             self.on_refreshed(stored, done)
 
     def run(self, *, once: bool = False) -> None:
-        """Loop until `stop()` (or, with `once`, until the queue is empty), sleeping `poll_s` when idle."""
+        """Loop until `stop()` (or, with `once`, until no queued user is ready: failed users wait out their
+        back-off), sleeping `poll_s` when idle."""
         while not self._stop.is_set():
             try:
                 handled = self.run_once()
