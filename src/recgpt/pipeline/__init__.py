@@ -16,8 +16,10 @@ Every user-specific LLM prompt is built from the `AsOf` view of the test task an
 Modules, bottom up (no module imports one above it): `config` (RunConfig, quickstart preset),
 `core` (Stage, Pipeline, StageContext: declarations and derived keys), `runner` (the generic
 resumable runner), `resources` (lazily built encoder, engines, split), `tables` (stored lists as
-channels), `evaluation` (harness rows, results.json), `report` (terminal table, HTML report),
-`explain` and `stages` (the RecGPT stages, `RECGPT`), `preflight`, `run` (`run_pipeline`).
+channels), `steps` (the per-user building blocks the stages and the refresher share), `evaluation`
+(harness rows, results.json), `report` (terminal table, HTML report), `explain` and `stages` (the
+RecGPT stages, `RECGPT`), `preflight`, `run` (`run_pipeline`), `refresh` (the nearline refresh of
+one user of a finished run, for serving: `make_refresher`).
 
 The names below load on first use, so `import recgpt.pipeline` stays cheap (no torch).
 """
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
         quickstart_config,
     )
     from recgpt.pipeline.core import Pipeline, Stage, StageContext
+    from recgpt.pipeline.refresh import RecGPTRefresher, make_refresher
     from recgpt.pipeline.report import print_results
     from recgpt.pipeline.run import RunSummary, StageOutcome, default_console, run_pipeline
     from recgpt.pipeline.stages import RECGPT, STAGE_NAMES, STAGES
@@ -57,6 +60,8 @@ _EXPORTS = {
     "STAGES": "stages",
     "STAGE_NAMES": "stages",
     "print_results": "report",
+    "RecGPTRefresher": "refresh",
+    "make_refresher": "refresh",
 }
 
 
@@ -72,6 +77,7 @@ __all__ = [
     "STAGE_NAMES",
     "LLMSettings",
     "Pipeline",
+    "RecGPTRefresher",
     "RunConfig",
     "RunSummary",
     "Stage",
@@ -79,6 +85,7 @@ __all__ = [
     "StageOutcome",
     "default_console",
     "load_config",
+    "make_refresher",
     "parse_assignments",
     "print_results",
     "quickstart_config",

@@ -77,9 +77,31 @@ def explanation_pairs(config: Any, phi: Any, top: pl.DataFrame, interests: pl.Da
     return pl.DataFrame(rows, schema=PAIR_SCHEMA)
 
 
+def serve_slots(serving: Any, top: pl.DataFrame, slots: pl.DataFrame) -> pl.DataFrame:
+    """The `served` table: each explained slot of `top` with the text `serving.serve([interest], item)`
+    gives its pair (`slots`, from `explanation_pairs`) and that text's source."""
+    from recgpt.intent.explanations import SOURCE_ITEM
+
+    got = [serving.serve([i], iid) for i, iid in slots.select("interest", "item_id").iter_rows()]
+    return (
+        top.select("user_id", "rank", "item_id", "channel", "tag", pl.col("interest").alias("producer"))
+        .join(
+            slots.select("user_id", "rank", pl.col("interest").alias("explained_interest")),
+            on=["user_id", "rank"],
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns(
+            pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
+            pl.Series("item_only", [g[1] == SOURCE_ITEM for g in got], dtype=pl.Boolean()),
+            pl.Series("source", [g[1] for g in got], dtype=pl.String()),
+        )
+    )
+
+
 def run_explanations(ctx: StageContext) -> dict[str, Any]:
     from recgpt.intent.explanation_table import ExplanationTable, llm_share
-    from recgpt.intent.explanations import SOURCE_ITEM, generate_explanations
+    from recgpt.intent.explanations import generate_explanations
 
     res, cfg = cast(Resources, ctx.resources), ctx.config
     config = cfg.explanations
@@ -94,21 +116,7 @@ def run_explanations(ctx: StageContext) -> dict[str, Any]:
         else pl.DataFrame(schema=EMPTY_EXPLANATIONS)
     )
     serving = ExplanationTable(table, items, config, popularity=res.popularity, untrusted=res.untrusted)
-    got = [serving.serve([i], iid) for i, iid in slots.select("interest", "item_id").iter_rows()]
-    served = (
-        top.select("user_id", "rank", "item_id", "channel", "tag", pl.col("interest").alias("producer"))
-        .join(
-            slots.select("user_id", "rank", pl.col("interest").alias("explained_interest")),
-            on=["user_id", "rank"],
-            how="left",
-            maintain_order="left",
-        )
-        .with_columns(
-            pl.Series("explanation", [g[0] for g in got], dtype=pl.String()),
-            pl.Series("item_only", [g[1] == SOURCE_ITEM for g in got], dtype=pl.Boolean()),
-            pl.Series("source", [g[1] for g in got], dtype=pl.String()),
-        )
-    )
+    served = serve_slots(serving, top, slots)
     ctx.write("pairs", pairs)
     ctx.write("explanations", table)
     ctx.write("served", served)
@@ -129,4 +137,4 @@ def run_explanations(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-__all__ = ["explanation_pairs", "run_explanations"]
+__all__ = ["explanation_pairs", "run_explanations", "serve_slots"]

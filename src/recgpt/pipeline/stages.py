@@ -34,6 +34,7 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from recgpt.intent.context import UserContext, contexts_from_tables
+from recgpt.pipeline import steps
 from recgpt.pipeline.config import RunConfig
 from recgpt.pipeline.core import Pipeline, Stage, StageContext
 from recgpt.pipeline.explain import run_explanations
@@ -121,10 +122,8 @@ def run_compress(ctx: StageContext) -> dict[str, Any]:
 
 
 def run_pool(ctx: StageContext) -> dict[str, Any]:
-    from recgpt.intent.pool import InterestPool
-
     res, cfg = _res(ctx), ctx.config
-    pool = InterestPool.build(res.dataset.items, res.encoder(cfg.embedder), cfg.pool)
+    pool = steps.interest_pool(res, cfg)
     matches = pool.match(res.task.asof, res.users)
     ctx.write("pool", pool.to_frame())
     ctx.write("matches", matches)
@@ -167,13 +166,11 @@ def failure_stats(
 
 def run_interests(ctx: StageContext) -> dict[str, Any]:
     from recgpt.intent.context import history_stats
-    from recgpt.intent.interests import FALLBACK_TEMPLATE, mine_interests
+    from recgpt.intent.interests import FALLBACK_TEMPLATE
 
     res, cfg = _res(ctx), ctx.config
     engine = guarded_engine(ctx)
-    interests, failures = mine_interests(
-        cfg.interests, engine, user_contexts(ctx), encoder=res.encoder(cfg.embedder), untrusted=res.untrusted
-    )
+    interests, failures = steps.mine(res, cfg, engine, user_contexts(ctx))
     ctx.write("interests", interests)
     ctx.write("failures", failures)
     stats = failure_stats(interests, failures, len(res.users), pl.col("template") == FALLBACK_TEMPLATE)
@@ -184,34 +181,13 @@ def run_interests(ctx: StageContext) -> dict[str, Any]:
     return stats
 
 
-def tag_scorer(ctx: StageContext) -> Any:
-    """The best-of-n scorer of LLM_IT: None (the rules' default) unless `tags.score` is "grounded" and
-    several answers are drawn; then a tag also scores when its nearest catalogue title reaches the floor."""
-    from recgpt.intent.bestofn import AnswerScorer, catalogue_grounding
-
-    res, cfg = _res(ctx), ctx.config
-    if cfg.tags.score != "grounded" or cfg.tags.n_samples < 2:
-        return None
-    titles = res.dataset.items["title"].drop_nulls().unique(maintain_order=True).to_list()
-    check = catalogue_grounding(res.encoder(cfg.embedder), titles, cfg.tags.grounding_floor)
-    return AnswerScorer("tag", grounding=check)
-
-
 def run_tags(ctx: StageContext) -> dict[str, Any]:
     from recgpt.intent.context import history_stats
-    from recgpt.intent.tags import FALLBACK_RATIONALE, predict_tags
+    from recgpt.intent.tags import FALLBACK_RATIONALE
 
     res, cfg = _res(ctx), ctx.config
     engine = guarded_engine(ctx)
-    tags, failures = predict_tags(
-        cfg.tags,
-        engine,
-        user_contexts(ctx),
-        ctx.read("interests", "interests"),
-        res.untrusted,
-        catalogue=res.dataset.items if cfg.tags.grounding != "free" else None,
-        scorer=tag_scorer(ctx),
-    )
+    tags, failures = steps.tag(res, cfg, engine, user_contexts(ctx), ctx.read("interests", "interests"))
     ctx.write("tags", tags)
     ctx.write("failures", failures)
     stats = failure_stats(tags, failures, len(res.users), pl.col("rationale") == FALLBACK_RATIONALE)
@@ -266,13 +242,9 @@ def run_tritower(ctx: StageContext) -> dict[str, Any]:
 def tower_channel(ctx: StageContext, tags: pl.DataFrame | None) -> Any:
     """The RecGPT channel over the trained tri-tower (`tags=None`: the user tower alone)."""
     from recgpt.retrieval.channel import RecGPTChannel
-    from recgpt.retrieval.index import ItemIndex
-    from recgpt.retrieval.tritower import TriTower
 
     res, cfg = _res(ctx), ctx.config
-    folder = ctx.folder("tritower")
-    model = TriTower.load(folder / "model", embed=res.encoder(cfg.embedder).encode)
-    index = ItemIndex.load(folder / "index")
+    model, index = steps.load_tritower(ctx.folder("tritower"), res, cfg)
     return RecGPTChannel(model, index, tags, context=res.task.asof.events(), **dataclasses.asdict(cfg.fusion))
 
 
@@ -292,16 +264,12 @@ def run_candidates(ctx: StageContext) -> dict[str, Any]:
 def run_fusion(ctx: StageContext) -> dict[str, Any]:
     """The classic channel and share chosen by the tune stage (on validation), fitted on train and
     mixed with the stored RecGPT candidates of the test users."""
-    from recgpt.baselines.registry import get_recommender
-    from recgpt.pipeline.fitted import load_fitted
     from recgpt.retrieval.channel import FusedChannel
 
     res, cfg = _res(ctx), ctx.config
     tuned = ctx.stats("tune")
     name, params, share = tuned["baseline"], tuned["baseline_params"], float(tuned["share"])
-    baseline = load_fitted(ctx.folder("tune"), name, params) or get_recommender(name, **params).fit(
-        res.split.train, seed=cfg.seed
-    )
+    baseline = steps.classic_channel(ctx.folder("tune"), tuned, res.split.train, cfg.seed)
     stored = StoredCandidates(ctx.read("candidates", "candidates"), res.split)
     task = res.task
     fused = FusedChannel(baseline, cast(Any, stored), share=share, k=cfg.fusion.k)

@@ -186,7 +186,7 @@ class RecommendationService:
         rows = self._lists.get(user)
         if rows is None:
             return []
-        return [_recommendation(r, self._item(r["item_id"])) for r in rows.head(k).iter_rows(named=True)]
+        return [recommendation(r, self._item(r["item_id"])) for r in rows.head(k).iter_rows(named=True)]
 
     def view(self, user_id: str, k: int = DEFAULT_K) -> UserView:
         """Everything the report's walk-through shows for one user, the list cut at `k`."""
@@ -275,7 +275,9 @@ def _models(model: type[Any], df: pl.DataFrame | None) -> list[Any]:
     return [model(**r) for r in _rows(df, tuple(model.model_fields))]
 
 
-def _recommendation(row: dict[str, Any], item: Item) -> Recommendation:
+def recommendation(row: dict[str, Any], item: Item) -> Recommendation:
+    """One served slot from a list row joined with its explanation (the nearline refresher builds its
+    rows the same way, so a refreshed list has the run's shape)."""
     return Recommendation(
         rank=row["rank"],
         item_id=row["item_id"],
@@ -292,4 +294,12 @@ def _recommendation(row: dict[str, Any], item: Item) -> Recommendation:
     )
 
 
-__all__ = ["DEFAULT_K", "TABLES", "NotARun", "RecommendationService", "ServingError", "UnknownUser"]
+__all__ = [
+    "DEFAULT_K",
+    "TABLES",
+    "NotARun",
+    "RecommendationService",
+    "ServingError",
+    "UnknownUser",
+    "recommendation",
+]
