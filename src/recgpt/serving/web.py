@@ -1,0 +1,200 @@
+"""The web page of `recgpt serve`: find a user, see their way through the chain, send an event, watch the list refresh.
+
+Server-rendered HTML (Jinja2, autoescape on: titles, histories and LLM texts are untrusted data) over
+the same objects the JSON API answers from — the `RecommendationService` of the run and the event
+store, both on `app.state` — plus one small script (`static/app.js`) that posts events to
+`POST /v1/events` and polls `GET /v1/users/{id}/recommendations` until the list version changes,
+then swaps in the list fragment this router renders (`/ui/users/{id}/list`): one template draws the
+list, whether the page is loaded or refreshed. Nothing loads from the internet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from recgpt.data.schema import Behavior
+from recgpt.serving.models import Item, Recommendation, UserView
+from recgpt.serving.service import DEFAULT_K, RecommendationService, UnknownUser
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+EXAMPLE_USERS = 24  # users linked from the index page
+RECENT_EVENTS = 10  # store events shown on a user's page, newest first
+MAX_K = 100
+# behaviours the form offers: every known one that names an item (a search names a query instead)
+FORM_BEHAVIORS: tuple[str, ...] = tuple(b.value for b in Behavior if b is not Behavior.SEARCH)
+
+router = APIRouter(include_in_schema=False)
+
+
+def mount_static(app: FastAPI) -> None:
+    """Serve `static/` (the page's script and stylesheet) under `/static`, as the templates link it."""
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+# ------------------------------------------------------------------ what the page reads
+
+
+@dataclass(frozen=True)
+class Deps:
+    """What the pages read from the app: the run's service, and the event store when the app has one."""
+
+    service: RecommendationService
+    store: Any | None  # recgpt.serving.store.Store; None: a read-only app over the run folder alone
+
+
+def _deps(request: Request) -> Deps:
+    state = request.app.state
+    return Deps(service=state.service, store=getattr(state, "store", None))
+
+
+@dataclass(frozen=True)
+class ListView:
+    """The list a user is served now: from the store (seeded from the run, then refreshed), else the run."""
+
+    version: int | None
+    created_at: float | None
+    source: str
+    fallback: bool
+    items: list[Recommendation]
+
+
+def current_list(deps: Deps, user_id: str, k: int) -> ListView:
+    """The user's current list cut at `k`, as the recommendations endpoint serves it."""
+    stored = deps.store.current_list(user_id) if deps.store is not None else None
+    if stored is not None:
+        items = [Recommendation.model_validate(d) for d in stored.items[:k]]
+        fallback = stored.source == "fallback"
+        return ListView(stored.version, stored.created_at, stored.source, fallback, items)
+    try:
+        return ListView(None, None, "run", False, deps.service.recommend(user_id, k))
+    except UnknownUser:
+        return ListView(None, None, "fallback", True, [])
+
+
+# ------------------------------------------------------------------ template helpers
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "–"
+    return dt.datetime.fromtimestamp(float(t), tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _user_url(user_id: str) -> str:
+    return "/ui/users/" + quote(str(user_id), safe="")
+
+
+def _channel_class(channel: str | None) -> str:
+    """The badge colour of a channel: RecGPT's own, a fallback, or a classic recommender."""
+    if channel == "recgpt":
+        return "recgpt"
+    if channel is None or "fallback" in channel or channel in ("popular", "mostpop"):
+        return "fallback"
+    return "classic"
+
+
+def explanation_badge(source: str | None) -> str:
+    """Who wrote an explanation, as the page's badge says it (the title attribute carries the detail)."""
+    if source == "llm":
+        return "LLM"
+    return "template" if source else "unknown"
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every value is text, never markup: item titles come from the catalogue
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        when=_when, user_url=_user_url, channel_class=_channel_class, explanation_badge=explanation_badge
+    )
+    return Jinja2Templates(env=env)
+
+
+templates = _templates()
+
+
+def _page(request: Request, name: str, deps: Deps, **context: Any) -> HTMLResponse:
+    base = {"run_name": deps.service.run_dir.name, "dataset": deps.service.dataset}
+    return templates.TemplateResponse(request, name, {**base, **context})
+
+
+# ------------------------------------------------------------------ pages
+
+
+@router.get("/", response_class=HTMLResponse, name="web_index")
+def index(request: Request) -> HTMLResponse:
+    """The front page: what this is, a search box, and links to some of the run's users."""
+    deps = _deps(request)
+    users = deps.service.users()
+    return _page(request, "index.html.j2", deps, examples=users[:EXAMPLE_USERS], n_users=len(users))
+
+
+@router.get("/ui/find", name="web_find_user")
+def find_user(user_id: str = "") -> RedirectResponse:
+    """The search box's target: on to the user's page (back to the front page when it was empty)."""
+    user = user_id.strip()
+    return RedirectResponse(_user_url(user) if user else "/", status_code=303)
+
+
+@router.get("/ui/users/{user_id}", response_class=HTMLResponse, name="web_user")
+def user_page(request: Request, user_id: str, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> HTMLResponse:
+    """One user's page; a user the run does not know gets the fallback list under a banner, never an error."""
+    deps = _deps(request)
+    view: UserView | None
+    try:
+        view = deps.service.view(user_id, k)
+    except UnknownUser:
+        view = None
+    events = deps.store.user_events(user_id) if deps.store is not None else None
+    return _page(
+        request,
+        "user.html.j2",
+        deps,
+        user_id=user_id,
+        known=view is not None,
+        view=view,
+        current=current_list(deps, user_id, k),
+        k=k,
+        n_users=len(deps.service.users()),
+        n_events=None if events is None else len(events),
+        events=[] if events is None else events[::-1][:RECENT_EVENTS],
+        catalogue=_catalogue(deps.service),
+        behaviors=FORM_BEHAVIORS,
+    )
+
+
+@router.get("/ui/users/{user_id}/list", response_class=HTMLResponse, name="web_user_list")
+def user_list(request: Request, user_id: str, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> Response:
+    """The list section alone: what the page's script swaps in when a new list version lands."""
+    deps = _deps(request)
+    known = deps.service.knows(user_id)
+    current = current_list(deps, user_id, k)
+    response = templates.TemplateResponse(
+        request, "_list.html.j2", {"known": known, "current": current, "user_id": user_id}
+    )
+    response.headers["X-List-Version"] = "" if current.version is None else str(current.version)
+    return response
+
+
+def _catalogue(service: RecommendationService) -> list[Item]:
+    """The items the event form suggests: those the run shows (its lists and held-out items)."""
+    return sorted(service.catalogue(), key=lambda it: (it.title or "", it.item_id))
+
+
+__all__ = ["Deps", "ListView", "current_list", "explanation_badge", "mount_static", "router"]
