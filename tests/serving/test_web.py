@@ -136,6 +136,28 @@ def test_untrusted_titles_are_shown_escaped(finished_run: Path, service: Recomme
     assert "<script>" not in odd and "User <code>&lt;script&gt;</code>" in odd
 
 
+def test_page_reads_the_store_list_and_events(service: RecommendationService, tmp_path: Path) -> None:
+    """With an event store, the list is the store's current version and the user's events are listed."""
+    from recgpt.serving.events import EventIn
+    from recgpt.serving.store import Store
+
+    user = service.users()[3]
+    recs = [r.model_dump(mode="json") for r in service.recommend(user, k=5)]
+    with Store.open(None, run_dir=tmp_path) as store:
+        store.seed_lists({user: recs})
+        store.add_events([EventIn(event_id=7, user_id=user, item_id="i1", behavior="click", timestamp=86400)])
+        rotated = [{**d, "rank": i} for i, d in enumerate([*recs[1:], {**recs[0], "title": EVIL}], start=1)]
+        store.put_list(user, rotated, "nearline")
+        app = page_app(service)
+        app.state.store = store
+        html = TestClient(app).get(f"/ui/users/{user}").text
+    rows = re.findall(r'<tr data-item="([^"]+)">', html)
+    assert rows == [d["item_id"] for d in rotated]
+    assert 'data-version="2"' in html and "by <b>nearline</b>" in html
+    assert "Events received by this server <small>(1)</small>" in html and "1970-01-02 00:00:00 UTC" in html
+    assert EVIL not in html and "&lt;script&gt;" in html
+
+
 def test_static_files_are_served_and_load_nothing_from_elsewhere(client: TestClient) -> None:
     for name in ("app.js", "style.css"):
         r = client.get(f"/static/{name}")

@@ -32,10 +32,17 @@ STATIC = HERE / "static"
 EXAMPLE_USERS = 24  # users linked from the index page
 RECENT_EVENTS = 10  # store events shown on a user's page, newest first
 MAX_K = 100
+MAX_SUGGESTIONS = 300  # catalogue items offered by the event form's item field
 # behaviours the form offers: every known one that names an item (a search names a query instead)
 FORM_BEHAVIORS: tuple[str, ...] = tuple(b.value for b in Behavior if b is not Behavior.SEARCH)
 
 router = APIRouter(include_in_schema=False)
+
+
+def install(app: FastAPI) -> None:
+    """Add the pages and their static files to the server's app (`create_app` calls this)."""
+    app.include_router(router)
+    mount_static(app)
 
 
 def mount_static(app: FastAPI) -> None:
@@ -48,20 +55,25 @@ def mount_static(app: FastAPI) -> None:
 
 @dataclass(frozen=True)
 class Deps:
-    """What the pages read from the app: the run's service, and the event store when the app has one."""
+    """What the pages read from the app: the run's service, the event store and the live list cache of a
+    running server (`recgpt.serving.live.LiveLists`, whose lists the JSON API serves) when it has them."""
 
     service: RecommendationService
     store: Any | None  # recgpt.serving.store.Store; None: a read-only app over the run folder alone
+    live: Any | None  # recgpt.serving.live.LiveLists; None: lists come from the store, else the run
 
 
 def _deps(request: Request) -> Deps:
     state = request.app.state
-    return Deps(service=state.service, store=getattr(state, "store", None))
+    live = getattr(state, "live", None)
+    if live is not None:
+        return Deps(service=live.service, store=live.store, live=live)
+    return Deps(service=state.service, store=getattr(state, "store", None), live=None)
 
 
 @dataclass(frozen=True)
 class ListView:
-    """The list a user is served now: from the store (seeded from the run, then refreshed), else the run."""
+    """The list a user is served now, its version (0: the shared fallback list) and who made it."""
 
     version: int | None
     created_at: float | None
@@ -71,12 +83,15 @@ class ListView:
 
 
 def current_list(deps: Deps, user_id: str, k: int) -> ListView:
-    """The user's current list cut at `k`, as the recommendations endpoint serves it."""
+    """The user's current list cut at `k`: the very list `GET /v1/users/{id}/recommendations` serves."""
+    if deps.live is not None:
+        entry, fallback = deps.live.current(user_id)
+        items = [Recommendation.model_validate(d) for d in entry.items[:k]]
+        return ListView(entry.version, entry.created_at, entry.source, fallback, items)
     stored = deps.store.current_list(user_id) if deps.store is not None else None
     if stored is not None:
         items = [Recommendation.model_validate(d) for d in stored.items[:k]]
-        fallback = stored.source == "fallback"
-        return ListView(stored.version, stored.created_at, stored.source, fallback, items)
+        return ListView(stored.version, stored.created_at, stored.source, stored.source == "fallback", items)
     try:
         return ListView(None, None, "run", False, deps.service.recommend(user_id, k))
     except UnknownUser:
@@ -162,6 +177,7 @@ def user_page(request: Request, user_id: str, k: int = Query(DEFAULT_K, ge=1, le
     except UnknownUser:
         view = None
     events = deps.store.user_events(user_id) if deps.store is not None else None
+    current = current_list(deps, user_id, k)
     return _page(
         request,
         "user.html.j2",
@@ -169,12 +185,12 @@ def user_page(request: Request, user_id: str, k: int = Query(DEFAULT_K, ge=1, le
         user_id=user_id,
         known=view is not None,
         view=view,
-        current=current_list(deps, user_id, k),
+        current=current,
         k=k,
         n_users=len(deps.service.users()),
         n_events=None if events is None else len(events),
         events=[] if events is None else events[::-1][:RECENT_EVENTS],
-        catalogue=_catalogue(deps.service),
+        catalogue=_suggestions(deps, current),
         behaviors=FORM_BEHAVIORS,
     )
 
@@ -192,9 +208,19 @@ def user_list(request: Request, user_id: str, k: int = Query(DEFAULT_K, ge=1, le
     return response
 
 
-def _catalogue(service: RecommendationService) -> list[Item]:
-    """The items the event form suggests: those the run shows (its lists and held-out items)."""
-    return sorted(service.catalogue(), key=lambda it: (it.title or "", it.item_id))
+def _suggestions(deps: Deps, current: ListView) -> list[Item]:
+    """The items the event form suggests: the user's list first, then popular items (a running server's
+    fallback list) or, without a server, the items the run shows — at most `MAX_SUGGESTIONS`."""
+    picked: dict[str, Item] = {}
+    for r in current.items:
+        picked.setdefault(r.item_id, Item(item_id=r.item_id, title=r.title, categories=r.categories))
+    if deps.live is not None and deps.live.fallback is not None:
+        more = [Item.model_validate(d) for d in deps.live.fallback.items[:MAX_SUGGESTIONS]]
+    else:
+        more = sorted(deps.service.catalogue(), key=lambda it: (it.title or "", it.item_id))
+    for it in more:
+        picked.setdefault(it.item_id, it)
+    return list(picked.values())[:MAX_SUGGESTIONS]
 
 
-__all__ = ["Deps", "ListView", "current_list", "explanation_badge", "mount_static", "router"]
+__all__ = ["Deps", "ListView", "current_list", "explanation_badge", "install", "mount_static", "router"]
