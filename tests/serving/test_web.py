@@ -150,11 +150,14 @@ def test_page_reads_the_store_list_and_events(service: RecommendationService, tm
         store.put_list(user, rotated, "nearline")
         app = page_app(service)
         app.state.store = store
-        html = TestClient(app).get(f"/ui/users/{user}").text
+        client = TestClient(app)
+        html = client.get(f"/ui/users/{user}").text
+        events = client.get(f"/ui/users/{user}/events").text
     rows = re.findall(r'<tr data-item="([^"]+)">', html)
     assert rows == [d["item_id"] for d in rotated]
     assert 'data-version="2"' in html and "by <b>nearline</b>" in html
-    assert "Events received by this server <small>(1)</small>" in html and "1970-01-02 00:00:00 UTC" in html
+    assert "for this user <small>(1)</small>" in html and "1970-01-02 00:00:00 UTC" in html
+    assert "<html" not in events and '<td class="num">7</td>' in events and "click" in events
     assert EVIL not in html and "&lt;script&gt;" in html
 
 

@@ -176,7 +176,6 @@ def user_page(request: Request, user_id: str, k: int = Query(DEFAULT_K, ge=1, le
         view = deps.service.view(user_id, k)
     except UnknownUser:
         view = None
-    events = deps.store.user_events(user_id) if deps.store is not None else None
     current = current_list(deps, user_id, k)
     return _page(
         request,
@@ -188,8 +187,7 @@ def user_page(request: Request, user_id: str, k: int = Query(DEFAULT_K, ge=1, le
         current=current,
         k=k,
         n_users=len(deps.service.users()),
-        n_events=None if events is None else len(events),
-        events=[] if events is None else events[::-1][:RECENT_EVENTS],
+        **_events(deps, user_id),
         catalogue=_suggestions(deps, current),
         behaviors=FORM_BEHAVIORS,
     )
@@ -206,6 +204,20 @@ def user_list(request: Request, user_id: str, k: int = Query(DEFAULT_K, ge=1, le
     )
     response.headers["X-List-Version"] = "" if current.version is None else str(current.version)
     return response
+
+
+@router.get("/ui/users/{user_id}/events", response_class=HTMLResponse, name="web_user_events")
+def user_events(request: Request, user_id: str) -> HTMLResponse:
+    """The user's newest store events alone: the page's script redraws them after a send."""
+    return templates.TemplateResponse(request, "_events.html.j2", _events(_deps(request), user_id))
+
+
+def _events(deps: Deps, user_id: str) -> dict[str, Any]:
+    """`n_events` (None without a store) and the newest `RECENT_EVENTS` events, newest first."""
+    if deps.store is None:
+        return {"n_events": None, "events": []}
+    events = deps.store.user_events(user_id)
+    return {"n_events": len(events), "events": events[::-1][:RECENT_EVENTS]}
 
 
 def _suggestions(deps: Deps, current: ListView) -> list[Item]:

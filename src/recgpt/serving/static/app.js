@@ -95,6 +95,13 @@
     });
   }
 
+  async function redrawEvents() {
+    const box = document.getElementById("events");
+    if (!box) return;
+    const response = await fetch("/ui/users/" + enc(user) + "/events");
+    if (response.ok) box.innerHTML = await response.text();
+  }
+
   function newer(version, seen) {
     if (version === null || version === undefined) return false;
     if (seen === "") return true;
@@ -103,6 +110,7 @@
 
   async function waitForRefresh() {
     const seen = section.dataset.version || "";
+    const started = Date.now();
     status("busy", "refreshing…");
     for (let i = 0; i < POLL_LIMIT; i++) {
       await sleep(POLL_MS);
@@ -114,13 +122,23 @@
       }
       if (newer(version, seen)) {
         await redraw();
-        const at = new Date().toLocaleTimeString();
-        status("done", "new version " + section.dataset.version + " landed at " + at);
+        const waited = ((Date.now() - started) / 1000).toFixed(1);
+        status("done", "new version " + section.dataset.version + " landed " + waited + " s after the event was accepted");
         return;
       }
     }
     status("fail", "no new list version after " + (POLL_LIMIT * POLL_MS) / 1000 + " s — is the nearline worker running?");
   }
+
+  // an item id in the list fills the form's item field (the list is redrawn, so listen on its section)
+  section.addEventListener("click", (e) => {
+    const pick = e.target.closest("a.pick");
+    if (!pick) return;
+    e.preventDefault();
+    form.item_id.value = pick.dataset.item;
+    form.behavior.focus();
+    form.scrollIntoView({ behavior: "smooth", block: "center" });
+  });
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -133,6 +151,7 @@
         const b = answer.body || {};
         say("ok", "Event " + ev.event_id + " (" + ev.behavior + " " + ev.item_id + ") accepted: HTTP 202, " +
           b.accepted + " new, " + b.duplicates + " duplicate.");
+        await redrawEvents();
         await waitForRefresh();
       } else if (answer.status === 401) {
         say("fail", "HTTP 401: the API key is missing or wrong. " + reason(answer.body));
