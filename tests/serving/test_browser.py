@@ -143,5 +143,8 @@ def test_find_a_user_send_an_event_and_see_the_list_refresh(
             shot = shots / "serve-user-page.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
+
+            page.set_viewport_size({"width": 400, "height": 800})  # a phone: nothing scrolls sideways
+            assert page.evaluate("document.documentElement.scrollWidth") <= 400
         finally:
             browser.close()
