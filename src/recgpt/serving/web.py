@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from recgpt.data.schema import Behavior
+from recgpt.serving.events import MAX_ID_CHARS
 from recgpt.serving.models import Item, Recommendation, UserView
 from recgpt.serving.service import DEFAULT_K, RecommendationService, UnknownUser
 
@@ -138,6 +139,7 @@ def _templates() -> Jinja2Templates:
     env.filters.update(
         when=_when, user_url=_user_url, channel_class=_channel_class, explanation_badge=explanation_badge
     )
+    env.globals["max_id"] = MAX_ID_CHARS  # the longest user or item id an event may carry
     return Jinja2Templates(env=env)
 
 

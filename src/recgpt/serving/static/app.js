@@ -153,8 +153,6 @@
           b.accepted + " new, " + b.duplicates + " duplicate.");
         await redrawEvents();
         await waitForRefresh();
-      } else if (answer.status === 401) {
-        say("fail", "HTTP 401: the API key is missing or wrong. " + reason(answer.body));
       } else {
         say("fail", "HTTP " + answer.status + ": " + (reason(answer.body) || "the server refused the event"));
       }
