@@ -133,6 +133,7 @@ def test_find_a_user_send_an_event_and_see_the_list_refresh(
             assert "events.0.item_id" in page.text_content("#ev-result")
 
             page.fill("#ev-item", before[3])
+            page.fill("#ev-value", "4.5")
             page.click("#ev-send")
             page.wait_for_selector("#ev-result.ok", timeout=WAIT_MS)
             page.wait_for_function("document.getElementById('list').dataset.version === '2'", timeout=WAIT_MS)
@@ -141,7 +142,9 @@ def test_find_a_user_send_an_event_and_see_the_list_refresh(
             assert "new version 2 landed" in page.text_content("#list-status")
             assert page.evaluate("localStorage.getItem('recgpt.apiKey')") == API_KEY
             events = store.user_events(user)
-            assert [(e["item_id"], e["behavior"]) for e in events] == [(before[3], "purchase")]
+            assert [(e["item_id"], e["behavior"], e["value"]) for e in events] == [
+                (before[3], "purchase", 4.5)
+            ]
             assert str(events[0]["event_id"]) in page.text_content("#ev-result")
             assert str(events[0]["event_id"]) in page.text_content("#events")
 

@@ -161,6 +161,27 @@ def test_page_reads_the_store_list_and_events(service: RecommendationService, tm
     assert EVIL not in html and "&lt;script&gt;" in html
 
 
+def test_server_app_serves_the_pages_from_its_live_lists(finished_run: Path, tmp_path: Path) -> None:
+    """In `create_app`'s server the page shows the list the API serves: its version, and for an unknown
+    user the popularity fallback under the banner."""
+    from recgpt.serving.app import create_app
+    from recgpt.serving.store import Store
+
+    with Store.open(f"sqlite:///{tmp_path / 'serving.db'}") as store:
+        app = create_app(finished_run, store, api_key="k")
+        with TestClient(app) as client:
+            user = app.state.live.service.users()[0]
+            page = client.get(f"/ui/users/{user}").text
+            api = client.get(f"/v1/users/{user}/recommendations").json()
+            assert re.findall(r'<tr data-item="([^"]+)">', page) == [r["item_id"] for r in api["items"]]
+            assert f'data-version="{api["version"]}"' in page and "unknown-banner" not in page
+            odd = client.get("/ui/users/nobody-here").text
+            fallback = client.get("/v1/users/nobody-here/recommendations").json()
+            assert fallback["fallback"] and 'id="unknown-banner"' in odd and "fallback list" in odd
+            assert re.findall(r'<tr data-item="([^"]+)">', odd) == [r["item_id"] for r in fallback["items"]]
+            assert client.get("/static/app.js").status_code == 200
+
+
 def test_static_files_are_served_and_load_nothing_from_elsewhere(client: TestClient) -> None:
     for name in ("app.js", "style.css"):
         r = client.get(f"/static/{name}")
