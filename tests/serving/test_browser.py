@@ -96,7 +96,7 @@ def _rows(page: Any) -> list[str]:
 
 
 def test_find_a_user_send_an_event_and_see_the_list_refresh(
-    server: tuple[str, Any, RotatingRefresher], tmp_path: Path
+    server: tuple[str, Any, RotatingRefresher], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     try:
         from playwright.sync_api import sync_playwright
@@ -152,7 +152,8 @@ def test_find_a_user_send_an_event_and_see_the_list_refresh(
             shots.mkdir(parents=True, exist_ok=True)
             shot = shots / "serve-user-page.png"
             page.screenshot(path=str(shot), full_page=True)
-            print(f"screenshot: {shot}")
+            with capsys.disabled():  # shown in a quiet run, too: the page as the person saw it
+                print(f"\nbrowser test screenshot: {shot}")
 
             page.set_viewport_size({"width": 400, "height": 800})  # a phone: nothing scrolls sideways
             assert page.evaluate("document.documentElement.scrollWidth") <= 400
