@@ -179,6 +179,7 @@ def test_server_app_serves_the_pages_from_its_live_lists(finished_run: Path, tmp
             fallback = client.get("/v1/users/nobody-here/recommendations").json()
             assert fallback["fallback"] and 'id="unknown-banner"' in odd and "fallback list" in odd
             assert re.findall(r'<tr data-item="([^"]+)">', odd) == [r["item_id"] for r in fallback["items"]]
+            assert odd.count('<span class="badge fallback">') == len(fallback["items"]) + 1  # + the heading
             assert client.get("/static/app.js").status_code == 200
 
 

@@ -112,13 +112,11 @@ def _user_url(user_id: str) -> str:
     return "/ui/users/" + quote(str(user_id), safe="")
 
 
-def _channel_class(channel: str | None) -> str:
-    """The badge colour of a channel: RecGPT's own, a fallback, or a classic recommender."""
-    if channel == "recgpt":
-        return "recgpt"
-    if channel is None or "fallback" in channel or channel in ("popular", "mostpop"):
+def _channel_class(channel: str | None, fallback: bool = False) -> str:
+    """The badge colour of an item's channel: RecGPT's own, a classic recommender, or the fallback list's."""
+    if fallback:
         return "fallback"
-    return "classic"
+    return "recgpt" if channel == "recgpt" else "classic"
 
 
 def explanation_badge(source: str | None) -> str:
