@@ -110,6 +110,8 @@ def test_find_a_user_send_an_event_and_see_the_list_refresh(
         browser = _browser(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            requested: list[str] = []
+            page.on("request", lambda r: requested.append(r.url))
             page.goto(base + "/")
             page.fill("#user", user)
             page.click("form.find button")
@@ -157,5 +159,6 @@ def test_find_a_user_send_an_event_and_see_the_list_refresh(
 
             page.set_viewport_size({"width": 400, "height": 800})  # a phone: nothing scrolls sideways
             assert page.evaluate("document.documentElement.scrollWidth") <= 400
+            assert requested and all(u.startswith(base + "/") for u in requested), "loaded from elsewhere"
         finally:
             browser.close()
