@@ -1,8 +1,9 @@
 """The web page of `recgpt serve`: find a user, see their way through the chain, send an event, watch the list refresh.
 
 Server-rendered HTML (Jinja2, autoescape on: titles, histories and LLM texts are untrusted data) over
-the same objects the JSON API answers from — the `RecommendationService` of the run and the event
-store, both on `app.state` — plus one small script (`static/app.js`) that posts events to
+the same objects the JSON API answers from — the run's `RecommendationService`, the event store and
+the live list cache (`app.state.live` of `create_app`), so the page shows the very list and version
+the API serves — plus one small script (`static/app.js`) that posts events to
 `POST /v1/events` and polls `GET /v1/users/{id}/recommendations` until the list version changes,
 then swaps in the list fragment this router renders (`/ui/users/{id}/list`): one template draws the
 list, whether the page is loaded or refreshed. Nothing loads from the internet.
