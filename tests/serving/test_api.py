@@ -14,10 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from recgpt.serving import RecommendationService
+import recgpt.serving.worker
+from recgpt.serving import RecommendationService, UnknownUser
 from recgpt.serving.app import create_app
 from recgpt.serving.store import Store
-from recgpt.serving.worker import RefreshWorker
+from recgpt.serving.worker import MAX_ATTEMPTS, RefreshWorker
 
 KEY = "test-key-1234"
 AUTH = {"X-API-Key": KEY}
@@ -53,6 +54,11 @@ class NewestFirst:
 class Broken:
     def refresh(self, user_id: str, events: list[dict]) -> list[dict]:
         raise RuntimeError("the LLM is down")
+
+
+class Stranger:
+    def refresh(self, user_id: str, events: list[dict]) -> list[dict]:
+        raise UnknownUser(f"user {user_id!r} is not in the run's dataset")
 
 
 @pytest.fixture
@@ -252,7 +258,7 @@ def test_in_process_worker_lands_a_new_version(serve, service, store) -> None:
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     lag = {s.name: s.value for s in families["recgpt_refresh_lag_seconds"].samples}
     assert lag["recgpt_refresh_lag_seconds_count"] == 1
-    assert totals(families, "recgpt_refreshes", "outcome") == {"ok": 1, "failed": 0}
+    assert totals(families, "recgpt_refreshes", "outcome") == {"ok": 1, "failed": 0, "unknown_user": 0}
 
 
 def test_a_separate_worker_is_picked_up_and_a_failed_refresh_keeps_the_list(
@@ -309,3 +315,22 @@ def test_healthz_and_metrics(serve, service, store) -> None:
     assert (
         "recgpt_refresh_queue_pending" in families and "recgpt_refresh_queue_oldest_age_seconds" in families
     )
+
+
+def test_worker_drops_unknown_users_at_once_and_broken_ones_after_max_attempts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recgpt.serving.events import EventIn
+
+    store.add_events([EventIn(event_id=1, user_id="stranger", item_id="3", behavior="click", timestamp=5)])
+    assert RefreshWorker(store, Stranger()).run_once() == 1
+    assert store.queue_stats()["pending"] == 0 and store.current_list("stranger") is None
+
+    store.add_events([EventIn(event_id=2, user_id="u", item_id="3", behavior="click", timestamp=5)])
+    monkeypatch.setattr(recgpt.serving.worker, "retry_after", lambda attempts: 0.0)  # no back-off wait
+    worker = RefreshWorker(store, Broken())
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        assert store.queue_stats()["pending"] == 1, attempt
+        assert worker.run_once() == 1
+    assert store.queue_stats()["pending"] == 0 and worker.failed == MAX_ATTEMPTS
+    assert worker.run_once() == 0

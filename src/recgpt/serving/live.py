@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from recgpt.serving.fallback import RunCatalogue
 from recgpt.serving.listcache import CachedList, ListCache
 from recgpt.serving.metrics import ServingMetrics
-from recgpt.serving.service import RecommendationService
+from recgpt.serving.service import RecommendationService, UnknownUser
 from recgpt.serving.worker import Refreshed, Refresher, RefreshWorker
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class LiveLists:
                 self.refresher,
                 poll_s=self.poll_s,
                 on_refreshed=self._refreshed,
-                on_failed=lambda user, e: self.metrics.refreshes.labels("failed").inc(),
+                on_failed=self._failed,
             ).start()
 
     def stop(self) -> None:
@@ -141,6 +141,9 @@ class LiveLists:
     def _refreshed(self, stored: StoredList, done: Refreshed) -> None:
         self.metrics.refreshes.labels("ok").inc()
         self.land(stored)
+
+    def _failed(self, user: str, e: BaseException) -> None:
+        self.metrics.refreshes.labels("unknown_user" if isinstance(e, UnknownUser) else "failed").inc()
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_s):

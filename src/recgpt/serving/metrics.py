@@ -75,7 +75,7 @@ class ServingMetrics:
             self.cache.labels(result)
         for outcome in ("accepted", "duplicate"):
             self.events.labels(outcome)
-        for outcome in ("ok", "failed"):
+        for outcome in ("ok", "failed", "unknown_user"):
             self.refreshes.labels(outcome)
 
     def render(self) -> bytes:

@@ -5,7 +5,8 @@ Pipelines plug in through the `Refresher` protocol (RecGPT's per-user chain is
 loop runs as a thread of the server (`recgpt serve --workers nearline`) or as its own process
 (`recgpt nearline --store URL`); several may run against one store, since `Store.claim` hands each
 user to one worker at a time. A failed refresh is recorded on the queue entry (`Store.fail`) and
-the loop goes on: the user keeps the list they had and is tried again after a growing back-off.
+the loop goes on: the user keeps the list they had and is tried again after a growing back-off (a user
+the run does not know, `UnknownUser`, is not retried: they keep the popularity fallback).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from recgpt.serving.service import UnknownUser
+
 if TYPE_CHECKING:
     from recgpt.serving.store import Claim, Store, StoredList
 
@@ -25,6 +28,9 @@ log = logging.getLogger("recgpt.serving.worker")
 DEFAULT_POLL_S = 0.5
 DEFAULT_STALE_AFTER_S = 300.0  # a claim older than this is taken to be a dead worker's and handed out again
 RETRY_BASE_S, RETRY_MAX_S = 2.0, 600.0  # a failed user waits 2, 4, 8, ... s (at most 10 min) before a retry
+MAX_ATTEMPTS = (
+    8  # then the user leaves the queue (about 8.5 min of retries) until new events queue them again
+)
 
 
 def retry_after(attempts: int) -> float:
@@ -92,11 +98,7 @@ class RefreshWorker:
             self.store.finish(claim)
         except Exception as e:  # one user's failure must not stop the others' refreshes
             self.failed += 1
-            log.warning("nearline refresh of user %r failed: %r", user, e)
-            try:
-                self.store.fail(claim, repr(e), retry_after_s=retry_after(claim.attempts))
-            except Exception as e2:  # the store itself is down: the claim goes stale and is retried
-                log.error("could not record the failed refresh of %r: %r", user, e2)
+            self._failed(claim, e)
             if self.on_failed is not None:
                 self.on_failed(user, e)
             return
@@ -107,6 +109,27 @@ class RefreshWorker:
         log.info("refreshed user %r: list version %d, lag %.2f s", user, done.version, done.lag_s)
         if self.on_refreshed is not None:
             self.on_refreshed(stored, done)
+
+    def _failed(self, claim: Claim, e: Exception) -> None:
+        """Back off and retry, or drop the user from the queue when no retry can help: a user the run
+        does not know (they are served the fallback until new events queue them again), or after
+        `MAX_ATTEMPTS` failures (the error stays in the log; the user keeps the list they had)."""
+        user = claim.user_id
+        give_up = isinstance(e, UnknownUser) or claim.attempts + 1 >= MAX_ATTEMPTS
+        log.warning(
+            "nearline refresh of user %r failed (attempt %d%s): %r",
+            user,
+            claim.attempts + 1,
+            ", dropped from the queue" if give_up else "",
+            e,
+        )
+        try:
+            if give_up:
+                self.store.finish(claim)
+            else:
+                self.store.fail(claim, repr(e), retry_after_s=retry_after(claim.attempts))
+        except Exception as e2:  # the store itself is down: the claim goes stale and is retried
+            log.error("could not record the failed refresh of %r: %r", user, e2)
 
     def run(self, *, once: bool = False) -> None:
         """Loop until `stop()` (or, with `once`, until no queued user is ready: failed users wait out their
