@@ -82,6 +82,15 @@ class ServingMetrics:
         return generate_latest(self.registry)
 
 
+def route_label(scope: dict[str, Any]) -> str:
+    """The route template a request matched; a mounted app (static files) is "<mount>/{path}"."""
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        return str(route)
+    mounted = scope.get("root_path")  # set by a Mount for the app it hands the request to
+    return f"{mounted}/{{path}}" if mounted else UNMATCHED
+
+
 class RequestMetrics:
     """ASGI middleware: count each HTTP request by (method, route template, status) and time it."""
 
@@ -103,8 +112,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or UNMATCHED
+            label = route_label(scope)
             method = scope["method"]
             self.metrics.requests.labels(method, label, str(status)).inc()
             self.metrics.latency.labels(method, label).observe(time.perf_counter() - start)
