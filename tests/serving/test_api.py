@@ -334,3 +334,17 @@ def test_worker_drops_unknown_users_at_once_and_broken_ones_after_max_attempts(
         assert worker.run_once() == 1
     assert store.queue_stats()["pending"] == 0 and worker.failed == MAX_ATTEMPTS
     assert worker.run_once() == 0
+
+
+def test_a_store_outage_is_a_503_to_retry_not_a_500(serve, store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recgpt.serving.store import StoreUnavailable
+
+    client = serve()
+
+    def down(batch: object) -> None:
+        raise StoreUnavailable("database 'serving' is locked")
+
+    monkeypatch.setattr(store, "add_events", down)
+    got = client.post("/v1/events", json={"events": [click(1, "u", "1")]}, headers=AUTH)
+    assert got.status_code == 503 and got.headers["retry-after"] == "1" and "retry" in got.json()["detail"]
+    assert client.get("/v1/users/u/recommendations").status_code == 200  # reads are served from the cache

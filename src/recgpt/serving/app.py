@@ -36,6 +36,7 @@ from recgpt.serving.live import LiveLists
 from recgpt.serving.metrics import RequestMetrics, ServingMetrics
 from recgpt.serving.models import EventAck, Item, Recommendation, RecommendationList, UserDetail
 from recgpt.serving.service import DEFAULT_K, RecommendationService
+from recgpt.serving.store_db import StoreUnavailable
 from recgpt.serving.worker import Refresher
 
 if TYPE_CHECKING:
@@ -248,6 +249,16 @@ def create_app(
         """Prometheus text format: requests, latency, cache hits, events, refresh queue and lag."""
         metrics.lists_cached.set(len(live.cache))
         return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        """The database is down or locked: nothing was acknowledged, so the client may retry the same batch."""
+        log.warning("store unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": f"the store is unavailable, retry later: {exc}"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     _mount_web(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
