@@ -8,6 +8,7 @@ store that cannot be opened, or a refresher the run cannot build.
 
 from __future__ import annotations
 
+import contextlib
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -119,7 +120,8 @@ def serve(
         config = uvicorn.Config(
             app, host=host, port=port, log_level=log_level, access_log=log_level == "debug"
         )
-        uvicorn.Server(config).run()
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its graceful stop
+            uvicorn.Server(config).run()
     finally:
         db.close()
 
