@@ -106,49 +106,82 @@ def quantiles_ms(latencies: list[float]) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------- reads
 
 
-async def fixed_rate(url_of: Callable[[int], str], rate: float, seconds: float) -> dict[str, Any]:
+class RawHttp:
+    """A minimal HTTP/1.1 keep-alive GET client on asyncio streams: a fraction of httpx's cost per request,
+    so on a 2-core machine the load generator leaves the server its core (the bench measures the server)."""
+
+    def __init__(self, url: str) -> None:
+        host_port = url.removeprefix("http://").split("/")[0]
+        self.host, port = host_port.split(":")
+        self.port = int(port)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, path: str) -> int:
+        """GET `path`; the status code (the body is read and dropped)."""
+        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        reader, writer = conn
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        self.idle.append(conn)
+        return status
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
+async def fixed_rate(url: str, path_of: Callable[[int], str], rate: float, seconds: float) -> dict[str, Any]:
     """Offer `rate` GETs/s for `seconds` on a fixed schedule; latency from each request's scheduled time."""
     n = max(1, int(rate * seconds))
     lat: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
-        loop = asyncio.get_running_loop()
-        start = loop.time() + 0.05
+    client = RawHttp(url)
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
 
-        async def one(i: int) -> None:
-            nonlocal errors
-            due = start + i / rate
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            try:
-                r = await client.get(url_of(i))
-                if r.status_code != 200:
-                    errors += 1
-                    return
-            except httpx.HTTPError:
+    async def one(i: int) -> None:
+        nonlocal errors
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        try:
+            if await client.get(path_of(i)) != 200:
                 errors += 1
                 return
-            lat.append(loop.time() - due)
+        except (OSError, asyncio.IncompleteReadError):
+            errors += 1
+            return
+        lat.append(loop.time() - due)
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-        wall = loop.time() - start
+    await asyncio.gather(*(one(i) for i in range(n)))
+    wall = loop.time() - start
+    client.close()
     p50, p99 = quantiles_ms(lat)
     return {"offered": rate, "achieved": len(lat) / wall, "p50_ms": p50, "p99_ms": p99, "errors": errors}
 
 
-def step_rates(url_of: Callable[[int], str], rates: list[float], seconds: float) -> dict[str, Any]:
-    """Step the offered rate up until p99 reaches the limit (or requests fail or fall behind)."""
-    asyncio.run(fixed_rate(url_of, 50, 1.0))  # warm-up: connections, caches
+def step_rates(url: str, path_of: Callable[[int], str], rates: list[float], seconds: float) -> dict[str, Any]:
+    """Step the offered rate up until p99 reaches the limit (or requests fail or fall behind); a step that
+    misses is tried once more, so one burst of another process's load does not end the climb."""
+    asyncio.run(fixed_rate(url, path_of, 50, 1.0))  # warm-up: connections, caches
     steps, held = [], 0.0
     for rate in rates:
-        got = asyncio.run(fixed_rate(url_of, rate, seconds))
-        steps.append(got)
-        ok = got["p99_ms"] < P99_LIMIT_MS and got["errors"] == 0 and got["achieved"] >= 0.95 * rate
-        print(
-            f"    {rate:6.0f}/s offered: p50 {got['p50_ms']:6.2f} ms  p99 {got['p99_ms']:7.2f} ms  "
-            f"{'held' if ok else 'NOT held'}",
-            flush=True,
-        )
+        for attempt in ("", " (again)"):
+            got = asyncio.run(fixed_rate(url, path_of, rate, seconds))
+            steps.append(got)
+            ok = got["p99_ms"] < P99_LIMIT_MS and got["errors"] == 0 and got["achieved"] >= 0.95 * rate
+            print(
+                f"    {rate:6.0f}/s offered{attempt}: p50 {got['p50_ms']:6.2f} ms  p99 {got['p99_ms']:7.2f} ms  "
+                f"{'held' if ok else 'NOT held'}",
+                flush=True,
+            )
+            if ok:
+                break
         if not ok:
             break
         held = rate
@@ -162,12 +195,12 @@ def bench_reads(run: Path, users: list[str], args: argparse.Namespace, tmp: Path
     with server(recgpt_serve(run, f"sqlite:///{tmp / 'reads.db'}", port), port, tmp / "reads.log") as url:
         print("  recgpt GET recommendations", flush=True)
         out["recgpt"] = step_rates(
-            lambda i: f"{url}/v1/users/{users[i % len(users)]}/recommendations?k=10", rates, args.seconds
+            url, lambda i: f"/v1/users/{users[i % len(users)]}/recommendations?k=10", rates, args.seconds
         )
     port = free_port()
     with server([sys.executable, "-c", TRIVIAL, str(port)], port, tmp / "trivial.log") as url:
         print("  trivial FastAPI GET /ping", flush=True)
-        out["trivial"] = step_rates(lambda i: f"{url}/ping", rates, args.seconds)
+        out["trivial"] = step_rates(url, lambda i: "/ping", rates, args.seconds)
     return out
 
 
@@ -360,7 +393,9 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a finished RecGPT run folder")
     ap.add_argument("--parts", default="reads,writes,refresh", help="comma list of reads, writes, refresh")
     ap.add_argument(
-        "--rates", default="100,250,500,750,1000,1500,2000", help="offered GET rates to step through"
+        "--rates",
+        default="100,250,500,750,1000,1250,1500,2000,2500,3000",
+        help="offered GET rates to step through",
     )
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each load step")
     ap.add_argument("--pg", help="PostgreSQL URL for the write bench (default: a private durable cluster)")
