@@ -79,6 +79,9 @@ class ListCache:
     def users(self) -> Iterable[str]:
         return list(self._lists)
 
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._lists
+
     def __len__(self) -> int:
         return len(self._lists)
 

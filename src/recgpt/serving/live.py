@@ -132,10 +132,11 @@ class LiveLists:
         return True
 
     def acknowledged(self, users: list[str], at: float) -> None:
-        """Events of `users` were committed at `at`: start their lag clocks (the oldest unrefreshed counts)."""
+        """Events of `users` were committed at `at`: start their lag clocks (the oldest unrefreshed counts).
+        Only users with a list are timed: one the run does not know gets no refresh, so no lag."""
         with self._lock:
             for user in users:
-                if user not in self._pending and len(self._pending) < MAX_PENDING:
+                if user not in self._pending and len(self._pending) < MAX_PENDING and user in self.cache:
                     self._pending[user] = at
 
     def _refreshed(self, stored: StoredList, done: Refreshed) -> None:
