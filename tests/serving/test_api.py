@@ -315,6 +315,10 @@ def test_healthz_and_metrics(serve, service, store) -> None:
     assert (
         "recgpt_refresh_queue_pending" in families and "recgpt_refresh_queue_oldest_age_seconds" in families
     )
+    schema = client.get("/openapi.json").json()  # the JSON shapes are documented for clients
+    assert {"RecommendationList", "UserDetail", "EventAck", "EventBatch"} <= set(
+        schema["components"]["schemas"]
+    )
 
 
 def test_worker_drops_unknown_users_at_once_and_broken_ones_after_max_attempts(
