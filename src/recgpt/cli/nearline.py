@@ -108,7 +108,7 @@ def _store_worker(run: Path, store: str, *, llm: str | None, once: bool) -> None
 
     refresher = refresher_for(run, llm)
     db = Store.open(store_url(store), run_dir=run)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # one line per refresh: logs are grepped
     console.print(
         f"nearline worker on {db.masked_url}" + (" (until the queue is empty)" if once else " (Ctrl-C stops)")
     )
