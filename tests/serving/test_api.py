@@ -352,3 +352,13 @@ def test_a_store_outage_is_a_503_to_retry_not_a_500(serve, store, monkeypatch: p
     got = client.post("/v1/events", json={"events": [click(1, "u", "1")]}, headers=AUTH)
     assert got.status_code == 503 and got.headers["retry-after"] == "1" and "retry" in got.json()["detail"]
     assert client.get("/v1/users/u/recommendations").status_code == 200  # reads are served from the cache
+
+
+def test_healthz_reports_degraded_past_the_maximum_staleness(serve, service) -> None:
+    client = serve(max_staleness_s=0.2)  # no worker: the posted event waits
+    assert client.get("/healthz").json()["status"] == "ok"
+    client.post("/v1/events", json={"events": [click(1, service.users()[0], "1")]}, headers=AUTH)
+    time.sleep(0.4)
+    health = client.get("/healthz").json()
+    assert health["status"] == "degraded" and health["queue"]["pending"] == 1
+    assert "waited" in health["reason"]
