@@ -362,3 +362,9 @@ def test_healthz_reports_degraded_past_the_maximum_staleness(serve, service) -> 
     health = client.get("/healthz").json()
     assert health["status"] == "degraded" and health["queue"]["pending"] == 1
     assert "waited" in health["reason"]
+
+
+def test_only_allowed_host_headers_are_served(serve) -> None:
+    client = serve(allowed_hosts=["testserver", "127.0.0.1"])  # what `recgpt serve` passes on loopback
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/healthz", headers={"Host": "rebound.example"}).status_code == 400

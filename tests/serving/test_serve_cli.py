@@ -62,3 +62,9 @@ def test_nearline_store_once_refreshes_the_queue_and_exits(
         else:
             assert "0 user(s) refreshed, 1 failed" in got.output and "the LLM is down" in got.output
             assert current is None and store.queue_stats()["pending"] == 1
+
+
+def test_trusted_hosts_on_loopback_and_elsewhere() -> None:
+    assert recgpt.cli.serve.trusted_hosts("127.0.0.1", []) == ["127.0.0.1", "localhost"]
+    assert recgpt.cli.serve.trusted_hosts("127.0.0.1", ["box.lan"]) == ["127.0.0.1", "localhost", "box.lan"]
+    assert recgpt.cli.serve.trusted_hosts("0.0.0.0", []) is None

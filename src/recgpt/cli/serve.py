@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from recgpt.cli.errors import cli_errors
+from recgpt.settings import SERVE_API_KEY_ENV as API_KEY_ENV
 
 if TYPE_CHECKING:
     from recgpt.serving.worker import Refresher
 
-API_KEY_ENV = "RECGPT_API_KEY"  # = recgpt.serving.app.API_KEY_ENV, repeated so `--help` stays light
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost")
 
 
 class Workers(StrEnum):
@@ -46,6 +46,14 @@ def refresher_for(run: Path, llm: str | None) -> Refresher:
     return make_refresher(run, llm=llm)
 
 
+def trusted_hosts(host: str, extra: list[str]) -> list[str] | None:
+    """Host headers to accept: on loopback only the loopback names (a page on another site that rebinds
+    its DNS name to 127.0.0.1 is refused), plus `extra`; None (any) on another address without `extra`."""
+    if host in LOOPBACK or host == "::1":
+        return [*LOOPBACK, *extra]
+    return [host, *LOOPBACK, *extra] if extra else None
+
+
 @cli_errors()
 def serve(
     run: Annotated[Path, typer.Option("--run", "-r", help="A finished run folder, e.g. runs/quickstart.")],
@@ -67,8 +75,9 @@ def serve(
             "--api-key",
             envvar=API_KEY_ENV,
             show_envvar=True,
+            show_default=False,
             help="Key that POST /v1/events requires (X-API-Key or Authorization: Bearer); without one, "
-            "writes are refused.",
+            "writes are refused. Prefer the environment variable: an option is visible on the process list.",
         ),
     ] = None,
     workers: Annotated[
@@ -86,6 +95,14 @@ def serve(
             help="Seconds an event may wait for its user's refresh before /healthz reports 'degraded'.",
         ),
     ] = 60.0,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Host-header value to accept besides 127.0.0.1 and localhost (repeatable); on a non-loopback "
+            "--host without it, any Host is accepted.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a run's lists (GET /v1/users/{id}/recommendations), take events (POST /v1/events), refresh."""
@@ -107,6 +124,7 @@ def serve(
             workers=refresher is not None,
             max_staleness_s=max_staleness,
             service=service,
+            allowed_hosts=trusted_hosts(host, allowed_host or []),
         )
         if not api_key:
             typer.echo(
@@ -126,4 +144,4 @@ def serve(
         db.close()
 
 
-__all__ = ["serve", "store_url"]
+__all__ = ["serve", "store_url", "trusted_hosts"]

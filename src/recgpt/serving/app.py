@@ -22,7 +22,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from recgpt.serving.events import EventBatch
@@ -39,6 +40,7 @@ from recgpt.serving.models import EventAck, Item, Recommendation, Recommendation
 from recgpt.serving.service import DEFAULT_K, RecommendationService
 from recgpt.serving.store_db import StoreUnavailable
 from recgpt.serving.worker import Refresher
+from recgpt.settings import SERVE_API_KEY_ENV as API_KEY_ENV
 
 if TYPE_CHECKING:
     from recgpt.serving.store import Store
@@ -49,7 +51,6 @@ MAX_K = 1000
 MAX_USER_ID = 128  # = EventIn.user_id's limit
 DEFAULT_MAX_BODY = 1_000_000
 DEFAULT_MAX_STALENESS_S = 60.0
-API_KEY_ENV = "RECGPT_API_KEY"
 NO_KEY = (
     f"writes are disabled: this server has no API key; restart it with --api-key KEY or set {API_KEY_ENV}"
 )
@@ -143,11 +144,12 @@ def create_app(
     max_staleness_s: float = DEFAULT_MAX_STALENESS_S,
     poll_s: float = 0.5,
     service: RecommendationService | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The app over a finished run and a store. The run is opened here (so a folder that is no finished run
     fails before a port is bound); seeding, the cache, the poller and the `workers` thread start with the
     app's lifespan and stop with it. The store stays the caller's to close. `service`: the run's service
-    when the caller opened it already."""
+    when the caller opened it already. `allowed_hosts`: the Host headers to accept (None: any)."""
     service = service or RecommendationService.open(run_dir)
     metrics = ServingMetrics()
     live = LiveLists(
@@ -270,6 +272,8 @@ def create_app(
     _mount_web(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     return app
 
 
