@@ -377,7 +377,8 @@ def table(result: dict[str, Any]) -> str:
         )
     for w in result.get("writes", []):
         rows.append(
-            f"| POST /v1/events {w['store']}, batch {w['batch']}: events/s | {w['events_s']:.0f} | | |"
+            f"| POST /v1/events {w['store']}, batch {w['batch']}: events/s (request p99 ms) | "
+            f"{w['events_s']:.0f} ({w['p99_ms']:.0f}) | | |"
         )
     r = result.get("refresh")
     if r:
