@@ -16,6 +16,8 @@ not a finished run, or a store that cannot be opened.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -112,11 +114,14 @@ def _store_worker(run: Path, store: str, *, llm: str | None, once: bool) -> None
     console.print(
         f"nearline worker on {db.masked_url}" + (" (until the queue is empty)" if once else " (Ctrl-C stops)")
     )
+    stop = threading.Event()  # SIGTERM (a service manager's stop) ends the loop between refreshes
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         worker = run_forever(
             db,
             refresher,
             once=once,
+            stop=stop,
             on_refreshed=lambda stored, done: console.print(
                 f"user {escape(done.user_id)}: list version {done.version} in {done.seconds:.2f} s, "
                 f"lag {done.lag_s:.2f} s"
@@ -126,5 +131,6 @@ def _store_worker(run: Path, store: str, *, llm: str | None, once: bool) -> None
             ),
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         db.close()
     console.print(f"{worker.refreshed} user(s) refreshed, {worker.failed} failed")
