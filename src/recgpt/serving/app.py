@@ -177,6 +177,8 @@ def create_app(
         version=__version__,
         summary=f"Recommendations of run {service.run_dir.name}, event ingestion, nearline refresh.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN; /openapi.json stays
+        redoc_url=None,
     )
     app.state.live = live
     writes = [Depends(_key_check(api_key))]
