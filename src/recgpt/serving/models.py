@@ -110,7 +110,8 @@ class RecommendationList(_Frozen):
 
     `version` grows by one each time a list lands for the user (1 = the run's list seeded into the store);
     `source` is "run", "nearline" (a refresh after new events) or "fallback"; `fallback` is true for a
-    user the run does not know, who gets the run's most popular items with item-only explanations.
+    user the run does not know, who gets the run's most popular items with item-only explanations (then
+    `version` is 0 and `created_at` the server's start).
     """
 
     user_id: str
