@@ -20,6 +20,7 @@ CACHE_DIR_ENV = "RECGPT_CACHE_DIR"  # user cache (model-hash sidecars, dequantis
 LLM_THREADS_ENV = "RECGPT_LLM_THREADS"  # llama.cpp threads per model process (default 1)
 EMBED_THREADS_ENV = "RECGPT_EMBED_THREADS"  # torch threads of the sentence encoder (default 1)
 SERVER_API_KEY_ENV = "RECGPT_SERVER_API_KEY"  # key `recgpt llm serve` requires (never on argv)
+SERVE_API_KEY_ENV = "RECGPT_API_KEY"  # key `recgpt serve` requires for writes (POST /v1/events)
 INSECURE_KEY_ENV = "RECGPT_ALLOW_INSECURE_KEY"  # send OPENAI_API_KEY over plain HTTP to a remote host
 PARENT_PID_ENV = "RECGPT_PARENT_PID"  # lifeline: the parent a child process dies with
 PDEATHSIG_ENV = "RECGPT_PDEATHSIG"  # lifeline: whether PR_SET_PDEATHSIG is safe in the child

@@ -20,6 +20,7 @@ from recgpt.cli import llm as llm_cli
 from recgpt.cli import nearline as nearline_cli
 from recgpt.cli import recommend as recommend_cli
 from recgpt.cli import run as run_cli
+from recgpt.cli import serve as serve_cli
 from recgpt.cli import train as train_cli
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ app.command("run")(run_cli.run)
 app.command("quickstart")(run_cli.quickstart)
 app.command("recommend")(recommend_cli.recommend)
 app.command("nearline")(nearline_cli.nearline)
+app.command("serve")(serve_cli.serve)
 
 
 def recgpt_version() -> str:

@@ -6,6 +6,8 @@ the HTML report and an HTTP server all hand out the same shapes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -103,4 +105,53 @@ class UserView(_Frozen):
     recommendations: list[Recommendation]
 
 
-__all__ = ["CompressedHistory", "Interest", "Item", "PoolMatch", "Recommendation", "Tag", "UserView"]
+class RecommendationList(_Frozen):
+    """`GET /v1/users/{id}/recommendations`: the user's current list and which version of it is served.
+
+    `version` grows by one each time a list lands for the user (1 = the run's list seeded into the store);
+    `source` is "run", "nearline" (a refresh after new events) or "fallback"; `fallback` is true for a
+    user the run does not know, who gets the run's most popular items with item-only explanations (then
+    `version` is 0 and `created_at` the server's start).
+    """
+
+    user_id: str
+    version: int
+    created_at: float
+    source: str
+    fallback: bool
+    items: list[Recommendation]
+
+
+class UserDetail(UserView):
+    """`GET /v1/users/{id}`: the walk-through of `UserView` (its list = the list served now), plus what
+    the server knows: whether the run knows the user, how many events the store holds for them, and the
+    SERAL profile of a SERAL run (None otherwise)."""
+
+    known: bool
+    events: int
+    version: int | None
+    source: str | None
+    serendipity: dict[str, Any] | None = None
+
+
+class EventAck(_Frozen):
+    """`POST /v1/events` (202): events written (committed) to the store, duplicates of earlier event ids
+    (not written again), and the users queued for a nearline refresh."""
+
+    accepted: int
+    duplicates: int
+    queued_users: list[str]
+
+
+__all__ = [
+    "CompressedHistory",
+    "EventAck",
+    "Interest",
+    "Item",
+    "PoolMatch",
+    "Recommendation",
+    "RecommendationList",
+    "Tag",
+    "UserDetail",
+    "UserView",
+]

@@ -176,6 +176,14 @@ class RecommendationService:
         """The run's users (its sampled test users), in the order of its split table."""
         return list(self._users)
 
+    def knows(self, user_id: str) -> bool:
+        """Whether `user_id` is one of the run's users (others get a fallback list from the server)."""
+        return str(user_id) in self._targets
+
+    def catalogue(self) -> list[Item]:
+        """The catalogue items this run shows (its lists and held-out targets), with titles and categories."""
+        return list(self._catalogue().values())
+
     # ------------------------------------------------------------ answers
 
     def recommend(self, user_id: str, k: int = DEFAULT_K) -> list[Recommendation]:
