@@ -12,6 +12,7 @@ Errors name the URL with its password masked.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,21 @@ def normalise(url: str) -> URL:
     raise StoreError(f"store URL {shown!r}: unsupported database '{backend}' (sqlite or postgresql)")
 
 
+def _set_wal(cur: Any, tries: int = 100) -> None:
+    """`PRAGMA journal_mode = WAL`, retried: while another connection switches a new file to WAL,
+    SQLite answers "database is locked" at once, without calling the busy handler."""
+    import sqlite3
+
+    for attempt in range(tries):
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     """A SQLite engine whose write transactions take the write lock at BEGIN."""
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
@@ -82,7 +98,7 @@ def _sqlite_engine(url: URL) -> Engine:
         dbapi_conn.isolation_level = None  # pysqlite's own BEGIN is deferred; ours comes from "begin"
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cur)
         cur.execute("PRAGMA synchronous = FULL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
